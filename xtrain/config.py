@@ -1,0 +1,230 @@
+"""Typed configuration: YAML files -> a tree of dataclasses, with ``--set`` overrides.
+
+    cfg = load_config("configs/unet.yaml", overrides=["optim.lr=3e-4", "data.patch=96"])
+    cfg.optim.lr            # 0.0003
+    save_config(cfg, run_dir / "config.yaml")   # the resolved config beside every output
+
+Unknown keys are errors that name the closest valid key; values are checked against the
+field types (an int where a float is expected is fine, a string is not).  Free-form
+dictionaries (``model.kwargs``, ``tune.space``) are passed through and checked by whoever
+consumes them (``create_model`` checks model keyword arguments).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .errors import ConfigError, InputNotFoundError, UnknownNameError
+
+
+@dataclass
+class AugmentConfig:
+    flips: bool = True  # random flips along Y and X
+    rot90: bool = True  # random multiples of 90 degrees in the patch plane
+    intensity_scale: float = 0.1  # multiply by U(1-s, 1+s) after normalisation
+    intensity_shift: float = 0.1  # add U(-s, s) after normalisation
+    noise_std: float = 0.0  # Gaussian noise (in normalised units) ...
+    noise_fraction: float = 0.0  # ... applied to this fraction of training samples (noise study)
+
+
+@dataclass
+class DataConfig:
+    store: str = ""  # path of the Zarr store (usually given by --data)
+    patch: int = 64  # patch edge in pixels (patches are patch x patch)
+    slices: int = 1  # 2.5D: number of neighbouring slices stacked as channels (odd)
+    axis: str = "z"  # slicing axis of training patches: z, y, x, or "any" (random per sample)
+    train_z: list[int] | None = None  # [start, stop) of the training slab; None: from val_fraction
+    val_z: list[int] | None = None  # [start, stop) of the validation slab
+    val_fraction: float = 0.2  # used when train_z/val_z are not given: last fraction of z
+    gap: int = 4  # slices left out between train and validation slabs (neighbours leak)
+    fraction: float = 1.0  # fraction of the training slab used (data-size studies)
+    samples_per_epoch: int = 2048  # random training patches per epoch (all workers together)
+    val_patches: int = 256  # validation patches on a fixed grid (upper bound)
+    loader_workers: int = 2  # torch DataLoader worker processes per training worker
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+
+
+@dataclass
+class ModelConfig:
+    name: str = "unet"  # a name registered in xtrain.models (create_model lists them)
+    kwargs: dict[str, Any] = field(default_factory=dict)  # keyword arguments of that model
+
+
+@dataclass
+class OptimConfig:
+    lr: float = 1e-3
+    beta1: float = 0.9  # Adam beta1: matters most for the GAN, so sweeps tune it
+    beta2: float = 0.999
+    weight_decay: float = 0.0
+    d_lr: float | None = None  # Pix2Pix discriminator learning rate (None: same as lr)
+
+
+@dataclass
+class LossConfig:
+    name: str = "ce+dice"  # ce, dice, or ce+dice
+    class_weights: list[float] | None = None
+    adversarial_weight: float = 0.05  # Pix2Pix: lambda in seg_loss + lambda * adversarial
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 35
+    batch_size: int = 16  # per worker
+    seed: int = 0
+    workers: int = 2  # Ray Train workers (one per GPU on a GPU node)
+    use_gpu: bool = False
+    amp: bool = True  # bf16 autocast on GPU (ignored on CPU)
+    max_failures: int = 2  # worker deaths Ray Train recovers from by restarting
+
+
+@dataclass
+class Config:
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+
+# --------------------------------------------------------------------------- building
+
+
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+
+
+def _coerce(value: Any, tp: Any, key: str) -> Any:
+    """Check ``value`` against the annotation ``tp`` (resolved), converting int->float."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(value, arg, key)
+            except ConfigError as exc:
+                errors.append(exc)
+        raise errors[0]
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise ConfigError(f"config key '{key}' must be a mapping, got {value!r}")
+        return _build(tp, value, key)
+    if origin is list:
+        if isinstance(value, tuple):
+            value = list(value)
+        if not isinstance(value, list):
+            raise ConfigError(f"config key '{key}' must be a list, got {value!r}")
+        (item,) = typing.get_args(tp) or (Any,)
+        return [_coerce(v, item, f"{key}[{i}]") for i, v in enumerate(value)]
+    if origin is dict or tp is dict:
+        if value is None:
+            return {}
+        if not isinstance(value, dict):
+            raise ConfigError(f"config key '{key}' must be a mapping, got {value!r}")
+        return dict(value)
+    if tp is Any:
+        return value
+    if tp is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if tp is float and isinstance(value, str):  # YAML 1.1 reads "1e-3" as a string
+        try:
+            return float(value)
+        except ValueError:
+            pass
+    if tp is bool and not isinstance(value, bool):
+        raise ConfigError(f"config key '{key}' must be true or false, got {value!r}")
+    if tp is int and isinstance(value, bool):
+        raise ConfigError(f"config key '{key}' must be an integer, got {value!r}")
+    if isinstance(tp, type) and not isinstance(value, tp):
+        raise ConfigError(f"config key '{key}' must be {_type_name(tp)}, got {value!r}")
+    return value
+
+
+def _build(cls: type, values: dict[str, Any], prefix: str = "") -> Any:
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    kwargs = {}
+    for key, value in values.items():
+        dotted = f"{prefix}.{key}" if prefix else str(key)
+        if key not in names:
+            valid = [f"{prefix}.{n}" if prefix else n for n in names]
+            raise UnknownNameError("config key", dotted, valid)
+        kwargs[key] = _coerce(value, hints[key], dotted)
+    return cls(**kwargs)
+
+
+def config_from_dict(values: dict[str, Any] | None, cls: type = Config) -> Any:
+    """Build a (validated) config dataclass tree from a plain nested dict."""
+    return _build(cls, values or {})
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """``"optim.lr=3e-4"`` -> (["optim", "lr"], 0.0003). The value is parsed as YAML."""
+    if "=" not in text:
+        raise ConfigError(f"override '{text}' is not KEY=VALUE; write e.g. --set optim.lr=3e-4")
+    key, raw = text.split("=", 1)
+    key = key.strip()
+    if not key:
+        raise ConfigError(f"override '{text}' has an empty key; write e.g. --set optim.lr=3e-4")
+    return key.split("."), yaml.safe_load(raw) if raw.strip() else None
+
+
+def apply_overrides(values: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply ``a.b=c`` overrides to a nested dict (validation happens when it is built)."""
+    for text in overrides:
+        path, value = parse_override(text)
+        node = values
+        for part in path[:-1]:
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                raise ConfigError(f"override '{text}': '{part}' is not a section")
+            node = child
+        node[path[-1]] = value
+    return values
+
+
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise InputNotFoundError(f"config file '{path}' does not exist; pass a YAML file such as configs/unet.yaml")
+    try:
+        values = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark else ""
+        raise ConfigError(f"config file '{path}' is not valid YAML{where}; fix the syntax") from exc
+    if not isinstance(values, dict):
+        raise ConfigError(f"config file '{path}' must hold a mapping of sections, got {type(values).__name__}")
+    return values
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None, cls: type = Config) -> Any:
+    """Load a YAML config (or the defaults when ``path`` is None) and apply overrides."""
+    values = read_yaml(path) if path is not None else {}
+    apply_overrides(values, list(overrides or []))
+    try:
+        return config_from_dict(values, cls)
+    except UnknownNameError as exc:
+        if path is not None:
+            raise UnknownNameError("config key", exc.name, exc.valid, where=str(path)) from None
+        raise
+
+
+def config_to_dict(cfg: Any) -> dict[str, Any]:
+    return asdict(cfg)
+
+
+def save_config(cfg: Any, path: str | Path) -> None:
+    """Write the resolved config as YAML (loadable again by ``load_config``)."""
+    Path(path).write_text(yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
