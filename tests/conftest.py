@@ -1,0 +1,48 @@
+"""Shared fixtures: tiny synthetic stores, the real-data path, one Ray session per test run."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+REAL_DATA = Path(os.environ.get("XTRAIN_REAL_DATA", REPO.parent / "shared" / "data" / "soc_pxct"))
+
+
+@pytest.fixture(scope="session")
+def real_data() -> Path:
+    """The real PXCT volume (../shared/data/soc_pxct); tests using it skip when it is absent."""
+    if not (REAL_DATA / "images").is_dir():
+        pytest.skip(f"real data not found at {REAL_DATA}")
+    return REAL_DATA
+
+
+def make_store(path: Path, shape=(37, 61, 53), seed: int = 0, dtype=np.uint16, classes=("pore", "ysz", "ni")) -> Path:
+    """A small store with a known pattern: image = 1000 * label + noise, z-dependent offset."""
+    from xtrain.data.stats import IntensityStats
+    from xtrain.data.store import write_store
+
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, len(classes), size=shape, dtype=np.uint8)
+    image = (labels.astype(np.float64) * 1000 + 1000 + rng.normal(0, 50, size=shape)).astype(dtype)
+    with write_store(path, shape) as w:
+        img = w.create("image", shape, dtype)
+        lab = w.create("labels", shape, np.uint8)
+        stats = IntensityStats(dtype, (float(image.min()), float(image.max())))
+        for sl in w.slabs(shape[0]):
+            img[sl] = image[sl]
+            lab[sl] = labels[sl]
+            stats.update(image[sl])
+        w.info.classes = list(classes)
+        w.info.stats = stats.to_dict()
+        w.info.source = {"kind": "test", "seed": seed}
+    return path
+
+
+@pytest.fixture
+def tiny_store(tmp_path) -> Path:
+    """An odd-sized (37, 61, 53) store with labels: catches padding and chunk-edge bugs."""
+    return make_store(tmp_path / "tiny.zarr")
