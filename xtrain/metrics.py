@@ -1,0 +1,155 @@
+"""Segmentation metrics from a streamed confusion matrix.
+
+    cm = ConfusionMatrix(num_classes=3, ignore_index=255)
+    for pred, truth in batches:              # label arrays (numpy or torch), any equal shapes
+        cm.update(pred, truth)
+    matrix = allreduce_confusion(cm.matrix)  # sum over DDP workers (no-op when not distributed)
+    s = scores(matrix, ["pore", "ysz", "ni"])
+    s["mean_dice"], s["per_class"]["ni"]["iou"]
+
+Rows of the (K, K) matrix are the true class, columns the predicted class.  Every score
+is a function of the matrix alone, so summing matrices (over batches, slabs or workers)
+and scoring once gives exactly the scores of the whole volume -- unlike averaging
+per-batch scores.
+
+Absent classes: a per-class score whose denominator is 0 (e.g. the Dice of a class that
+is neither in the truth nor in the prediction, or the recall of a class missing from
+the truth) is NaN, not 0 or 1, because it is undefined.  ``mean_dice`` and ``mean_iou``
+average over the classes whose score is defined (NaN are skipped); they are NaN only if
+no class is defined (an empty matrix).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from .errors import LabelValueError, ShapeMismatchError
+
+
+def _to_numpy(a: Any) -> np.ndarray:
+    if hasattr(a, "detach"):  # torch.Tensor, without importing torch here
+        a = a.detach().cpu().numpy()
+    return np.asarray(a)
+
+
+def confusion_matrix(pred: Any, truth: Any, num_classes: int, ignore_index: int | None = None) -> np.ndarray:
+    """(K, K) int64 counts: ``m[t, p]`` = voxels of true class t predicted as p.
+
+    ``pred`` and ``truth`` are integer label arrays of the same shape (numpy or torch).
+    Voxels whose truth equals ``ignore_index`` are not counted.
+    """
+    pred, truth = _to_numpy(pred), _to_numpy(truth)
+    if pred.shape != truth.shape:
+        raise ShapeMismatchError(f"prediction shape {pred.shape} differs from label shape {truth.shape}")
+    pred, truth = pred.ravel().astype(np.int64), truth.ravel().astype(np.int64)
+    if ignore_index is not None:
+        keep = truth != ignore_index
+        pred, truth = pred[keep], truth[keep]
+    for what, a in (("label", truth), ("prediction", pred)):
+        # bincount would silently put an out-of-range value into a neighbouring cell
+        if a.size and (a.min() < 0 or a.max() >= num_classes):
+            bad = a[(a < 0) | (a >= num_classes)][0]
+            raise LabelValueError(f"{what} value {bad} is not a class index 0..{num_classes - 1}")
+    # one pass: the pair (t, p) becomes the flat index t*K + p
+    counts = np.bincount(truth * num_classes + pred, minlength=num_classes * num_classes)
+    return counts.reshape(num_classes, num_classes).astype(np.int64)
+
+
+class ConfusionMatrix:
+    """Accumulates ``confusion_matrix`` over batches; ``a + b`` or ``a.merge(b)`` combine two."""
+
+    def __init__(self, num_classes: int, ignore_index: int | None = None):
+        self.num_classes, self.ignore_index = num_classes, ignore_index
+        self.matrix = np.zeros((num_classes, num_classes), dtype=np.int64)
+
+    def update(self, pred: Any, truth: Any) -> ConfusionMatrix:
+        self.matrix += confusion_matrix(pred, truth, self.num_classes, self.ignore_index)
+        return self
+
+    def merge(self, other: ConfusionMatrix | np.ndarray) -> ConfusionMatrix:
+        """Add another accumulator (or a raw (K, K) matrix) into this one, in place."""
+        m = other.matrix if isinstance(other, ConfusionMatrix) else np.asarray(other)
+        if m.shape != self.matrix.shape:
+            raise ShapeMismatchError(f"cannot merge a {m.shape} confusion matrix into a {self.matrix.shape} one")
+        self.matrix += m.astype(np.int64)
+        return self
+
+    def __add__(self, other: ConfusionMatrix | np.ndarray) -> ConfusionMatrix:
+        out = ConfusionMatrix(self.num_classes, self.ignore_index)
+        return out.merge(self).merge(other)
+
+    def reset(self) -> None:
+        self.matrix[:] = 0
+
+    def scores(self, class_names: Sequence[str] | None = None) -> dict[str, Any]:
+        return scores(self.matrix, class_names)
+
+
+def _div(a: float, b: float) -> float:
+    return float(a) / float(b) if b else math.nan
+
+
+def _nanmean(values: list[float]) -> float:
+    defined = [v for v in values if not math.isnan(v)]
+    return sum(defined) / len(defined) if defined else math.nan
+
+
+def scores(matrix: np.ndarray, class_names: Sequence[str] | None = None) -> dict[str, Any]:
+    """Scores of a (K, K) confusion matrix (rows truth, columns prediction).
+
+    Returns ``{"accuracy", "mean_dice", "mean_iou", "per_class": {name: {"dice", "iou",
+    "precision", "recall", "f1", "support"}}}`` with plain floats (NaN where undefined,
+    see the module docstring) and ``support`` = true voxels of the class.  ``class_names``
+    default to "0", "1", ...  Dice and F1 are the same number; both keys are kept because
+    reports quote both.
+    """
+    m = np.asarray(matrix, dtype=np.int64)
+    k = m.shape[0]
+    if m.shape != (k, k):
+        raise ShapeMismatchError(f"confusion matrix must be square, got shape {m.shape}")
+    names = [str(i) for i in range(k)] if class_names is None else [str(n) for n in class_names]
+    if len(names) != k:
+        raise ShapeMismatchError(f"{len(names)} class names for a {k}-class confusion matrix")
+    per_class = {}
+    for i, name in enumerate(names):
+        tp = int(m[i, i])
+        fn = int(m[i, :].sum()) - tp  # true i, predicted something else
+        fp = int(m[:, i].sum()) - tp  # predicted i, truly something else
+        dice = _div(2 * tp, 2 * tp + fp + fn)
+        per_class[name] = {
+            "dice": dice,
+            "iou": _div(tp, tp + fp + fn),
+            "precision": _div(tp, tp + fp),
+            "recall": _div(tp, tp + fn),
+            "f1": dice,
+            "support": tp + fn,
+        }
+    return {
+        "accuracy": _div(np.trace(m), m.sum()),
+        "mean_dice": _nanmean([c["dice"] for c in per_class.values()]),
+        "mean_iou": _nanmean([c["iou"] for c in per_class.values()]),
+        "per_class": per_class,
+    }
+
+
+def allreduce_confusion(matrix: np.ndarray) -> np.ndarray:
+    """Sum ``matrix`` over all workers of the default torch.distributed process group.
+
+    Returns it unchanged (as int64) when torch.distributed is not initialised, so the same
+    code runs in a single process.  Every worker must call it (it is a collective).
+    """
+    import torch
+    import torch.distributed as dist
+
+    matrix = np.asarray(matrix, dtype=np.int64)
+    if not (dist.is_available() and dist.is_initialized()):
+        return matrix
+    t = torch.from_numpy(matrix.copy())
+    if dist.get_backend() == "nccl":  # NCCL reduces only GPU tensors
+        t = t.to(torch.device("cuda", torch.cuda.current_device()))
+    dist.all_reduce(t, op=dist.ReduceOp.SUM)
+    return t.cpu().numpy().astype(np.int64)
