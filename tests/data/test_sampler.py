@@ -1,0 +1,265 @@
+"""Patch sampler: splits, region confinement, sharding, determinism, 2.5D, augmentation."""
+
+from __future__ import annotations
+
+import pickle
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from xtrain.config import AugmentConfig, DataConfig
+from xtrain.data.sampler import GridPatches, RandomPatches, Split, patch_loader, reflect, split_regions
+from xtrain.data.store import open_store, write_store
+from xtrain.errors import ConfigError
+
+TINY = (37, 61, 53)
+NO_AUG = AugmentConfig(flips=False, rot90=False, intensity_scale=0.0, intensity_shift=0.0)
+GEOMETRY_AUG = AugmentConfig(intensity_scale=0.0, intensity_shift=0.0)  # values stay decodable
+
+
+def coord_store(path: Path, shape=TINY, axis: int = 0) -> Path:
+    """image = labels = the voxel's coordinate along ``axis``; stats make normalisation the identity."""
+    coord = np.indices(shape)[axis]
+    with write_store(path, shape) as w:
+        w.create("image", shape, np.float32)[:] = coord.astype(np.float32)
+        w.create("labels", shape, np.uint8)[:] = coord.astype(np.uint8)
+        w.info.stats = {"p0_5": 0.0, "p99_5": 1.0}
+    return path
+
+
+@pytest.fixture(scope="module")
+def coords(tmp_path_factory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("coords")
+    return {name: coord_store(root / f"{name}.zarr", axis=a) for a, name in enumerate("zyx")}
+
+
+def items(ds, n=None):
+    return [ds[i] for i in range(len(ds) if n is None else n)]
+
+
+# --------------------------------------------------------------------------- splits
+
+
+def test_split_default_and_explicit():
+    assert split_regions(100, DataConfig()) == Split(train=(0, 76), val=(80, 100))
+    assert split_regions(100, DataConfig(train_z=[50, 100], val_z=[0, 40])) == Split(train=(50, 100), val=(0, 40))
+    # explicit val only: train is everything before it less the gap
+    assert split_regions(100, DataConfig(val_z=[60, 80])).train == (0, 56)
+
+
+def test_fraction_keeps_first_part_of_training_slab(coords):
+    cfg = DataConfig(fraction=0.25, gap=2, val_fraction=0.2, patch=16, samples_per_epoch=60, augment=GEOMETRY_AUG)
+    split = split_regions(TINY[0], cfg)
+    assert split.train == (0, round(28 * 0.25)) and split.val == (30, 37)
+    zs = np.concatenate([im.numpy().ravel() for im, _ in items(RandomPatches(coords["z"], cfg, split.train))])
+    assert zs.min() >= 0 and zs.max() < 7
+
+
+@pytest.mark.parametrize(
+    "kwargs, words",
+    [
+        (dict(train_z=[0, 50]), "outside"),
+        (dict(train_z=[-1, 10], val_z=[20, 30]), "outside"),
+        (dict(train_z=[10, 10], val_z=[20, 30]), "empty"),
+        (dict(train_z=[0, 25], val_z=[20, 30]), "overlap"),
+        (dict(train_z=[0, 18], val_z=[20, 30], gap=4), "2 slices apart"),
+        (dict(val_fraction=0.95), "no training slices"),
+        (dict(val_fraction=0.0), "val_fraction"),
+        (dict(fraction=0.0), "fraction"),
+        (dict(fraction=1.5), "fraction"),
+        (dict(train_z=[0, 1, 2]), "[start, stop)"),
+    ],
+)
+def test_invalid_splits_raise_config_error(kwargs, words):
+    with pytest.raises(ConfigError) as info:
+        split_regions(TINY[0], DataConfig(**kwargs))
+    assert words in str(info.value) and "\n" not in str(info.value)
+
+
+def test_invalid_sampling_settings(tiny_store):
+    for kwargs in (dict(slices=2), dict(axis="w"), dict(patch=0)):
+        with pytest.raises(ConfigError):
+            RandomPatches(tiny_store, DataConfig(**kwargs), (0, 20))
+    with pytest.raises(ConfigError, match="outside"):
+        GridPatches(tiny_store, DataConfig(), (30, 40))
+
+
+# --------------------------------------------------------------------------- region confinement
+
+
+@pytest.mark.parametrize("axis", ["z", "y", "x", "any"])
+@pytest.mark.parametrize("patch, slices", [(32, 3), (64, 1)])
+def test_random_patches_never_leave_their_region(coords, axis, patch, slices):
+    cfg = DataConfig(patch=patch, slices=slices, axis=axis, samples_per_epoch=12, augment=GEOMETRY_AUG)
+    split = split_regions(TINY[0], cfg)
+    for region in (split.train, split.val):
+        for image, label in items(RandomPatches(coords["z"], cfg, region, seed=1)):
+            assert image.shape == (slices, patch, patch) and label.shape == (patch, patch)
+            assert region[0] <= image.min() and image.max() < region[1], (axis, region)
+            assert region[0] <= label.min() and label.max() < region[1]
+
+
+def test_reflect_indices():
+    assert reflect(np.arange(-3, 8), 2, 6).tolist() == [3, 4, 5, 4, 3, 2, 3, 4, 5, 4, 3]
+    assert reflect(np.arange(-2, 3), 4, 5).tolist() == [4] * 5
+
+
+# --------------------------------------------------------------------------- 2.5D
+
+
+@pytest.mark.parametrize("axis", ["z", "y", "x"])
+def test_25d_channels_are_the_neighbouring_slices(coords, axis):
+    a = "zyx".index(axis)
+    cfg = DataConfig(patch=16, slices=3, axis=axis, samples_per_epoch=40, augment=NO_AUG)
+    region = (5, 20)
+    bounds = region if a == 0 else (0, TINY[a])
+    for image, label in items(RandomPatches(coords[axis], cfg, region, train=False)):
+        centre = int(label[0, 0])
+        assert (label == centre).all()  # a plane normal to the slicing axis
+        expected = reflect(np.arange(centre - 1, centre + 2), *bounds)
+        assert [float(image[c].min()) for c in range(3)] == expected.tolist()
+        assert [float(image[c].max()) for c in range(3)] == expected.tolist()
+
+
+# --------------------------------------------------------------------------- sharding
+
+
+@pytest.mark.parametrize("world", [2, 3])
+def test_random_shards_are_disjoint_and_match_the_single_rank_samples(tiny_store, world):
+    cfg = DataConfig(patch=16, samples_per_epoch=12)
+    single = RandomPatches(tiny_store, cfg, (0, 30), seed=3)
+    seen = []
+    for rank in range(world):
+        ds = RandomPatches(tiny_store, cfg, (0, 30), rank=rank, world_size=world, seed=3)
+        assert len(ds) == 12 // world
+        for i in range(len(ds)):
+            g = ds.global_index(i)
+            seen.append(g)
+            assert torch.equal(ds[i][0], single[g][0])  # item depends only on (seed, epoch, global index)
+    assert sorted(seen) == list(range(world * (12 // world)))
+
+
+@pytest.mark.parametrize("world", [1, 2, 3])
+@pytest.mark.parametrize("patch", [32, 64])
+def test_grid_shards_cover_the_region_exactly(tiny_store, world, patch):
+    cfg = DataConfig(patch=patch, val_patches=10_000)
+    region = (30, 37)
+    cover = np.zeros((region[1] - region[0],) + TINY[1:], dtype=np.int64)
+    positions = []
+    for rank in range(world):
+        ds = GridPatches(tiny_store, cfg, region, rank=rank, world_size=world)
+        for i in range(len(ds)):
+            z, y, x = ds.position(i)
+            positions.append((z, y, x))
+            cover[z - region[0], y : y + patch, x : x + patch] += 1
+    assert len(set(positions)) == len(positions)  # disjoint shards
+    assert (cover >= 1).all()  # every voxel of the region
+    assert {p[0] for p in positions} == set(range(*region))
+
+
+def test_grid_items_are_the_store_data(tiny_store):
+    store = open_store(tiny_store)
+    cfg = DataConfig(patch=32, slices=3, val_patches=10_000)
+    ds = GridPatches(tiny_store, cfg, (30, 37))
+    for i in (0, 5, len(ds) - 1):
+        z, y, x = ds.position(i)
+        image, label = ds[i]
+        assert np.array_equal(label.numpy(), store.labels[z, y : y + 32, x : x + 32])
+        lo, hi = store.info.stats["p0_5"], store.info.stats["p99_5"]
+        raw = image[1].numpy() * (hi - lo) + lo
+        assert np.allclose(raw, store.image[z, y : y + 32, x : x + 32], atol=0.05)
+
+
+def test_grid_cap_takes_whole_slices_evenly_spaced(tiny_store):
+    region = (0, 30)
+    ds = GridPatches(tiny_store, DataConfig(patch=32, val_patches=12), region)  # 4 tiles per slice
+    zs = [ds.position(i)[0] for i in range(len(ds))]
+    assert len(ds) == 12 and sorted(set(zs)) == [5, 15, 25]
+    assert len(GridPatches(tiny_store, DataConfig(patch=32, val_patches=2), region)) == 2
+    shards = [GridPatches(tiny_store, DataConfig(patch=32, val_patches=12), region, rank=r, world_size=2)
+              for r in range(2)]
+    assert sum(len(s) for s in shards) == 12
+
+
+# --------------------------------------------------------------------------- determinism and loading
+
+
+def test_same_items_with_0_and_2_workers_and_epochs_differ(tiny_store):
+    cfg = DataConfig(patch=32, slices=3, samples_per_epoch=48)
+    ds = RandomPatches(tiny_store, cfg, (0, 30), seed=7)
+    ds[0]  # the parent has used zarr before forking: workers must still work
+
+    def epoch_batches(loader, epoch):
+        ds.set_epoch(epoch)
+        return [torch.cat(t) for t in zip(*[(im, lb.float()) for im, lb in loader])]
+
+    serial = patch_loader(ds, 8, 0)
+    parallel = patch_loader(ds, 8, 2)
+    for epoch in (0, 1):
+        a, b = epoch_batches(serial, epoch), epoch_batches(parallel, epoch)  # persistent workers
+        assert all(torch.equal(x, y) for x, y in zip(a, b)), epoch
+    e0, e1 = epoch_batches(serial, 0), epoch_batches(serial, 1)
+    assert not torch.equal(e0[0], e1[0])
+    assert all(torch.equal(x, y) for x, y in zip(e0, epoch_batches(serial, 0)))  # reproducible
+
+
+def test_pickle_drops_the_store_handle(tiny_store):
+    ds = RandomPatches(tiny_store, DataConfig(patch=16), (0, 30))
+    first = ds[5]
+    copy = pickle.loads(pickle.dumps(ds))
+    assert copy._store is None
+    assert torch.equal(copy[5][0], first[0])
+
+
+@pytest.mark.parametrize("patch", [32, 64])
+def test_odd_sized_volume(tiny_store, patch):
+    cfg = DataConfig(patch=patch, slices=3, axis="any", samples_per_epoch=16)
+    for image, label in items(RandomPatches(tiny_store, cfg, (0, 30))):
+        assert image.shape == (3, patch, patch) and image.dtype == torch.float32
+        assert label.shape == (patch, patch) and label.dtype == torch.int64
+        assert torch.isfinite(image).all() and set(label.unique().tolist()) <= {0, 1, 2}
+
+
+# --------------------------------------------------------------------------- augmentation
+
+
+def label_from_image(image: torch.Tensor, stats) -> np.ndarray:
+    """tiny_store: image = 1000 * label + 1000 + N(0, 50)."""
+    raw = image.numpy() * (stats["p99_5"] - stats["p0_5"]) + stats["p0_5"]
+    return np.rint((raw - 1000) / 1000).astype(np.int64)
+
+
+def test_flips_and_rotations_keep_image_and_labels_aligned(tiny_store):
+    stats = open_store(tiny_store).info.stats
+    cfg = DataConfig(patch=32, slices=3, axis="any", samples_per_epoch=24, augment=GEOMETRY_AUG)
+    plain = RandomPatches(tiny_store, cfg, (0, 30), train=False)
+    augmented = RandomPatches(tiny_store, cfg, (0, 30), train=True)
+    changed = 0
+    for i in range(len(augmented)):
+        image, label = augmented[i]
+        assert np.array_equal(label_from_image(image[1], stats), label.numpy())
+        changed += not torch.equal(image, plain[i][0])
+    assert changed > 12  # 7 of 8 flip/rotation combinations change the patch
+
+
+def test_noise_reaches_the_requested_fraction_of_samples(tiny_store):
+    stats = open_store(tiny_store).info.stats
+    scale = stats["p99_5"] - stats["p0_5"]
+
+    def noisy(noise_std, n):
+        aug = replace(NO_AUG, noise_std=noise_std, noise_fraction=0.5)
+        cfg = DataConfig(patch=8, samples_per_epoch=n, augment=aug)
+        ds = RandomPatches(tiny_store, cfg, (0, 30))
+        flags = []
+        for image, label in items(ds):
+            clean = (label.numpy() * 1000 + 1000 - stats["p0_5"]) / scale  # noise-free normalised image
+            flags.append(float(np.std(image[0].numpy() - clean)) > 0.2)  # store noise: 50 / scale ~ 0.02
+        return np.array(flags)
+
+    flags = noisy(1.0, 400)
+    assert 0.4 <= flags.mean() <= 0.6
+    # which samples get noise depends only on the item RNG, not on the noise strength
+    assert np.array_equal(noisy(0.5, 100), flags[:100])
