@@ -1,0 +1,252 @@
+"""``xtrain ingest``: round trips, labels, attributes, and every bad input through the CLI."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import tifffile
+
+from xtrain.cli import main
+from xtrain.data.ingest import ingest
+from xtrain.data.store import open_store
+
+SHAPE = (37, 61, 53)  # (Z, Y, X): more than one 32-deep slab, odd in-plane sizes
+RAW_LABELS = (0, 128, 255)
+
+
+def volume(dtype, shape=SHAPE, seed=0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    if np.dtype(dtype).kind == "f":
+        return rng.normal(0.5, 0.2, size=shape).astype(dtype)
+    return rng.integers(0, np.iinfo(dtype).max, size=shape, endpoint=True).astype(dtype)
+
+
+def raw_labels(shape=SHAPE, seed=1) -> np.ndarray:
+    return np.asarray(RAW_LABELS, np.uint8)[np.random.default_rng(seed).integers(0, 3, size=shape)]
+
+
+def write_folder(folder, vol, name="s_{}.tif"):
+    """Slices numbered from 1 without padding, so lexical order (s_1, s_10, s_11 ...) is wrong."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for z, plane in enumerate(vol):
+        tifffile.imwrite(folder / name.format(z + 1), plane, compression="zlib")
+    return folder
+
+
+@pytest.fixture
+def scan(tmp_path):
+    """A uint16 image folder and a matching 0/128/255 label folder."""
+    image = volume(np.uint16)
+    labels = raw_labels()
+    return write_folder(tmp_path / "images", image), write_folder(tmp_path / "labels", labels), image, labels
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16, np.float32])
+def test_folder_roundtrip(tmp_path, dtype):
+    vol = volume(dtype)
+    out = ingest(write_folder(tmp_path / "images", vol), tmp_path / "v.zarr")
+    store = open_store(out)
+    assert store.image.dtype == vol.dtype and store.labels is None
+    np.testing.assert_array_equal(store.image[:], vol)  # also proves natural slice order
+    stats = store.info.stats
+    assert stats["min"] == pytest.approx(float(vol.min())) and stats["max"] == pytest.approx(float(vol.max()))
+    assert stats["mean"] == pytest.approx(float(vol.astype(np.float64).mean()), rel=1e-6)
+    tol = (float(vol.max()) - float(vol.min())) / 1000  # float percentiles are binned
+    assert stats["p99_5"] == pytest.approx(float(np.percentile(vol, 99.5)), abs=max(tol, 1.0))
+
+
+def test_multipage_and_glob_forms(tmp_path):
+    vol = volume(np.uint16)
+    tifffile.imwrite(tmp_path / "vol.tif", vol)
+    store = open_store(ingest(tmp_path / "vol.tif", tmp_path / "a.zarr"))
+    np.testing.assert_array_equal(store.image[:], vol)
+    assert store.info.source["images"] == str((tmp_path / "vol.tif").resolve())
+
+    write_folder(tmp_path / "images", vol)
+    store = open_store(ingest(str(tmp_path / "images" / "s_*.tif"), tmp_path / "b.zarr"))
+    np.testing.assert_array_equal(store.image[:], vol)
+
+
+def test_labels_and_attributes(tmp_path, scan):
+    images, labels, image, raw = scan
+    out = tmp_path / "scan.zarr"
+    code = main(["ingest", str(images), str(out), "--labels", str(labels), "--label-map", "0:0,128:1,255:2",
+                 "--voxel-size", "12.5", "--chunks", "1,32,32"])
+    assert code == 0
+    store = open_store(out)
+    np.testing.assert_array_equal(store.image[:], image)
+    assert store.labels.dtype == np.uint8
+    np.testing.assert_array_equal(store.labels[:], np.searchsorted(RAW_LABELS, raw))
+    assert store.image.chunks == (1, 32, 32)
+
+    info = store.info
+    assert info.classes == ["pore", "ysz", "ni"] and info.voxel_size_nm == 12.5
+    for key in ("p0_5", "p99_5", "mean", "std", "hist"):
+        assert key in info.stats
+    assert sum(info.stats["hist"]["counts"]) == image.size
+    src = info.source
+    assert src["images"][0].endswith("s_1.tif") and src["images"][9].endswith("s_10.tif")
+    assert os.path.isabs(src["images"][0]) and len(src["labels"]) == SHAPE[0]
+    assert src["label_map"] == {"0": 0, "128": 1, "255": 2} and "ingested" in src and "xtrain_version" in src
+
+
+def test_labels_without_map_are_class_ids(tmp_path):
+    ids = np.random.default_rng(2).integers(0, 2, size=SHAPE).astype(np.uint8)
+    out = ingest(write_folder(tmp_path / "i", volume(np.uint8)), tmp_path / "o.zarr",
+                 labels=write_folder(tmp_path / "l", ids), classes=["pore", "solid"])
+    store = open_store(out)
+    assert store.info.classes == ["pore", "solid"]
+    np.testing.assert_array_equal(store.labels[:], ids)
+
+
+def test_overwrite_replaces(tmp_path, scan):
+    images, _, image, _ = scan
+    out = tmp_path / "o.zarr"
+    ingest(images, out)
+    ingest(images, out, overwrite=True)
+    np.testing.assert_array_equal(open_store(out).image[:], image)
+
+
+# ----------------------------------------------------------------------------- bad input via the CLI
+
+
+def run_bad(capsys, tmp_path, args, out_name="out.zarr"):
+    """Run the CLI expecting a user error: exit 2, one stderr line; return that line."""
+    out = tmp_path / out_name
+    existed = out.exists()
+    code = main(["ingest", *[str(a) for a in args[:1]], str(out), *[str(a) for a in args[1:]]])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2, err
+    assert len(err) == 1, err
+    assert err[0].startswith("xtrain ingest: error: ")
+    assert out.exists() == existed
+    assert not [p.name for p in tmp_path.iterdir() if ".partial-" in p.name or ".old-" in p.name]
+    return err[0]
+
+
+def test_missing_images(capsys, tmp_path):
+    assert "nothere" in run_bad(capsys, tmp_path, [tmp_path / "nothere"])
+
+
+def test_empty_folder_and_empty_glob(capsys, tmp_path):
+    (tmp_path / "empty").mkdir()
+    assert "empty" in run_bad(capsys, tmp_path, [tmp_path / "empty"])
+    assert "*.tif" in run_bad(capsys, tmp_path, [tmp_path / "empty" / "*.tif"])
+
+
+def test_corrupt_tiff(capsys, tmp_path):
+    folder = write_folder(tmp_path / "images", volume(np.uint8, shape=(3, 61, 53)))
+    (folder / "s_2.tif").write_bytes(np.random.default_rng(0).bytes(4096))
+    assert "s_2.tif" in run_bad(capsys, tmp_path, [folder])
+
+
+@pytest.mark.parametrize("where", ["images", "labels"])
+def test_truncated_tiff(capsys, tmp_path, scan, where):
+    images, labels, _, _ = scan
+    victim = (images if where == "images" else labels) / "s_12.tif"
+    data = victim.read_bytes()
+    victim.write_bytes(data[: len(data) // 2])
+    line = run_bad(capsys, tmp_path, [images, "--labels", labels, "--label-map", "0:0,128:1,255:2"])
+    assert "s_12.tif" in line and "truncated" in line
+
+
+def test_slices_of_different_shape_or_dtype(capsys, tmp_path):
+    folder = write_folder(tmp_path / "images", volume(np.uint16, shape=(4, 61, 53)))
+    tifffile.imwrite(folder / "s_3.tif", np.zeros((60, 53), np.uint16))
+    line = run_bad(capsys, tmp_path, [folder])
+    assert "s_3.tif" in line and "(60, 53)" in line and "(61, 53)" in line
+
+    tifffile.imwrite(folder / "s_3.tif", np.zeros((61, 53), np.float32))
+    line = run_bad(capsys, tmp_path, [folder])
+    assert "s_3.tif" in line and "float32" in line and "uint16" in line
+
+
+def test_unsupported_dtype(capsys, tmp_path):
+    folder = write_folder(tmp_path / "images", np.zeros((2, 61, 53), np.int16))
+    assert "s_1.tif" in run_bad(capsys, tmp_path, [folder])
+
+
+def test_image_label_shape_mismatch(capsys, tmp_path, scan):
+    images, _, _, _ = scan
+    labels = write_folder(tmp_path / "short", raw_labels(shape=(36, 61, 53)))
+    line = run_bad(capsys, tmp_path, [images, "--labels", labels, "--label-map", "0:0,128:1,255:2"])
+    assert "(36, 61, 53)" in line and "(37, 61, 53)" in line
+
+
+def test_label_value_not_in_map(capsys, tmp_path, scan):
+    images, labels, _, raw = scan
+    bad = raw[33].copy()  # in the second slab: the first slab was already written
+    bad[10, 20] = 77
+    tifffile.imwrite(labels / "s_34.tif", bad)
+    line = run_bad(capsys, tmp_path, [images, "--labels", labels, "--label-map", "0:0,128:1,255:2"])
+    assert "77" in line and "s_34.tif" in line and "0,128,255" in line
+
+
+def test_label_map_class_out_of_range(capsys, tmp_path, scan):
+    images, labels, _, _ = scan
+    line = run_bad(capsys, tmp_path, [images, "--labels", labels, "--label-map", "0:0,128:1,255:3"])
+    assert "class 3" in line
+
+
+def test_non_finite_float(capsys, tmp_path):
+    vol = volume(np.float32)
+    vol[21, 5, 7] = np.nan
+    folder = write_folder(tmp_path / "images", vol)
+    line = run_bad(capsys, tmp_path, [folder])
+    assert "s_22.tif" in line and "nan" in line
+
+
+def test_existing_output_checked_before_reading(capsys, tmp_path):
+    (tmp_path / "out.zarr").mkdir()
+    # the input is garbage too: the output check must come first, before any read
+    (tmp_path / "bad.tif").write_bytes(b"garbage")
+    line = run_bad(capsys, tmp_path, [tmp_path / "bad.tif"])
+    assert "out.zarr" in line and "--overwrite" in line
+
+
+def test_failed_overwrite_keeps_old_store(capsys, tmp_path, scan):
+    images, labels, image, raw = scan
+    ingest(images, tmp_path / "out.zarr")
+    bad = raw[30].copy()
+    bad[0, 0] = 1
+    tifffile.imwrite(labels / "s_31.tif", bad)
+    run_bad(capsys, tmp_path, [images, "--labels", labels, "--label-map", "0:0,128:1,255:2", "--overwrite"])
+    np.testing.assert_array_equal(open_store(tmp_path / "out.zarr").image[:], image)
+
+
+def test_real_cli_subprocess_one_line(tmp_path):
+    """The installed entry point, logging and all, prints exactly one line for bad input."""
+    (tmp_path / "bad.tif").write_bytes(b"II*\x00" + bytes(200))
+    proc = subprocess.run([sys.executable, "-m", "xtrain.cli", "ingest", str(tmp_path / "bad.tif"),
+                           str(tmp_path / "o.zarr")], capture_output=True, text=True)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [proc.stderr.strip()] and "bad.tif" in proc.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.tif"]
+
+
+# ----------------------------------------------------------------------------- real data
+
+
+@pytest.mark.realdata
+def test_real_volume(real_data, tmp_path):
+    """The real scan (uint16, 0/128/255 labels) through globs of its first 39 slices (2 slabs).
+
+    The whole 250 slices take 6-20 s on a shared 2-core machine; a glob subset keeps the
+    test fast and also exercises the glob form on real file names.
+    """
+    out = ingest(str(real_data / "images" / "SOCprist00[0-3]?.tiff"), tmp_path / "soc.zarr",
+                 labels=str(real_data / "labels" / "slice__0[0-3]?.tif"), label_map={0: 0, 128: 1, 255: 2})
+    store = open_store(out)
+    assert store.shape == (39, 501, 501) and store.image.dtype == np.uint16
+    for z in (0, 9, 31, 38):  # 9 -> 10: natural order; 31/32: across the slab boundary
+        expected = tifffile.imread(real_data / "images" / f"SOCprist{z + 1:04d}.tiff")
+        np.testing.assert_array_equal(store.image[z], expected)
+        raw = tifffile.imread(real_data / "labels" / f"slice__{z + 1:03d}.tif")
+        np.testing.assert_array_equal(store.labels[z], np.searchsorted(RAW_LABELS, raw))
+    fractions = np.bincount(store.labels[:].ravel(), minlength=3) / store.labels.size
+    assert np.allclose(fractions, [0.30, 0.45, 0.25], atol=0.05)  # README: roughly 0.30/0.45/0.25
+    assert store.info.stats["p0_5"] < store.info.stats["mean"] < store.info.stats["p99_5"]
