@@ -89,6 +89,27 @@ def cmd_synth(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_train(args: argparse.Namespace) -> int:
+    from .config import load_config
+    from .train.ray_trainer import train
+
+    overrides = list(args.set or [])
+    overrides.append(f"data.store={Path(args.data).resolve()}")
+    if args.workers is not None:
+        overrides.append(f"train.workers={args.workers}")
+    if args.gpu:
+        overrides.append("train.use_gpu=true")
+    cfg = load_config(args.config, overrides)
+    metrics = train(cfg, args.out, resume=args.resume)
+    if metrics.get("stopped"):
+        log.warning("stopped at epoch %s; continue with: xtrain train ... --out %s --resume", metrics.get("epoch"),
+                    args.out)
+        return 3  # distinct from success so Slurm scripts can requeue
+    log.info("finished: best validation mean Dice %.4f; model: %s", metrics.get("best_mean_dice", float("nan")),
+             Path(args.out) / "model.pt")
+    return 0
+
+
 # ----------------------------------------------------------------------------- parser
 
 
@@ -136,6 +157,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--chunks", type=int_tuple(3), default=None, metavar="Z,Y,X", help="chunk shape (as ingest)")
     p.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
     p.set_defaults(func=cmd_synth)
+
+    p = _add(sub, "train", "Train a segmentation model with Ray Train (DistributedDataParallel on N workers).",
+             "xtrain train --config configs/unet.yaml --data soc.zarr --out runs/unet --workers 2 "
+             "--set optim.lr=3e-4")
+    p.add_argument("--config", required=True, help="YAML recipe, e.g. configs/unet.yaml (see configs/)")
+    p.add_argument("--data", required=True, help="training store (with labels) from 'xtrain ingest' or 'xtrain synth'")
+    p.add_argument("--out", required=True, type=Path, help="run directory: model.pt, last.pt, metrics.csv, config.yaml")
+    p.add_argument("--workers", type=int, default=None, help="Ray Train workers (default: train.workers of the config)")
+    p.add_argument("--gpu", action="store_true", help="one GPU per worker, NCCL, bf16 autocast")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config key, e.g. --set "
+                   "optim.lr=3e-4 (repeatable)")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    p.set_defaults(func=cmd_train)
 
     return parser
 

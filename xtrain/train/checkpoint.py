@@ -1,0 +1,86 @@
+"""Checkpoints: one dict of states, written atomically.
+
+    last.pt   everything needed to continue training (model + optimiser states, epoch,
+              step, RNG states, resolved config, normalisation statistics, classes)
+    model.pt  everything inference needs and nothing else: model name + kwargs + weights,
+              normalisation statistics, classes, config and validation metrics
+
+Both are plain ``torch.save`` dicts, loadable without the config files that made them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import random
+import uuid
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from .. import __version__
+from ..errors import CorruptFileError, InputNotFoundError
+
+FORMAT = 1
+INFERENCE_KEYS = ("format", "kind", "model_name", "model_kwargs", "model_state", "config", "stats", "classes",
+                  "epoch", "metrics", "xtrain_version")
+
+
+def rng_states() -> dict[str, Any]:
+    return {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+
+
+def set_rng_states(states: dict[str, Any]) -> None:
+    random.setstate(states["python"])
+    np.random.set_state(states["numpy"])
+    torch.set_rng_state(states["torch"])
+
+
+def save_checkpoint(ckpt: dict[str, Any], path: str | os.PathLike) -> Path:
+    """Write to a temporary sibling and rename: a crash never leaves a truncated checkpoint."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
+    try:
+        torch.save(ckpt, tmp)
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    return path
+
+
+def inference_checkpoint(ckpt: dict[str, Any]) -> dict[str, Any]:
+    """The model.pt subset of a training checkpoint."""
+    out = {k: ckpt[k] for k in INFERENCE_KEYS if k in ckpt}
+    out["kind"] = "model"
+    return out
+
+
+def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise InputNotFoundError(f"checkpoint '{path}' does not exist; train a model first with 'xtrain train'")
+    try:
+        # weights_only=False: our own files hold numpy RNG states and config dicts.
+        ckpt = torch.load(path, map_location=map_location, weights_only=False)
+    except Exception as exc:
+        raise CorruptFileError(f"checkpoint '{path}' cannot be read ({type(exc).__name__}: {exc}); "
+                               "it is truncated or not an xtrain checkpoint") from exc
+    if not isinstance(ckpt, dict) or "model_state" not in ckpt or "model_name" not in ckpt:
+        raise CorruptFileError(f"'{path}' is not an xtrain checkpoint (no model_name/model_state)")
+    return ckpt
+
+
+def file_checksum(path: str | os.PathLike) -> str:
+    """sha256 of a file (model provenance in segmentation outputs)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def base_checkpoint(**fields: Any) -> dict[str, Any]:
+    return {"format": FORMAT, "kind": "train", "xtrain_version": __version__, **fields}

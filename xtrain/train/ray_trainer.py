@@ -1,0 +1,249 @@
+"""The Ray Train edge: run ``loop.fit`` on N DistributedDataParallel workers.
+
+    xtrain train --config configs/unet.yaml --data soc.zarr --out runs/unet --workers 2
+
+Everything that is not Ray lives in loop.py.  This module only
+  * prepares RUN_DIR (refusing to clobber a finished run; ``--resume`` must be explicit),
+  * starts or joins Ray quietly,
+  * builds a ``TorchTrainer`` (gloo on CPU, NCCL on GPU) with a ``FailureConfig`` so a dead
+    worker is restarted from the last reported checkpoint,
+  * turns SIGTERM (a Slurm time limit or preemption) into a STOP file that every worker
+    checks before each step: they checkpoint and return within one step.
+
+Ray facts (2.60, checked here): Train v2 is the default; ``storage_path`` must be absolute;
+rerunning with the same run name silently resumes the old run, so every launch gets a fresh
+name and resumption goes through our own RUN_DIR/last.pt; ``TorchTrainer.restore`` is
+deprecated; with ``FailureConfig(max_failures=0)`` ``fit()`` raises ``WorkerGroupError``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from ..config import Config, config_from_dict, config_to_dict, save_config
+from ..errors import RunStateError, XtrainError
+from .checkpoint import load_checkpoint
+from .loop import LAST, WorkerContext, fit, preflight
+
+log = logging.getLogger(__name__)
+
+STOP = "STOP"
+TRAIN_LOG = "train.log"
+STATUS = "status.json"
+CHECKPOINT_FILE = "last.pt"
+
+# Keep Ray's own chatter out of the user's terminal (set before ray is imported).
+QUIET_RAY_ENV = {
+    "RAY_TRAIN_ENABLE_V2_MIGRATION_WARNINGS": "0",
+    "RAY_TRAIN_ENABLE_PRINT_PATCH": "0",
+    "RAY_DEDUP_LOGS": "1",
+    "RAY_USAGE_STATS_ENABLED": "0",
+    "RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S": os.environ.get("RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S", "120"),
+}
+
+
+def quiet_ray() -> None:
+    for k, v in QUIET_RAY_ENV.items():
+        os.environ.setdefault(k, v)
+
+
+def init_ray(num_cpus: int | None = None) -> bool:
+    """Join a running cluster (RAY_ADDRESS, a Ray job, Slurm) or start a local one.
+
+    Returns True if this call started Ray (so the caller shuts it down)."""
+    quiet_ray()
+    import ray
+
+    if ray.is_initialized():
+        return False
+    # Worker output is not forwarded (log_to_driver=False): rank 0 logs to RUN_DIR/train.log,
+    # which the driver tails (LogTail), so the terminal shows xtrain's lines and not Ray's.
+    kwargs: dict[str, Any] = {"include_dashboard": False, "logging_level": logging.WARNING,
+                              "configure_logging": False, "log_to_driver": False}
+    if os.environ.get("RAY_ADDRESS"):
+        ray.init(**{k: v for k, v in kwargs.items() if k != "include_dashboard"})
+        return True
+    ray.init(num_cpus=num_cpus, **kwargs)
+    return True
+
+
+# ----------------------------------------------------------------------------- run directory
+
+
+def read_status(run_dir: Path) -> dict[str, Any]:
+    try:
+        return json.loads((run_dir / STATUS).read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        return {}
+
+
+def write_status(run_dir: Path, **fields: Any) -> None:
+    status = {**read_status(run_dir), **fields, "updated": time.strftime("%Y-%m-%dT%H:%M:%S")}
+    tmp = run_dir / f".{STATUS}.tmp"
+    tmp.write_text(json.dumps(status, indent=2))
+    tmp.replace(run_dir / STATUS)
+
+
+def prepare_run_dir(run_dir: str | Path, cfg: Config, resume: bool) -> tuple[Path, Path | None]:
+    """Create RUN_DIR or check it may be resumed. Returns (absolute run dir, checkpoint to resume)."""
+    run_dir = Path(run_dir).resolve()
+    last = run_dir / LAST
+    state = read_status(run_dir).get("state")
+    if resume:
+        if not last.exists():
+            raise RunStateError(f"cannot resume '{run_dir}': it has no {LAST}; start it without --resume")
+        if state == "finished":
+            raise RunStateError(f"run '{run_dir}' already finished all epochs; raise train.epochs with --set "
+                                "train.epochs=N to continue it, or choose a new --out")
+    elif run_dir.exists() and any(run_dir.iterdir()):
+        hint = "pass --resume to continue it" if last.exists() and state != "finished" else "choose a new --out"
+        raise RunStateError(f"run directory '{run_dir}' already exists and is not empty; {hint}")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / STOP).unlink(missing_ok=True)
+    save_config(cfg, run_dir / "config.yaml")
+    return run_dir, (last if resume else None)
+
+
+# ----------------------------------------------------------------------------- the worker
+
+
+def train_loop_per_worker(config: dict[str, Any]) -> None:
+    """Runs on every Ray Train worker: plain xtrain ``fit`` plus ``ray.train.report``."""
+    import ray.train
+    import ray.train.torch
+
+    cfg = config_from_dict(config["config"])
+    run_dir = Path(config["run_dir"])
+    context = ray.train.get_context()
+    rank = context.get_world_rank()
+    xlog = logging.getLogger("xtrain")
+    xlog.setLevel(logging.INFO)
+    if rank == 0 and not any(isinstance(h, logging.FileHandler) for h in xlog.handlers):
+        handler = logging.FileHandler(run_dir / TRAIN_LOG)
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        xlog.addHandler(handler)
+
+    # A restarted worker group (FailureConfig) resumes from Ray's latest checkpoint;
+    # a fresh launch with --resume from RUN_DIR/last.pt; otherwise from scratch.
+    resume = None
+    ray_ckpt = ray.train.get_checkpoint()
+    if ray_ckpt is not None:
+        with ray_ckpt.as_directory() as d:
+            resume = load_checkpoint(Path(d) / CHECKPOINT_FILE)
+    elif config.get("resume"):
+        resume = load_checkpoint(config["resume"])
+
+    def report(metrics: dict[str, Any], path: Path | None) -> None:
+        if path is None:
+            ray.train.report(metrics)
+            return
+        with tempfile.TemporaryDirectory(dir=run_dir, prefix=".ckpt-") as tmp:
+            os.link(path, Path(tmp) / CHECKPOINT_FILE)  # no copy: Ray persists it into storage_path
+            ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
+
+    ctx = WorkerContext(rank=rank, world_size=context.get_world_size(), device=ray.train.torch.get_device(),
+                        report=report, should_stop=lambda: (run_dir / STOP).exists())
+    fit(cfg, run_dir, ctx, resume)
+
+
+# ----------------------------------------------------------------------------- the driver
+
+
+class LogTail(threading.Thread):
+    """Re-log the lines rank 0 appends to RUN_DIR/train.log (progress, one line per epoch)."""
+
+    def __init__(self, path: Path, interval: float = 0.5):
+        super().__init__(daemon=True)
+        self.path, self.interval = path, interval
+        self.offset = path.stat().st_size if path.exists() else 0
+        self.done = threading.Event()
+
+    def poll(self) -> None:
+        if not self.path.exists():
+            return
+        with open(self.path) as f:
+            f.seek(self.offset)
+            for line in f:
+                if not line.endswith("\n"):
+                    break  # a line still being written: next time
+                self.offset += len(line.encode())
+                log.info("%s", line.rstrip())
+
+    def run(self) -> None:
+        while not self.done.wait(self.interval):
+            self.poll()
+        self.poll()
+
+    def stop(self) -> None:
+        self.done.set()
+        self.join()
+
+
+def worker_error(exc: BaseException) -> BaseException | None:
+    """The user-input error (XtrainError) a worker raised, if that is why the run failed."""
+    for failure in (getattr(exc, "worker_failures", None) or {}).values():
+        cause = getattr(failure, "cause", None) or failure
+        if isinstance(cause, XtrainError):
+            return cause
+    return None
+
+
+def train(cfg: Config, run_dir: str | Path, resume: bool = False) -> dict[str, Any]:
+    """Train with Ray Train; returns the last reported metrics (``stopped`` if interrupted)."""
+    preflight(cfg)
+    run_dir, resume_from = prepare_run_dir(run_dir, cfg, resume)
+    started = init_ray(num_cpus=None)
+    import ray.train
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    attempt = time.strftime("attempt-%Y%m%d-%H%M%S") + f"-{os.getpid()}"
+    trainer = TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config={"config": config_to_dict(cfg), "run_dir": str(run_dir),
+                           "resume": str(resume_from) if resume_from else None},
+        torch_config=TorchConfig(backend="nccl" if cfg.train.use_gpu else "gloo"),
+        scaling_config=ray.train.ScalingConfig(num_workers=cfg.train.workers, use_gpu=cfg.train.use_gpu),
+        run_config=ray.train.RunConfig(
+            name=attempt,
+            storage_path=str(run_dir / "ray"),
+            failure_config=ray.train.FailureConfig(max_failures=cfg.train.max_failures),
+            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=1),
+        ),
+    )
+
+    def on_term(signum, frame):  # Slurm time limit / preemption: checkpoint and exit cleanly
+        log.warning("received signal %d: asking workers to checkpoint and stop", signum)
+        (run_dir / STOP).touch()
+
+    previous = {s: signal.signal(s, on_term) for s in (signal.SIGTERM, signal.SIGUSR1)}
+    write_status(run_dir, state="running", attempt=attempt, pid=os.getpid())
+    tail = LogTail(run_dir / TRAIN_LOG)
+    tail.start()
+    try:
+        result = trainer.fit()
+    except BaseException as exc:
+        write_status(run_dir, state="failed", error=f"{type(exc).__name__}: {exc}"[:2000])
+        cause = worker_error(exc)
+        if cause is not None:
+            raise cause from None
+        raise
+    finally:
+        tail.stop()
+        for s, h in previous.items():
+            signal.signal(s, h)
+        if started:
+            ray.shutdown()
+    metrics = dict(result.metrics or {})
+    stopped = bool(metrics.get("stopped")) or (run_dir / STOP).exists()
+    (run_dir / STOP).unlink(missing_ok=True)
+    write_status(run_dir, state="interrupted" if stopped else "finished", epoch=metrics.get("epoch"),
+                 best_mean_dice=metrics.get("best_mean_dice"))
+    return {**metrics, "stopped": stopped}
