@@ -1,0 +1,63 @@
+"""Multi-Otsu baseline."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from xtrain.baselines import apply_thresholds, multi_otsu_thresholds, otsu_segment
+from xtrain.errors import InvalidInputError
+
+
+def mean_dice(pred: np.ndarray, truth: np.ndarray, n_classes: int = 3) -> float:
+    scores = []
+    for c in range(n_classes):
+        p, t = pred == c, truth == c
+        scores.append(2.0 * np.logical_and(p, t).sum() / max(int(p.sum()) + int(t.sum()), 1))
+    return float(np.mean(scores))
+
+
+def test_otsu_segments_an_easy_synthetic_volume():
+    from xtrain.data.synth import generate
+
+    image, labels, _ = generate((32, 96, 96), preset="easy", seed=0)
+    pred = otsu_segment(image)
+    assert pred.dtype == np.uint8 and pred.shape == image.shape
+    assert mean_dice(pred, labels) > 0.9
+
+
+def test_thresholds_from_store_histogram(tmp_path):
+    """The coarse histogram in the store attributes is enough to threshold the store."""
+    from xtrain.data.store import open_store
+    from xtrain.data.synth import synthesize
+
+    store = open_store(synthesize(tmp_path / "e.zarr", shape=(16, 64, 64), preset="easy", seed=1))
+    hist = store.info.stats["hist"]
+    edges = np.linspace(*hist["range"], len(hist["counts"]) + 1)
+    t = multi_otsu_thresholds(hist["counts"], edges)
+    assert t.shape == (2,) and t[0] < t[1]
+    assert mean_dice(apply_thresholds(store.image[:], t), store.labels[:]) > 0.9
+
+
+def test_edges_and_centres_give_the_same_thresholds():
+    rng = np.random.default_rng(0)
+    values = np.concatenate([rng.normal(m, 1.0, 5000) for m in (0.0, 10.0, 20.0)])
+    counts, edges = np.histogram(values, bins=128)
+    centres = 0.5 * (edges[:-1] + edges[1:])
+    t = multi_otsu_thresholds(counts, edges)
+    assert np.allclose(t, multi_otsu_thresholds(counts, centres))
+    assert 2 < t[0] < 8 and 12 < t[1] < 18
+
+
+def test_apply_thresholds_convention():
+    image = np.array([0, 4, 5, 6, 9, 10, 11], dtype=np.uint16)
+    assert apply_thresholds(image, [5, 10]).tolist() == [0, 0, 1, 1, 1, 2, 2]
+
+
+def test_bad_histograms_are_rejected():
+    with pytest.raises(InvalidInputError, match="edges"):
+        multi_otsu_thresholds(np.ones(10), np.arange(5))
+    with pytest.raises(InvalidInputError, match="non-empty"):
+        multi_otsu_thresholds(np.array([0, 5, 0, 0]), np.arange(4))
+    with pytest.raises(InvalidInputError, match="increasing"):
+        apply_thresholds(np.zeros(3), [5, 1])
