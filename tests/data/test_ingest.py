@@ -154,6 +154,13 @@ def test_truncated_tiff(capsys, tmp_path, scan, where):
     assert "s_12.tif" in line and "truncated" in line
 
 
+def test_truncated_multipage(capsys, tmp_path):
+    tifffile.imwrite(tmp_path / "vol.tif", volume(np.uint16))
+    data = (tmp_path / "vol.tif").read_bytes()
+    (tmp_path / "vol.tif").write_bytes(data[: len(data) // 2])
+    assert "vol.tif" in run_bad(capsys, tmp_path, [tmp_path / "vol.tif"])
+
+
 def test_slices_of_different_shape_or_dtype(capsys, tmp_path):
     folder = write_folder(tmp_path / "images", volume(np.uint16, shape=(4, 61, 53)))
     tifffile.imwrite(folder / "s_3.tif", np.zeros((60, 53), np.uint16))
@@ -174,7 +181,7 @@ def test_image_label_shape_mismatch(capsys, tmp_path, scan):
     images, _, _, _ = scan
     labels = write_folder(tmp_path / "short", raw_labels(shape=(36, 61, 53)))
     line = run_bad(capsys, tmp_path, [images, "--labels", labels, "--label-map", "0:0,128:1,255:2"])
-    assert "(36, 61, 53)" in line and "(37, 61, 53)" in line
+    assert "(36, 61, 53)" in line and "(37, 61, 53)" in line and "short" in line
 
 
 def test_label_value_not_in_map(capsys, tmp_path, scan):

@@ -109,6 +109,15 @@ def test_garbage_and_truncated_files(tmp_path):
             open_stack(folder)
 
 
+@pytest.mark.parametrize("compression", [None, "zlib"])
+def test_truncated_multipage_is_not_silently_shorter(tmp_path, compression):
+    """tifffile only logs a bad next-page offset and returns fewer pages: that must be an error."""
+    tifffile.imwrite(tmp_path / "vol.tif", volume(np.uint16, shape=(37, 61, 53)), compression=compression)
+    truncate(tmp_path / "vol.tif")
+    with pytest.raises(CorruptFileError, match="vol.tif.*truncated"):
+        open_stack(tmp_path / "vol.tif")
+
+
 def test_decode_error_at_read_names_the_file(tmp_path):
     """A file broken after opening (or whose strips lie but are short) fails at read, named."""
     folder = write_folder(tmp_path / "s", volume(np.uint16), compression="zlib")

@@ -46,19 +46,18 @@ def natural_key(path: str | os.PathLike) -> list:
 
 
 @contextlib.contextmanager
-def _tifffile_log() -> Iterator[list[str]]:
-    """Collect tifffile's own warnings instead of letting them reach stderr.
+def _tifffile_log() -> Iterator[list[logging.LogRecord]]:
+    """Collect tifffile's own log records instead of letting them reach stderr.
 
-    tifffile logs (rather than raises) for some broken files, e.g. an invalid offset to the
-    first page; the CLI promises exactly one error line, so we keep those messages and put
-    them into our own error instead.
+    tifffile logs (rather than raises) for some broken files: an invalid offset to the first
+    page, or to the next page of a truncated multi-page file (it then just returns fewer
+    pages).  We turn ERROR records into our own one-line error; the CLI promises one line.
     """
-    messages: list[str] = []
+    records: list[logging.LogRecord] = []
 
     class _Collect(logging.Handler):
         def emit(self, record: logging.LogRecord) -> None:
-            lines = record.getMessage().strip().splitlines()
-            messages.append(lines[0] if lines else record.levelname)
+            records.append(record)
 
     logger = logging.getLogger("tifffile")
     handler = _Collect(level=logging.DEBUG)
@@ -66,10 +65,17 @@ def _tifffile_log() -> Iterator[list[str]]:
     logger.addHandler(handler)
     logger.propagate = False
     try:
-        yield messages
+        yield records
     finally:
         logger.removeHandler(handler)
         logger.propagate = old_propagate
+        for r in records:
+            log.debug("tifffile: %s", r.getMessage())
+
+
+def _first_line(record: logging.LogRecord) -> str:
+    lines = record.getMessage().strip().splitlines()
+    return lines[0] if lines else record.levelname
 
 
 def _one_line(exc: BaseException) -> str:
@@ -86,9 +92,9 @@ class _Header:
 def _page_header(page, path: Path, where: str, file_size: int) -> _Header:
     """Shape and dtype of one page, and a check that its pixel data lies inside the file.
 
-    A truncated file usually keeps its header (tifffile writes it first) and loses strips at
-    the end; comparing strip offsets + byte counts with the file size finds that from the
-    header alone, without decoding.
+    A truncated single-page file often keeps its IFD but loses strips at the end; comparing
+    strip offsets + byte counts with the file size finds that from the header alone,
+    without decoding.
     """
     ends = [o + n for o, n in zip(page.dataoffsets, page.databytecounts) if n]
     if ends and max(ends) > file_size:
@@ -103,12 +109,16 @@ def _read_headers(path: Path, all_pages: bool) -> list[_Header]:
     """Headers of the first page (or of all pages) of one file; CorruptFileError if unreadable."""
     try:
         size = path.stat().st_size
-        with _tifffile_log() as warnings, tifffile.TiffFile(path) as tif:
+        with _tifffile_log() as records, tifffile.TiffFile(path) as tif:
             pages = tif.pages
             n = len(pages)
-            if n == 0:
-                why = f" ({warnings[0]})" if warnings else ""
-                raise CorruptFileError(f"'{path}' holds no readable image{why}; the TIFF is corrupt, export it again")
+            errors = [_first_line(r) for r in records if r.levelno >= logging.ERROR]
+            if errors or n == 0:
+                reasons = errors or [_first_line(r) for r in records]
+                why = f" ({reasons[0]})" if reasons else ""
+                raise CorruptFileError(
+                    f"'{path}' is corrupt or truncated{why}: tifffile found {n} readable page(s); export the file again"
+                )
             if n > 1 and not all_pages:
                 raise InvalidInputError(
                     f"'{path}' holds {n} pages but a folder or glob stack needs one slice per file; "
