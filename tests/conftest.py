@@ -46,3 +46,31 @@ def make_store(path: Path, shape=(37, 61, 53), seed: int = 0, dtype=np.uint16, c
 def tiny_store(tmp_path) -> Path:
     """An odd-sized (37, 61, 53) store with labels: catches padding and chunk-edge bugs."""
     return make_store(tmp_path / "tiny.zarr")
+
+
+@pytest.fixture(scope="session")
+def ray_cluster():
+    """One Ray for the whole test session: two nodes of one CPU each on this machine.
+
+    Two nodes (``ray.cluster_utils.Cluster``) rather than one, so every Ray test also
+    exercises the cross-node path (2 training workers land on different nodes).  Only what
+    this fixture started is shut down.
+    """
+    from xtrain.train.ray_trainer import quiet_ray
+
+    quiet_ray()
+    import ray
+    from ray.cluster_utils import Cluster
+
+    if ray.is_initialized():
+        yield None
+        return
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False})
+    cluster.add_node(num_cpus=1)
+    cluster.wait_for_nodes()
+    ray.init(address=cluster.address, log_to_driver=False, logging_level="warning")
+    try:
+        yield cluster
+    finally:
+        ray.shutdown()
+        cluster.shutdown()

@@ -249,6 +249,7 @@ class RandomPatches(_StorePatches):
             raise ConfigError(f"rank {rank} is not in [0, world_size={world_size})")
         self.rank, self.world_size, self.seed, self.train = rank, world_size, seed, train
         self.epoch = 0
+        self.start = 0  # items of the epoch already trained on (mid-epoch resume)
         self.length = cfg.samples_per_epoch // world_size
         if self.length < 1:
             raise ConfigError(
@@ -261,9 +262,14 @@ class RandomPatches(_StorePatches):
                 f"data.augment.noise_fraction={aug.noise_fraction} must be in [0, 1] and noise_std={aug.noise_std} >= 0"
             )
 
-    def set_epoch(self, epoch: int) -> None:
-        """Select the epoch's samples; call before ``iter(loader)`` (``EpochSampler`` reads it then)."""
+    def set_epoch(self, epoch: int, start: int = 0) -> None:
+        """Select the epoch's samples; call before ``iter(loader)`` (``EpochSampler`` reads it then).
+
+        ``start`` skips the epoch's first items: a run resumed mid-epoch continues with
+        exactly the items an uninterrupted run would have seen next.
+        """
         self.epoch = int(epoch)
+        self.start = int(start)
 
     def __len__(self) -> int:
         return self.length
@@ -384,14 +390,15 @@ class EpochSampler(Sampler):
         self.dataset, self.shuffle, self.seed = dataset, shuffle, seed
 
     def __len__(self) -> int:
-        return len(self.dataset)  # type: ignore[arg-type]
+        return len(self.dataset) - int(getattr(self.dataset, "start", 0))  # type: ignore[arg-type]
 
     def __iter__(self) -> Iterator[tuple[int, int]]:
         epoch = int(getattr(self.dataset, "epoch", 0))
-        order = np.arange(len(self))
+        start = int(getattr(self.dataset, "start", 0))
+        order = np.arange(len(self.dataset))  # type: ignore[arg-type]
         if self.shuffle:
             order = np.random.default_rng([self.seed, epoch, 1 << 40]).permutation(order)
-        return iter([(epoch, int(i)) for i in order])
+        return iter([(epoch, int(i)) for i in order[start:]])
 
 
 def _worker_init(worker_id: int) -> None:

@@ -259,13 +259,6 @@ def read_metrics(path: Path) -> list[dict[str, Any]]:
 # ----------------------------------------------------------------------------- fit
 
 
-def _loader_from(dataset, batch_size: int, workers: int, skip_batches: int = 0):
-    if skip_batches:
-        start = min(skip_batches * batch_size, len(dataset))
-        dataset = torch.utils.data.Subset(dataset, range(start, len(dataset)))
-    return patch_loader(dataset, batch_size=batch_size, workers=workers)
-
-
 def preflight(cfg: Config) -> None:
     """Check the data and the model config in the driver, before any worker starts,
     so that bad input is one clear line instead of a failed worker group."""
@@ -313,7 +306,8 @@ def fit(cfg: Config, run_dir: str | Path, ctx: WorkerContext | None = None,
     train_set = RandomPatches(cfg.data.store, cfg.data, split.train, rank=ctx.rank, world_size=ctx.world_size,
                               seed=cfg.train.seed, train=True)
     val_set = GridPatches(cfg.data.store, cfg.data, split.val, rank=ctx.rank, world_size=ctx.world_size)
-    val_loader = _loader_from(val_set, cfg.train.batch_size, cfg.data.loader_workers)
+    train_loader = patch_loader(train_set, cfg.train.batch_size, cfg.data.loader_workers)
+    val_loader = patch_loader(val_set, cfg.train.batch_size, cfg.data.loader_workers)
     resolved = config_to_dict(cfg)
     kwargs = resolved_model_kwargs(cfg, cfg.data.slices, num_classes)
 
@@ -328,10 +322,9 @@ def fit(cfg: Config, run_dir: str | Path, ctx: WorkerContext | None = None,
 
     metrics: dict[str, Any] = {}
     for epoch in range(start_epoch, cfg.train.epochs):
-        train_set.set_epoch(epoch)
-        skip = start_step if epoch == start_epoch else 0
-        loader = _loader_from(train_set, cfg.train.batch_size, cfg.data.loader_workers, skip)
-        result = train_one_epoch(nets, optimizers, loss_fn, loader, cfg, ctx, epoch, start_step=skip)
+        skip = start_step if epoch == start_epoch else 0  # steps already done before a resume
+        train_set.set_epoch(epoch, start=skip * cfg.train.batch_size)
+        result = train_one_epoch(nets, optimizers, loss_fn, train_loader, cfg, ctx, epoch, start_step=skip)
         global_step += result.steps - skip
         if result.stopped:
             metrics = {"epoch": epoch, "step": global_step, "stopped": True}
