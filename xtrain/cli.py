@@ -17,6 +17,8 @@ from .errors import ConfigError, XtrainError
 
 log = logging.getLogger("xtrain")
 
+PRESET_NAMES = ("easy", "medium", "hard")  # xtrain.data.synth.PRESETS (not imported: keeps --help fast)
+
 
 # ----------------------------------------------------------------------------- parsing helpers
 
@@ -66,7 +68,7 @@ def _add(sub, name: str, help: str, example: str) -> argparse.ArgumentParser:
 def cmd_ingest(args: argparse.Namespace) -> int:
     from .data.ingest import ingest
 
-    out = ingest(
+    ingest(
         args.images,
         args.out,
         labels=args.labels,
@@ -76,7 +78,6 @@ def cmd_ingest(args: argparse.Namespace) -> int:
         classes=args.classes,
         overwrite=args.overwrite,
     )
-    log.info("wrote %s", out)
     return 0
 
 
@@ -85,7 +86,7 @@ def cmd_synth(args: argparse.Namespace) -> int:
 
     out = synthesize(args.out, shape=args.shape, preset=args.preset, seed=args.seed, chunks=args.chunks,
                      overwrite=args.overwrite)
-    log.info("wrote %s", out)
+    log.info("wrote %s", out)  # synthesize logs only its start
     return 0
 
 
@@ -140,7 +141,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--label-map", type=label_map, default=None, metavar="RAW:CLASS,...",
                    help="map raw label values to class ids, e.g. 0:0,128:1,255:2 (default: values are class ids)")
     p.add_argument("--chunks", type=int_tuple(3), default=None, metavar="Z,Y,X",
-                   help="chunk shape (default 1,256,256 inside 32,512,512 shards: fastest 2D patch reads)")
+                   help="chunk shape (default 1,256,256 inside 32,512,512 shards: fast 2D patch reads with few files; bench/chunks.py)")
     p.add_argument("--voxel-size", type=float, default=None, metavar="NM", help="voxel edge in nanometres")
     p.add_argument("--classes", type=name_list, default=None, metavar="A,B,C",
                    help="class names in class-id order (default pore,ysz,ni)")
@@ -151,7 +152,7 @@ def build_parser() -> argparse.ArgumentParser:
              "xtrain synth vol.zarr --shape 128,256,256 --preset hard --seed 1")
     p.add_argument("out", type=Path, help="output store, e.g. synth.zarr")
     p.add_argument("--shape", type=int_tuple(3), default=(128, 256, 256), metavar="Z,Y,X", help="volume shape (default 128,256,256)")
-    p.add_argument("--preset", choices=["easy", "medium", "hard"], default="medium",
+    p.add_argument("--preset", choices=PRESET_NAMES, default="medium",
                    help="scanner quality: easy (multi-Otsu Dice ~0.96), medium (~0.92), hard (~0.82)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0; same seed: bit-identical store)")
     p.add_argument("--chunks", type=int_tuple(3), default=None, metavar="Z,Y,X", help="chunk shape (as ingest)")

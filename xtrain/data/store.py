@@ -262,4 +262,4 @@ def write_store(path: str | os.PathLike, shape: tuple[int, int, int], layout: La
     except BaseException:
         _remove(tmp)
         raise
-    log.info("wrote store %s", path)
+    log.debug("wrote store %s", path)

@@ -1,0 +1,56 @@
+"""The command line: help texts with examples, one-line errors with exit code 2."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from xtrain.cli import PRESET_NAMES, build_parser, main
+from xtrain.data.synth import PRESETS
+
+
+def test_every_subcommand_help_has_an_example(capsys):
+    parser = build_parser()
+    sub = next(a for a in parser._actions if a.dest == "command")
+    assert set(sub.choices) >= {"ingest", "synth", "train"}
+    for name in sub.choices:
+        with pytest.raises(SystemExit) as exc:
+            main([name, "--help"])
+        assert exc.value.code == 0
+        out = capsys.readouterr().out
+        assert "example:" in out and f"xtrain {name}" in out, name
+
+
+def test_preset_choices_match_the_generator():
+    assert set(PRESET_NAMES) == set(PRESETS)
+
+
+def run(*args):
+    return subprocess.run([sys.executable, "-m", "xtrain.cli", *args], capture_output=True, text=True)
+
+
+def test_unknown_config_key_suggests_the_closest(tiny_store, tmp_path):
+    r = run("train", "--config", "configs/tiny.yaml", "--data", str(tiny_store), "--out", str(tmp_path / "run"),
+            "--set", "optim.lrr=0.1")
+    assert r.returncode == 2
+    assert r.stderr.strip().count("\n") == 0
+    assert "optim.lrr" in r.stderr and "did you mean 'optim.lr'" in r.stderr
+    assert not (tmp_path / "run").exists()
+
+
+def test_unknown_key_in_yaml_names_the_file(tiny_store, tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("train:\n  epoch: 3\n")
+    r = run("train", "--config", str(bad), "--data", str(tiny_store), "--out", str(tmp_path / "run"))
+    assert r.returncode == 2 and "bad.yaml" in r.stderr and "did you mean 'train.epochs'" in r.stderr
+    assert r.stderr.strip().count("\n") == 0
+
+
+def test_train_on_missing_store_is_one_line(tmp_path):
+    r = run("train", "--config", "configs/tiny.yaml", "--data", str(tmp_path / "nope.zarr"), "--out",
+            str(tmp_path / "run"))
+    assert r.returncode == 2 and "nope.zarr" in r.stderr and "does not exist" in r.stderr
+    assert r.stderr.strip().count("\n") == 0
+    assert not (tmp_path / "run").exists()
