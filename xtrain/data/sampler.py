@@ -54,10 +54,13 @@ log = logging.getLogger(__name__)
 AXES = ("z", "y", "x")
 AXIS_CHOICES = AXES + ("any",)
 
-# Start method of DataLoader workers.  All three work with zarr 3 (it resets its IO loop
-# after fork, tests/data/test_sampler.py checks fork); fork starts in milliseconds while
-# spawn/forkserver re-import torch in every worker (seconds), and persistent workers make
-# that a one-off either way.  bench/loader.py measured no throughput difference.
+# Start method of DataLoader workers.  fork, forkserver and spawn all gave identical items
+# with zarr 3.1 (zarr resets its IO loop and locks in a forked child, and the dataset reopens
+# the store per process; tests/data/test_sampler.py forks after the parent has used zarr).
+# fork was chosen: first batch ~1 s vs ~10 s for spawn/forkserver on the 2-core dev machine
+# (those re-import torch in every worker), and forked workers share torch's pages with the
+# parent.  Pass multiprocessing_context="forkserver" where forking a threaded process is a
+# concern (Python >= 3.12 warns about it, e.g. inside Ray actors).
 DEFAULT_MP_CONTEXT = "fork" if "fork" in torch.multiprocessing.get_all_start_methods() else "spawn"
 
 
