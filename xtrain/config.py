@@ -48,6 +48,7 @@ class DataConfig:
     samples_per_epoch: int = 2048  # random training patches per epoch (all workers together)
     val_patches: int = 256  # validation patches on a fixed grid (upper bound)
     loader_workers: int = 2  # torch DataLoader worker processes per training worker
+    cache_mb: int = 256  # decoded-chunk LRU cache per reading process (0: off); see data/chunkcache.py
     augment: AugmentConfig = field(default_factory=AugmentConfig)
 
 

@@ -46,6 +46,7 @@ from torch.utils.data import BatchSampler, DataLoader, Dataset, Sampler
 
 from ..config import DataConfig
 from ..errors import ConfigError, InvalidInputError
+from .chunkcache import CachedArray
 from .stats import normalize
 from .store import Store, open_store
 
@@ -175,6 +176,7 @@ class _StorePatches(Dataset):
         self.store_path = str(store_path)
         self.cfg = cfg
         self._store: Store | None = None
+        self._arrays: tuple[CachedArray, CachedArray] | None = None
         self._pid = -1
         store = self.store  # validate now, in the constructing process (metadata only)
         if store.labels is None:
@@ -194,11 +196,22 @@ class _StorePatches(Dataset):
         if self._store is None or self._pid != os.getpid():
             self._store = open_store(self.store_path)
             self._pid = os.getpid()
+            self._arrays = None
         return self._store
+
+    @property
+    def arrays(self) -> tuple[CachedArray, CachedArray]:
+        """(image, labels) behind this process's chunk cache (image gets 2/3 of cache_mb)."""
+        store = self.store
+        if self._arrays is None:
+            budget = self.cfg.cache_mb << 20
+            self._arrays = (CachedArray(store.image, budget * 2 // 3), CachedArray(store.labels, budget // 3))
+        return self._arrays
 
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
         state["_store"] = None
+        state["_arrays"] = None
         return state
 
     def _bounds(self, axis: int) -> tuple[int, int]:
@@ -217,10 +230,10 @@ class _StorePatches(Dataset):
         index[axis] = reflect(np.arange(centre - h, centre + h + 1), *self._bounds(axis))
         for a, s in zip(plane, starts):
             index[a] = reflect(np.arange(s, s + p), *self._bounds(a))
-        store = self.store
-        image = np.moveaxis(_read(store.image, index), axis, 0)  # (C, P, P)
+        image_array, label_array = self.arrays
+        image = np.moveaxis(_read(image_array, index), axis, 0)  # (C, P, P)
         index[axis] = np.array([centre])
-        labels = np.moveaxis(_read(store.labels, index), axis, 0)[0]  # (P, P)
+        labels = np.moveaxis(_read(label_array, index), axis, 0)[0]  # (P, P)
         return image, labels
 
     def _tensors(self, image: np.ndarray, labels: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
