@@ -53,6 +53,11 @@ QUIET_RAY_ENV = {
 def quiet_ray() -> None:
     for k, v in QUIET_RAY_ENV.items():
         os.environ.setdefault(k, v)
+    # Ray >= 2.5x enables token auth when ~/.ray/auth_token exists and says so on every start;
+    # saying it explicitly keeps the secure default and the terminal quiet.  It also makes
+    # `ray job submit` authenticate (it fails without it once a token exists).
+    if "RAY_AUTH_MODE" not in os.environ and (Path.home() / ".ray" / "auth_token").exists():
+        os.environ["RAY_AUTH_MODE"] = "token"
 
 
 def init_ray(num_cpus: int | None = None) -> bool:
