@@ -13,17 +13,14 @@ from xtrain.baselines import otsu_segment
 from xtrain.data.store import open_store
 from xtrain.data.synth import CLASSES, PRESETS, generate, phase_levels, synthesize
 from xtrain.errors import InvalidInputError, OutputExistsError, UnknownNameError
+from xtrain.metrics import confusion_matrix, scores
 
 ODD = (37, 61, 53)  # odd sizes catch padding and chunk-edge bugs
 MID = (32, 96, 96)
 
 
 def mean_dice(pred: np.ndarray, truth: np.ndarray, n_classes: int = 3) -> float:
-    scores = []
-    for c in range(n_classes):
-        p, t = pred == c, truth == c
-        scores.append(2.0 * np.logical_and(p, t).sum() / max(int(p.sum()) + int(t.sum()), 1))
-    return float(np.mean(scores))
+    return scores(confusion_matrix(pred, truth, n_classes))["mean_dice"]
 
 
 @pytest.fixture(scope="module")

@@ -9,16 +9,6 @@ from xtrain.errors import ConfigError
 from xtrain.models import create_model, num_parameters
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # Two intra-op threads on a busy 2-core machine make each step ~15x slower (threads
-    # wait on each other at every op); one thread keeps these tests fast and steady.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def test_default_shape_and_size():
     model = create_model("mlp")
     out = model(torch.randn(4, 1, 32, 32))
@@ -54,17 +44,10 @@ def test_tiles_are_segmented_independently():
                 assert torch.allclose(full[sl], model(x[sl]), atol=1e-6)
 
 
-def test_overfits_tiny_batch():
+def test_overfits_tiny_batch(overfit):
     torch.manual_seed(0)
     labels = torch.randint(0, 3, (4, 32, 32))
     x = (labels.float() - 1 + 0.3 * torch.randn(4, 32, 32)).unsqueeze(1)
     model = create_model("mlp")
-    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
-    losses = []
-    for _ in range(40):
-        opt.zero_grad()
-        loss = torch.nn.functional.cross_entropy(model(x), labels)
-        loss.backward()
-        opt.step()
-        losses.append(loss.item())
+    losses = overfit(model, x, labels, lr=1e-3, steps=40)
     assert losses[-1] < 0.5 * losses[0]

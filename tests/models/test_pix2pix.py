@@ -12,16 +12,6 @@ from xtrain.models import Pix2Pix, create_model, discriminator_loss, generator_a
 SMALL = dict(width=4, depth=2, disc_width=8, disc_layers=2)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # Two intra-op threads on a busy 2-core machine make each step ~15x slower (threads
-    # wait on each other at every op); one thread keeps these tests fast and steady.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def test_forward_is_generator_logits():
     torch.manual_seed(0)
     model = create_model("pix2pix", in_channels=3, **SMALL).eval()

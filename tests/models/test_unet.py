@@ -9,16 +9,6 @@ from xtrain.models import create_model
 from xtrain.models.unet import crop, pad_to_multiple
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # Two intra-op threads on a busy 2-core machine make each step ~15x slower (threads
-    # wait on each other at every op); one thread keeps these tests fast and steady.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.mark.parametrize("shape", [(1, 1, 37, 53), (2, 5, 61, 45)])
 def test_odd_sizes_keep_spatial_size(shape):
     torch.manual_seed(0)
@@ -55,17 +45,10 @@ def test_pad_and_crop_roundtrip():
     assert tiny.shape[-2:] == (16, 16) and torch.equal(crop(tiny, box), x[:, :, :2, :2])
 
 
-def test_overfits_tiny_batch():
+def test_overfits_tiny_batch(overfit):
     torch.manual_seed(0)
     labels = torch.randint(0, 3, (2, 19, 23))
     x = (labels.float() - 1 + 0.3 * torch.randn(2, 19, 23)).unsqueeze(1)  # (B, 1, Y, X)
     model = create_model("unet", width=8, depth=2)
-    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
-    losses = []
-    for _ in range(60):
-        opt.zero_grad()
-        loss = torch.nn.functional.cross_entropy(model(x), labels)
-        loss.backward()
-        opt.step()
-        losses.append(loss.item())
+    losses = overfit(model, x, labels, lr=1e-2, steps=60)
     assert losses[-1] < 0.5 * losses[0]
