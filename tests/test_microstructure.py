@@ -1,0 +1,171 @@
+"""Microstructure: hand-counted TPB edges, areas, fractions, percolation; slab independence."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import math
+
+import numpy as np
+import pytest
+from scipy import ndimage
+
+from xtrain.errors import InvalidInputError, LabelValueError
+from xtrain.microstructure import STAIRCASE, analyze
+
+PORE, YSZ, NI = 0, 1, 2
+
+
+def two_cubes() -> np.ndarray:
+    """YSZ background (6, 6, 8); a 2-voxel pore cube and a 2-voxel Ni cube sharing one 2x2 face (normal x)."""
+    v = np.full((6, 6, 8), YSZ, dtype=np.uint8)
+    v[1:3, 1:3, 1:3] = PORE
+    v[1:3, 1:3, 3:5] = NI
+    return v
+
+
+def tpb_line() -> np.ndarray:
+    """(4, 4, 6): pore (z<2, y<2), YSZ (z<2, y>=2), Ni (z>=2): one straight TPB line along x, 6 edges long."""
+    v = np.full((4, 4, 6), NI, dtype=np.uint8)
+    v[:2, :2] = PORE
+    v[:2, 2:] = YSZ
+    return v
+
+
+def test_two_cubes_by_hand():
+    m = analyze(two_cubes(), slab=3)
+    # The shared face's 4 sides are TPB lines 2 edges long: the sides normal to z run along y,
+    # those normal to y run along z.  Edges along x never see pore and Ni together.
+    assert m["tpb"]["edges"] == {"z": 4, "y": 4, "x": 0}
+    assert m["tpb"]["edges_total"] == 8
+    assert m["tpb"]["density"] == pytest.approx(STAIRCASE * 8 / (6 * 6 * 8))
+    # faces: pore-Ni is the shared 2x2 face; each cube's other 5 sides (20 faces) touch YSZ
+    assert m["interface_faces"] == {"pore-ysz": 20, "pore-ni": 4, "ysz-ni": 20}
+    assert m["voxel_counts"] == {"pore": 8, "ysz": 6 * 6 * 8 - 16, "ni": 8}
+    assert m["fractions"]["pore"] == pytest.approx(8 / 288)
+    assert sum(m["fractions"].values()) == pytest.approx(1.0)
+    # the cubes are isolated blobs: nothing of them percolates, the YSZ matrix does
+    for axis in "zyx":
+        assert m["percolation"]["pore"][axis] == 0.0 and m["percolation"]["ni"][axis] == 0.0
+        assert m["percolation"]["ysz"][axis] == 1.0
+        assert m["tpb"]["active_fraction"][axis] == 0.0
+
+
+def test_single_tpb_line_length_and_units():
+    v = tpb_line()
+    m = analyze(v, voxel_size_nm=10.0)
+    assert m["tpb"]["edges"] == {"z": 0, "y": 0, "x": 6}
+    vs_um = 0.01
+    length = STAIRCASE * 6 * vs_um  # 6 edges of 10 nm, staircase-corrected
+    assert m["tpb"]["length"] == pytest.approx(length)
+    assert m["tpb"]["density"] == pytest.approx(length / (v.size * vs_um**3))  # um / um^3
+    assert m["units"]["tpb_density"] == "um^-2" and m["units"]["specific_area"] == "um^-1"
+    assert m["tpb"]["density_raw"] == pytest.approx(m["tpb"]["density"] / STAIRCASE)
+    # every phase spans x (and Ni spans y): the line is active along x only
+    assert m["tpb"]["active_fraction"] == {"z": 0.0, "y": 0.0, "x": 1.0}
+    assert m["percolation"]["ni"] == {"z": 0.0, "y": 1.0, "x": 1.0}
+    assert m["percolation"]["pore"] == {"z": 0.0, "y": 0.0, "x": 1.0}
+
+
+def test_per_voxel_units_without_voxel_size():
+    m = analyze(tpb_line())
+    assert m["units"]["tpb_density"] == "voxel^-2"
+    assert m["tpb"]["density"] == pytest.approx(STAIRCASE * 6 / (4 * 4 * 6))
+
+
+def test_two_half_spaces_interfacial_area():
+    v = np.full((6, 5, 7), YSZ, dtype=np.uint8)
+    v[:3] = PORE  # plane z = 3 between pore and YSZ: 5 x 7 faces
+    m = analyze(v, voxel_size_nm=20.0, slab=2)
+    assert m["interface_faces"] == {"pore-ysz": 35, "pore-ni": 0, "ysz-ni": 0}
+    vs_um = 0.02
+    raw = 35 * vs_um**2 / (v.size * vs_um**3)  # area / volume
+    assert m["specific_area_raw"]["pore-ysz"] == pytest.approx(raw)
+    assert m["specific_area"]["pore-ysz"] == pytest.approx(STAIRCASE * raw)
+    assert m["tpb"]["edges_total"] == 0 and m["fractions"] == {"pore": 0.5, "ysz": 0.5, "ni": 0.0}
+    assert math.isnan(m["percolation"]["ni"]["z"])  # absent phase: undefined, not 0
+    assert m["percolation"]["pore"] == {"z": 0.0, "y": 1.0, "x": 1.0}
+    assert math.isnan(m["tpb"]["active_fraction"]["z"])  # no TPB at all
+
+
+def test_spanning_slab_percolates_and_blob_does_not():
+    v = np.full((7, 8, 9), YSZ, dtype=np.uint8)
+    v[:, 2:4, :] = NI  # a slab spanning z and x
+    v[3:5, 5:7, 3:5] = PORE  # an isolated blob
+    m = analyze(v, slab=2)
+    assert m["percolation"]["ni"] == {"z": 1.0, "y": 0.0, "x": 1.0}
+    assert m["percolation"]["pore"] == {"z": 0.0, "y": 0.0, "x": 0.0}
+    # YSZ: the y<2 part spans z and x, and y>=4 spans z and x; neither spans y
+    assert m["percolation"]["ysz"]["z"] == 1.0 and m["percolation"]["ysz"]["y"] == 0.0
+
+
+def test_cluster_joined_only_across_slab_boundaries():
+    """A U-shaped Ni path that is connected only through slices in different slabs."""
+    v = np.full((6, 5, 5), YSZ, dtype=np.uint8)
+    v[0:6, 1, 1] = NI  # column spanning z ...
+    v[5, 1, 1:4] = NI  # ... joined at the bottom to ...
+    v[2:6, 1, 3] = NI  # ... a column that does not reach z=0 by itself
+    for slab in (1, 2, 4, 6):
+        m = analyze(v, slab=slab)
+        assert m["percolation"]["ni"]["z"] == 1.0, slab
+
+
+# ----------------------------------------------------------------------------- brute-force references
+
+
+def _reference(v: np.ndarray):
+    """Literal, loop-based TPB edges per orientation and faces per phase pair."""
+    z, y, x = v.shape
+    tpb = {"z": 0, "y": 0, "x": 0}
+    for i, j, k in itertools.product(range(z), range(y), range(x)):
+        # edge along z at (j+1/2, k+1/2) within slice i; along y: slices i,i+1 and columns k,k+1; along x likewise
+        if j + 1 < y and k + 1 < x:
+            tpb["z"] += {v[i, j, k], v[i, j + 1, k], v[i, j, k + 1], v[i, j + 1, k + 1]} == {0, 1, 2}
+        if i + 1 < z and k + 1 < x:
+            tpb["y"] += {v[i, j, k], v[i + 1, j, k], v[i, j, k + 1], v[i + 1, j, k + 1]} == {0, 1, 2}
+        if i + 1 < z and j + 1 < y:
+            tpb["x"] += {v[i, j, k], v[i + 1, j, k], v[i, j + 1, k], v[i + 1, j + 1, k]} == {0, 1, 2}
+    return tpb
+
+
+def _reference_percolation(v: np.ndarray, phase: int) -> dict[str, float]:
+    lab, _ = ndimage.label(v == phase)  # default structure: 6-connectivity
+    out = {}
+    for a, name in enumerate("zyx"):
+        lo = set(np.unique(np.take(lab, 0, axis=a))) - {0}
+        hi = set(np.unique(np.take(lab, -1, axis=a))) - {0}
+        span = list(lo & hi)
+        total = (v == phase).sum()
+        out[name] = float(np.isin(lab, span).sum() / total) if total else math.nan
+    return out
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_random_volume_matches_brute_force(seed):
+    rng = np.random.default_rng(seed)
+    # smooth-ish random phases so clusters and percolation are non-trivial
+    field = ndimage.gaussian_filter(rng.normal(size=(11, 9, 10)), 1.0)
+    v = np.digitize(field, np.quantile(field, [0.35, 0.7])).astype(np.uint8)
+    m = analyze(v, slab=3)
+    assert m["tpb"]["edges"] == _reference(v)
+    for c, name in enumerate(("pore", "ysz", "ni")):
+        assert m["percolation"][name] == pytest.approx(_reference_percolation(v, c), nan_ok=True)
+
+
+def test_slab_size_does_not_change_anything():
+    rng = np.random.default_rng(3)
+    field = ndimage.gaussian_filter(rng.normal(size=(13, 17, 15)), 1.2)
+    v = np.digitize(field, np.quantile(field, [0.3, 0.75])).astype(np.uint8)
+    whole = json.dumps(analyze(v, voxel_size_nm=10, slab=v.shape[0]), sort_keys=True)
+    assert json.loads(whole)["tpb"]["edges_total"] > 0
+    for slab in (1, 2, 7):
+        assert json.dumps(analyze(v, voxel_size_nm=10, slab=slab), sort_keys=True) == whole, slab
+
+
+def test_bad_labels():
+    with pytest.raises(LabelValueError, match="value 3 at z=1"):
+        v = np.zeros((3, 4, 4), np.uint8)
+        v[1, 2, 3] = 3
+        analyze(v, slab=1)
+    with pytest.raises(InvalidInputError, match="3 phases"):
+        analyze(np.zeros((2, 2, 2), np.uint8), classes=("a", "b"))
