@@ -1,0 +1,357 @@
+"""Segment a whole volume blockwise: plan, run the blocks (in-process or on Ray actors), resume.
+
+    segment("runs/unet/model.pt", "scan.zarr", "scan_labels.zarr", block=(64, 512, 512), workers=2)
+
+    xtrain segment runs/unet/model.pt scan.zarr scan_labels.zarr --workers 2 --probabilities
+
+The pieces (MONAI-style): blocks.py splits the volume, predict.py predicts one block from
+blended tiles, write.py writes cores and completion markers and finishes the output.  This
+module only decides *which* blocks run *where*:
+
+* Everything the user can get wrong (paths, a corrupt model.pt, a model/volume mismatch,
+  an existing OUT) is checked before anything is written.
+* Blocks are rounded up to whole output shards (align_block): each block is written by
+  exactly one worker, so workers never touch the same shard file.
+* ``workers == 1`` without ``gpu`` runs in this process; otherwise a pool of Ray actors
+  (one per GPU, or N CPU workers with ``threads`` cores each) pulls blocks from a queue,
+  two in flight per actor.  Only this part knows about Ray.
+* Every block is deterministic (see predict.py) given the settings in ``job.json``,
+  including the per-worker thread count, so the output is bit-identical for any number of
+  workers and across ``--resume``, which reuses the recorded settings and redoes only the
+  blocks without a marker.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections import deque
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from .. import __version__
+from ..data.store import StoreInfo, default_layout
+from ..errors import InvalidInputError, OutputExistsError, RunStateError, XtrainError, CorruptFileError
+from ..models import create_model
+from ..train.checkpoint import file_checksum, load_checkpoint
+from .blocks import Block, align_block, block_grid
+from .predict import AXES, WINDOWS, Predictor
+from .volume import SHIFT_WARN, Volume, distribution_shift, open_volume
+from .write import GROUP, JOB, MARKERS, Markers, ZarrSink, finish, is_tiff, remove, segmentation_attrs, work_dir, \
+    write_json
+
+log = logging.getLogger(__name__)
+
+DEFAULT_BLOCK = (64, 512, 512)  # two 32-slice shard layers of the default layout, one shard wide
+IN_FLIGHT = 2  # blocks queued per actor: one running, one ready, so no actor waits for the driver
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything that determines the output bits; recorded in job.json and checked on --resume."""
+
+    block: tuple[int, int, int]  # after rounding up to the output shards
+    tile: int
+    halo: int
+    axes: str
+    tta: bool
+    probabilities: bool
+    window: str
+    batch_size: int | None
+    threads: int  # torch threads per worker: oneDNN results depend on it in the 7th digit
+    chunks: tuple[int, int, int] | None
+    shard: bool
+
+
+@dataclass
+class Job:
+    """What a worker needs to run blocks (picklable: paths and plain values)."""
+
+    model: str
+    volume: Volume
+    work: str
+    settings: Settings
+    device: str = "cpu"
+
+
+# ----------------------------------------------------------------------------- the model
+
+
+def build_model(ckpt: dict[str, Any], path: str | os.PathLike) -> nn.Module:
+    """The network of a model.pt, with its weights; a mismatch is a corrupt-file error."""
+    try:
+        model = create_model(ckpt["model_name"], **ckpt.get("model_kwargs", {}))
+        model.load_state_dict(ckpt["model_state"])
+    except XtrainError:
+        raise
+    except Exception as exc:  # wrong keys / shapes in the state dict
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise CorruptFileError(f"model '{path}' does not load into a {ckpt['model_name']} network ({first}); "
+                               "it is damaged or from another xtrain version, export it again") from exc
+    return model
+
+
+def model_channels(ckpt: dict[str, Any], path: str | os.PathLike) -> tuple[int, int, list[str]]:
+    """(in_channels, num_classes, classes) of a checkpoint, checked for consistency."""
+    kwargs = ckpt.get("model_kwargs", {})
+    c, k = int(kwargs.get("in_channels", 1)), int(kwargs.get("num_classes", 3))
+    classes = list(ckpt.get("classes") or [str(i) for i in range(k)])
+    if c < 1 or c % 2 == 0:
+        raise InvalidInputError(f"model '{path}' expects {c} input channels, but segment feeds a centre slice and "
+                                "equal neighbours on each side (an odd count); retrain with data.slices odd")
+    if len(classes) != k:
+        raise CorruptFileError(f"model '{path}' predicts {k} classes but names {len(classes)} ({classes}); "
+                               "it is inconsistent, export it again")
+    return c, k, classes
+
+
+# ----------------------------------------------------------------------------- one worker
+
+
+class BlockRunner:
+    """Predict and write blocks: used in-process or as the body of a Ray actor."""
+
+    def __init__(self, job: Job):
+        self.previous_threads = torch.get_num_threads()
+        torch.set_num_threads(job.settings.threads)
+        ckpt = load_checkpoint(job.model, map_location="cpu")
+        c, k, _ = model_channels(ckpt, job.model)
+        s = job.settings
+        self.predictor = Predictor(build_model(ckpt, job.model), c, k, tile=s.tile, halo=s.halo, axes=s.axes,
+                                   tta=s.tta, window=s.window, batch_size=s.batch_size, device=job.device)
+        self.volume = job.volume
+        self.sink = ZarrSink(Path(job.work) / GROUP)
+        self.markers = Markers(Path(job.work) / MARKERS)
+
+    def run(self, block: Block) -> Block:
+        probs = self.predictor.predict(self.volume, block.core)  # (K, z, y, x)
+        self.sink.write(block.core, probs)
+        self.markers.mark(block)  # only after the data: a marker means the block is on disk
+        return block
+
+    def close(self) -> None:
+        torch.set_num_threads(self.previous_threads)
+
+
+def _run_local(job: Job, todo: list[Block], done: Callable[[Block], None]) -> None:
+    runner = BlockRunner(job)
+    try:
+        for block in todo:
+            done(runner.run(block))
+    finally:
+        runner.close()
+
+
+def _run_ray(job: Job, todo: list[Block], done: Callable[[Block], None], workers: int, gpu: bool) -> None:
+    """A pool of ``workers`` Ray actors pulling blocks; each actor writes its own blocks."""
+    import ray
+    from ray.exceptions import RayTaskError
+
+    actor_cls = ray.remote(num_cpus=0 if gpu else job.settings.threads, num_gpus=1 if gpu else 0)(BlockRunner)
+    actors = [actor_cls.remote(job) for _ in range(min(workers, len(todo)))]
+    queue = deque(todo)
+    pending: dict[Any, Any] = {}
+
+    def submit(actor: Any) -> None:
+        if queue:
+            pending[actor.run.remote(queue.popleft())] = actor
+
+    try:
+        for actor in actors:
+            for _ in range(IN_FLIGHT):
+                submit(actor)
+        while pending:
+            ready, _ = ray.wait(list(pending), num_returns=1)
+            actor = pending.pop(ready[0])
+            try:
+                block = ray.get(ready[0])
+            except RayTaskError as exc:  # a worker's XtrainError is the user's error: re-raise it as is
+                if isinstance(exc.cause, XtrainError):
+                    raise exc.cause from None
+                raise
+            submit(actor)
+            done(block)
+    finally:
+        for actor in actors:
+            ray.kill(actor)
+
+
+# ----------------------------------------------------------------------------- the command
+
+
+def _check_args(out: Path, block, tile: int, halo: int, axes: str, window: str, workers: int | None,
+                probabilities: bool, batch_size: int | None, threads: int | None) -> None:
+    if out.suffix.lower() not in (".zarr", ".tif", ".tiff"):
+        raise InvalidInputError(f"output '{out}' must end in .zarr (Zarr store) or .tif/.tiff (TIFF stack)")
+    if probabilities and is_tiff(out):
+        raise InvalidInputError(f"--probabilities needs a .zarr output (a TIFF holds labels only); "
+                                f"use e.g. '{out.with_suffix('.zarr')}'")
+    if len(block) != 3 or min(block) < 1:
+        raise InvalidInputError(f"block {block} must be three positive sizes Z,Y,X, e.g. 64,512,512")
+    if tile < 8:
+        raise InvalidInputError(f"tile {tile} is too small; use at least 8 (default 256)")
+    if not 0 <= 2 * halo < tile:
+        raise InvalidInputError(f"halo {halo} must be >= 0 and less than half the tile ({tile}); e.g. --halo 16")
+    if axes not in AXES:
+        raise InvalidInputError(f"axes '{axes}' is not one of {', '.join(AXES)}")
+    if window not in WINDOWS:
+        raise InvalidInputError(f"window '{window}' is not one of {', '.join(WINDOWS)}")
+    for name, value in (("workers", workers), ("batch size", batch_size), ("threads", threads)):
+        if value is not None and value < 1:
+            raise InvalidInputError(f"{name} {value} must be at least 1")
+
+
+def _prepare_output(out: Path, resume: bool, overwrite: bool) -> tuple[Path, bool]:
+    """Check OUT and its work folder; returns (work folder, whether to continue it)."""
+    if not out.parent.is_dir():
+        raise InvalidInputError(f"output folder '{out.parent}' does not exist; create it first")
+    work = work_dir(out)
+    if out.exists() and not overwrite:
+        raise OutputExistsError(f"output '{out}' already exists; pass --overwrite to replace it or choose another path")
+    if work.exists():
+        if resume:
+            return work, True
+        if not overwrite:
+            raise OutputExistsError(f"an interrupted run left '{work}'; pass --resume to continue it or --overwrite "
+                                    "to start over")
+    elif resume:
+        log.info("nothing to resume for '%s'; starting from the beginning", out)
+    return work, False
+
+
+def _ray_workers(workers: int | None, gpu: bool) -> tuple[int, int]:
+    """Start/join Ray; (workers, cpus of the cluster)."""
+    from ..train.ray_trainer import init_ray
+
+    init_ray()
+    import ray
+
+    resources = ray.cluster_resources()
+    if gpu:
+        gpus = int(resources.get("GPU", 0))
+        if gpus < 1:
+            raise InvalidInputError("--gpu was given but the Ray cluster has no GPUs; drop --gpu or run on a GPU node")
+        workers = workers or gpus
+    return int(workers or 1), int(resources.get("CPU", 1))
+
+
+def segment(
+    model: str | os.PathLike,
+    volume: str | os.PathLike,
+    out: str | os.PathLike,
+    *,
+    block: tuple[int, int, int] = DEFAULT_BLOCK,
+    tile: int = 256,
+    halo: int = 16,
+    axes: str = "z",
+    tta: bool = False,
+    probabilities: bool = False,
+    workers: int | None = None,
+    gpu: bool = False,
+    resume: bool = False,
+    overwrite: bool = False,
+    window: str = "gaussian",
+    batch_size: int | None = None,
+    threads: int | None = None,
+    chunks: tuple[int, int, int] | None = None,
+    shard: bool = True,
+    on_block: Callable[[Block], None] | None = None,
+) -> Path:
+    """Segment ``volume`` (store or TIFF stack) with ``model`` (model.pt) into ``out`` (.zarr / .tif).
+
+    ``tile``/``halo``: 2D tile edge and half the overlap of adjacent tiles.  ``threads``:
+    torch threads per worker (default: all cores in-process, cores / workers on Ray).
+    ``chunks``/``shard``: output layout as ``default_layout``.  ``on_block(block)`` is called
+    after each finished block (progress hooks; tests raise from it to simulate a crash).
+    """
+    out = Path(out)
+    block = tuple(int(b) for b in block)  # type: ignore[assignment]
+    _check_args(out, block, tile, halo, axes, window, workers, probabilities, batch_size, threads)
+    work, continuing = _prepare_output(out, resume, overwrite)
+    job_file = work / JOB
+    previous = json.loads(job_file.read_text()) if continuing and job_file.exists() else None
+
+    # the model and the volume: read and checked before anything is written
+    ckpt = load_checkpoint(model)
+    build_model(ckpt, model)
+    _, num_classes, classes = model_channels(ckpt, model)
+    vol = open_volume(volume, stats=previous["stats"] if previous and previous.get("kind") == "tiff" else None)
+    train_stats = ckpt.get("stats") or {}
+    shift = distribution_shift(train_stats, vol.stats)
+    if shift is None:
+        log.warning("model '%s' or volume '%s' has no intensity histogram; the check against the training data "
+                    "is skipped", model, volume)
+    elif shift > SHIFT_WARN:
+        log.warning("volume '%s' looks unlike the training data: normalised intensity histograms differ by %.3f "
+                    "(Wasserstein-1; warning above %.2f); check the segmentation", volume, shift, SHIFT_WARN)
+
+    use_ray = gpu or (workers or 1) > 1
+    cpus = os.cpu_count() or 1
+    if use_ray:
+        workers, cpus = _ray_workers(workers, gpu)
+    workers = workers or 1
+    if threads is None and previous:
+        threads = previous["settings"]["threads"]  # resume with the recorded threads: same bits
+    threads = threads or (torch.get_num_threads() if not use_ray else max(1, cpus // workers))
+
+    layout = default_layout(vol.shape, chunks, shard)
+    aligned = align_block(block, layout.shards or layout.chunks, vol.shape)
+    if aligned != tuple(min(b, n) for b, n in zip(block, vol.shape)):
+        log.info("block %s rounded up to %s: whole output shards %s, so no two workers write one shard",
+                 ",".join(map(str, block)), ",".join(map(str, aligned)), ",".join(map(str, layout.shards or layout.chunks)))
+    settings = Settings(aligned, tile, halo, axes, tta, probabilities, window, batch_size, threads,
+                        tuple(layout.chunks), shard)
+    record = {"kind": vol.kind, "volume": vol.path, "shape": list(vol.shape), "model_sha256": file_checksum(model),
+              "settings": json.loads(json.dumps(asdict(settings))), "stats": vol.stats}
+    if previous:
+        for key in ("volume", "shape", "model_sha256", "settings"):
+            if previous.get(key) != record[key]:
+                raise RunStateError(f"cannot resume '{out}': its {key} was {previous.get(key)} and is now "
+                                    f"{record[key]}; rerun with the same arguments or use --overwrite")
+
+    blocks = block_grid(vol.shape, aligned)
+    if not previous:  # fresh start (or an unusable leftover with --overwrite)
+        if work.exists():
+            remove(work)
+        work.mkdir()
+        info = StoreInfo(classes=classes, voxel_size_nm=vol.voxel_size_nm, stats=vol.stats, source={
+            "kind": "segmentation", "volume": vol.path, "volume_kind": vol.kind, "model": str(Path(model).resolve()),
+            "model_name": ckpt["model_name"], "model_sha256": record["model_sha256"],
+            "model_config": ckpt.get("config"), "model_stats": train_stats, "distribution_shift": shift,
+            "settings": record["settings"], "xtrain_version": __version__,
+        })
+        attrs = json.loads(json.dumps(segmentation_attrs(out.stem, info.to_dict(), vol.voxel_size_nm), default=str))
+        ZarrSink.create(work / GROUP, vol.shape, num_classes, layout, probabilities, attrs)
+        write_json(job_file, record)
+
+    finished = Markers(work / MARKERS).done()
+    todo = [b for b in blocks if b.name not in finished]
+    total = int(np.prod(vol.shape))
+    log.info("segmenting %s %s with %s: %d blocks of %s (%d done), %s", "x".join(map(str, vol.shape)), vol.dtype,
+             ckpt["model_name"], len(blocks), ",".join(map(str, aligned)), len(blocks) - len(todo),
+             f"{workers} Ray workers x {threads} threads" if use_ray else f"in-process, {threads} threads")
+    job = Job(str(Path(model).resolve()), vol, str(work), settings, "cuda" if gpu else "cpu")
+    with tqdm(total=total, initial=total - sum(b.voxels for b in todo), desc=f"segment {out.name}", unit="vox",
+              unit_scale=True, disable=None, smoothing=0.1) as bar:
+
+        def done(b: Block) -> None:
+            bar.update(b.voxels)
+            if on_block is not None:
+                on_block(b)
+
+        if use_ray:
+            _run_ray(job, todo, done, workers, gpu)
+        else:
+            _run_local(job, todo, done)
+
+    finish(work, out, slab=layout.slab)
+    log.info("wrote %s", out)
+    return out
