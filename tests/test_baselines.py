@@ -61,3 +61,64 @@ def test_bad_histograms_are_rejected():
         multi_otsu_thresholds(np.array([0, 5, 0, 0]), np.arange(4))
     with pytest.raises(InvalidInputError, match="increasing"):
         apply_thresholds(np.zeros(3), [5, 1])
+
+
+# ----------------------------------------------------------------------------- fitted baselines
+
+
+@pytest.fixture(scope="module")
+def easy_store(tmp_path_factory):
+    from xtrain.data.synth import synthesize
+
+    return synthesize(tmp_path_factory.mktemp("b") / "easy.zarr", shape=(32, 64, 64), preset="easy", seed=0)
+
+
+@pytest.mark.parametrize("name", ["otsu", "kmeans", "median-otsu"])
+def test_fitted_baselines_separate_an_easy_volume(easy_store, tmp_path, name):
+    from xtrain.baselines import fit_baseline, segment_baseline
+    from xtrain.data.store import open_store
+
+    b = fit_baseline(name, easy_store, z_range=(0, 20))
+    assert len(b.thresholds) == 2 and b.thresholds[0] < b.thresholds[1]
+    out = open_store(segment_baseline(b, easy_store, tmp_path / "seg.zarr"))
+    truth = open_store(easy_store)
+    assert out.shape == truth.shape and out.labels.dtype == np.uint8
+    assert mean_dice(out.labels[:], truth.labels[:]) > 0.9
+    assert np.array_equal(out.image[:], truth.image[:])  # the output carries its image
+    src = out.info.source
+    assert src["baseline"]["name"] == name and src["baseline"]["thresholds"] == b.thresholds
+    assert src["baseline"]["fit"]["z_range"] == [0, 20]
+    if name == "kmeans":
+        c = src["baseline"]["centres"]
+        assert c == sorted(c)  # class 0 = darkest centre = pore
+
+
+@pytest.mark.parametrize("name", ["median-otsu", "kmeans"])
+def test_baseline_output_independent_of_slab_size(easy_store, tmp_path, name):
+    from xtrain.baselines import fit_baseline, segment_baseline
+    from xtrain.data.store import open_store
+
+    b = fit_baseline(name, easy_store, z_range=(0, 16))
+    assert b == fit_baseline(name, easy_store, z_range=(0, 16))  # deterministic fit
+    ref = b.predict(open_store(easy_store).image[:])  # whole volume at once
+    for slab in (1, 5, 32):
+        out = open_store(segment_baseline(b, easy_store, tmp_path / f"s{slab}.zarr", slab=slab))
+        assert np.array_equal(out.labels[:], ref), slab
+
+
+def test_kmeans_1d_recovers_centres():
+    from xtrain.baselines import kmeans_1d
+
+    rng = np.random.default_rng(0)
+    values = np.concatenate([rng.normal(m, 1.0, n) for m, n in ((50.0, 3000), (10.0, 5000), (30.0, 2000))])
+    assert np.allclose(kmeans_1d(values), [10, 30, 50], atol=0.2)
+
+
+def test_baseline_errors(easy_store, tmp_path):
+    from xtrain.baselines import fit_baseline
+    from xtrain.errors import UnknownNameError
+
+    with pytest.raises(UnknownNameError, match="otsu"):
+        fit_baseline("otsu2", easy_store)
+    with pytest.raises(InvalidInputError, match="fit z range"):
+        fit_baseline("otsu", easy_store, z_range=(10, 99))

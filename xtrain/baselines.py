@@ -12,16 +12,50 @@ a histogram (``info.stats["hist"]``), so a whole store can be thresholded withou
     labels = apply_thresholds(store.image[z0:z1], thresholds)
 
 Class ids follow intensity order: 0 darkest (pore), 1 (YSZ), 2 brightest (Ni).
+
+Fitted baselines (``xtrain baseline``) are fitted on the training region of a store and then
+applied slab by slab to any volume:
+
+    b = fit_baseline("median-otsu", "soc.zarr", z_range=(0, 200))
+    labels = b.predict(image_block)                     # (Z, Y, X) -> uint8 class ids
+    segment_baseline(b, "scan.zarr", "scan-seg.zarr")   # a store with image + labels
+
+* ``otsu``: multi-Otsu on a fine histogram of the training region (exact per-value counts
+  for integer data, streamed), cut to its 0.01..99.99 % range (a few hot pixels would
+  otherwise squeeze the data into a handful of bins) and rebinned to ``FIT_BINS``.
+* ``kmeans``: 1D k-means (Lloyd) on a seeded random subsample of the training region,
+  started at the 1/6, 1/2, 5/6 quantiles (deterministic); centres sorted so class 0 is the
+  darkest.  Nearest centre = thresholds half-way between neighbouring centres.
+* ``median-otsu``: 3x3x3 median filter, then ``otsu`` fitted on the filtered training
+  region.  The median needs one slice of context: slabs are read with a 1-slice halo, so
+  the result does not depend on the slab size (volume edges: 'nearest' padding, as a
+  whole-volume filter does).
+
+All three reduce to thresholds (+ the median), stored in the output's attributes.
 """
 
 from __future__ import annotations
 
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
 import numpy as np
+from scipy import ndimage
 from skimage.filters import threshold_multiotsu
 
-from .errors import InvalidInputError
+from .errors import InvalidInputError, UnknownNameError
+
+log = logging.getLogger(__name__)
 
 DEFAULT_BINS = 256
+BASELINES = ("otsu", "kmeans", "median-otsu")
+FIT_BINS = 1024  # multi-Otsu bins for fitting: skimage's 3-class search is O(bins^2) in memory and time
+FIT_TRIM = (0.01, 99.99)  # percentiles that bound the fitting histogram
+KMEANS_SAMPLE = 200_000
+SLAB = 32
 
 
 def multi_otsu_thresholds(counts: np.ndarray, edges_or_values: np.ndarray, classes: int = 3) -> np.ndarray:
@@ -68,3 +102,169 @@ def otsu_segment(image: np.ndarray, classes: int = 3, nbins: int = DEFAULT_BINS)
     lo, hi = float(image.min()), float(image.max())
     counts, edges = np.histogram(image, bins=nbins, range=(lo, hi if hi > lo else lo + 1.0))
     return apply_thresholds(image, multi_otsu_thresholds(counts, edges, classes=classes))
+
+
+# ----------------------------------------------------------------------------- fitted baselines
+
+
+@dataclass
+class Baseline:
+    """A fitted classical segmenter: optional 3x3x3 median, then thresholds (class = thresholds below)."""
+
+    name: str
+    thresholds: list[float]
+    median: bool = False
+    centres: list[float] | None = None  # k-means cluster centres (sorted), for the record
+    fit: dict[str, Any] = field(default_factory=dict)  # where and how it was fitted
+
+    @property
+    def halo(self) -> int:
+        """Slices of context each side that ``predict`` needs for an exact result inside a slab."""
+        return 1 if self.median else 0
+
+    def filter(self, block: np.ndarray) -> np.ndarray:
+        """(Z, Y, X) -> (Z, Y, X): the median if this baseline uses one (edges padded with 'nearest')."""
+        return ndimage.median_filter(block, size=3, mode="nearest") if self.median else block
+
+    def predict(self, image_block: np.ndarray) -> np.ndarray:
+        """(Z, Y, X) grey values -> (Z, Y, X) uint8 class ids (pass ``halo`` extra slices each side)."""
+        block = np.asarray(image_block)
+        if block.ndim != 3:
+            raise InvalidInputError(f"predict needs a (Z, Y, X) block, got shape {block.shape}")
+        return apply_thresholds(self.filter(block), self.thresholds)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "thresholds": list(self.thresholds), "median": self.median,
+                "centres": self.centres, "fit": self.fit}
+
+
+def _halo_slabs(volume, halo: int, slab: int, z_range: tuple[int, int] | None = None):
+    """Yield (z0, z1, block, lo): ``block`` = slices z0 - lo .. z1 + halo (clipped), inner part ``block[lo:lo + z1 - z0]``."""
+    depth = volume.shape[0]
+    start, stop = z_range or (0, depth)
+    for z0 in range(start, stop, slab):
+        z1 = min(z0 + slab, stop)
+        a, b = max(z0 - halo, 0), min(z1 + halo, depth)
+        yield z0, z1, volume.read(a, b), z0 - a
+
+
+def _check_z_range(z_range: tuple[int, int] | None, depth: int, spec: str) -> tuple[int, int]:
+    z0, z1 = z_range if z_range is not None else (0, depth)
+    if not 0 <= z0 < z1 <= depth:
+        raise InvalidInputError(f"fit z range {z0},{z1} is outside '{spec}' (0..{depth}); give 0 <= Z0 < Z1 <= {depth}")
+    return int(z0), int(z1)
+
+
+def _fit_histogram(volume, z_range: tuple[int, int], baseline: Baseline, slab: int = SLAB):
+    """(counts, edges) of FIT_BINS bins over the FIT_TRIM range of the (filtered) training region."""
+    from .data.stats import IntensityStats
+
+    dtype = np.dtype(volume.dtype)
+    value_range = None
+    if not (dtype.kind in "ui" and dtype.itemsize <= 2):  # float data: bins need the range first
+        lo, hi = np.inf, -np.inf
+        for _, _, block, _ in _halo_slabs(volume, 0, slab, z_range):
+            lo, hi = min(lo, float(block.min())), max(hi, float(block.max()))
+        value_range = (lo, hi)
+    stats = IntensityStats(dtype, value_range)
+    for z0, z1, block, lo in _halo_slabs(volume, baseline.halo, slab, z_range):
+        stats.update(baseline.filter(block)[lo:lo + z1 - z0])
+    lo, hi = stats.percentile(FIT_TRIM[0]), stats.percentile(FIT_TRIM[1])
+    values = stats._value(np.arange(stats.counts.size))
+    keep = stats.counts > 0
+    return np.histogram(values[keep], bins=FIT_BINS, range=(lo, hi if hi > lo else lo + 1.0),
+                        weights=stats.counts[keep])
+
+
+def kmeans_1d(values: np.ndarray, k: int = 3, iterations: int = 100) -> np.ndarray:
+    """Sorted centres of 1D k-means (Lloyd), started at the (2i+1)/(2k) quantiles: deterministic."""
+    v = np.sort(np.asarray(values, dtype=np.float64).ravel())
+    if np.unique(v).size < k:
+        raise InvalidInputError(f"k-means needs at least {k} distinct values in the training region")
+    centres = np.quantile(v, (2 * np.arange(k) + 1) / (2 * k))
+    for _ in range(iterations):
+        # in 1D nearest-centre assignment = cuts half-way between sorted centres
+        cuts = np.searchsorted(v, 0.5 * (centres[:-1] + centres[1:]))
+        groups = np.split(v, cuts)
+        new = np.array([g.mean() if g.size else c for g, c in zip(groups, centres)])
+        new.sort()
+        if np.allclose(new, centres, rtol=0, atol=1e-9 * max(1.0, abs(v[-1]))):
+            break
+        centres = new
+    return new
+
+
+def _sample(volume, z_range: tuple[int, int], n: int, seed: int) -> np.ndarray:
+    """``n`` voxels drawn with a seeded RNG from (at most 16) evenly spaced slices of the region."""
+    rng = np.random.default_rng(seed)
+    z0, z1 = z_range
+    zs = np.unique(np.linspace(z0, z1 - 1, min(16, z1 - z0)).round().astype(int))
+    values = np.concatenate([volume.read(int(z), int(z) + 1).ravel() for z in zs])  # whole slices: cheap reads
+    return values if values.size <= n else rng.choice(values, size=n, replace=False)
+
+
+def fit_baseline(name: str, store: Any, z_range: tuple[int, int] | None = None, seed: int = 0,
+                 classes: int = 3) -> Baseline:
+    """Fit ``name`` (one of ``BASELINES``) on slices z_range[0] .. z_range[1] - 1 of ``store``'s image.
+
+    ``store``: an xtrain store or TIFF stack path, or a volume from ``xtrain.evaluate.open_image_volume``.
+    """
+    from .evaluate import open_image_volume
+
+    if name not in BASELINES:
+        raise UnknownNameError("baseline", name, BASELINES)
+    volume = open_image_volume(store)
+    z_range = _check_z_range(z_range, volume.shape[0], volume.spec)
+    fit = {"source": os.fspath(volume.spec), "z_range": list(z_range)}
+    if name == "kmeans":
+        sample = _sample(volume, z_range, KMEANS_SAMPLE, seed)
+        centres = kmeans_1d(sample, classes)
+        thresholds = 0.5 * (centres[:-1] + centres[1:])
+        fit.update(sample=int(sample.size), seed=seed)
+        b = Baseline(name, [float(t) for t in thresholds], centres=[float(c) for c in centres], fit=fit)
+    else:
+        b = Baseline(name, [], median=name == "median-otsu", fit=fit)
+        counts, edges = _fit_histogram(volume, z_range, b)
+        b.thresholds = [float(t) for t in multi_otsu_thresholds(counts, edges, classes)]
+        fit.update(bins=FIT_BINS, range=[float(edges[0]), float(edges[-1])])
+    log.info("fitted %s on %s z %d..%d: thresholds %s", name, volume.spec, z_range[0], z_range[1] - 1,
+             ", ".join(f"{t:.1f}" for t in b.thresholds))
+    return b
+
+
+def segment_baseline(baseline: Baseline, volume: Any, out: str | os.PathLike, slab: int | None = None,
+                     overwrite: bool = False, copy_image: bool = True) -> Path:
+    """Apply ``baseline`` to ``volume`` (store, TIFF stack or volume) slab by slab; write store ``out``.
+
+    The output is a complete xtrain store: ``labels`` plus (``copy_image``) the input
+    ``image``, so 'xtrain evaluate', napari and the report can use it alone.  Its ``source``
+    attribute holds the baseline (name, thresholds, centres, fit region) and the input.
+    """
+    from .data.stats import IntensityStats
+    from .data.store import DEFAULT_CLASSES, check_output, default_layout, write_store
+    from .evaluate import open_image_volume
+
+    vol = open_image_volume(volume)
+    check_output(out, overwrite)  # before any work
+    shape = tuple(vol.shape)
+    layout = default_layout(shape)
+    slab = slab or layout.slab  # default: whole shards, each written once
+    stats = None
+    if copy_image and np.dtype(vol.dtype).kind in "ui" and np.dtype(vol.dtype).itemsize <= 2:
+        stats = IntensityStats(vol.dtype)
+    with write_store(out, shape, layout, overwrite=overwrite) as w:
+        labels = w.create("labels", shape, np.uint8)
+        image = w.create("image", shape, vol.dtype) if copy_image else None
+        for z0, z1, block, lo in _halo_slabs(vol, baseline.halo, slab):
+            inner = block[lo:lo + z1 - z0]  # (z1 - z0, Y, X)
+            labels[z0:z1] = baseline.predict(block)[lo:lo + z1 - z0]
+            if image is not None:
+                image[z0:z1] = inner
+            if stats is not None:
+                stats.update(inner)
+        w.info.classes = list(vol.classes or DEFAULT_CLASSES)
+        w.info.voxel_size_nm = vol.voxel_size_nm
+        w.info.stats = stats.to_dict() if stats is not None else dict(vol.info.get("stats", {}))
+        w.info.source = {"kind": "baseline", "baseline": baseline.to_dict(), "volume": os.fspath(vol.spec)}
+    log.info("wrote %s (%s baseline)", out, baseline.name)
+    return Path(out)

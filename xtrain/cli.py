@@ -111,6 +111,56 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _eval_z_range(text: str) -> tuple[int, int]:
+    """'Z0,Z1' -> (Z0, Z1): slices Z0 .. Z1-1 (half-open, like Python slices)."""
+    try:
+        z0, z1 = (int(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a z range; write Z0,Z1 (slices Z0..Z1-1), e.g. 205,250")
+    if not 0 <= z0 < z1:
+        raise argparse.ArgumentTypeError(f"z range '{text}' needs 0 <= Z0 < Z1")
+    return z0, z1
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from .evaluate import evaluate, open_image_volume, open_label_volume, to_json
+    from .report import format_tables, write_report
+
+    pred = open_label_volume(args.pred, label_map=args.pred_label_map)
+    truth = open_label_volume(args.labels, label_map=args.label_map)
+    image = open_image_volume(args.image) if args.image else None
+    if image is not None and tuple(image.shape) != tuple(truth.shape):
+        from .errors import ShapeMismatchError
+
+        raise ShapeMismatchError(f"--image '{args.image}' has shape {tuple(image.shape)} but labels have "
+                                 f"{tuple(truth.shape)}; give the image of the same volume")
+    if args.report and (Path(args.report) / "report.md").exists() and not args.overwrite:
+        from .errors import OutputExistsError
+
+        raise OutputExistsError(f"report '{Path(args.report) / 'report.md'}' already exists; pass --overwrite")
+    result = evaluate(pred, truth, voxel_size_nm=args.voxel_size, z_range=args.z, slab=args.slab,
+                      percolation=not args.no_percolation)
+    if args.report:
+        if args.z:
+            pred, truth = pred.crop(*args.z), truth.crop(*args.z)
+            image = image.crop(*args.z) if image is not None else None
+        write_report(result, args.report, pred, truth, image, slab=args.slab, overwrite=args.overwrite)
+    print(to_json(result) if args.json else format_tables(result))
+    return 0
+
+
+def cmd_baseline(args: argparse.Namespace) -> int:
+    from .baselines import fit_baseline, segment_baseline
+    from .data.store import check_output
+
+    check_output(args.out, args.overwrite)  # fail before the (slow) fit
+    baseline = fit_baseline(args.name, args.fit, z_range=args.fit_z, seed=args.seed)
+    segment_baseline(baseline, args.volume, args.out, slab=args.slab, overwrite=args.overwrite)
+    log.info("%s thresholds %s; wrote %s", baseline.name, ", ".join(f"{t:.6g}" for t in baseline.thresholds),
+             args.out)
+    return 0
+
+
 # ----------------------------------------------------------------------------- parser
 
 
@@ -171,6 +221,42 @@ def build_parser() -> argparse.ArgumentParser:
                    "optim.lr=3e-4 (repeatable)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
     p.set_defaults(func=cmd_train)
+
+    p = _add(sub, "evaluate", "Score a segmentation against labels: Dice/IoU/precision/recall, per-slice Dice, "
+             "phase fractions, TPB density, interfacial areas, percolation (PRED and LABELS side by side).",
+             "xtrain evaluate seg.zarr soc.zarr --z 205,250 --report report/")
+    p.add_argument("pred", help="prediction: a store with a 'labels' array, or a TIFF stack/folder/glob")
+    p.add_argument("labels", help="true labels: a store with 'labels', or a TIFF stack/folder/glob")
+    p.add_argument("--label-map", type=label_map, default=None, metavar="RAW:CLASS,...",
+                   help="raw LABELS values -> class ids, e.g. 0:0,128:1,255:2 (default: values are class ids)")
+    p.add_argument("--pred-label-map", type=label_map, default=None, metavar="RAW:CLASS,...",
+                   help="the same for PRED")
+    p.add_argument("--voxel-size", type=float, default=None, metavar="NM",
+                   help="voxel edge in nm for um-based densities (default: from the stores; none: per voxel)")
+    p.add_argument("--z", type=_eval_z_range, default=None, metavar="Z0,Z1", help="evaluate slices Z0..Z1-1 only")
+    p.add_argument("--image", default=None, metavar="STORE",
+                   help="grey values for the report's figures (default: the image of the LABELS or PRED store)")
+    p.add_argument("--report", type=Path, default=None, metavar="DIR",
+                   help="write DIR/report.md, DIR/metrics.json and PNG figures")
+    p.add_argument("--json", action="store_true", help="print one JSON document with every number instead of tables")
+    p.add_argument("--slab", type=int, default=32, help="z-slab depth read at a time (memory; default 32)")
+    p.add_argument("--no-percolation", action="store_true", help="skip percolation and active TPB (2nd pass)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing report in DIR")
+    p.set_defaults(func=cmd_evaluate)
+
+    p = _add(sub, "baseline", "Segment a volume with a classical baseline (multi-Otsu, k-means, median + Otsu) "
+             "fitted on a training region.",
+             "xtrain baseline otsu --fit soc.zarr --fit-z 0,200 soc.zarr soc-otsu.zarr")
+    p.add_argument("name", choices=("otsu", "kmeans", "median-otsu"), help="which baseline")
+    p.add_argument("--fit", required=True, metavar="STORE", help="store (or TIFF stack) whose image is fitted on")
+    p.add_argument("--fit-z", type=_eval_z_range, default=None, metavar="Z0,Z1",
+                   help="training region: slices Z0..Z1-1 of --fit (default: all)")
+    p.add_argument("volume", help="volume to segment: a store or a TIFF stack/folder/glob")
+    p.add_argument("out", type=Path, help="output store (image + labels), e.g. seg.zarr")
+    p.add_argument("--seed", type=int, default=0, help="k-means subsample seed (default 0)")
+    p.add_argument("--slab", type=int, default=None, help="z-slab depth (default: the store's shard depth)")
+    p.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
+    p.set_defaults(func=cmd_baseline)
 
     return parser
 

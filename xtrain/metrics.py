@@ -153,3 +153,37 @@ def allreduce_confusion(matrix: np.ndarray) -> np.ndarray:
         t = t.to(torch.device("cuda", torch.cuda.current_device()))
     dist.all_reduce(t, op=dist.ReduceOp.SUM)
     return t.cpu().numpy().astype(np.int64)
+
+
+# ----------------------------------------------------------------------------- per-slice scores
+
+
+def confusion_per_slice(pred: Any, truth: Any, num_classes: int) -> np.ndarray:
+    """(Z, K, K) confusion matrices, one per z-slice of (Z, Y, X) label blocks.
+
+    Their sum over z is ``confusion_matrix(pred, truth)``: use it to stream both the
+    whole-volume matrix and the per-slice scores from one pass.
+    """
+    pred, truth = _to_numpy(pred), _to_numpy(truth)
+    if pred.shape != truth.shape:
+        raise ShapeMismatchError(f"prediction shape {pred.shape} differs from label shape {truth.shape}")
+    if pred.ndim != 3:
+        raise ShapeMismatchError(f"per-slice confusion needs (Z, Y, X) blocks, got shape {pred.shape}")
+    k, depth = num_classes, pred.shape[0]
+    for what, a in (("label", truth), ("prediction", pred)):
+        if a.size and (a.min() < 0 or a.max() >= k):
+            bad = a[(a < 0) | (a >= k)].ravel()[0]
+            raise LabelValueError(f"{what} value {bad} is not a class index 0..{k - 1}")
+    z = np.arange(depth, dtype=np.int64)[:, None, None]
+    flat = (z * k + truth.astype(np.int64)) * k + pred.astype(np.int64)  # (slice, truth, pred) flattened
+    counts = np.bincount(flat.ravel(), minlength=depth * k * k)
+    return counts.reshape(depth, k, k)
+
+
+def dice_per_class(matrices: np.ndarray) -> np.ndarray:
+    """Dice of every class of (..., K, K) confusion matrices -> (..., K); NaN where 2TP+FP+FN = 0."""
+    m = np.asarray(matrices, dtype=np.float64)
+    tp = np.diagonal(m, axis1=-2, axis2=-1)
+    denom = m.sum(axis=-1) + m.sum(axis=-2)  # (TP + FN) + (TP + FP)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(denom > 0, 2 * tp / np.where(denom > 0, denom, 1), np.nan)
