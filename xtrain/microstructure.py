@@ -180,34 +180,33 @@ class _Clusters:
         self.component: np.ndarray | None = None
         self.perc: np.ndarray | None = None  # (n_components, 3) percolates along z, y, x
 
-    def _label(self, mask: np.ndarray, z0: int) -> tuple[np.ndarray, int]:
-        """Global cluster ids of a slab (0 = not this phase); pass 1 reserves the slab's id range."""
+    def _label(self, mask: np.ndarray, z0: int) -> tuple[np.ndarray, int, int]:
+        """(local labels 0..n of the slab, n, offset): global id = local + offset; pass 1 reserves the ids."""
         local, n = ndimage.label(mask, structure=self.STRUCTURE)
         if z0 not in self.offsets:
             self.offsets[z0] = self.count
             self.count += n
-        return np.where(local > 0, local.astype(np.int64) + self.offsets[z0], 0), n
+        return local, n, self.offsets[z0]
 
     def add(self, mask: np.ndarray, z0: int) -> None:
         """Pass 1 on the (n, Y, X) mask of slices z0 .. z0 + n - 1 (no overlap)."""
-        ids, n = self._label(mask, z0)
-        offset = self.offsets[z0]
-        self.sizes.append(np.bincount(ids[ids > 0] - offset - 1, minlength=n))
-        touch = np.zeros((n, 6), dtype=bool)
+        local, n, offset = self._label(mask, z0)
+        self.sizes.append(np.bincount(local.ravel(), minlength=n + 1)[1:])
+        touch = np.zeros((n + 1, 6), dtype=bool)
         depth = self.shape[0]
-        planes = [ids[0] if z0 == 0 else None, ids[-1] if z0 + mask.shape[0] == depth else None,
-                  ids[:, 0, :], ids[:, -1, :], ids[:, :, 0], ids[:, :, -1]]
+        planes = [local[0] if z0 == 0 else None, local[-1] if z0 + mask.shape[0] == depth else None,
+                  local[:, 0, :], local[:, -1, :], local[:, :, 0], local[:, :, -1]]
         for f, plane in enumerate(planes):
             if plane is not None:
-                hit = np.unique(plane[plane > 0]) - offset - 1
-                touch[hit, f] = True
-        self.faces.append(touch)
+                touch[plane.ravel(), f] = True
+        self.faces.append(touch[1:])
+        first = np.where(local[0] > 0, local[0].astype(np.int64) + offset, 0)  # global ids, (Y, X)
         if self.prev_last is not None:
-            a, b = self.prev_last, ids[0]
+            a, b = self.prev_last, first
             both = (a > 0) & (b > 0)  # same phase on both sides of the slab boundary
             if both.any():
                 self.pairs.append(np.unique(np.stack([a[both], b[both]], axis=1), axis=0))
-        self.prev_last = ids[-1].copy()
+        self.prev_last = np.where(local[-1] > 0, local[-1].astype(np.int64) + offset, 0)
 
     def finish(self) -> None:
         n = self.count + 1
@@ -230,8 +229,10 @@ class _Clusters:
 
     def percolating(self, mask: np.ndarray, z0: int) -> np.ndarray:
         """Pass 2: (3, n, Y, X) bool, voxel in a cluster percolating along z, y, x."""
-        ids, _ = self._label(mask, z0)
-        return np.moveaxis(self.perc[self.component[ids]], -1, 0)
+        local, n, offset = self._label(mask, z0)
+        table = self.perc[self.component[np.arange(offset, offset + n + 1)]]  # (n + 1, 3) per local label
+        table[0] = False  # local 0 is not this phase (global id 'offset' belongs to another slab)
+        return np.stack([table[local, a] for a in range(3)])
 
 
 # ----------------------------------------------------------------------------- analysis
