@@ -174,10 +174,11 @@ def confusion_per_slice(pred: Any, truth: Any, num_classes: int) -> np.ndarray:
         if a.size and (a.min() < 0 or a.max() >= k):
             bad = a[(a < 0) | (a >= k)].ravel()[0]
             raise LabelValueError(f"{what} value {bad} is not a class index 0..{k - 1}")
-    z = np.arange(depth, dtype=np.int64)[:, None, None]
-    flat = (z * k + truth.astype(np.int64)) * k + pred.astype(np.int64)  # (slice, truth, pred) flattened
-    counts = np.bincount(flat.ravel(), minlength=depth * k * k)
-    return counts.reshape(depth, k, k)
+    out = np.zeros((depth, k, k), dtype=np.int64)
+    for z in range(depth):  # slice by slice: temporaries stay one slice big
+        pair = truth[z].astype(np.intp) * k + pred[z]  # (truth, pred) -> flat index
+        out[z] = np.bincount(pair.ravel(), minlength=k * k).reshape(k, k)
+    return out
 
 
 def dice_per_class(matrices: np.ndarray) -> np.ndarray:
