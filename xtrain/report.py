@@ -103,10 +103,12 @@ def format_tables(result: dict[str, Any], markdown: bool = False) -> str:
     head = (f"PRED {result['pred']}  vs  LABELS {result['labels']}\n"
             f"shape {tuple(result['shape'])} (z {z0}..{z1 - 1}), voxel size "
             f"{f'{vs:g} nm' if vs else 'unknown (densities per voxel)'}")
-    parts = [head, "Overlap (whole volume; per-slice Dice along z as mean ± std)", table(*overlap_rows(result), markdown),
-             "Confusion matrix (voxels)", table(*confusion_rows(result), markdown)]
+    h = "## " if markdown else ""  # section titles become Markdown headings
+    parts = [head, f"{h}Overlap (whole volume; per-slice Dice along z as mean ± std)",
+             table(*overlap_rows(result), markdown),
+             f"{h}Confusion matrix (voxels)", table(*confusion_rows(result), markdown)]
     if "microstructure" in result:
-        parts += ["Microstructure (TPB and areas ×2/3 staircase correction; percolation along z, y, x)",
+        parts += [f"{h}Microstructure (TPB and areas ×2/3 staircase correction; percolation along z, y, x)",
                   table(*microstructure_rows(result), markdown)]
     return "\n\n".join(parts)
 
@@ -229,7 +231,8 @@ def write_report(result: dict[str, Any], out_dir: str | os.PathLike, pred=None, 
     _plot_dice_z(out / "dice_z.png", result)
     figures.append(("dice_z.png", "Per-slice Dice along z"))
 
-    md = ["# Segmentation evaluation", "", "```", f"xtrain evaluate {result['pred']} {result['labels']}", "```", ""]
+    md = ["# Segmentation evaluation", "", "```", f"xtrain evaluate {result['pred']} {result['labels']} --z {result['z_range'][0]},{result['z_range'][1]}",
+          "```", ""]
     md.append(format_tables(result, markdown=True))
     md += ["", "Definitions: TPB = voxel edges whose 4 voxels hold pore, YSZ and Ni, ×2/3 for the staircase; "
            "interfacial areas = voxel faces between two phases ×2/3; percolating = in a face-connected cluster "
