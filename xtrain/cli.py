@@ -161,6 +161,15 @@ def cmd_baseline(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_segment(args: argparse.Namespace) -> int:
+    from .infer import segment
+
+    segment(args.model, args.volume, args.out, block=args.block, tile=args.tile, halo=args.halo, axes=args.axes,
+            tta=args.tta, probabilities=args.probabilities, workers=args.workers, gpu=args.gpu, resume=args.resume,
+            overwrite=args.overwrite, threads=args.threads)
+    return 0
+
+
 # ----------------------------------------------------------------------------- parser
 
 
@@ -257,6 +266,30 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--slab", type=int, default=None, help="z-slab depth (default: the store's shard depth)")
     p.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
     p.set_defaults(func=cmd_baseline)
+
+    p = _add(sub, "segment", "Segment a whole volume blockwise with a trained model (no seams, resumable, Ray workers).",
+             "xtrain segment runs/unet/model.pt scan.zarr scan_labels.zarr --workers 2 --probabilities")
+    p.add_argument("model", help="model.pt from 'xtrain train'")
+    p.add_argument("volume", help="store from 'xtrain ingest', a multi-page TIFF, a folder of TIFF slices or a quoted glob")
+    p.add_argument("out", type=Path, help="output: OUT.zarr (labels, optional probabilities/entropy) or OUT.tif "
+                   "(zlib-compressed label stack)")
+    p.add_argument("--block", type=int_tuple(3), default=(64, 512, 512), metavar="Z,Y,X",
+                   help="block (unit of work and memory) shape, rounded up to whole output shards (default 64,512,512)")
+    p.add_argument("--tile", type=int, default=256, help="2D tile edge the model sees (default 256)")
+    p.add_argument("--halo", type=int, default=16, help="adjacent tiles overlap by 2*HALO voxels, blended by a "
+                   "Gaussian window (default 16)")
+    p.add_argument("--axes", choices=("z", "zyx"), default="z", help="slice normal to z only, or to z, y and x "
+                   "with the probabilities averaged (3x the time)")
+    p.add_argument("--tta", action="store_true", help="also predict the 3 in-plane flips of every tile and average (4x)")
+    p.add_argument("--probabilities", action="store_true", help="also write float16 'probabilities' (C, Z, Y, X) and "
+                   "per-voxel 'entropy' (.zarr output only)")
+    p.add_argument("--workers", type=int, default=None, help="Ray workers (default: 1 in-process on CPU; one per GPU "
+                   "with --gpu)")
+    p.add_argument("--threads", type=int, default=None, help="torch threads per worker (default: all cores / workers)")
+    p.add_argument("--gpu", action="store_true", help="one Ray worker per GPU")
+    p.add_argument("--resume", action="store_true", help="continue an interrupted run into OUT: redo only missing blocks")
+    p.add_argument("--overwrite", action="store_true", help="replace OUT (or an interrupted run) if it exists")
+    p.set_defaults(func=cmd_segment)
 
     return parser
 
