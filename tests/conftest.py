@@ -74,3 +74,20 @@ def ray_cluster():
     finally:
         ray.shutdown()
         cluster.shutdown()
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory) -> Path:
+    """model.pt of a 2.5D (3-slice) tiny U-Net trained in-process for a few seconds (no Ray).
+
+    Trained once per test session and shared by the inference, nightly and demo tests."""
+    from xtrain.config import load_config
+    from xtrain.train.loop import fit
+
+    root = tmp_path_factory.mktemp("tiny_model")
+    train = make_store(root / "train.zarr", shape=(33, 50, 47), seed=1)
+    cfg = load_config("configs/tiny.yaml", [f"data.store={train}", "data.patch=32", "data.samples_per_epoch=64",
+                                            "data.val_patches=16", "train.epochs=6", "data.slices=3"])
+    (root / "run").mkdir()
+    fit(cfg, root / "run")
+    return root / "run" / "model.pt"

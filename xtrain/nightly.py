@@ -170,10 +170,10 @@ def exclusive_lock(path: Path) -> Iterator[None]:
 # ----------------------------------------------------------------------------- one scan
 
 
-def process_scan(scan: Scan, model: Path, results: Path, resume: bool, segment_options: dict[str, Any]) -> dict:
+def process_scan(scan: Scan, model: Path, results: Path, segment_options: dict[str, Any]) -> dict:
     """Ingest (unless already a store), segment and QC one scan; returns the QC summary."""
     from .data.ingest import ingest
-    from .infer.segment import segment
+    from .infer import segment
 
     out_dir = results / scan.name
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -186,8 +186,11 @@ def process_scan(scan: Scan, model: Path, results: Path, resume: bool, segment_o
         if not volume.exists():
             ingest(str(scan.path), volume)
     labels = out_dir / "labels.zarr"
-    segment(model, volume, labels, resume=resume and labels.exists(), overwrite=not resume and labels.exists(),
-            probabilities=True, **segment_options)
+    # A finished labels.zarr here means the scan is being redone (or the registry was lost):
+    # replace it.  Otherwise resume: segment continues a partial run block by block, or
+    # starts fresh when there is none.
+    segment(model, volume, labels, resume=not labels.exists(), overwrite=labels.exists(), probabilities=True,
+            **segment_options)
     qc = quality_summary(volume, labels, model)
     tmp = out_dir / ".qc.json.tmp"
     tmp.write_text(json.dumps(qc, indent=2))
@@ -197,12 +200,11 @@ def process_scan(scan: Scan, model: Path, results: Path, resume: bool, segment_o
 
 def quality_summary(volume: Path, labels: Path, model: Path) -> dict[str, Any]:
     """Phase fractions, mean uncertainty and intensity drift against the training data."""
-    import zarr
-
     from .data.store import open_store
+    from .infer import open_segmentation
     from .train.checkpoint import load_checkpoint
 
-    group = zarr.open_group(str(labels), mode="r")
+    group = open_segmentation(labels)
     lab = group["labels"]
     counts = np.zeros(256, dtype=np.int64)
     entropy_sum, n = 0.0, 0
@@ -307,7 +309,7 @@ def _one_pass(incoming: Path, model: Path, results: Path, registry: Registry, mo
         registry.start(scan, model_sha)
         log.info("%s: %s (%s)", scan.name, "resuming" if resume else "segmenting", scan.kind)
         try:
-            qc = process_scan(scan, model, results, resume, segment_options)
+            qc = process_scan(scan, model, results, segment_options)
         except XtrainError as exc:
             registry.finish(scan.name, "failed", error=str(exc))
             log.error("%s: failed: %s", scan.name, exc)

@@ -13,7 +13,6 @@ import torch
 
 from conftest import make_store
 from xtrain.cli import main
-from xtrain.config import load_config
 from xtrain.data.stats import IntensityStats
 from xtrain.data.store import open_store, write_store
 from xtrain.errors import CorruptFileError, OutputExistsError, RunStateError
@@ -21,7 +20,6 @@ from xtrain.infer import open_segmentation, segment
 from xtrain.infer.write import work_dir
 from xtrain.models import create_model, model_kwargs
 from xtrain.train.checkpoint import file_checksum, save_checkpoint
-from xtrain.train.loop import fit
 
 SHAPE = (37, 61, 53)
 # small tiles and an unsharded 8x16x16 output layout, so a 37x61x53 volume has many blocks and tiles
@@ -29,15 +27,10 @@ FAST = dict(tile=32, halo=4, chunks=(8, 16, 16), shard=False)
 
 
 @pytest.fixture(scope="module")
-def data(tmp_path_factory):
-    """A tiny store and a 2.5D (3-slice) U-Net trained on a similar one for a few seconds."""
+def data(tmp_path_factory, tiny_model):
+    """A tiny store and a 2.5D (3-slice) U-Net trained on a similar one (conftest.tiny_model)."""
     root = tmp_path_factory.mktemp("infer")
-    train = make_store(root / "train.zarr", shape=(33, 50, 47), seed=1)
-    cfg = load_config("configs/tiny.yaml", [f"data.store={train}", "data.patch=32", "data.samples_per_epoch=64",
-                                            "data.val_patches=16", "train.epochs=6", "data.slices=3"])
-    (root / "run").mkdir()
-    fit(cfg, root / "run")
-    return {"root": root, "model": root / "run" / "model.pt", "store": make_store(root / "vol.zarr", SHAPE)}
+    return {"root": root, "model": tiny_model, "store": make_store(root / "vol.zarr", SHAPE)}
 
 
 def store_from(path, image, stats_range=None):
