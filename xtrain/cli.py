@@ -161,12 +161,70 @@ def cmd_baseline(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_tune(args: argparse.Namespace) -> int:
+    from .config import load_config
+    from .tune.sweep import sweep
+
+    overrides = list(args.set or [])
+    overrides.append(f"data.store={Path(args.data).resolve()}")
+    if args.trials is not None:
+        overrides.append(f"tune.num_samples={args.trials}")
+    if args.gpu:
+        overrides.append("train.use_gpu=true")
+    cfg = load_config(args.config, overrides)
+    summary = sweep(cfg, args.out, resume=args.resume)
+    best = summary.get("best")
+    if summary.get("stopped"):
+        log.warning("sweep stopped; continue with: xtrain tune ... --out %s --resume", args.out)
+        return 3  # like train: Slurm scripts requeue
+    if best is None:
+        log.error("no trial produced a model; see %s", Path(args.out) / "results.csv")
+        return 1
+    log.info("best trial %s: val mean Dice %.4f; config %s, model %s", best["trial_id"],
+             best.get("best_val_mean_dice") or float("nan"), Path(args.out) / "best.yaml",
+             Path(args.out) / "best" / "model.pt")
+    return 0
+
+
 def cmd_segment(args: argparse.Namespace) -> int:
     from .infer import segment
 
     segment(args.model, args.volume, args.out, block=args.block, tile=args.tile, halo=args.halo, axes=args.axes,
             tta=args.tta, probabilities=args.probabilities, workers=args.workers, gpu=args.gpu, resume=args.resume,
             overwrite=args.overwrite, threads=args.threads)
+    return 0
+
+
+def cmd_nightly(args: argparse.Namespace) -> int:
+    from .nightly import run_nightly
+
+    options = {"workers": args.workers, "gpu": args.gpu, "block": args.block} if args.block else \
+        {"workers": args.workers, "gpu": args.gpu}
+    counts = run_nightly(args.watch, args.model, args.out, once=args.once, interval=args.interval,
+                         settle=args.settle, max_attempts=args.max_attempts, redo=args.redo, segment_options=options)
+    log.info("nightly: %d done, %d failed, %d waiting for writes to finish, %d already handled",
+             counts["done"], counts["failed"], counts["waiting"], counts["skipped"])
+    return 1 if counts["failed"] else 0
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from .compare import compare, summary_table
+
+    result = compare(args.entries, args.labels, args.report, image=args.image, z_range=args.z,
+                     label_map=args.label_map, baselines=args.baselines or (), fit=args.fit, fit_z=args.fit_z,
+                     studies=args.study or (), segment_options={"workers": args.workers}, overwrite=args.overwrite)
+    print(summary_table(result["summary"]))
+    log.info("report: %s", result["report"])
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from .compare import summary_table
+    from .demo import run_demo
+
+    result = run_demo(args.out, workers=args.workers, epochs=args.epochs, overwrite=args.overwrite)
+    print(summary_table(result["summary"]))
+    log.info("demo finished in %.0f s; report: %s", result["seconds"], result["report"])
     return 0
 
 
@@ -267,6 +325,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
     p.set_defaults(func=cmd_baseline)
 
+    p = _add(sub, "tune", "Tune hyperparameters (or run a grid study) with Ray Tune over Ray Train trials.",
+             "xtrain tune --config configs/tune.yaml --data soc.zarr --out runs/tune --trials 16")
+    p.add_argument("--config", required=True, help="YAML recipe with a tune: section, e.g. configs/tune.yaml, "
+                   "configs/study_fraction.yaml, configs/study_noise.yaml")
+    p.add_argument("--data", required=True, help="training store (with labels)")
+    p.add_argument("--out", required=True, type=Path, help="tune directory: results.csv, best.yaml, best/model.pt, "
+                   "trials/<id>/")
+    p.add_argument("--trials", type=int, default=None, help="trials to sample (default tune.num_samples; with grid "
+                   "axes: repeats of the grid)")
+    p.add_argument("--gpu", action="store_true", help="one GPU per training worker")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config key, e.g. --set "
+                   "train.epochs=10 (repeatable)")
+    p.add_argument("--resume", action="store_true", help="continue the interrupted sweep in --out (finished trials "
+                   "are kept)")
+    p.set_defaults(func=cmd_tune)
+
     p = _add(sub, "segment", "Segment a whole volume blockwise with a trained model (no seams, resumable, Ray workers).",
              "xtrain segment runs/unet/model.pt scan.zarr scan_labels.zarr --workers 2 --probabilities")
     p.add_argument("model", help="model.pt from 'xtrain train'")
@@ -290,6 +364,57 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true", help="continue an interrupted run into OUT: redo only missing blocks")
     p.add_argument("--overwrite", action="store_true", help="replace OUT (or an interrupted run) if it exists")
     p.set_defaults(func=cmd_segment)
+
+    p = _add(sub, "nightly", "Segment newly acquired scans: ingest, segment, QC, and a registry of what was done.",
+             "xtrain nightly --watch /beamline/incoming --model runs/unet/model.pt --out /data/segmented --once")
+    p.add_argument("--watch", required=True, type=Path, help="INCOMING folder: each TIFF, slice folder or .zarr in it "
+                   "is one scan")
+    p.add_argument("--model", required=True, type=Path, help="model.pt from 'xtrain train'")
+    p.add_argument("--out", required=True, type=Path, help="RESULTS folder: <scan>/labels.zarr, <scan>/qc.json, "
+                   "registry.sqlite")
+    p.add_argument("--once", action="store_true", help="process what is there and exit (what Slurm's nightly job "
+                   "runs); default: keep watching")
+    p.add_argument("--interval", type=float, default=300.0, help="seconds between looks at INCOMING (default 300)")
+    p.add_argument("--settle", type=float, default=120.0, help="a scan changed within this many seconds is still "
+                   "being written and waits (default 120)")
+    p.add_argument("--max-attempts", type=int, default=3, help="tries per failing scan before it is left failed "
+                   "(default 3)")
+    p.add_argument("--redo", action="append", metavar="SCAN", help="segment this finished scan again (repeatable)")
+    p.add_argument("--workers", type=int, default=None, help="segmentation workers (as xtrain segment)")
+    p.add_argument("--block", type=int_tuple(3), default=None, metavar="Z,Y,X", help="segmentation block shape")
+    p.add_argument("--gpu", action="store_true", help="segment on GPUs")
+    p.set_defaults(func=cmd_nightly)
+
+    p = _add(sub, "compare", "Compare models, predictions and classic baselines on the same labelled region.",
+             "xtrain compare runs/unet runs/pix2pix --labels soc.zarr --z 205,250 --baselines otsu,kmeans "
+             "--fit soc.zarr --fit-z 0,200 --report reports/soc")
+    p.add_argument("entries", nargs="*", help="run folders (with model.pt), model.pt files or predictions "
+                   "(.zarr / TIFF)")
+    p.add_argument("--labels", required=True, help="true labels (a store or TIFF stack); its image is segmented "
+                   "unless --image is given")
+    p.add_argument("--report", required=True, type=Path, help="folder for compare.md/.json/.csv/.png and the "
+                   "predictions")
+    p.add_argument("--image", default=None, help="volume to segment (default: the --labels store's image)")
+    p.add_argument("--z", type=int_tuple(2), default=None, metavar="Z0,Z1", help="evaluate slices Z0..Z1-1 only")
+    p.add_argument("--label-map", type=label_map, default=None, metavar="RAW:CLASS,...",
+                   help="map raw label values, e.g. 0:0,128:1,255:2")
+    p.add_argument("--baselines", type=name_list, default=None, metavar="A,B",
+                   help="classic baselines to add: otsu, kmeans, median-otsu")
+    p.add_argument("--fit", default=None, help="labelled store the baselines are fitted on")
+    p.add_argument("--fit-z", type=int_tuple(2), default=None, metavar="Z0,Z1", help="slab of --fit to fit on")
+    p.add_argument("--study", action="append", metavar="TUNE_DIR", help="a sweep study to plot (repeatable)")
+    p.add_argument("--workers", type=int, default=None, help="segmentation workers")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing comparison in --report")
+    p.set_defaults(func=cmd_compare)
+
+    p = _add(sub, "demo", "Run the whole pipeline on built-in synthetic data (no data, no GPU, a few minutes).",
+             "xtrain demo --out xtrain-demo")
+    p.add_argument("--out", type=Path, default=Path("xtrain-demo"), help="folder for everything the demo makes "
+                   "(default xtrain-demo)")
+    p.add_argument("--workers", type=int, default=2, help="Ray Train workers (default 2)")
+    p.add_argument("--epochs", type=int, default=None, help="training epochs (default 8)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing demo folder")
+    p.set_defaults(func=cmd_demo)
 
     return parser
 

@@ -76,7 +76,9 @@ def init_ray(num_cpus: int | None = None) -> bool:
     if os.environ.get("RAY_ADDRESS"):
         ray.init(**{k: v for k, v in kwargs.items() if k != "include_dashboard"})
         return True
-    ray.init(num_cpus=num_cpus, **kwargs)
+    # address="local": always a fresh single-machine Ray.  Without it ray.init() silently joins
+    # whatever cluster `ray start` left on this machine (someone else's, or a dead one).
+    ray.init(address="local", num_cpus=num_cpus, **kwargs)
     return True
 
 
