@@ -211,11 +211,23 @@ class StoreWriter:
             yield slice(z0, min(z0 + step, depth))
 
 
-def _remove(path: Path) -> None:
+def remove_path(path: Path) -> None:
+    """Delete a file or a folder tree (a store, a partial output)."""
     if path.is_dir() and not path.is_symlink():
         shutil.rmtree(path, ignore_errors=True)
     elif path.exists() or path.is_symlink():
         path.unlink()
+
+
+def replace_into_place(src: Path, dst: Path) -> None:
+    """Rename a finished ``src`` to ``dst``; an existing ``dst`` (an --overwrite) is replaced only now."""
+    if dst.exists():
+        old = dst.parent / f".{dst.name}.old-{uuid.uuid4().hex[:8]}"
+        os.replace(dst, old)
+        os.replace(src, dst)
+        remove_path(old)
+    else:
+        os.replace(src, dst)
 
 
 def check_output(path: str | os.PathLike, overwrite: bool) -> Path:
@@ -252,14 +264,8 @@ def write_store(path: str | os.PathLike, shape: tuple[int, int, int], layout: La
         yield writer
         writer.info.complete = True
         group.attrs.update({"ome": ome_attrs(path.stem, writer.info.voxel_size_nm), "xtrain": writer.info.to_dict()})
-        if path.exists():
-            old = path.parent / f".{path.name}.old-{uuid.uuid4().hex[:8]}"
-            os.replace(path, old)
-            os.replace(tmp, path)
-            _remove(old)
-        else:
-            os.replace(tmp, path)
+        replace_into_place(tmp, path)
     except BaseException:
-        _remove(tmp)
+        remove_path(tmp)
         raise
     log.debug("wrote store %s", path)

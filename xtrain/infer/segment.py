@@ -38,14 +38,14 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .. import __version__
-from ..data.store import StoreInfo, default_layout
+from ..data.store import StoreInfo, default_layout, remove_path
 from ..errors import InvalidInputError, OutputExistsError, RunStateError, XtrainError, CorruptFileError
 from ..models import create_model
 from ..train.checkpoint import file_checksum, load_checkpoint
 from .blocks import Block, align_block, block_grid
 from .predict import AXES, WINDOWS, Predictor
 from .volume import SHIFT_WARN, Volume, distribution_shift, open_volume
-from .write import GROUP, JOB, MARKERS, Markers, ZarrSink, finish, is_tiff, remove, segmentation_attrs, work_dir, \
+from .write import GROUP, JOB, MARKERS, Markers, ZarrSink, finish, is_tiff, segmentation_attrs, work_dir, \
     write_json
 
 log = logging.getLogger(__name__)
@@ -320,7 +320,7 @@ def segment(
     blocks = block_grid(vol.shape, aligned)
     if not previous:  # fresh start (or an unusable leftover with --overwrite)
         if work.exists():
-            remove(work)
+            remove_path(work)
         work.mkdir()
         info = StoreInfo(classes=classes, voxel_size_nm=vol.voxel_size_nm, stats=vol.stats, source={
             "kind": "segmentation", "volume": vol.path, "volume_kind": vol.kind, "model": str(Path(model).resolve()),

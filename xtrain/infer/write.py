@@ -25,7 +25,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import shutil
 import uuid
 from pathlib import Path
 from typing import Any
@@ -34,7 +33,7 @@ import numpy as np
 import tifffile
 import zarr
 
-from ..data.store import Layout, compressor, ome_attrs
+from ..data.store import Layout, compressor, ome_attrs, remove_path, replace_into_place
 from ..errors import CorruptFileError, InputNotFoundError
 from .blocks import Block, Box
 
@@ -53,13 +52,6 @@ def work_dir(out: Path) -> Path:
 
 def is_tiff(out: Path) -> bool:
     return out.suffix.lower() in TIFF_SUFFIXES
-
-
-def remove(path: Path) -> None:
-    if path.is_dir() and not path.is_symlink():
-        shutil.rmtree(path)
-    elif path.exists() or path.is_symlink():
-        path.unlink()
 
 
 # ----------------------------------------------------------------------------- the group
@@ -175,12 +167,6 @@ def finish(work: Path, out: Path, slab: int) -> Path:
                                                      default=str), slab)
     else:
         src = work / GROUP
-    if out.exists():  # --overwrite: the old output is replaced only now, by a rename
-        old = out.parent / f".{out.name}.old-{uuid.uuid4().hex[:8]}"
-        os.replace(out, old)
-        os.replace(src, out)
-        remove(old)
-    else:
-        os.replace(src, out)
-    remove(work)
+    replace_into_place(src, out)  # --overwrite: the old output is replaced only now
+    remove_path(work)
     return out
