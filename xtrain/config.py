@@ -86,12 +86,28 @@ class TrainConfig:
 
 
 @dataclass
+class TuneConfig:
+    """``xtrain tune``: a search space over any config key (see xtrain/tune/space.py)."""
+
+    space: dict[str, Any] = field(default_factory=dict)  # dotted key -> {loguniform: [a, b]} | {grid: [...]} ...
+    num_samples: int = 8  # trials (with grid axes: repeats of the whole grid); --trials overrides
+    scheduler: str = "asha"  # asha (early stopping) or fifo (every trial runs all epochs: studies)
+    metric: str = "val_mean_dice"  # reported every epoch by the train loop
+    mode: str = "max"
+    grace_period: int = 1  # ASHA: epochs every trial runs before it may be stopped
+    reduction_factor: int = 2  # ASHA: keep the best 1/reduction_factor at each rung
+    max_concurrent: int = 0  # 0: as many trials at once as the cluster's CPUs (GPUs) hold
+    seed: int | None = None  # seed of the random search (None: different samples each sweep)
+
+
+@dataclass
 class Config:
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     loss: LossConfig = field(default_factory=LossConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    tune: TuneConfig = field(default_factory=TuneConfig)
 
 
 # --------------------------------------------------------------------------- building
