@@ -1,0 +1,92 @@
+"""jobs/*.py through `ray job submit` against a Ray head this test starts (and stops: only its
+own processes, found by session id; never `ray stop`, which would end the test session's Ray)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import make_store
+
+REPO = Path(__file__).resolve().parents[1]
+RAY = Path(sys.executable).parent / "ray"
+pytestmark = pytest.mark.slow
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def session_pids(sid: int) -> list[int]:
+    out = subprocess.run(["ps", "-eo", "pid=,sid="], capture_output=True, text=True).stdout
+    return [int(p) for p, s in (line.split() for line in out.splitlines()) if int(s) == sid]
+
+
+@pytest.fixture
+def ray_head(tmp_path_factory):
+    """`ray start --head --block` in a new session, on free ports, with its own temp dir."""
+    temp = Path(f"/tmp/xjob-{os.getpid()}-{int(time.time())}")  # short: socket paths <= 107 bytes
+    dport = free_port()
+    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
+    env.pop("RAY_ADDRESS", None)
+    if (Path.home() / ".ray" / "auth_token").exists():
+        env.setdefault("RAY_AUTH_MODE", "token")  # with a token in ~/.ray, job submit must use it
+    ports = {"--port": free_port(), "--dashboard-port": dport, "--node-manager-port": free_port(),
+             "--object-manager-port": free_port(), "--dashboard-agent-listen-port": free_port(),
+             "--dashboard-agent-grpc-port": free_port(), "--metrics-export-port": free_port(),
+             "--runtime-env-agent-port": free_port(), "--ray-client-server-port": free_port()}
+    log = open(tmp_path_factory.mktemp("head") / "head.log", "w")
+    head = subprocess.Popen([str(RAY), "start", "--head", "--block", "--num-cpus", "2", "--include-dashboard=true",
+                             "--dashboard-host", "127.0.0.1", "--temp-dir", str(temp), "--disable-usage-stats",
+                             *[f"{k}={v}" for k, v in ports.items()]],
+                            env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        yield {"address": f"http://127.0.0.1:{dport}", "env": env}
+    finally:
+        for sig in (signal.SIGTERM, signal.SIGTERM, signal.SIGKILL):
+            pids = session_pids(head.pid)
+            if not pids:
+                break
+            for pid in pids:
+                try:
+                    os.kill(pid, sig)
+                except ProcessLookupError:
+                    pass
+            time.sleep(2)
+        head.wait(timeout=30)
+        log.close()
+        subprocess.run(["rm", "-rf", str(temp)])
+        assert not session_pids(head.pid)
+
+
+def test_train_job_runs_on_the_submitted_cluster(ray_head, tmp_path):
+    store = make_store(tmp_path / "s.zarr", shape=(33, 50, 47))
+    run = tmp_path / "run"
+    cmd = [str(RAY), "job", "submit", "--address", ray_head["address"], "--working-dir", str(REPO),
+           "--runtime-env-json", json.dumps({"excludes": [".git", ".venv", "*.zarr", "runs", "results"]}),
+           "--", sys.executable, "jobs/train.py", "--config", "configs/tiny.yaml", "--data", str(store),
+           "--out", str(run), "--set", "data.patch=32", "--set", "data.samples_per_epoch=64",
+           "--set", "data.val_patches=16", "--set", "train.epochs=1", "--set", "train.workers=1"]
+    t0 = time.time()
+    while True:  # the dashboard and its job agent need a few seconds after `ray start --block`
+        out = subprocess.run(cmd, cwd=REPO, env=ray_head["env"], capture_output=True, text=True, timeout=300)
+        starting = any(m in out.stdout + out.stderr for m in ("No available agent", "Failed to connect to Ray"))
+        if out.returncode == 0 or not starting or time.time() - t0 > 120:
+            break
+        time.sleep(3)
+    text = out.stdout + out.stderr
+    assert out.returncode == 0, text[-3000:]
+    assert "succeeded" in text, text[-3000:]
+    assert (run / "model.pt").exists() and (run / "metrics.csv").exists()
+    # it ran on the job's cluster, not a local Ray of its own: the job driver had RAY_ADDRESS
+    assert "RAY_ADDRESS is not set" not in text
