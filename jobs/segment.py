@@ -1,7 +1,7 @@
 """Ray job entry point: `xtrain segment` on the cluster the job was submitted to.
 
     RAY_AUTH_MODE=token ray job submit --address http://HEAD:8265 --working-dir . -- \
-        python jobs/segment.py MODEL.pt SCAN.zarr --out SEG.zarr
+        python jobs/segment.py MODEL.pt SCAN.zarr SEG.zarr --workers 4
 
 Arguments are those of `xtrain segment` (see `xtrain segment --help`); paths must be visible to every
 node (a shared file system).  The upload skips what .gitignore lists (Ray 2.60 reads it, and a

@@ -25,7 +25,11 @@ source "${XTRAIN_HOME:-$PWD}/slurm/ray_cluster.sh"  # submit from the repository
 echo "segment.sh: job ${SLURM_JOB_ID:-?} restart ${SLURM_RESTART_COUNT:-0}"
 ray_cluster_start
 rc=0
-run_xtrain segment "$XTRAIN_MODEL" "$XTRAIN_DATA" --out "$XTRAIN_OUT" "$@" || rc=$?
+args=(segment "$XTRAIN_MODEL" "$XTRAIN_DATA" "$XTRAIN_OUT")
+if [[ -n "${XTRAIN_WORKERS:-}" ]]; then args+=(--workers "$XTRAIN_WORKERS"); fi
+if [[ "${XTRAIN_GPU:-0}" == 1 ]]; then args+=(--gpu); fi
+if [[ -e "$XTRAIN_OUT" ]]; then args+=(--resume); fi  # a requeued job continues from the block markers
+run_xtrain "${args[@]}" "$@" || rc=$?
 echo "segment.sh: xtrain exited with $rc"
 requeue_if_stopped "$rc"
 exit "$rc"
