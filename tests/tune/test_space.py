@@ -99,3 +99,24 @@ def test_to_ray_builds_tune_domains():
     assert space["data.fraction"] == {"grid_search": [0.5, 1.0]}
     assert space["train.batch_size"].categories == [8, 16]
     assert space["optim.beta1"] == 0.8
+
+
+def test_cli_tune_bad_space_or_existing_out_is_one_line_exit_2(tmp_path, capsys, tiny_store):
+    from xtrain.cli import main
+
+    out = tmp_path / "tune"
+    rc = main(["tune", "--config", "configs/tiny.yaml", "--data", str(tiny_store), "--out", str(out),
+               "--set", "tune.space={optim.lrr: {grid: [0.001]}}"])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and err == "xtrain tune: error: unknown config key 'optim.lrr' in tune.space; did you mean 'optim.lr'?"
+    assert not out.exists()
+    rc = main(["tune", "--config", "configs/tiny.yaml", "--data", str(tiny_store), "--out", str(out),
+               "--set", "tune.scheduler=hyperband"])
+    assert rc == 2 and "unknown tune scheduler 'hyperband'" in capsys.readouterr().err
+    out.mkdir()
+    (out / "x").write_text("")
+    rc = main(["tune", "--config", "configs/tiny.yaml", "--data", str(tiny_store), "--out", str(out)])
+    assert rc == 2 and "already exists and is not empty" in capsys.readouterr().err
+    rc = main(["tune", "--config", "configs/tiny.yaml", "--data", str(tiny_store), "--out", str(tmp_path / "new"),
+               "--resume"])
+    assert rc == 2 and "holds no sweep state" in capsys.readouterr().err
