@@ -54,3 +54,11 @@ def test_train_on_missing_store_is_one_line(tmp_path):
     assert r.returncode == 2 and "nope.zarr" in r.stderr and "does not exist" in r.stderr
     assert r.stderr.strip().count("\n") == 0
     assert not (tmp_path / "run").exists()
+
+
+def test_z_ranges_start_at_zero():
+    from xtrain.cli import build_parser
+
+    args = build_parser().parse_args(["compare", "--labels", "l.zarr", "--report", "r", "--fit-z", "0,200",
+                                      "--z", "205,250"])
+    assert args.fit_z == (0, 200) and args.z == (205, 250)

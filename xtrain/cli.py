@@ -47,6 +47,17 @@ def label_map(text: str) -> dict[int, int]:
         raise argparse.ArgumentTypeError(f"'{text}' is not a label map; write RAW:CLASS pairs, e.g. 0:0,128:1,255:2")
 
 
+def z_range(text: str) -> tuple[int, int]:
+    """'Z0,Z1' -> (Z0, Z1): slices Z0 .. Z1-1 (half-open, like Python slices)."""
+    try:
+        z0, z1 = (int(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a z range; write Z0,Z1 (slices Z0..Z1-1), e.g. 205,250")
+    if not 0 <= z0 < z1:
+        raise argparse.ArgumentTypeError(f"z range '{text}' needs 0 <= Z0 < Z1")
+    return z0, z1
+
+
 def name_list(text: str) -> list[str]:
     names = [n.strip() for n in text.split(",") if n.strip()]
     if not names:
@@ -63,6 +74,16 @@ def _add(sub, name: str, help: str, example: str) -> argparse.ArgumentParser:
 
 
 # ----------------------------------------------------------------------------- subcommands
+
+
+def config_from_args(args: argparse.Namespace, extra: list[str]):
+    """--config + --set + --data (+ --gpu) + command-specific overrides -> a validated Config."""
+    from .config import load_config
+
+    overrides = [*(args.set or []), f"data.store={Path(args.data).resolve()}", *extra]
+    if args.gpu:
+        overrides.append("train.use_gpu=true")
+    return load_config(args.config, overrides)
 
 
 def cmd_ingest(args: argparse.Namespace) -> int:
@@ -91,16 +112,9 @@ def cmd_synth(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from .config import load_config
     from .train.ray_trainer import train
 
-    overrides = list(args.set or [])
-    overrides.append(f"data.store={Path(args.data).resolve()}")
-    if args.workers is not None:
-        overrides.append(f"train.workers={args.workers}")
-    if args.gpu:
-        overrides.append("train.use_gpu=true")
-    cfg = load_config(args.config, overrides)
+    cfg = config_from_args(args, [f"train.workers={args.workers}"] if args.workers is not None else [])
     metrics = train(cfg, args.out, resume=args.resume)
     if metrics.get("stopped"):
         log.warning("stopped at epoch %s; continue with: xtrain train ... --out %s --resume", metrics.get("epoch"),
@@ -109,17 +123,6 @@ def cmd_train(args: argparse.Namespace) -> int:
     log.info("finished: best validation mean Dice %.4f; model: %s", metrics.get("best_mean_dice", float("nan")),
              Path(args.out) / "model.pt")
     return 0
-
-
-def _eval_z_range(text: str) -> tuple[int, int]:
-    """'Z0,Z1' -> (Z0, Z1): slices Z0 .. Z1-1 (half-open, like Python slices)."""
-    try:
-        z0, z1 = (int(v) for v in text.split(","))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"'{text}' is not a z range; write Z0,Z1 (slices Z0..Z1-1), e.g. 205,250")
-    if not 0 <= z0 < z1:
-        raise argparse.ArgumentTypeError(f"z range '{text}' needs 0 <= Z0 < Z1")
-    return z0, z1
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
@@ -162,16 +165,9 @@ def cmd_baseline(args: argparse.Namespace) -> int:
 
 
 def cmd_tune(args: argparse.Namespace) -> int:
-    from .config import load_config
     from .tune.sweep import sweep
 
-    overrides = list(args.set or [])
-    overrides.append(f"data.store={Path(args.data).resolve()}")
-    if args.trials is not None:
-        overrides.append(f"tune.num_samples={args.trials}")
-    if args.gpu:
-        overrides.append("train.use_gpu=true")
-    cfg = load_config(args.config, overrides)
+    cfg = config_from_args(args, [f"tune.num_samples={args.trials}"] if args.trials is not None else [])
     summary = sweep(cfg, args.out, resume=args.resume)
     best = summary.get("best")
     if summary.get("stopped"):
@@ -300,7 +296,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the same for PRED")
     p.add_argument("--voxel-size", type=float, default=None, metavar="NM",
                    help="voxel edge in nm for um-based densities (default: from the stores; none: per voxel)")
-    p.add_argument("--z", type=_eval_z_range, default=None, metavar="Z0,Z1", help="evaluate slices Z0..Z1-1 only")
+    p.add_argument("--z", type=z_range, default=None, metavar="Z0,Z1", help="evaluate slices Z0..Z1-1 only")
     p.add_argument("--image", default=None, metavar="STORE",
                    help="grey values for the report's figures (default: the image of the LABELS or PRED store)")
     p.add_argument("--report", type=Path, default=None, metavar="DIR",
@@ -316,7 +312,7 @@ def build_parser() -> argparse.ArgumentParser:
              "xtrain baseline otsu --fit soc.zarr --fit-z 0,200 soc.zarr soc-otsu.zarr")
     p.add_argument("name", choices=("otsu", "kmeans", "median-otsu"), help="which baseline")
     p.add_argument("--fit", required=True, metavar="STORE", help="store (or TIFF stack) whose image is fitted on")
-    p.add_argument("--fit-z", type=_eval_z_range, default=None, metavar="Z0,Z1",
+    p.add_argument("--fit-z", type=z_range, default=None, metavar="Z0,Z1",
                    help="training region: slices Z0..Z1-1 of --fit (default: all)")
     p.add_argument("volume", help="volume to segment: a store or a TIFF stack/folder/glob")
     p.add_argument("out", type=Path, help="output store (image + labels), e.g. seg.zarr")
@@ -395,13 +391,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--report", required=True, type=Path, help="folder for compare.md/.json/.csv/.png and the "
                    "predictions")
     p.add_argument("--image", default=None, help="volume to segment (default: the --labels store's image)")
-    p.add_argument("--z", type=int_tuple(2), default=None, metavar="Z0,Z1", help="evaluate slices Z0..Z1-1 only")
+    p.add_argument("--z", type=z_range, default=None, metavar="Z0,Z1", help="evaluate slices Z0..Z1-1 only")
     p.add_argument("--label-map", type=label_map, default=None, metavar="RAW:CLASS,...",
                    help="map raw label values, e.g. 0:0,128:1,255:2")
     p.add_argument("--baselines", type=name_list, default=None, metavar="A,B",
                    help="classic baselines to add: otsu, kmeans, median-otsu")
     p.add_argument("--fit", default=None, help="labelled store the baselines are fitted on")
-    p.add_argument("--fit-z", type=int_tuple(2), default=None, metavar="Z0,Z1", help="slab of --fit to fit on")
+    p.add_argument("--fit-z", type=z_range, default=None, metavar="Z0,Z1", help="slab of --fit to fit on")
     p.add_argument("--study", action="append", metavar="TUNE_DIR", help="a sweep study to plot (repeatable)")
     p.add_argument("--workers", type=int, default=None, help="segmentation workers")
     p.add_argument("--overwrite", action="store_true", help="replace an existing comparison in --report")
