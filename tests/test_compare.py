@@ -56,3 +56,15 @@ def test_demo_runs_end_to_end_and_the_model_beats_otsu(ray_cluster, tmp_path, ca
     rows = {r["method"]: r for r in json.loads((tmp_path / "demo" / "report" / "compare.json").read_text())["summary"]}
     assert rows["unet"]["mean_dice"] > rows["otsu"]["mean_dice"] > 0.85
     assert (tmp_path / "demo" / "unet" / "model.pt").exists()
+
+
+def test_a_study_is_read_from_the_sweep_results(tmp_path):
+    from xtrain.compare import read_study
+
+    (tmp_path / "results.csv").write_text(
+        "trial_id,status,epochs,data.fraction,train.seed,final_val_mean_dice,best_val_mean_dice,model_path\n"
+        "b,finished,3,0.5,0,0.90,0.91,x\n"
+        "a,finished,3,0.1,0,0.80,0.82,x\n"
+        "c,failed,0,1.0,0,,,\n")
+    assert read_study(str(tmp_path)) == [{"parameter": "data.fraction", "value": 0.1, "dice": 0.82},
+                                         {"parameter": "data.fraction", "value": 0.5, "dice": 0.91}]

@@ -160,23 +160,26 @@ def _write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
 
 
 def read_study(tune_dir: str) -> list[dict[str, Any]]:
-    """(parameter value, best validation mean Dice) per trial of a sweep's results.csv."""
+    """(studied parameter, value, best validation mean Dice) per trial of a sweep's results.csv.
+
+    The studied parameter is the dotted config key that varies between trials (e.g.
+    ``data.fraction`` or ``data.augment.noise_fraction``); non-numeric values are skipped."""
     path = Path(tune_dir) / "results.csv"
     if not path.is_file():
         raise InputNotFoundError(f"study '{tune_dir}' has no results.csv; run 'xtrain tune' first")
     with open(path, newline="") as f:
         rows = list(csv.DictReader(f))
-    params = [k for k in (rows[0] if rows else {}) if k.startswith("param.") or k.startswith("config/")]
-    varying = [k for k in params if len({r[k] for r in rows}) > 1]
-    key = varying[0] if varying else (params[0] if params else None)
-    metric = next((m for m in ("best_val_mean_dice", "val_mean_dice") if rows and m in rows[0]), None)
-    if key is None or metric is None:
+    if not rows or "best_val_mean_dice" not in rows[0]:
         return []
+    params = [k for k in rows[0] if "." in k and not k.startswith(("final_", "best_"))]
+    varying = [k for k in params if len({r[k] for r in rows}) > 1]
+    if not varying:
+        return []
+    key = varying[0]
     out = []
     for r in rows:
         try:
-            out.append({"parameter": key.split(".", 1)[-1].split("/", 1)[-1], "value": float(r[key]),
-                        "dice": float(r[metric])})
+            out.append({"parameter": key, "value": float(r[key]), "dice": float(r["best_val_mean_dice"])})
         except (TypeError, ValueError):
             continue
     return sorted(out, key=lambda d: d["value"])
