@@ -62,7 +62,6 @@ def make_store(path: Path, size: int) -> Path:
 
 
 def make_model(path: Path, width: int, depth: int) -> Path:
-    from xtrain.data.store import open_store  # noqa: F401  (stats come from the store)
     from xtrain.models import create_model, model_kwargs
     from xtrain.train.checkpoint import save_checkpoint
 

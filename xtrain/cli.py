@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 
 from . import __version__
-from .errors import ConfigError, XtrainError
+from .errors import XtrainError
 
 log = logging.getLogger("xtrain")
 

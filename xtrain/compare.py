@@ -15,7 +15,6 @@ the labels.  Sweep studies (``--study TUNE_DIR``: a data-size or noise study mad
 
 from __future__ import annotations
 
-import csv
 import json
 import logging
 import os
@@ -24,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .csvio import read_csv, write_csv
 from .errors import InputNotFoundError, OutputExistsError
 from .evaluate import evaluate, open_label_volume, to_json
 from .report import table
@@ -128,7 +128,7 @@ def compare(entries: Sequence[str], labels: str, report_dir: str | os.PathLike, 
     (out / "compare.json").write_text(to_json({"labels": str(labels), "z_range": list(z_range) if z_range else None,
                                                "summary": rows, "studies": study_rows,
                                                "results": results}) + "\n")
-    _write_csv(out / "compare.csv", rows)
+    write_csv(out / "compare.csv", rows)
     figures = [_plot_summary(out / "compare.png", rows)]
     figures += [_plot_study(out / f"study_{name}.png", name, r) for name, r in study_rows.items() if r]
     md = ["# Segmentation comparison", "",
@@ -151,14 +151,6 @@ def summary_table(rows: list[dict[str, Any]], markdown: bool = False) -> str:
     return table(cols, [[r.get(c, "") for c in cols] for r in rows], markdown)
 
 
-def _write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
-    fields = list(dict.fromkeys(k for r in rows for k in r))
-    with open(path, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=fields)
-        w.writeheader()
-        w.writerows(rows)
-
-
 def read_study(tune_dir: str) -> list[dict[str, Any]]:
     """(studied parameter, value, best validation mean Dice) per trial of a sweep's results.csv.
 
@@ -167,8 +159,7 @@ def read_study(tune_dir: str) -> list[dict[str, Any]]:
     path = Path(tune_dir) / "results.csv"
     if not path.is_file():
         raise InputNotFoundError(f"study '{tune_dir}' has no results.csv; run 'xtrain tune' first")
-    with open(path, newline="") as f:
-        rows = list(csv.DictReader(f))
+    rows = read_csv(path)
     if not rows or "best_val_mean_dice" not in rows[0]:
         return []
     params = [k for k in rows[0] if "." in k and not k.startswith(("final_", "best_"))]

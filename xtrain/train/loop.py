@@ -14,7 +14,6 @@ stopped.
 
 from __future__ import annotations
 
-import csv
 import logging
 import math
 import time
@@ -31,6 +30,7 @@ from torch import nn
 
 from ..config import Config, config_to_dict
 from ..data.sampler import GridPatches, RandomPatches, patch_loader, split_regions
+from ..csvio import read_csv, write_csv
 from ..data.store import open_store
 from ..errors import ConfigError, InvalidInputError
 from ..losses import create_loss
@@ -237,23 +237,14 @@ def evaluate(segmenter: nn.Module, loader: torch.utils.data.DataLoader, num_clas
 
 
 def write_metrics_row(run_dir: Path, row: dict[str, Any]) -> None:
+    """Append an epoch's row (replacing rows of that epoch or later: a resumed run redoes them)."""
     path = run_dir / METRICS
-    rows = read_metrics(path)
-    rows = [r for r in rows if int(r["epoch"]) < int(row["epoch"])] + [row]
-    fields = list(dict.fromkeys(k for r in rows for k in r))
-    tmp = path.with_suffix(".csv.tmp")
-    with open(tmp, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=fields)
-        w.writeheader()
-        w.writerows(rows)
-    tmp.replace(path)
+    rows = [r for r in read_csv(path) if int(r["epoch"]) < int(row["epoch"])] + [row]
+    write_csv(path, rows)
 
 
 def read_metrics(path: Path) -> list[dict[str, Any]]:
-    if not path.exists():
-        return []
-    with open(path, newline="") as f:
-        return list(csv.DictReader(f))
+    return read_csv(path)
 
 
 # ----------------------------------------------------------------------------- fit

@@ -203,11 +203,11 @@ def worker_error(exc: BaseException) -> BaseException | None:
     return None
 
 
-def train(cfg: Config, run_dir: str | Path, resume: bool = False) -> dict[str, Any]:
-    """Train with Ray Train; returns the last reported metrics (``stopped`` if interrupted)."""
-    preflight(cfg)
-    run_dir, resume_from = prepare_run_dir(run_dir, cfg, resume)
-    started = init_ray(num_cpus=None)
+def make_trainer(cfg: Config, run_dir: Path, resume_from: Path | None, callbacks: list | None = None):
+    """A ``TorchTrainer`` running ``train_loop_per_worker`` on ``cfg`` into ``run_dir``.
+
+    Every launch gets a fresh run name (Ray silently resumes a reused one); resumption goes
+    through RUN_DIR/last.pt.  Returns (trainer, attempt name)."""
     import ray.train
     from ray.train.torch import TorchConfig, TorchTrainer
 
@@ -221,19 +221,19 @@ def train(cfg: Config, run_dir: str | Path, resume: bool = False) -> dict[str, A
         run_config=ray.train.RunConfig(
             name=attempt,
             storage_path=str(run_dir / "ray"),
-            failure_config=ray.train.FailureConfig(max_failures=cfg.train.max_failures),
+            failure_config=ray.train.FailureConfig(max_failures=cfg.train.max_failures, controller_failure_limit=2),
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=1),
+            callbacks=callbacks or [],
         ),
     )
+    return trainer, attempt
 
-    def on_term(signum, frame):  # Slurm time limit / preemption: checkpoint and exit cleanly
-        log.warning("received signal %d: asking workers to checkpoint and stop", signum)
-        (run_dir / STOP).touch()
 
-    previous = {s: signal.signal(s, on_term) for s in (signal.SIGTERM, signal.SIGUSR1)}
-    write_status(run_dir, state="running", attempt=attempt, pid=os.getpid())
-    tail = LogTail(run_dir / TRAIN_LOG)
-    tail.start()
+def fit_trainer(trainer, run_dir: Path, **status: Any) -> dict[str, Any]:
+    """``trainer.fit()`` with RUN_DIR/status.json kept truthful: running, then finished,
+    interrupted (a STOP request was honoured) or failed.  A worker's user-input error is
+    re-raised as itself (one clear line at the CLI).  Returns the last metrics + ``stopped``."""
+    write_status(run_dir, state="running", **status)
     try:
         result = trainer.fit()
     except BaseException as exc:
@@ -242,15 +242,35 @@ def train(cfg: Config, run_dir: str | Path, resume: bool = False) -> dict[str, A
         if cause is not None:
             raise cause from None
         raise
-    finally:
-        tail.stop()
-        for s, h in previous.items():
-            signal.signal(s, h)
-        if started:
-            ray.shutdown()
     metrics = dict(result.metrics or {})
     stopped = bool(metrics.get("stopped")) or (run_dir / STOP).exists()
     (run_dir / STOP).unlink(missing_ok=True)
     write_status(run_dir, state="interrupted" if stopped else "finished", epoch=metrics.get("epoch"),
                  best_mean_dice=metrics.get("best_mean_dice"))
     return {**metrics, "stopped": stopped}
+
+
+def train(cfg: Config, run_dir: str | Path, resume: bool = False) -> dict[str, Any]:
+    """Train with Ray Train; returns the last reported metrics (``stopped`` if interrupted)."""
+    preflight(cfg)
+    run_dir, resume_from = prepare_run_dir(run_dir, cfg, resume)
+    started = init_ray(num_cpus=None)
+    import ray
+
+    trainer, attempt = make_trainer(cfg, run_dir, resume_from)
+
+    def on_term(signum, frame):  # Slurm time limit / preemption: checkpoint and exit cleanly
+        log.warning("received signal %d: asking workers to checkpoint and stop", signum)
+        (run_dir / STOP).touch()
+
+    previous = {s: signal.signal(s, on_term) for s in (signal.SIGTERM, signal.SIGUSR1)}
+    tail = LogTail(run_dir / TRAIN_LOG)
+    tail.start()
+    try:
+        return fit_trainer(trainer, run_dir, attempt=attempt, pid=os.getpid())
+    finally:
+        tail.stop()
+        for s, h in previous.items():
+            signal.signal(s, h)
+        if started:
+            ray.shutdown()

@@ -32,7 +32,6 @@ Ctrl+C (SIGINT) is Tune's graceful stop; the unfinished trials are resumed the s
 
 from __future__ import annotations
 
-import csv
 import json
 import logging
 import math
@@ -43,11 +42,11 @@ import time
 from pathlib import Path
 from typing import Any
 
+from ..csvio import write_csv
 from ..config import Config, config_from_dict, config_to_dict, load_config, save_config
 from ..errors import ConfigError, RunStateError, UnknownNameError
 from ..train.loop import BEST, LAST, METRICS, preflight, read_metrics
-from ..train.ray_trainer import (STOP, quiet_ray, read_status, train_loop_per_worker,
-                                 worker_error, write_status)
+from ..train.ray_trainer import STOP, fit_trainer, make_trainer, quiet_ray, read_status
 from .space import Param, apply_params, grid_size, parse_space, to_ray
 
 log = logging.getLogger(__name__)
@@ -135,9 +134,7 @@ def trial_config(base: dict[str, Any], params: dict[str, Any]) -> Config:
 def run_trial(config: dict[str, Any], base: dict[str, Any], tune_dir: str) -> None:
     """The Tune function trainable: one ``xtrain train`` run in TUNE_DIR/trials/<trial_id>/."""
     quiet_tune()
-    import ray.train
     import ray.tune
-    from ray.train.torch import TorchConfig, TorchTrainer
     from ray.tune.integration.ray_train import TuneReportCallback
 
     trial_id = ray.tune.get_context().get_trial_id()
@@ -160,38 +157,12 @@ def run_trial(config: dict[str, Any], base: dict[str, Any], tune_dir: str) -> No
     save_config(cfg, run_dir / "config.yaml")
     (run_dir / "params.json").write_text(json.dumps(params, indent=2, default=str))
 
-    attempt = time.strftime("attempt-%Y%m%d-%H%M%S") + f"-{os.getpid()}"
-    trainer = TorchTrainer(
-        train_loop_per_worker,
-        train_loop_config={"config": config_to_dict(cfg), "run_dir": str(run_dir),
-                           "resume": str(run_dir / LAST) if resume else None},
-        torch_config=TorchConfig(backend="nccl" if cfg.train.use_gpu else "gloo"),
-        scaling_config=ray.train.ScalingConfig(num_workers=cfg.train.workers, use_gpu=cfg.train.use_gpu),
-        run_config=ray.train.RunConfig(
-            name=attempt,
-            storage_path=str(run_dir / "ray"),
-            failure_config=ray.train.FailureConfig(max_failures=cfg.train.max_failures, controller_failure_limit=2),
-            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=1),
-            callbacks=[TuneReportCallback()],
-        ),
-    )
-    write_status(run_dir, state="running", attempt=attempt, trial_id=trial_id, resumed=resume)
-    if (tune_root / STOP).exists():  # SIGTERM arrived between the check above and "running"
+    trainer, attempt = make_trainer(cfg, run_dir, run_dir / LAST if resume else None,
+                                    callbacks=[TuneReportCallback()])
+    if (tune_root / STOP).exists():  # SIGTERM arrived between the check above and the launch
         (run_dir / STOP).touch()
-    try:
-        result = trainer.fit()
-    except BaseException as exc:
-        write_status(run_dir, state="failed", error=f"{type(exc).__name__}: {exc}"[:2000])
-        cause = worker_error(exc)
-        if cause is not None:
-            raise cause from None
-        raise
-    metrics = dict(result.metrics or {})
-    stopped = bool(metrics.get("stopped")) or (run_dir / STOP).exists()
-    (run_dir / STOP).unlink(missing_ok=True)
-    write_status(run_dir, state="interrupted" if stopped else "finished", epoch=metrics.get("epoch"),
-                 best_mean_dice=metrics.get("best_mean_dice"))
-    if stopped:
+    metrics = fit_trainer(trainer, run_dir, attempt=attempt, trial_id=trial_id, resumed=resume)
+    if metrics["stopped"]:
         raise TrialInterrupted(f"trial {trial_id} stopped at epoch {metrics.get('epoch')} and checkpointed; "
                                "--resume continues it")
 
@@ -488,13 +459,7 @@ def _num(v: Any) -> float | None:
 
 
 def write_results(rows: list[dict[str, Any]], path: Path) -> None:
-    fields = list(dict.fromkeys(k for r in rows for k in r)) or ["trial_id", "status", "epochs"]
-    tmp = path.with_suffix(".csv.tmp")
-    with open(tmp, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=fields)
-        w.writeheader()
-        w.writerows(rows)
-    tmp.replace(path)
+    write_csv(path, rows, default_fields=["trial_id", "status", "epochs"])
 
 
 def pick_best(rows: list[dict[str, Any]], metric: str, mode: str) -> dict[str, Any] | None:
