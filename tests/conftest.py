@@ -1,4 +1,5 @@
-"""Shared fixtures: tiny synthetic stores, the real-data path, one Ray session per test run."""
+"""Shared fixtures: tiny synthetic stores, the real-data path, one Ray session per test run,
+a tiny trained model, and the model tests' single-thread and overfitting helpers."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 REPO = Path(__file__).resolve().parents[1]
 REAL_DATA = Path(os.environ.get("XTRAIN_REAL_DATA", REPO.parent / "shared" / "data" / "soc_pxct"))
@@ -91,3 +93,35 @@ def tiny_model(tmp_path_factory) -> Path:
     (root / "run").mkdir()
     fit(cfg, root / "run")
     return root / "run" / "model.pt"
+
+
+# --------------------------------------------------------------------------- model tests
+
+
+@pytest.fixture
+def one_thread():
+    # Two intra-op threads on a busy 2-core machine make each step ~15x slower (threads
+    # wait on each other at every op); one thread keeps these tests fast and steady.
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture
+def overfit():
+    """The tiny-batch overfitting loop, as a fixture: ``overfit(model, x, labels, lr, steps)``."""
+    return overfit_losses
+
+
+def overfit_losses(model: torch.nn.Module, x: torch.Tensor, labels: torch.Tensor, lr: float, steps: int) -> list[float]:
+    """Cross-entropy of ``model`` over ``steps`` Adam steps on one fixed batch."""
+    opt = torch.optim.Adam(model.parameters(), lr=lr)
+    losses = []
+    for _ in range(steps):
+        opt.zero_grad()
+        loss = torch.nn.functional.cross_entropy(model(x), labels)
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    return losses

@@ -8,6 +8,9 @@ import torch
 from xtrain.errors import ConfigError
 from xtrain.models import create_model, num_parameters
 
+# one intra-op thread: see conftest.one_thread
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 
 def test_default_shape_and_size():
     model = create_model("mlp")

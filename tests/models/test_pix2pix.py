@@ -9,6 +9,9 @@ from xtrain.errors import ConfigError
 from xtrain.losses import one_hot
 from xtrain.models import Pix2Pix, create_model, discriminator_loss, generator_adversarial_loss
 
+# one intra-op thread: see conftest.one_thread
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 SMALL = dict(width=4, depth=2, disc_width=8, disc_layers=2)
 
 

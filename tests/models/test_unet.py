@@ -8,6 +8,9 @@ import torch
 from xtrain.models import create_model
 from xtrain.models.unet import crop, pad_to_multiple
 
+# one intra-op thread: see conftest.one_thread
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 
 @pytest.mark.parametrize("shape", [(1, 1, 37, 53), (2, 5, 61, 45)])
 def test_odd_sizes_keep_spatial_size(shape):
