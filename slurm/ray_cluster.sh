@@ -30,7 +30,12 @@ RAY_HEAD_SID=""
 RAY_WORKERS_PID=""
 XTRAIN_PID=""
 
-free_port() { python -c 'import socket; s = socket.socket(); s.bind(("", 0)); print(s.getsockname()[1])'; }
+# N distinct free ports: all sockets are held open together, so the kernel cannot hand the
+# same port out twice (one port per call can repeat: Ray then refuses to start).
+free_ports() { python -c 'import socket, sys
+socks = [socket.socket() for _ in range(int(sys.argv[1]))]
+for s in socks: s.bind(("", 0))
+print(" ".join(str(s.getsockname()[1]) for s in socks))' "$1"; }
 
 ray_cluster_start() {
     local nodes head_ip n_nodes cpus gpus
@@ -39,12 +44,14 @@ ray_cluster_start() {
     head_ip=$(hostname -I 2>/dev/null | awk '{print $1}'); head_ip=${head_ip:-127.0.0.1}
     cpus=${SLURM_CPUS_ON_NODE:-$(nproc)}
     gpus=$( (nvidia-smi -L 2>/dev/null || true) | grep -c '^GPU' || true)
-    RAY_PORT=$(free_port)
-    RAY_DASHBOARD_PORT=$(free_port)
-    local ports=(--node-manager-port="$(free_port)" --object-manager-port="$(free_port)"
-                 --dashboard-agent-listen-port="$(free_port)" --dashboard-agent-grpc-port="$(free_port)"
-                 --metrics-export-port="$(free_port)" --runtime-env-agent-port="$(free_port)"
-                 --ray-client-server-port="$(free_port)")
+    local p
+    read -r -a p <<< "$(free_ports 9)"
+    RAY_PORT=${p[0]}
+    RAY_DASHBOARD_PORT=${p[1]}
+    local ports=(--node-manager-port="${p[2]}" --object-manager-port="${p[3]}"
+                 --dashboard-agent-listen-port="${p[4]}" --dashboard-agent-grpc-port="${p[5]}"
+                 --metrics-export-port="${p[6]}" --runtime-env-agent-port="${p[7]}"
+                 --ray-client-server-port="${p[8]}")
     mkdir -p "$RAY_TMP"
     echo "ray_cluster.sh: head $head_ip:$RAY_PORT (dashboard :$RAY_DASHBOARD_PORT), $n_nodes node(s), temp $RAY_TMP"
     # setsid: the head's processes (and the workers Ray forks) share one new session, which

@@ -44,6 +44,20 @@ def make_store(path: Path, shape=(37, 61, 53), seed: int = 0, dtype=np.uint16, c
     return path
 
 
+def tiny_config(store, *overrides: str):
+    """configs/tiny.yaml shrunk further for tests: 32-pixel patches, 64 samples per epoch."""
+    from xtrain.config import load_config
+
+    return load_config("configs/tiny.yaml", [f"data.store={store}", "data.patch=32", "data.samples_per_epoch=64",
+                                             "data.val_patches=16", *overrides])
+
+
+@pytest.fixture(scope="session")
+def train_store(tmp_path_factory) -> Path:
+    """A small labelled store that tiny models learn in a few epochs (shared by training tests)."""
+    return make_store(tmp_path_factory.mktemp("train_store") / "s.zarr", shape=(33, 50, 47))
+
+
 @pytest.fixture
 def tiny_store(tmp_path) -> Path:
     """An odd-sized (37, 61, 53) store with labels: catches padding and chunk-edge bugs."""
@@ -83,13 +97,11 @@ def tiny_model(tmp_path_factory) -> Path:
     """model.pt of a 2.5D (3-slice) tiny U-Net trained in-process for a few seconds (no Ray).
 
     Trained once per test session and shared by the inference, nightly and demo tests."""
-    from xtrain.config import load_config
     from xtrain.train.loop import fit
 
     root = tmp_path_factory.mktemp("tiny_model")
     train = make_store(root / "train.zarr", shape=(33, 50, 47), seed=1)
-    cfg = load_config("configs/tiny.yaml", [f"data.store={train}", "data.patch=32", "data.samples_per_epoch=64",
-                                            "data.val_patches=16", "train.epochs=6", "data.slices=3"])
+    cfg = tiny_config(train, "train.epochs=6", "data.slices=3")
     (root / "run").mkdir()
     fit(cfg, root / "run")
     return root / "run" / "model.pt"

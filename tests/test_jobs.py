@@ -21,10 +21,16 @@ RAY = Path(sys.executable).parent / "ray"
 pytestmark = pytest.mark.slow
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def free_ports(n: int) -> list[int]:
+    """n distinct free ports (held open together: one at a time the kernel may repeat one)."""
+    socks = [socket.socket() for _ in range(n)]
+    try:
+        for s in socks:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
 
 
 def session_pids(sid: int) -> list[int]:
@@ -36,15 +42,15 @@ def session_pids(sid: int) -> list[int]:
 def ray_head(tmp_path_factory):
     """`ray start --head --block` in a new session, on free ports, with its own temp dir."""
     temp = Path(f"/tmp/xjob-{os.getpid()}-{int(time.time())}")  # short: socket paths <= 107 bytes
-    dport = free_port()
+    names = ["--port", "--dashboard-port", "--node-manager-port", "--object-manager-port",
+             "--dashboard-agent-listen-port", "--dashboard-agent-grpc-port", "--metrics-export-port",
+             "--runtime-env-agent-port", "--ray-client-server-port"]
+    ports = dict(zip(names, free_ports(len(names))))
+    dport = ports["--dashboard-port"]
     env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
     env.pop("RAY_ADDRESS", None)
     if (Path.home() / ".ray" / "auth_token").exists():
         env.setdefault("RAY_AUTH_MODE", "token")  # with a token in ~/.ray, job submit must use it
-    ports = {"--port": free_port(), "--dashboard-port": dport, "--node-manager-port": free_port(),
-             "--object-manager-port": free_port(), "--dashboard-agent-listen-port": free_port(),
-             "--dashboard-agent-grpc-port": free_port(), "--metrics-export-port": free_port(),
-             "--runtime-env-agent-port": free_port(), "--ray-client-server-port": free_port()}
     log = open(tmp_path_factory.mktemp("head") / "head.log", "w")
     head = subprocess.Popen([str(RAY), "start", "--head", "--block", "--num-cpus", "2", "--include-dashboard=true",
                              "--dashboard-host", "127.0.0.1", "--temp-dir", str(temp), "--disable-usage-stats",

@@ -7,25 +7,15 @@ import csv
 import pytest
 import torch
 
-from conftest import make_store
-from xtrain.config import load_config
+from conftest import tiny_config
 from xtrain.errors import ConfigError, InvalidInputError, UnknownNameError
 from xtrain.train.checkpoint import load_checkpoint
 from xtrain.train.loop import WorkerContext, fit, preflight
 
 
-@pytest.fixture(scope="module")
-def store(tmp_path_factory):
-    return make_store(tmp_path_factory.mktemp("loop") / "s.zarr", shape=(33, 50, 47))
 
-
-def tiny(store, *overrides):
-    return load_config("configs/tiny.yaml", [f"data.store={store}", "data.patch=32", "data.samples_per_epoch=64",
-                                             "data.val_patches=16", *overrides])
-
-
-def test_loss_falls_and_dice_rises(store, tmp_path):
-    cfg = tiny(store, "train.epochs=4")
+def test_loss_falls_and_dice_rises(train_store, tmp_path):
+    cfg = tiny_config(train_store, "train.epochs=4")
     metrics = fit(cfg, tmp_path)
     with open(tmp_path / "metrics.csv") as f:
         rows = list(csv.DictReader(f))
@@ -36,8 +26,8 @@ def test_loss_falls_and_dice_rises(store, tmp_path):
         assert f"val_dice_{c}" in rows[0] and f"val_iou_{c}" in rows[0] and f"val_precision_{c}" in rows[0]
 
 
-def test_checkpoints_hold_what_inference_and_resume_need(store, tmp_path):
-    fit(tiny(store, "train.epochs=1"), tmp_path)
+def test_checkpoints_hold_what_inference_and_resume_need(train_store, tmp_path):
+    fit(tiny_config(train_store, "train.epochs=1"), tmp_path)
     last = load_checkpoint(tmp_path / "last.pt")
     for key in ("model_state", "optimizer_states", "epoch", "step", "rng", "config", "stats", "classes", "model_name",
                 "model_kwargs"):
@@ -65,14 +55,14 @@ class StopAfter:
 
 
 @pytest.mark.parametrize("model", ["unet", "pix2pix"])
-def test_interrupted_and_resumed_equals_uninterrupted(store, tmp_path, model):
+def test_interrupted_and_resumed_equals_uninterrupted(train_store, tmp_path, model):
     """Stop mid-epoch (as SIGTERM would), resume from last.pt: bit-identical weights.
 
     Exact because every step's data and dropout RNG derive from (seed, epoch, index/step).
     """
     extra = ["model.name=pix2pix", "model.kwargs={width: 8, depth: 2, disc_width: 8, disc_layers: 2}"] \
         if model == "pix2pix" else ["model.kwargs={width: 8, depth: 2, dropout: 0.2}"]
-    cfg = tiny(store, "train.epochs=2", *extra)
+    cfg = tiny_config(train_store, "train.epochs=2", *extra)
     (tmp_path / "a").mkdir()
     (tmp_path / "b").mkdir()
     fit(cfg, tmp_path / "a")
@@ -91,13 +81,13 @@ def test_interrupted_and_resumed_equals_uninterrupted(store, tmp_path, model):
         assert [r["epoch"] for r in csv.DictReader(f)] == ["1", "2"]
 
 
-def test_preflight_rejects_bad_config(store, tmp_path):
+def test_preflight_rejects_bad_config(train_store, tmp_path):
     with pytest.raises(UnknownNameError, match="did you mean 'unet'"):
-        preflight(tiny(store, "model.name=unet2"))
+        preflight(tiny_config(train_store, "model.name=unet2"))
     with pytest.raises(ConfigError, match="widht"):
-        preflight(tiny(store, "model.kwargs={widht: 8}"))
+        preflight(tiny_config(train_store, "model.kwargs={widht: 8}"))
     with pytest.raises(ConfigError, match="train_z"):
-        preflight(tiny(store, "data.train_z=[0, 40]"))
+        preflight(tiny_config(train_store, "data.train_z=[0, 40]"))
     unlabelled = tmp_path / "nolabels.zarr"
     from xtrain.data.store import write_store
     import numpy as np
@@ -105,4 +95,4 @@ def test_preflight_rejects_bad_config(store, tmp_path):
     with write_store(unlabelled, (5, 8, 8)) as w:
         w.create("image", (5, 8, 8), np.uint16)
     with pytest.raises(InvalidInputError, match="no labels"):
-        preflight(tiny(unlabelled))
+        preflight(tiny_config(unlabelled))

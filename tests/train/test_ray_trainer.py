@@ -13,8 +13,7 @@ import time
 import pytest
 import torch
 
-from conftest import make_store
-from xtrain.config import load_config
+from conftest import tiny_config
 from xtrain.errors import RunStateError
 from xtrain.train.checkpoint import load_checkpoint
 from xtrain.train.ray_trainer import read_status, train
@@ -22,14 +21,9 @@ from xtrain.train.ray_trainer import read_status, train
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture(scope="module")
-def store(tmp_path_factory):
-    return make_store(tmp_path_factory.mktemp("ray") / "s.zarr", shape=(33, 50, 47))
-
 
 def tiny(store, *overrides):
-    return load_config("configs/tiny.yaml", [f"data.store={store}", "data.patch=32", "data.samples_per_epoch=64",
-                                             "data.val_patches=16", "train.workers=2", *overrides])
+    return tiny_config(store, "train.workers=2", *overrides)
 
 
 def rows(run_dir):
@@ -50,12 +44,12 @@ def when(predicate, timeout=120.0):
     return False
 
 
-def test_two_node_ddp_run_then_sigterm_resume_is_exact(ray_cluster, store, tmp_path):
+def test_two_node_ddp_run_then_sigterm_resume_is_exact(ray_cluster, train_store, tmp_path):
     import ray
 
     nodes = {n["NodeID"] for n in ray.nodes() if n["Alive"]}
     assert len(nodes) == 2
-    cfg = tiny(store, "train.epochs=3")
+    cfg = tiny(train_store, "train.epochs=3")
 
     # Uninterrupted reference run: 2 DDP workers, one per node.
     full = train(cfg, tmp_path / "full")
@@ -95,10 +89,10 @@ def test_two_node_ddp_run_then_sigterm_resume_is_exact(ray_cluster, store, tmp_p
     assert time.time() - t0 < 300
 
 
-def test_killed_worker_is_restarted_from_checkpoint(ray_cluster, store, tmp_path):
+def test_killed_worker_is_restarted_from_checkpoint(ray_cluster, train_store, tmp_path):
     """FailureConfig: kill -9 one training worker after epoch 1; the run still finishes."""
     run = tmp_path / "run"
-    cfg = tiny(store, "train.epochs=3", "train.max_failures=2")
+    cfg = tiny(train_store, "train.epochs=3", "train.max_failures=2")
     killed = []
 
     def kill_one():

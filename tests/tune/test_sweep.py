@@ -12,7 +12,7 @@ import time
 import pytest
 import torch
 
-from conftest import make_store
+from conftest import tiny_config
 from xtrain.config import load_config
 from xtrain.errors import RunStateError
 from xtrain.train.ray_trainer import read_status
@@ -21,15 +21,9 @@ from xtrain.tune.sweep import sweep
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture(scope="module")
-def store(tmp_path_factory):
-    return make_store(tmp_path_factory.mktemp("tune") / "s.zarr", shape=(33, 50, 47))
-
 
 def tiny(store, *overrides):
-    return load_config("configs/tiny.yaml", [f"data.store={store}", "data.patch=32", "data.samples_per_epoch=64",
-                                             "data.val_patches=16", "train.workers=1", "train.epochs=2",
-                                             *overrides])
+    return tiny_config(store, "train.workers=1", "train.epochs=2", *overrides)
 
 
 def results(tune_dir):
@@ -37,9 +31,9 @@ def results(tune_dir):
         return list(csv.DictReader(f))
 
 
-def test_two_trial_asha_sweep_writes_results_best_config_and_model(ray_cluster, store, tmp_path):
+def test_two_trial_asha_sweep_writes_results_best_config_and_model(ray_cluster, train_store, tmp_path):
     out = tmp_path / "tune"
-    cfg = tiny(store, "tune.space={optim.lr: {grid: [0.0003, 0.01]}, optim.beta1: {uniform: [0.5, 0.9]}}",
+    cfg = tiny(train_store, "tune.space={optim.lr: {grid: [0.0003, 0.01]}, optim.beta1: {uniform: [0.5, 0.9]}}",
                "tune.scheduler=asha", "tune.grace_period=1", "tune.num_samples=1")
     t0 = time.time()
     summary = sweep(cfg, out)
@@ -58,7 +52,7 @@ def test_two_trial_asha_sweep_writes_results_best_config_and_model(ray_cluster, 
     best_row = max(rows, key=lambda r: float(r["best_val_mean_dice"]))
     best = load_config(out / "best.yaml")
     assert best.optim.lr == float(best_row["optim.lr"]) and best.optim.beta1 == float(best_row["optim.beta1"])
-    assert best.train.epochs == 2 and best.data.store == str(store)
+    assert best.train.epochs == 2 and best.data.store == str(train_store)
     assert summary["best"]["trial_id"] == best_row["trial_id"]
     ckpt = torch.load(out / "best" / "model.pt", weights_only=False)
     assert ckpt["config"]["optim"]["lr"] == best.optim.lr
@@ -67,9 +61,9 @@ def test_two_trial_asha_sweep_writes_results_best_config_and_model(ray_cluster, 
     assert elapsed < 150
 
 
-def test_sigterm_stops_the_sweep_and_resume_does_not_rerun_finished_trials(ray_cluster, store, tmp_path):
+def test_sigterm_stops_the_sweep_and_resume_does_not_rerun_finished_trials(ray_cluster, train_store, tmp_path):
     out = tmp_path / "tune"
-    cfg = tiny(store, "tune.space={optim.lr: {grid: [0.001, 0.003, 0.01]}}", "tune.scheduler=fifo",
+    cfg = tiny(train_store, "tune.space={optim.lr: {grid: [0.001, 0.003, 0.01]}}", "tune.scheduler=fifo",
                "tune.max_concurrent=1", "tune.num_samples=1")
 
     def finished_trials():
