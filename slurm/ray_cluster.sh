@@ -61,6 +61,7 @@ ray_cluster_start() {
         --num-cpus="$cpus" --num-gpus="$gpus" --temp-dir="$RAY_TMP" --disable-usage-stats "${ports[@]}" \
         > "$RAY_TMP/head.log" 2>&1 &
     RAY_HEAD_SID=$!
+    disown "$RAY_HEAD_SID"  # stopped by session id below; no "Killed" job notice in the job log
     export RAY_ADDRESS="$head_ip:$RAY_PORT"
     if (( n_nodes > 1 )); then
         # one `ray start --block` per other node; ending this srun step ends them

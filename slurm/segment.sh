@@ -28,7 +28,10 @@ rc=0
 args=(segment "$XTRAIN_MODEL" "$XTRAIN_DATA" "$XTRAIN_OUT")
 if [[ -n "${XTRAIN_WORKERS:-}" ]]; then args+=(--workers "$XTRAIN_WORKERS"); fi
 if [[ "${XTRAIN_GPU:-0}" == 1 ]]; then args+=(--gpu); fi
-if [[ -e "$XTRAIN_OUT" ]]; then args+=(--resume); fi  # a requeued job continues from the block markers
+# A finished OUT is left alone; otherwise --resume: a requeued job continues from the block
+# markers in the partial output (with nothing to resume, segment starts from the beginning).
+if [[ -e "$XTRAIN_OUT" ]]; then echo "segment.sh: $XTRAIN_OUT already exists"; exit 0; fi
+args+=(--resume)
 run_xtrain "${args[@]}" "$@" || rc=$?
 echo "segment.sh: xtrain exited with $rc"
 requeue_if_stopped "$rc"
