@@ -116,3 +116,29 @@ def test_sigterm_checkpoints_requeues_and_resumes_to_the_end(store, tmp_path):
     assert [int(r["epoch"]) for r in rows(run)] == list(range(1, epochs + 1)), log
     assert json.loads((run / "status.json").read_text())["state"] == "finished"
     assert (run / "model.pt").exists()
+
+
+@requires_slurm
+def test_segment_and_nightly_jobs_write_labels(tiny_model, tmp_path):
+    """slurm/segment.sh (2 Ray workers on the job's cluster) and slurm/nightly.sh (one night,
+    no resubmission) produce the same labels for the same scan."""
+    incoming = tmp_path / "incoming"
+    incoming.mkdir()
+    scan = make_store(incoming / "scan1.zarr", shape=(21, 40, 36), seed=7)
+    old = time.time() - 3600  # written an hour ago: settled
+    for p in [scan, *scan.rglob("*")]:
+        os.utime(p, (old, old))
+    seg = submit("segment.sh", {"XTRAIN_MODEL": str(tiny_model), "XTRAIN_DATA": str(scan),
+                                "XTRAIN_OUT": str(tmp_path / "seg.zarr")}, tmp_path / "seg.out", "--workers", "2")
+    night = submit("nightly.sh", {"XTRAIN_MODEL": str(tiny_model), "XTRAIN_INCOMING": str(incoming),
+                                  "XTRAIN_OUT": str(tmp_path / "nightly"), "XTRAIN_RESUBMIT": "0"},
+                   tmp_path / "night.out")
+    for job, out in ((seg, "seg.out"), (night, "night.out")):
+        info = wait_job(job, 240)
+        assert info["JobState"] == "COMPLETED", (tmp_path / out).read_text()
+    from xtrain.infer import open_segmentation
+
+    a = open_segmentation(tmp_path / "seg.zarr")["labels"][:]
+    b = open_segmentation(tmp_path / "nightly" / "scan1" / "labels.zarr")["labels"][:]
+    assert a.shape == (21, 40, 36) and (a == b).all()
+    assert "1 done" in (tmp_path / "night.out").read_text()
