@@ -33,8 +33,4 @@ if [[ "${XTRAIN_RESUBMIT:-1}" == 1 && -n "${SLURM_JOB_ID:-}" ]]; then
 fi
 
 source "${XTRAIN_HOME:-$PWD}/slurm/ray_cluster.sh"  # submit from the repository root (or set XTRAIN_HOME)
-ray_cluster_start
-rc=0
-run_xtrain nightly --watch "$XTRAIN_INCOMING" --model "$XTRAIN_MODEL" --out "$XTRAIN_OUT" --once "$@" || rc=$?
-echo "nightly.sh: xtrain exited with $rc"
-exit "$rc"
+run_job nightly.sh nightly --watch "$XTRAIN_INCOMING" --model "$XTRAIN_MODEL" --out "$XTRAIN_OUT" --once "$@"

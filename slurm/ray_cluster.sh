@@ -145,4 +145,17 @@ requeue_if_stopped() {
     fi
 }
 
+# run_job NAME ARGS...: the tail of every slurm/*.sh: start the cluster, run `xtrain ARGS`,
+# requeue on exit code 3, and exit with xtrain's code (the EXIT trap stops Ray).
+run_job() {
+    local name=$1 rc=0
+    shift
+    echo "$name: job ${SLURM_JOB_ID:-?} restart ${SLURM_RESTART_COUNT:-0}: xtrain $*"
+    ray_cluster_start
+    run_xtrain "$@" || rc=$?
+    echo "$name: xtrain exited with $rc"
+    requeue_if_stopped "$rc"
+    exit "$rc"
+}
+
 trap ray_cluster_stop EXIT

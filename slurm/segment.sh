@@ -22,9 +22,6 @@ XTRAIN_DATA=${XTRAIN_DATA:?set XTRAIN_DATA to the store (or TIFF stack) to segme
 XTRAIN_OUT=${XTRAIN_OUT:?set XTRAIN_OUT to the output store}
 source "${XTRAIN_HOME:-$PWD}/slurm/ray_cluster.sh"  # submit from the repository root (or set XTRAIN_HOME)
 
-echo "segment.sh: job ${SLURM_JOB_ID:-?} restart ${SLURM_RESTART_COUNT:-0}"
-ray_cluster_start
-rc=0
 args=(segment "$XTRAIN_MODEL" "$XTRAIN_DATA" "$XTRAIN_OUT")
 if [[ -n "${XTRAIN_WORKERS:-}" ]]; then args+=(--workers "$XTRAIN_WORKERS"); fi
 if [[ "${XTRAIN_GPU:-0}" == 1 ]]; then args+=(--gpu); fi
@@ -32,7 +29,4 @@ if [[ "${XTRAIN_GPU:-0}" == 1 ]]; then args+=(--gpu); fi
 # markers in the partial output (with nothing to resume, segment starts from the beginning).
 if [[ -e "$XTRAIN_OUT" ]]; then echo "segment.sh: $XTRAIN_OUT already exists"; exit 0; fi
 args+=(--resume)
-run_xtrain "${args[@]}" "$@" || rc=$?
-echo "segment.sh: xtrain exited with $rc"
-requeue_if_stopped "$rc"
-exit "$rc"
+run_job segment.sh "${args[@]}" "$@"

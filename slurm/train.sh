@@ -31,10 +31,4 @@ state=$(python -c 'import json,sys; print(json.load(open(sys.argv[1])).get("stat
 if [[ "$state" == finished ]]; then echo "train.sh: $XTRAIN_OUT already finished"; exit 0; fi
 if [[ -f "$XTRAIN_OUT/last.pt" ]]; then args+=(--resume); fi
 
-echo "train.sh: job ${SLURM_JOB_ID:-?} restart ${SLURM_RESTART_COUNT:-0}: xtrain ${args[*]} $*"
-ray_cluster_start
-rc=0
-run_xtrain "${args[@]}" "$@" || rc=$?
-echo "train.sh: xtrain exited with $rc"
-requeue_if_stopped "$rc"
-exit "$rc"
+run_job train.sh "${args[@]}" "$@"

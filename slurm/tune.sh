@@ -31,10 +31,4 @@ if [[ -f "$XTRAIN_OUT/results.csv" && -f "$XTRAIN_OUT/best.yaml" ]] && ! grep -q
 fi
 if [[ -d "$XTRAIN_OUT/experiment" ]]; then args+=(--resume); fi
 
-echo "tune.sh: job ${SLURM_JOB_ID:-?} restart ${SLURM_RESTART_COUNT:-0}: xtrain ${args[*]} $*"
-ray_cluster_start
-rc=0
-run_xtrain "${args[@]}" "$@" || rc=$?
-echo "tune.sh: xtrain exited with $rc"
-requeue_if_stopped "$rc"
-exit "$rc"
+run_job tune.sh "${args[@]}" "$@"
