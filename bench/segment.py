@@ -176,6 +176,10 @@ def main() -> None:
         logging.getLogger().setLevel(logging.WARNING)
         return child(args)
 
+    # xtrain's segment calls keep_freed_memory() in its worker; give (a) and (b) the same allocator
+    from xtrain.malloc import keep_freed_memory
+
+    keep_freed_memory()
     root = args.workdir or Path(tempfile.mkdtemp(prefix="bench_segment_"))
     root.mkdir(parents=True, exist_ok=True)
     try:

@@ -6,7 +6,7 @@ import numpy as np
 
 from conftest import make_store
 from xtrain.data.chunkcache import CachedArray
-from xtrain.data.store import default_layout, open_store, write_store
+from xtrain.data.store import Layout, default_layout, open_store, write_store
 
 
 def test_random_boxes_equal_zarr_reads(tmp_path):
@@ -57,3 +57,35 @@ def test_sampler_items_identical_with_and_without_cache(tiny_store):
     for i in range(40):
         a, b = cached[i], direct[i]
         assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
+
+
+def _sharded(tmp_path, shape=(37, 61, 53)):
+    """Image of ``shape`` in 1 x 16 x 16 chunks inside 8 x 32 x 32 shards (odd sizes: partial shards)."""
+    with write_store(tmp_path / "sh.zarr", shape, Layout((1, 16, 16), (8, 32, 32))) as w:
+        w.create("image", shape, np.uint16)[:] = np.arange(np.prod(shape), dtype=np.uint16).reshape(shape)
+    return open_store(tmp_path / "sh.zarr").image
+
+
+def test_read_unit_is_the_shard_only_when_the_region_fits(tmp_path):
+    from xtrain.data.chunkcache import read_unit
+
+    image = _sharded(tmp_path)
+    plane = 61 * 53 * 2  # bytes per z-slice
+    # z 3..12 lies in the shards z 0..16: 16 slices must fit
+    assert read_unit(image, (3, 12), 16 * plane) == (8, 32, 32)
+    assert read_unit(image, (3, 12), 16 * plane - 1) == (1, 16, 16)
+    # the last shard is partial: z 32..37 needs only the 5 slices that exist
+    assert read_unit(image, (33, 37), 5 * plane) == (8, 32, 32)
+
+
+def test_shard_units_equal_zarr_reads_with_one_miss_per_shard(tmp_path):
+    image = _sharded(tmp_path)
+    cached = CachedArray(image, 1 << 30, unit=(8, 32, 32))
+    rng = np.random.default_rng(1)
+    for _ in range(200):
+        lo = [int(rng.integers(0, n)) for n in image.shape]
+        hi = [int(rng.integers(a + 1, min(a + 20, n) + 1)) for a, n in zip(lo, image.shape)]
+        box = tuple(slice(a, b) for a, b in zip(lo, hi))
+        np.testing.assert_array_equal(cached[box], image[box])
+    assert cached.misses <= 5 * 2 * 2  # every shard read at most once (5 x 2 x 2 shards)
+    assert cached._bytes == image.nbytes  # and together they hold exactly the volume

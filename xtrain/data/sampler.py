@@ -46,7 +46,7 @@ from torch.utils.data import BatchSampler, DataLoader, Dataset, Sampler
 
 from ..config import DataConfig
 from ..errors import ConfigError, InvalidInputError
-from .chunkcache import CachedArray
+from .chunkcache import CachedArray, read_unit
 from .stats import normalize
 from .store import Store, open_store
 
@@ -205,7 +205,10 @@ class _StorePatches(Dataset):
         store = self.store
         if self._arrays is None:
             budget = self.cfg.cache_mb << 20
-            self._arrays = (CachedArray(store.image, budget * 2 // 3), CachedArray(store.labels, budget // 3))
+            self._arrays = tuple(  # type: ignore[assignment]
+                CachedArray(a, b, read_unit(a, self.region, b))
+                for a, b in ((store.image, budget * 2 // 3), (store.labels, budget // 3))
+            )
         return self._arrays
 
     def __getstate__(self) -> dict[str, Any]:

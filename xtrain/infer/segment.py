@@ -40,6 +40,7 @@ from tqdm.auto import tqdm
 from .. import __version__
 from ..data.store import StoreInfo, default_layout, remove_path
 from ..errors import InvalidInputError, OutputExistsError, RunStateError, XtrainError, CorruptFileError
+from ..malloc import keep_freed_memory
 from ..models import create_model
 from ..train.checkpoint import file_checksum, load_checkpoint
 from .blocks import Block, align_block, block_grid
@@ -122,6 +123,7 @@ class BlockRunner:
     def __init__(self, job: Job):
         self.previous_threads = torch.get_num_threads()
         torch.set_num_threads(job.settings.threads)
+        keep_freed_memory()  # tiles reuse their pages instead of faulting them in (malloc.py)
         ckpt = load_checkpoint(job.model, map_location="cpu")
         c, k, _ = model_channels(ckpt, job.model)
         s = job.settings

@@ -34,6 +34,7 @@ from ..csvio import read_csv, write_csv
 from ..data.store import open_store
 from ..errors import ConfigError, InvalidInputError
 from ..losses import create_loss
+from ..malloc import keep_freed_memory
 from ..metrics import ConfusionMatrix, allreduce_confusion, scores
 from ..models import create_model, model_kwargs
 from .checkpoint import base_checkpoint, inference_checkpoint, rng_states, save_checkpoint
@@ -275,6 +276,7 @@ def fit(cfg: Config, run_dir: str | Path, ctx: WorkerContext | None = None,
     """
     ctx = ctx or WorkerContext()
     run_dir = Path(run_dir)
+    keep_freed_memory()  # activations reuse their pages each step instead of faulting them in (malloc.py)
     store = open_store(cfg.data.store)
     classes = list(store.info.classes)
     num_classes = len(classes)
