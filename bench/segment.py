@@ -135,7 +135,10 @@ def child(args: argparse.Namespace) -> None:
 
     start = time.perf_counter()
     try:
-        segment(args.model, args.store, args.out, tile=args.tile, halo=args.halo, overwrite=True, on_block=hook)
+        extra = {"block": tuple(int(v) for v in args.block.split(","))} if args.block else {}
+        extra.update(axes=args.axes)
+        segment(args.model, args.store, args.out, tile=args.tile, halo=args.halo, overwrite=True, on_block=hook,
+                **extra)
     except Stop:
         pass
     dt = time.perf_counter() - start
@@ -147,6 +150,7 @@ def child(args: argparse.Namespace) -> None:
 def run_child(store: Path, model: Path, out: Path, args: argparse.Namespace, max_blocks: int = 0) -> dict[str, float]:
     cmd = [sys.executable, __file__, "--child", "--store", str(store), "--model", str(model), "--out", str(out),
            "--tile", str(args.tile), "--halo", str(args.halo), "--max-blocks", str(max_blocks)]
+    cmd += (["--block", args.block] if args.block else []) + ["--axes", args.axes]
     r = subprocess.run(cmd, capture_output=True, text=True)
     line = next((x for x in r.stdout.splitlines() if x.startswith("CHILD")), None)
     if r.returncode or line is None:
@@ -161,6 +165,8 @@ def main() -> None:
     ap.add_argument("--rss-blocks", type=int, default=3, help="blocks of the big volume to run")
     ap.add_argument("--tile", type=int, default=256)
     ap.add_argument("--halo", type=int, default=16)
+    ap.add_argument("--axes", default="z", help="--axes of xtrain segment: z or zyx")
+    ap.add_argument("--block", default="", help="Z,Y,X block of xtrain segment (default: its own)")
     ap.add_argument("--width", type=int, default=8)
     ap.add_argument("--depth", type=int, default=2)
     ap.add_argument("--rounds", type=int, default=2, help="interleaved rounds; the best of each is kept")

@@ -343,8 +343,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("volume", help="store from 'xtrain ingest', a multi-page TIFF, a folder of TIFF slices or a quoted glob")
     p.add_argument("out", type=Path, help="output: OUT.zarr (labels, optional probabilities/entropy) or OUT.tif "
                    "(zlib-compressed label stack)")
-    p.add_argument("--block", type=int_tuple(3), default=(64, 512, 512), metavar="Z,Y,X",
-                   help="block (unit of work and memory) shape, rounded up to whole output shards (default 64,512,512)")
+    p.add_argument("--block", type=int_tuple(3), default=None, metavar="Z,Y,X",
+                   help="block (unit of work and memory) shape, rounded up to whole output shards "
+                        "(default 32,1024,1024 for --axes z, 64,512,512 for zyx: about 1.1 and 1.7 GB per worker)")
     p.add_argument("--tile", type=int, default=256, help="2D tile edge the model sees (default 256)")
     p.add_argument("--halo", type=int, default=16, help="adjacent tiles overlap by 2*HALO voxels, blended by a "
                    "Gaussian window (default 16)")

@@ -89,12 +89,19 @@ class ZarrSink:
     def write(self, core: Box, probs: np.ndarray) -> None:
         """Labels (and probabilities, entropy) of one block core; probs: (K, z, y, x) float32."""
         sl = tuple(slice(a, b) for a, b in core)
-        self.labels[sl] = np.argmax(probs, axis=0).astype(np.uint8)
+        # slice by slice: argmax's int64 result (8 bytes a voxel) stays one slice big
+        labels = np.empty(probs.shape[1:], np.uint8)
+        for z in range(probs.shape[1]):
+            labels[z] = np.argmax(probs[:, z], axis=0)
+        self.labels[sl] = labels
         if self.probabilities is not None:
             self.probabilities[(slice(None), *sl)] = probs.astype(np.float16)
-            # entropy in nats: 0 = certain, ln K = uniform; 0 * log 0 counts as 0
-            plogp = probs * np.log(np.maximum(probs, np.float32(1e-12)))
-            self.entropy[sl] = np.maximum(-plogp.sum(axis=0), 0).astype(np.float16)
+            entropy = np.empty(probs.shape[1:], np.float16)
+            for z in range(probs.shape[1]):
+                # entropy in nats: 0 = certain, ln K = uniform; 0 * log 0 counts as 0
+                p = probs[:, z]
+                entropy[z] = np.maximum(-(p * np.log(np.maximum(p, np.float32(1e-12)))).sum(axis=0), 0)
+            self.entropy[sl] = entropy
 
 
 def segmentation_attrs(name: str, info: dict[str, Any], voxel_size_nm: float | None) -> dict[str, Any]:
