@@ -4,6 +4,7 @@ stopped by SIGTERM after its first trial, resumed without rerunning that trial."
 from __future__ import annotations
 
 import csv
+import json
 import os
 import signal
 import threading
@@ -48,6 +49,7 @@ def test_two_trial_asha_sweep_writes_results_best_config_and_model(ray_cluster, 
         assert 0.0 <= float(r["best_val_mean_dice"]) <= 1.0 and r["final_val_mean_dice"] != ""
         trial_dir = out / "trials" / r["trial_id"]
         assert (trial_dir / "model.pt").exists() and (trial_dir / "metrics.csv").exists()
+        assert json.loads((trial_dir / "status.json").read_text())["state"] == r["status"], (trial_dir / "status.json").read_text()
         assert load_config(trial_dir / "config.yaml").optim.lr == float(r["optim.lr"])
     best_row = max(rows, key=lambda r: float(r["best_val_mean_dice"]))
     best = load_config(out / "best.yaml")

@@ -46,7 +46,7 @@ from ..csvio import write_csv
 from ..config import Config, config_from_dict, config_to_dict, load_config, save_config
 from ..errors import ConfigError, RunStateError, UnknownNameError
 from ..train.loop import BEST, LAST, METRICS, preflight, read_metrics
-from ..train.ray_trainer import STOP, fit_trainer, make_trainer, quiet_ray, read_status
+from ..train.ray_trainer import STOP, fit_trainer, make_trainer, quiet_ray, read_status, write_status
 from .space import Param, apply_params, grid_size, parse_space, to_ray
 
 log = logging.getLogger(__name__)
@@ -384,6 +384,7 @@ def sweep(cfg: Config, tune_dir: str | Path, resume: bool = False) -> dict[str, 
             ray.shutdown()
     (tune_dir / STOP).unlink(missing_ok=True)
     rows = collect_results(grid, tune_dir, cfg, params)
+    settle_statuses(rows, tune_dir)
     write_results(rows, tune_dir / RESULTS)
     summary: dict[str, Any] = {"trials": len(rows), "seconds": round(time.time() - t0, 1), "rows": rows,
                                "stopped": stopping["flag"] or any(r["status"] == "interrupted" for r in rows)}
@@ -443,6 +444,18 @@ def collect_results(grid, tune_dir: Path, cfg: Config, params: list[Param]) -> l
         row["model_path"] = str(run_dir / BEST) if (run_dir / BEST).exists() else ""
         rows.append(row)
     return rows
+
+
+def settle_statuses(rows: list[dict[str, Any]], tune_dir: Path) -> None:
+    """Tune ends a trial that ASHA stops - early, or at max_t right after its last report - by
+    removing its placement group, so the trial's training dies mid-call and its status.json
+    says "running" or "failed" (ActorDiedError), which a later look or ``xtrain train
+    --resume`` would take for a crash.  Tune's verdict is what happened: write it down."""
+    for row in rows:
+        run_dir = tune_dir / TRIALS / row["trial_id"]
+        state = read_status(run_dir).get("state")
+        if row["status"] in ("early-stopped", "finished") and state in ("running", "failed"):
+            write_status(run_dir, state=row["status"], epochs=row["epochs"], error=None)
 
 
 def _trial_yaml(run_dir: Path) -> dict[str, Any]:
