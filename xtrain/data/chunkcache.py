@@ -51,7 +51,7 @@ class CachedArray:
         self.shape = tuple(array.shape)
         self.dtype = np.dtype(array.dtype)
         # cache entries are read units; an in-memory numpy array needs no cache
-        self.chunks = tuple(unit or getattr(array, "chunks", self.shape))
+        self.unit = tuple(unit or getattr(array, "chunks", self.shape))
         self.max_bytes = int(max_bytes) if hasattr(array, "chunks") else 0
         self._cache: OrderedDict[tuple[int, ...], np.ndarray] = OrderedDict()
         self._bytes = 0
@@ -62,11 +62,11 @@ class CachedArray:
             return np.asarray(self.array[box])
         bounds = [(s.start or 0, self.shape[a] if s.stop is None else s.stop) for a, s in enumerate(box)]
         out = np.empty([b - a for a, b in bounds], dtype=self.dtype)
-        ranges = [range(a // c, (b - 1) // c + 1) for (a, b), c in zip(bounds, self.chunks)]
+        ranges = [range(a // c, (b - 1) // c + 1) for (a, b), c in zip(bounds, self.unit)]
         for idx in product(*ranges):
             chunk = self._chunk(idx)
             src, dst = [], []
-            for (a, b), i, c in zip(bounds, idx, self.chunks):
+            for (a, b), i, c in zip(bounds, idx, self.unit):
                 lo, hi = max(a, i * c), min(b, (i + 1) * c)
                 src.append(slice(lo - i * c, hi - i * c))
                 dst.append(slice(lo - a, hi - a))
@@ -80,7 +80,7 @@ class CachedArray:
             self.hits += 1
             return chunk
         self.misses += 1
-        box = tuple(slice(i * c, min((i + 1) * c, s)) for i, c, s in zip(idx, self.chunks, self.shape))
+        box = tuple(slice(i * c, min((i + 1) * c, s)) for i, c, s in zip(idx, self.unit, self.shape))
         chunk = np.asarray(self.array[box])
         self._cache[idx] = chunk
         self._bytes += chunk.nbytes
