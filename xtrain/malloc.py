@@ -20,7 +20,6 @@ only; elsewhere (macOS, musl) it does nothing and says so in the debug log.
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import logging
 
 log = logging.getLogger(__name__)
@@ -39,12 +38,12 @@ def keep_freed_memory(mmap_threshold_mb: int = MMAP_THRESHOLD_MB, trim_threshold
     Setting either threshold explicitly also turns off glibc's dynamic adjustment of them.
     Calling it again is harmless.
     """
-    name = ctypes.util.find_library("c")
     try:
-        libc = ctypes.CDLL(name)
-        mallopt = libc.mallopt
-    except (OSError, AttributeError, TypeError):
-        log.debug("no mallopt in the C library (%s): allocator thresholds left as they are", name)
+        # the symbols already loaded into this process (libc's among them): no library search,
+        # which on Linux would run ldconfig in a subprocess
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError):
+        log.debug("no mallopt in this process's C library: allocator thresholds left as they are")
         return False
     mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
     ok = mallopt(_M_MMAP_THRESHOLD, mmap_threshold_mb << 20) == 1
