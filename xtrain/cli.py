@@ -194,8 +194,7 @@ def cmd_segment(args: argparse.Namespace) -> int:
 def cmd_nightly(args: argparse.Namespace) -> int:
     from .nightly import run_nightly
 
-    options = {"workers": args.workers, "gpu": args.gpu, "block": args.block} if args.block else \
-        {"workers": args.workers, "gpu": args.gpu}
+    options = {"workers": args.workers, "gpu": args.gpu, "block": args.block}  # block None: segment's default
     counts = run_nightly(args.watch, args.model, args.out, once=args.once, interval=args.interval,
                          settle=args.settle, max_attempts=args.max_attempts, redo=args.redo, segment_options=options)
     log.info("nightly: %d done, %d failed, %d waiting for writes to finish, %d already handled",
