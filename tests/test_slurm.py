@@ -53,10 +53,11 @@ def wait_job(job_id: str, timeout: float) -> dict[str, str]:
     raise AssertionError(f"job {job_id} still {job_info(job_id).get('JobState')} after {timeout} s")
 
 
-def submit(script: str, env: dict[str, str], output: Path, *args: str) -> str:
+def submit(script: str, env: dict[str, str], output: Path, *args: str, sbatch: tuple[str, ...] = ()) -> str:
+    """sbatch slurm/SCRIPT ARGS with ``env`` on top of ours; ``sbatch``: options for sbatch itself."""
     full = {**os.environ, **env, "XTRAIN_VENV": str(Path(sys.executable).parents[1]), "XTRAIN_HOME": str(REPO)}
     full.pop("RAY_ADDRESS", None)
-    out = subprocess.run(["sbatch", "--parsable", f"--output={output}", f"slurm/{script}", *args], cwd=REPO,
+    out = subprocess.run(["sbatch", "--parsable", f"--output={output}", *sbatch, f"slurm/{script}", *args], cwd=REPO,
                          env=full, capture_output=True, text=True, check=True)
     return out.stdout.strip().split(";")[0]
 

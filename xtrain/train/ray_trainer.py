@@ -22,6 +22,7 @@ import json
 import logging
 import os
 import signal
+import socket
 import tempfile
 import threading
 import time
@@ -122,6 +123,19 @@ def prepare_run_dir(run_dir: str | Path, cfg: Config, resume: bool) -> tuple[Pat
 # ----------------------------------------------------------------------------- the worker
 
 
+def log_rank_hosts(rank: int, world_size: int) -> None:
+    """Rank 0 logs which host every rank runs on (``ranks on hosts: 0=a 1=b``), so a multi-node
+    run's log shows where its workers landed.  Collective: every rank calls it."""
+    import torch.distributed as dist
+
+    hosts = [socket.gethostname()]
+    if world_size > 1 and dist.is_available() and dist.is_initialized():
+        hosts = [None] * world_size
+        dist.all_gather_object(hosts, socket.gethostname())
+    if rank == 0:
+        log.info("ranks on hosts: %s", " ".join(f"{r}={h}" for r, h in enumerate(hosts)))
+
+
 def train_loop_per_worker(config: dict[str, Any]) -> None:
     """Runs on every Ray Train worker: plain xtrain ``fit`` plus ``ray.train.report``."""
     import ray.train
@@ -137,6 +151,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         handler = logging.FileHandler(run_dir / TRAIN_LOG)
         handler.setFormatter(logging.Formatter("%(message)s"))
         xlog.addHandler(handler)
+    log_rank_hosts(rank, context.get_world_size())
 
     # A restarted worker group (FailureConfig) resumes from Ray's latest checkpoint;
     # a fresh launch with --resume from RUN_DIR/last.pt; otherwise from scratch.
