@@ -17,7 +17,7 @@
 #                                  the namespace and the veth pair
 # Running the one-node form after --two-node reverts to one node (and removes the namespace).
 # When --two-node cannot be set up, the reason goes to $TWO_NODE_ERR (tests/test_slurm_two_node.py
-# skips with it) and the script exits 1 leaving the one-node cluster up.
+# skips with it) and the script exits 3, leaving the one-node cluster up.
 set -euo pipefail
 
 NODE2=${XTRAIN_NODE2:-xtrain-n2}     # the second node's NodeName and hostname
@@ -234,7 +234,7 @@ done
 if [[ -n $two_node_failed ]]; then
     echo "$two_node_failed" > "$TWO_NODE_ERR"
     echo "slurm_setup.sh: no second node: $two_node_failed" >&2
-    exit 1
+    exit 3
 fi
 sinfo -N -h -o "slurm_setup.sh: node %N %t (CPUs=%c RealMemory=%m), partition %P" | sed 's/\*$//'
 [[ $mode == two ]] && echo "slurm_setup.sh: $NODE2 is $SUBNET.2 in namespace $NETNS ($node is $SUBNET.1, interface $VETH on both)"

@@ -22,6 +22,10 @@ fi
 # shellcheck disable=SC1091
 source "$XTRAIN_VENV/bin/activate"
 export RAY_USAGE_STATS_ENABLED=0
+# A raylet dies ("Timed out waiting for file .../dashboard_agent_listen_port_...") when its Python
+# agents take longer than Ray's default to start: a busy node, or a venv on a cold shared file
+# system.  Give them 2 minutes.
+export RAY_agent_register_timeout_ms=${RAY_agent_register_timeout_ms:-120000}
 # A token in ~/.ray (Ray >= 2.59) means clients must use token auth too.
 if [[ -z "${RAY_AUTH_MODE:-}" && -f "$HOME/.ray/auth_token" ]]; then export RAY_AUTH_MODE=token; fi
 
@@ -140,40 +144,57 @@ ray_cluster_start() {
     RAY_SID=$!
     disown "$RAY_SID"  # stopped by session id below; no "Killed" job notice in the job log
     export RAY_ADDRESS="$head_ip:$RAY_PORT"
+    local t0=$SECONDS
+    # the head first: its GCS must be up before a worker node can register (a raylet that has
+    # not registered within 30 s exits), and on a small node they would compete for the CPUs
+    _wait_for "$RAY_TMP/head.log" 1 || return 1
     if (( n_nodes > 1 )); then
         # one Ray worker node per other node (ray_worker_node below); ending this step ends them
-        srun --job-name=xtrain-ray-workers --nodes=$((n_nodes - 1)) --ntasks=$((n_nodes - 1)) --ntasks-per-node=1 --exclude="$(hostname -s)" \
-            --kill-on-bad-exit=1 bash -c 'source "$0"; ray_worker_node' "$RAY_CLUSTER_SH" \
-            > "$RAY_TMP/workers.log" 2>&1 &
+        srun --job-name=xtrain-ray-workers --nodes=$((n_nodes - 1)) --ntasks=$((n_nodes - 1)) \
+            --ntasks-per-node=1 --exclude="$(hostname -s)" --kill-on-bad-exit=1 \
+            bash -c 'source "$0"; ray_worker_node' "$RAY_CLUSTER_SH" > "$RAY_TMP/workers.log" 2>&1 &
         RAY_WORKERS_PID=$!
+        _wait_for "$RAY_TMP/workers.log" $((n_nodes - 1)) || return 1
     fi
-    # wait for every node (ray start returns before the head accepts clients)
-    local t0=$SECONDS
-    until timeout 30 python - "$n_nodes" <<'PY' 2>/dev/null
+    # and the cluster sees every node (one driver connection: each costs a few CPU-seconds)
+    until timeout 60 python - "$n_nodes" <<'PY' 2>/dev/null
 import sys, ray
 ray.init(address="auto", logging_level="error", log_to_driver=False)
 alive = sum(1 for n in ray.nodes() if n["Alive"])
 sys.exit(0 if alive >= int(sys.argv[1]) else 1)
 PY
     do
-        if ! kill -0 "$RAY_SID" 2>/dev/null; then
-            echo "ray_cluster.sh: the Ray head exited; see $RAY_TMP/head.log" >&2
-            tail -20 "$RAY_TMP/head.log" >&2 || true
-            return 1
-        fi
-        if [[ -n "$RAY_WORKERS_PID" ]] && ! kill -0 "$RAY_WORKERS_PID" 2>/dev/null; then
-            echo "ray_cluster.sh: the Ray worker nodes exited:" >&2
-            tail -20 "$RAY_TMP/workers.log" >&2 || true
-            return 1
-        fi
-        if (( SECONDS - t0 > ${XTRAIN_RAY_START_TIMEOUT:-180} )); then
-            echo "ray_cluster.sh: Ray did not come up on $n_nodes node(s) in time; see $RAY_TMP/head.log, $RAY_TMP/workers.log" >&2
-            tail -20 "$RAY_TMP/head.log" "$RAY_TMP/workers.log" >&2 || true
-            return 1
-        fi
+        _check_alive || return 1
         sleep 2
     done
     echo "ray_cluster.sh: $n_nodes node(s) up after $((SECONDS - t0)) s"
+}
+
+# _wait_for LOG N: until `ray start` has said "Ray runtime started" N times in LOG (it says so
+# once its node has registered with the head), while the head and the worker nodes live
+_wait_for() {
+    until (( $(grep -c "Ray runtime started" "$1" 2>/dev/null || true) >= $2 )); do
+        _check_alive || return 1
+        sleep 1
+    done
+}
+
+_check_alive() {
+    if ! kill -0 "$RAY_SID" 2>/dev/null; then
+        echo "ray_cluster.sh: the Ray head exited; see $RAY_TMP/head.log" >&2
+        tail -20 "$RAY_TMP/head.log" >&2 || true
+        return 1
+    fi
+    if [[ -n "$RAY_WORKERS_PID" ]] && ! kill -0 "$RAY_WORKERS_PID" 2>/dev/null; then
+        echo "ray_cluster.sh: the Ray worker nodes exited:" >&2
+        tail -20 "$RAY_TMP/workers.log" >&2 || true
+        return 1
+    fi
+    if (( SECONDS - t0 > ${XTRAIN_RAY_START_TIMEOUT:-300} )); then
+        echo "ray_cluster.sh: Ray did not come up in ${XTRAIN_RAY_START_TIMEOUT:-300} s; see $RAY_TMP/head.log, $RAY_TMP/workers.log" >&2
+        tail -20 "$RAY_TMP/head.log" "$RAY_TMP/workers.log" >&2 || true
+        return 1
+    fi
 }
 
 # ray_worker_node: runs (via srun) on every node but the head's: a Ray worker node that joins
@@ -196,17 +217,27 @@ ray_worker_node() {
     # nodes share /tmp (this CI's two nodes on one machine) they must not share Ray's sockets
     RAY_TMP="$RAY_TMP/$(hostname -s)"
     mkdir -p "$RAY_TMP"
-    echo "ray_cluster.sh: worker $ip on $(hostname -s) joins $RAY_ADDRESS, temp $RAY_TMP"
-    setsid ray start --block --address="$RAY_ADDRESS" --node-ip-address="$ip" \
-        --num-cpus="${SLURM_CPUS_ON_NODE:-$(nproc)}" --num-gpus="$(gpu_count)" --temp-dir="$RAY_TMP" \
-        --disable-usage-stats "${ports[@]}" &
-    RAY_SID=$!
     trap 'exit 143' TERM INT  # the EXIT trap (ray_cluster_stop) ends the session
-    wait "$RAY_SID"
+    local attempt rc
+    for attempt in 1 2 3; do
+        echo "ray_cluster.sh: worker $ip on $(hostname -s) joins $RAY_ADDRESS, temp $RAY_TMP"
+        setsid ray start --block --address="$RAY_ADDRESS" --node-ip-address="$ip" \
+            --num-cpus="${SLURM_CPUS_ON_NODE:-$(nproc)}" --num-gpus="$(gpu_count)" --temp-dir="$RAY_TMP" \
+            --disable-usage-stats "${ports[@]}" &
+        RAY_SID=$!
+        rc=0
+        wait "$RAY_SID" || rc=$?
+        # `ray start --block` returns only when its node failed, e.g. "The current node timed out
+        # during startup" (its raylet has 30 s to register with the head: a busy head is slower)
+        stop_session "$RAY_SID"
+        RAY_SID=""
+        echo "ray_cluster.sh: the Ray worker node on $(hostname -s) exited with $rc (attempt $attempt of 3)" >&2
+        sleep 5
+    done
+    return 1
 }
 
 ray_cluster_stop() {
-    local pids
     # the other nodes first: SIGTERM to the step's processes; ray_worker_node then stops its
     # session.  (SIGTERM to srun itself makes Slurm SIGKILL the step: no clean-up on the nodes.)
     if [[ -n "$RAY_WORKERS_PID" ]]; then
@@ -218,17 +249,20 @@ ray_cluster_stop() {
         wait "$RAY_WORKERS_PID" 2>/dev/null || true
         RAY_WORKERS_PID=""
     fi
-    if [[ -n "$RAY_SID" ]]; then
-        for sig in TERM TERM TERM KILL; do
-            pids=$(ps -eo pid=,sid= | awk -v s="$RAY_SID" '$2 == s {print $1}')
-            [[ -z "$pids" ]] && break
-            # shellcheck disable=SC2086
-            kill -s "$sig" $pids 2>/dev/null || true
-            sleep 2
-        done
-        RAY_SID=""
-    fi
+    if [[ -n "$RAY_SID" ]]; then stop_session "$RAY_SID"; RAY_SID=""; fi
     rm -rf "$RAY_TMP" 2>/dev/null || true
+}
+
+# stop_session SID: end every process of session SID (TERM three times, then KILL)
+stop_session() {
+    local pids sig
+    for sig in TERM TERM TERM KILL; do
+        pids=$(ps -eo pid=,sid= | awk -v s="$1" '$2 == s {print $1}')
+        [[ -z "$pids" ]] && break
+        # shellcheck disable=SC2086
+        kill -s "$sig" $pids 2>/dev/null || true
+        sleep 2
+    done
 }
 
 _forward_signal() {
