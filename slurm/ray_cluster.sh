@@ -173,7 +173,10 @@ PY
 # _wait_for LOG N: until `ray start` has said "Ray runtime started" N times in LOG (it says so
 # once its node has registered with the head), while the head and the worker nodes live
 _wait_for() {
-    until (( $(grep -c "Ray runtime started" "$1" 2>/dev/null || true) >= $2 )); do
+    local n
+    while true; do
+        n=$(grep -c "Ray runtime started" "$1" 2>/dev/null) || n=0
+        (( ${n:-0} >= $2 )) && return 0
         _check_alive || return 1
         sleep 1
     done
