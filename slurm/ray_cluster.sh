@@ -79,7 +79,7 @@ worker_port_args() {
 #   XTRAIN_RAY_IFACE=ib0: that interface's address (the same name on every node);
 #   else with PEER (another node of the job): the source address of this node's route to PEER,
 #     i.e. the address PEER can answer to (a route lookup: a UDP connect sends nothing);
-#   else (one node): the first address of `hostname -I`.
+#   else (one node): 127.0.0.1 (nothing outside the node needs to reach it).
 # Not `hostname -I` alone on several nodes: its first address may be on a network the other
 # nodes cannot reach (a management or NAT interface), and the hostname may resolve to 127.0.0.1.
 node_ip() {
@@ -96,7 +96,7 @@ s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
 s.connect((socket.gethostbyname(sys.argv[1]), 9))
 print(s.getsockname()[0])' "$1") || { echo "ray_cluster.sh: no route from $(hostname -s) to $1; set XTRAIN_RAY_IFACE" >&2; return 2; }
     else
-        ip=$(hostname -I 2>/dev/null | awk '{print $1}'); ip=${ip:-127.0.0.1}
+        ip=127.0.0.1
     fi
     echo "$ip"
 }
