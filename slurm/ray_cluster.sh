@@ -3,15 +3,18 @@
 #   source slurm/ray_cluster.sh; ray_cluster_start; ...; run_xtrain ARGS...; ray_cluster_stop
 #
 # * activates $XTRAIN_VENV (default: $SLURM_SUBMIT_DIR/.venv),
-# * starts the Ray head on this (the first) node and one Ray worker per other node with srun,
-#   on free ports and in a temp dir of its own (never the default 6379/8265/52365 and /tmp/ray:
-#   another Ray on the node, e.g. a user's or a test session's, is left alone),
+# * starts the Ray head on this (the first) node, then one Ray worker node per other node with
+#   srun (ray_worker_node), each on free ports and in a temp dir of its own (never the default
+#   6379/8265/52365 and /tmp/ray: another Ray on the node, e.g. a user's or a test session's,
+#   is left alone), each bound to the address the other nodes reach it at,
+# * the site's settings: XTRAIN_RAY_IFACE (the network Ray and torch.distributed use),
+#   XTRAIN_RAY_PORTS=LO-HI (every Ray port from a firewall's range), XTRAIN_RAY_TMP (node-local),
 # * waits until every node has joined, exports RAY_ADDRESS (xtrain joins it),
 # * run_xtrain runs the xtrain command in the background, forwards SIGTERM/SIGUSR1 to it
 #   (#SBATCH --signal=B:TERM@120: the time limit's warning) and returns its exit code
 #   (3: it checkpointed and asks to be resumed),
-# * ray_cluster_stop (also on EXIT) kills exactly the processes these Ray nodes started
-#   (by session id; never `ray stop`, which would end every Ray of the user on the node).
+# * ray_cluster_stop (also on EXIT) kills exactly the processes these Ray nodes started, on
+#   every node (by session id; never `ray stop`, which would end every Ray of the user on the node).
 set -euo pipefail
 
 XTRAIN_VENV=${XTRAIN_VENV:-${SLURM_SUBMIT_DIR:-$PWD}/.venv}
