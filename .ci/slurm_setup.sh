@@ -62,8 +62,8 @@ stop_pidfile() {
 # the second node: its slurmd first (it lives in the namespace), then the namespace and the veth
 node2_down() {
     stop_pidfile "/run/slurmd-$NODE2.pid"
-    if ip netns list 2>/dev/null | grep -qw "$NETNS"; then ip netns del "$NETNS"; fi
-    if ip link show "$VETH" >/dev/null 2>&1; then ip link del "$VETH"; fi
+    if [[ " $(ip netns list 2>/dev/null | awk '{print $1}' | tr '\n' ' ') " == *" $NETNS "* ]]; then ip netns del "$NETNS"; fi
+    if ip link show "$VETH" >/dev/null 2>&1; then ip link del "$VETH" 2>/dev/null || true; fi  # gone with the namespace
     if grep -q "$HOSTS_MARK" /etc/hosts 2>/dev/null; then
         local kept; kept=$(grep -v "$HOSTS_MARK" /etc/hosts)
         printf '%s\n' "$kept" > /etc/hosts  # in place: /etc/hosts may be a bind mount
@@ -74,12 +74,14 @@ node2_net_up() {
     local other
     other=$(ip -4 route show "$SUBNET.0/24" 2>/dev/null | grep -v "dev $VETH " || true)
     if [[ -n "$other" ]]; then echo "subnet $SUBNET.0/24 is already routed here ($other); set XTRAIN_NODE2_SUBNET" >&2; return 1; fi
-    ip netns list | grep -qw "$NETNS" || ip netns add "$NETNS" || return 1
+    # (no `... | grep -q` under pipefail: grep exits at the first match, the writer gets SIGPIPE
+    # and the pipeline counts as failed)
+    [[ " $(ip netns list | awk '{print $1}' | tr '\n' ' ') " == *" $NETNS "* ]] || ip netns add "$NETNS" || return 1
     if ! ip link show "$VETH" >/dev/null 2>&1; then
         ip netns exec "$NETNS" ip link del "$VETH" 2>/dev/null || true  # a half of an old pair
         ip link add "$VETH" type veth peer name "$VETH" netns "$NETNS" || return 1
     fi
-    ip addr show dev "$VETH" | grep -q "inet $SUBNET.1/" || ip addr add "$SUBNET.1/24" dev "$VETH" || return 1
+    [[ $(ip addr show dev "$VETH") == *"inet $SUBNET.1/"* ]] || ip addr add "$SUBNET.1/24" dev "$VETH" || return 1
     ip link set "$VETH" up || return 1
     # $NODE2 resolves locally: no name look-up for it ever leaves this machine
     grep -q "$HOSTS_MARK" /etc/hosts || echo "$SUBNET.2 $NODE2 $HOSTS_MARK" >> /etc/hosts
