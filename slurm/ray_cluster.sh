@@ -104,8 +104,8 @@ print(s.getsockname()[0])' "$1") || { echo "ray_cluster.sh: no route from $(host
     echo "$ip"
 }
 
-# torch.distributed (gloo, NCCL's bootstrap) binds the address the hostname resolves to, which
-# may be 127.0.0.1: point it at the interface carrying Ray's address unless the site set it.
+# torch.distributed (gloo, NCCL's bootstrap) picks a network of its own: on nodes with several,
+# point it at the interface carrying Ray's address, unless the site set it.
 export_socket_ifname() {
     local ifname
     ifname=$( (ip -4 -o addr show 2>/dev/null || true) | awk -v ip="$1" '{split($4, a, "/"); if (a[1] == ip) {print $2; exit}}')
@@ -120,7 +120,7 @@ ray_cluster_start() {
     mapfile -t nodes < <(scontrol show hostnames "${SLURM_JOB_NODELIST:-$(hostname -s)}")
     n_nodes=${#nodes[@]}
     if (( n_nodes > 1 )); then  # the address Slurm reaches another node of the job at
-        peer=$(scontrol show node "${nodes[1]}" 2>/dev/null | grep -o 'NodeAddr=[^ ]*' | cut -d= -f2)
+        peer=$( (scontrol show node "${nodes[1]}" 2>/dev/null || true) | sed -n 's/.*NodeAddr=\([^ ]*\).*/\1/p')
         peer=${peer:-${nodes[1]}}
     fi
     head_ip=$(node_ip "$peer") || exit 2
