@@ -163,3 +163,20 @@ def test_downsample_keeps_an_exact_power_of_two_scale():
     ms = layout.multiscale("x", shapes, 10.0, "mean")
     assert ms["datasets"][1]["coordinateTransformations"][0]["scale"] == [0.02, 0.02, 0.02]
     assert json.dumps(ms)  # plain JSON
+
+
+def test_previous_layout_segmentation_opens_and_upgrade_refuses_it(tmp_path, capsys):
+    from xtrain.data.store import open_segmentation
+
+    labels = np.random.default_rng(3).integers(0, 3, SHAPE, dtype=np.uint8)
+    group = zarr.open_group(str(tmp_path / "seg.zarr"), mode="w-", zarr_format=3)
+    group.create_array("labels", data=labels, chunks=(2, 8, 8))
+    group.attrs.update({"xtrain": {"format": 1, "complete": True, "classes": ["pore", "ysz", "ni"],
+                                   "source": {"kind": "segmentation"}}})
+    seg = open_segmentation(tmp_path / "seg.zarr")
+    assert seg.legacy and seg.image is None and set(seg.label_images) == {"prediction"}
+    np.testing.assert_array_equal(seg.labels[:], labels)
+    assert main(["upgrade", str(tmp_path / "seg.zarr")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "without an image" in err
+    assert open_segmentation(tmp_path / "seg.zarr").legacy  # untouched

@@ -72,26 +72,44 @@ def pyramid_shapes(shape: Sequence[int], edge: int = PYRAMID_EDGE) -> list[tuple
 
 
 def _mean(block: np.ndarray, axis: tuple[int, ...] | None = None) -> np.ndarray:
-    return block.mean(axis=axis, dtype=np.float64)
+    # float32 is exact here for integer data: a sum of 8 uint16 values < 2**24, and / 8 is exact
+    return block.mean(axis=axis, dtype=np.float32 if block.dtype.itemsize <= 2 else np.float64)
+
+
+def _cell_counts(hit: np.ndarray, axis: tuple[int, ...]) -> np.ndarray:
+    """Sum a 0/1 uint8 array over the cell axes by adding strided views (8x faster than a sum over axes)."""
+    for ax in sorted(axis, reverse=True):
+        parts = [hit[(slice(None),) * ax + (i,)] for i in range(hit.shape[ax])]
+        total = parts[0].copy()
+        for part in parts[1:]:
+            total += part  # at most 8 per cell: fits uint8
+        hit = total
+    return hit
 
 
 def _mode(block: np.ndarray, axis: tuple[int, ...] | None = None) -> np.ndarray:
     """The most frequent value of each cell (ties: the smallest id), so a level holds only class ids.
 
-    ``axis=None`` (dask asks for the result type that way): a 0-d array of the input dtype.
+    Counts each value present (bincount: no sort) per cell.  ``axis=None`` (dask asks for the
+    result type that way): a 0-d array of the input dtype.
     """
     if axis is None:
         return np.zeros((), block.dtype)
-    moved = np.moveaxis(block, axis, tuple(range(-len(axis), 0)))
-    flat = moved.reshape(*moved.shape[: moved.ndim - len(axis)], -1)
-    best = np.zeros(flat.shape[:-1], block.dtype)
-    count = np.zeros(flat.shape[:-1], np.int32)
-    for value in np.unique(flat):  # ascending, and only a strictly larger count wins: ties keep the smaller id
-        c = (flat == value).sum(axis=-1, dtype=np.int32)
+    if block.dtype.kind == "u" and block.dtype.itemsize <= 2:
+        values = np.flatnonzero(np.bincount(block.ravel()))
+    else:
+        values = np.unique(block)
+    best = count = None
+    for value in values:  # ascending, and only a strictly larger count wins: ties keep the smaller id
+        c = _cell_counts((block == value).view(np.uint8), axis)
+        if best is None:
+            best, count = np.full(c.shape, value, block.dtype), c
+            continue
         better = c > count
         best[better] = value
-        count[better] = c[better]
-    return best
+        np.maximum(count, c, out=count)
+    return best if best is not None else np.zeros(tuple(n for i, n in enumerate(block.shape) if i not in axis),
+                                                   block.dtype)
 
 
 REDUCTIONS = {"mean": _mean, "mode": _mode}
