@@ -103,6 +103,24 @@ class Store:
         arr = self.image if self.image is not None else self.labels
         return tuple(arr.shape)  # type: ignore[return-value,union-attr]
 
+    # what open_segmentation's zarr.Group answered before the OME layout: g["labels"], "entropy" in g, g.attrs
+    _ROLES = ("image", "labels", "probabilities", "entropy")
+
+    def __getitem__(self, role: str) -> zarr.Array:
+        """``store["labels"]`` (also "image", "probabilities", "entropy"): the level-0 array; KeyError if absent."""
+        arr = getattr(self, role) if role in self._ROLES else None
+        if arr is None:
+            raise KeyError(role)
+        return arr
+
+    def __contains__(self, role: str) -> bool:
+        return role in self._ROLES and getattr(self, role) is not None
+
+    @property
+    def attrs(self) -> dict[str, Any]:
+        """The root group's attributes ("ome", "xtrain")."""
+        return dict(zarr.open_group(str(self.path), mode="r").attrs)
+
     def dask_image(self):
         """The image as a lazy Dask array (one Dask chunk per Zarr shard/chunk)."""
         import dask.array as da
