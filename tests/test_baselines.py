@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 
@@ -122,3 +124,31 @@ def test_baseline_errors(easy_store, tmp_path):
         fit_baseline("otsu2", easy_store)
     with pytest.raises(InvalidInputError, match="fit z range"):
         fit_baseline("otsu", easy_store, z_range=(10, 99))
+
+
+def test_baseline_writes_ome_zarr_imagej_tiff_and_nexus(easy_store, tmp_path, capsys):
+    import h5py
+    import tifffile
+    import zarr
+    from ome_zarr_models.v05.image import Image
+
+    from xtrain.baselines import fit_baseline, segment_baseline
+    from xtrain.cli import main
+    from xtrain.data.store import open_store
+
+    b = fit_baseline("otsu", easy_store, z_range=(0, 16))
+    ref = open_store(segment_baseline(b, easy_store, tmp_path / "s.zarr"))
+    Image.from_zarr(zarr.open_group(str(tmp_path / "s.zarr"), mode="r"))
+    assert set(ref.label_images) == {"prediction"}
+    voxel = open_store(easy_store).info.voxel_size_nm / 1000
+    with tifffile.TiffFile(segment_baseline(b, easy_store, tmp_path / "s.tif")) as tif:
+        assert tif.is_imagej and tif.series[0].axes == "ZYX"
+        assert tif.imagej_metadata["spacing"] == pytest.approx(voxel)
+        assert json.loads(tif.imagej_metadata["Info"])["xtrain"]["source"]["baseline"]["name"] == "otsu"
+        assert np.array_equal(tif.asarray(), ref.labels[:])
+    with h5py.File(segment_baseline(b, easy_store, tmp_path / "s.nxs"), "r") as f:
+        assert f["entry/data"].attrs["signal"] == "data"
+        assert np.array_equal(f["entry/data/data"][:], ref.labels[:])
+    assert main(["baseline", "otsu", "--fit", str(easy_store), str(easy_store), str(tmp_path / "s.png")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and ".tif" in err and not (tmp_path / "s.png").exists()

@@ -234,27 +234,44 @@ def fit_baseline(name: str, store: Any, z_range: tuple[int, int] | None = None, 
 
 def segment_baseline(baseline: Baseline, volume: Any, out: str | os.PathLike, slab: int | None = None,
                      overwrite: bool = False, copy_image: bool = True) -> Path:
-    """Apply ``baseline`` to ``volume`` (store, TIFF stack or volume) slab by slab; write store ``out``.
+    """Apply ``baseline`` to ``volume`` (store, TIFF stack or volume) slab by slab; write ``out``.
 
-    The output is a complete xtrain store: ``labels`` plus (``copy_image``) the input
-    ``image``, so 'xtrain evaluate', napari and the report can use it alone.  Its ``source``
-    attribute holds the baseline (name, thresholds, centres, fit region) and the input.
+    ``out`` ending in ``.zarr``: a complete xtrain store (OME-Zarr image + ``labels/prediction``):
+    the ``prediction`` label image plus (``copy_image``) the input ``image``, so 'xtrain evaluate',
+    napari and the report can use it alone.  Its ``source`` attribute holds the baseline (name,
+    thresholds, centres, fit region) and the input.  ``.tif``/``.tiff``: an ImageJ hyperstack,
+    ``.h5``/``.hdf5``/``.nxs``: NeXus HDF5 (labels only, streamed; see ``xtrain.infer.write``).
+    Raises InvalidInputError for another suffix, OutputExistsError for an existing ``out``.
     """
+    from .data.layout import PREDICTION
     from .data.stats import IntensityStats
     from .data.store import DEFAULT_CLASSES, check_output, default_layout, write_store
     from .evaluate import open_image_volume
+    from .infer.write import HDF5_SUFFIXES, TIFF_SUFFIXES, write_labels_file
 
+    suffix = Path(out).suffix.lower()
+    if suffix not in (".zarr", *TIFF_SUFFIXES, *HDF5_SUFFIXES):
+        raise InvalidInputError(f"output '{out}' must end in .zarr (OME-Zarr store), .tif/.tiff (ImageJ TIFF) or "
+                                ".h5/.hdf5/.nxs (NeXus HDF5)")
     vol = open_image_volume(volume)
     check_output(out, overwrite)  # before any work
     shape = tuple(vol.shape)
     layout = default_layout(shape)
     slab = slab or layout.slab  # default: whole shards, each written once
+    classes = list(vol.classes or DEFAULT_CLASSES)
+    source = {"kind": "baseline", "baseline": baseline.to_dict(), "volume": os.fspath(vol.spec)}
+    if suffix != ".zarr":
+        slabs = (baseline.predict(block)[lo:lo + z1 - z0] for z0, z1, block, lo in _halo_slabs(vol, baseline.halo, slab))
+        write_labels_file(Path(out), slabs, shape, classes, vol.voxel_size_nm,
+                          {"xtrain": {"classes": classes, "voxel_size_nm": vol.voxel_size_nm, "source": source}})
+        log.info("wrote %s (%s baseline)", out, baseline.name)
+        return Path(out)
     stats = None
     if copy_image and np.dtype(vol.dtype).kind in "ui" and np.dtype(vol.dtype).itemsize <= 2:
         stats = IntensityStats(vol.dtype)
     with write_store(out, shape, layout, overwrite=overwrite) as w:
-        labels = w.create("labels", shape, np.uint8)
-        image = w.create("image", shape, vol.dtype) if copy_image else None
+        labels = w.create_labels(shape, PREDICTION)
+        image = w.create_image(shape, vol.dtype) if copy_image else None
         for z0, z1, block, lo in _halo_slabs(vol, baseline.halo, slab):
             inner = block[lo:lo + z1 - z0]  # (z1 - z0, Y, X)
             labels[z0:z1] = baseline.predict(block)[lo:lo + z1 - z0]
@@ -262,9 +279,9 @@ def segment_baseline(baseline: Baseline, volume: Any, out: str | os.PathLike, sl
                 image[z0:z1] = inner
             if stats is not None:
                 stats.update(inner)
-        w.info.classes = list(vol.classes or DEFAULT_CLASSES)
+        w.info.classes = classes
         w.info.voxel_size_nm = vol.voxel_size_nm
         w.info.stats = stats.to_dict() if stats is not None else dict(vol.info.get("stats", {}))
-        w.info.source = {"kind": "baseline", "baseline": baseline.to_dict(), "volume": os.fspath(vol.spec)}
+        w.info.source = source
     log.info("wrote %s (%s baseline)", out, baseline.name)
     return Path(out)

@@ -213,6 +213,17 @@ def cmd_compare(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_upgrade(args: argparse.Namespace) -> int:
+    from .data.store import upgrade
+
+    for store in args.stores:
+        if upgrade(store):
+            log.info("upgraded %s to the OME-Zarr 0.5 layout", store)
+        else:
+            log.info("%s already has the OME-Zarr 0.5 layout", store)
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from .compare import summary_table
     from .demo import run_demo
@@ -314,7 +325,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fit-z", type=z_range, default=None, metavar="Z0,Z1",
                    help="training region: slices Z0..Z1-1 of --fit (default: all)")
     p.add_argument("volume", help="volume to segment: a store or a TIFF stack/folder/glob")
-    p.add_argument("out", type=Path, help="output store (image + labels), e.g. seg.zarr")
+    p.add_argument("out", type=Path, help="output: OUT.zarr (OME-Zarr store: image + prediction label image), "
+                   "OUT.tif (ImageJ hyperstack) or OUT.h5/.nxs (NeXus HDF5)")
     p.add_argument("--seed", type=int, default=0, help="k-means subsample seed (default 0)")
     p.add_argument("--slab", type=int, default=None, help="z-slab depth (default: the store's shard depth)")
     p.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
@@ -340,8 +352,8 @@ def build_parser() -> argparse.ArgumentParser:
              "xtrain segment runs/unet/model.pt scan.zarr scan_labels.zarr --workers 2 --probabilities")
     p.add_argument("model", help="model.pt from 'xtrain train'")
     p.add_argument("volume", help="store from 'xtrain ingest', a multi-page TIFF, a folder of TIFF slices or a quoted glob")
-    p.add_argument("out", type=Path, help="output: OUT.zarr (labels, optional probabilities/entropy) or OUT.tif "
-                   "(zlib-compressed label stack)")
+    p.add_argument("out", type=Path, help="output: OUT.zarr (OME-Zarr: image + prediction label image, optional "
+                   "probabilities/entropy), OUT.tif (ImageJ hyperstack) or OUT.h5/.nxs (NeXus HDF5)")
     p.add_argument("--block", type=int_tuple(3), default=None, metavar="Z,Y,X",
                    help="block (unit of work and memory) shape, rounded up to whole output shards "
                         "(default 32,1024,1024 for --axes z, 64,512,512 for zyx: about 1.1 and 1.7 GB per worker)")
@@ -402,6 +414,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, default=None, help="segmentation workers")
     p.add_argument("--overwrite", action="store_true", help="replace an existing comparison in --report")
     p.set_defaults(func=cmd_compare)
+
+    p = _add(sub, "upgrade", "Rewrite stores of the previous layout (root arrays image/labels) as OME-Zarr 0.5 "
+             "images with pyramids and label images (they also open as they are).",
+             "xtrain upgrade old.zarr")
+    p.add_argument("stores", nargs="+", type=Path, help="stores to rewrite in place (atomically)")
+    p.set_defaults(func=cmd_upgrade)
 
     p = _add(sub, "demo", "Run the whole pipeline on built-in synthetic data (no data, no GPU, a few minutes).",
              "xtrain demo --out xtrain-demo")

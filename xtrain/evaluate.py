@@ -123,20 +123,12 @@ def _is_zarr(path: Path) -> bool:
 
 
 def _zarr_arrays(path: Path) -> tuple[Any, Any, dict[str, Any]]:
-    """(image or None, labels or None, xtrain attributes) of a Zarr group, refusing unfinished stores."""
-    import zarr
+    """(image or None, labels or None, xtrain attributes) of an xtrain store or segmentation (either layout),
+    refusing unfinished ones; "labels" is the ground truth, else the prediction (``Store.labels``)."""
+    from .data.store import open_store
 
-    try:
-        group = zarr.open_group(str(path), mode="r", zarr_format=3)
-    except Exception as exc:  # zarr raises several types for a non-store folder
-        raise CorruptFileError(f"'{path}' is not a Zarr v3 store ({type(exc).__name__}); give an xtrain store "
-                               "or a TIFF stack") from exc
-    info = dict(group.attrs).get("xtrain", {})
-    if info and not info.get("complete", False):
-        raise CorruptFileError(f"store '{path}' is incomplete (an interrupted write); delete it and run again")
-    image = group["image"] if "image" in group else None
-    labels = group["labels"] if "labels" in group else None
-    return image, labels, info
+    store = open_store(path, require_image=False)
+    return store.image, store.labels, store.info.to_dict()
 
 
 def _zarr_reader(array):

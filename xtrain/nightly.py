@@ -204,16 +204,16 @@ def quality_summary(volume: Path, labels: Path, model: Path) -> dict[str, Any]:
     from .infer import open_segmentation
     from .train.checkpoint import load_checkpoint
 
-    group = open_segmentation(labels)
-    lab = group["labels"]
+    seg = open_segmentation(labels)
+    lab = seg.labels
     counts = np.zeros(256, dtype=np.int64)
     entropy_sum, n = 0.0, 0
     step = max(1, lab.chunks[0]) * 8
     for z0 in range(0, lab.shape[0], step):
         block = np.asarray(lab[z0:z0 + step])
         counts += np.bincount(block.ravel(), minlength=256)
-        if "entropy" in group:
-            e = np.asarray(group["entropy"][z0:z0 + step], dtype=np.float64)
+        if seg.entropy is not None:
+            e = np.asarray(seg.entropy[z0:z0 + step], dtype=np.float64)
             entropy_sum += float(e.sum())
             n += e.size
     ckpt = load_checkpoint(model)

@@ -30,8 +30,9 @@ def volumes() -> dict[str, tuple[np.ndarray, np.ndarray, dict]]:
 
 
 def read_all(path) -> tuple[np.ndarray, np.ndarray, dict]:
+    store = open_store(path)
     group = zarr.open_group(str(path), mode="r", zarr_format=3)
-    return group["image"][:], group["labels"][:], dict(group.attrs)
+    return store.image[:], store.labels[:], dict(group.attrs)
 
 
 def test_same_seed_gives_bit_identical_store(tmp_path):

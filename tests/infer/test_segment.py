@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import tifffile
 import torch
+import zarr
 
 from conftest import make_store
 from xtrain.cli import main
@@ -46,24 +47,25 @@ def store_from(path, image, stats_range=None):
 
 def arrays(path):
     g = open_segmentation(path)
-    return {k: g[k][:] for k in ("labels", "probabilities", "entropy") if k in g}
+    return {k: getattr(g, k)[:] for k in ("labels", "probabilities", "entropy") if getattr(g, k) is not None}
 
 
 def test_labels_vary_and_attributes_record_the_provenance(data, tmp_path):
     out = segment(data["model"], data["store"], tmp_path / "seg.zarr", **FAST)
     g = open_segmentation(out)
-    labels = g["labels"][:]
+    labels = g.labels[:]
     assert labels.shape == SHAPE and labels.dtype == np.uint8
     assert len(np.unique(labels)) == 3  # a trained model, not a constant map
     truth = open_store(data["store"]).labels[:]
     assert (labels == truth).mean() > 0.6
-    attrs = dict(g.attrs)
+    attrs = dict(zarr.open_group(str(out), mode="r").attrs)
     info = attrs["xtrain"]
     assert info["complete"] and info["classes"] == ["pore", "ysz", "ni"]
     src = info["source"]
     assert src["model_name"] == "unet" and src["model_sha256"] == file_checksum(data["model"])
     assert src["volume"] == str(data["store"].resolve()) and src["xtrain_version"] and src["model_config"]
-    assert attrs["ome"]["multiscales"][0]["datasets"][0]["path"] == "labels"
+    assert attrs["ome"]["multiscales"][0]["datasets"][0]["path"] == "0"
+    assert np.array_equal(g.image[:], open_store(data["store"]).image[:])  # the input image, copied
     assert not work_dir(out).exists()
 
 
@@ -76,7 +78,7 @@ def test_no_seams_block_size_does_not_change_a_bit(data, tmp_path, axes):
     a, b = arrays(small), arrays(whole)
     for key in ("labels", "probabilities", "entropy"):
         assert np.array_equal(a[key], b[key]), key
-    assert json.loads(json.dumps(dict(open_segmentation(small).attrs)["xtrain"]["source"]["settings"]))["block"] \
+    assert json.loads(json.dumps(open_segmentation(small).info.source["settings"]))["block"] \
         == [16, 32, 32]
 
 
@@ -141,7 +143,7 @@ def test_tiff_input_and_tiff_output_match_the_zarr_path(data, tmp_path):
     out = segment(data["model"], folder, tmp_path / "b.tif", block=(16, 32, 32), **FAST)
     with tifffile.TiffFile(out) as tif:
         assert len(tif.pages) == SHAPE[0] and tif.pages[0].compression == tifffile.COMPRESSION.ADOBE_DEFLATE
-        assert json.loads(tif.pages[0].description)["xtrain"]["source"]["model_name"] == "unet"
+        assert json.loads(tif.imagej_metadata["Info"])["xtrain"]["source"]["model_name"] == "unet"
         assert np.array_equal(tif.asarray(), ref)
     assert not work_dir(out).exists()
 
@@ -200,6 +202,76 @@ def test_tta_is_the_average_of_the_flipped_predictions(data, tmp_path):
     assert not np.array_equal(plain, tta)
 
 
+# ----------------------------------------------------------------------------- what other tools open
+
+
+@pytest.fixture(scope="module")
+def voxel_store(data, tmp_path_factory):
+    """The test volume with a voxel size of 50 nm (the outputs carry it)."""
+    image = open_store(data["store"]).image[:]
+    path = tmp_path_factory.mktemp("voxel") / "v.zarr"
+    with write_store(path, image.shape) as w:
+        w.create_image(image.shape, image.dtype)[:] = image
+        stats = IntensityStats(image.dtype, (float(image.min()), float(image.max())))
+        stats.update(image)
+        w.info.stats, w.info.voxel_size_nm = stats.to_dict(), 50.0
+    return path
+
+
+def test_zarr_output_is_an_ome_image_with_a_prediction_label_image(data, voxel_store, tmp_path):
+    from ome_zarr.io import parse_url
+    from ome_zarr.reader import Label, Reader
+    from ome_zarr_models.v05.image import Image
+
+    out = segment(data["model"], voxel_store, tmp_path / "seg.zarr", probabilities=True, **FAST)
+    group = zarr.open_group(str(out), mode="r")
+    Image.from_zarr(group)  # OME-Zarr 0.5, labels/ included
+    for sub in ("probabilities", "entropy"):
+        Image.from_zarr(group[sub])
+    axes = dict(group["probabilities"].attrs)["ome"]["multiscales"][0]["axes"]
+    assert [a["name"] for a in axes] == ["c", "z", "y", "x"] and axes[0]["type"] == "channel"
+    nodes = list(Reader(parse_url(str(out)))())
+    label = [n for n in nodes if n.load(Label)]
+    assert len(label) == 1 and label[0].metadata["name"] == "prediction"
+    assert np.allclose(label[0].metadata["color"][2], [0, 158 / 255, 115 / 255, 1])  # Ni green
+    seg = open_segmentation(out)
+    np.testing.assert_array_equal(seg.image[:], open_store(voxel_store).image[:])
+    ref = arrays(segment(data["model"], data["store"], tmp_path / "ref.zarr", **FAST))["labels"]
+    np.testing.assert_array_equal(seg.labels[:], ref)  # the image copy changes nothing
+
+
+def test_tiff_output_is_an_imagej_zyx_stack_with_the_voxel_size(data, voxel_store, tmp_path):
+    out = segment(data["model"], voxel_store, tmp_path / "seg.tif", **FAST)
+    ref = arrays(segment(data["model"], voxel_store, tmp_path / "ref.zarr", **FAST))["labels"]
+    with tifffile.TiffFile(out) as tif:
+        assert tif.is_imagej and tif.series[0].axes == "ZYX" and tif.series[0].shape == SHAPE
+        ij = tif.imagej_metadata
+        assert ij["spacing"] == pytest.approx(0.05) and ij["unit"] == "um"
+        assert ij["Properties"]["classes"] == "pore,ysz,ni"
+        assert json.loads(ij["Info"])["xtrain"]["source"]["kind"] == "segmentation"
+        x_res = tif.pages[0].tags["XResolution"].value
+        assert x_res[0] / x_res[1] == pytest.approx(20.0)  # pixels per um
+        assert tif.pages[0].compression == tifffile.COMPRESSION.ADOBE_DEFLATE
+        np.testing.assert_array_equal(tif.asarray(), ref)
+
+
+def test_hdf5_output_is_nexus(data, voxel_store, tmp_path):
+    import h5py
+
+    out = segment(data["model"], voxel_store, tmp_path / "seg.h5", **FAST)
+    ref = arrays(segment(data["model"], voxel_store, tmp_path / "ref.zarr", **FAST))["labels"]
+    with h5py.File(out, "r") as f:
+        assert f["entry"].attrs["NX_class"] == "NXentry" and f["entry/data"].attrs["NX_class"] == "NXdata"
+        assert f["entry/data"].attrs["signal"] == "data"
+        data_ = f["entry/data/data"]
+        assert data_.chunks is not None and data_.compression == "gzip" and data_.dtype == np.uint8
+        assert list(data_.attrs["classes"]) == ["pore", "ysz", "ni"]
+        assert list(data_.attrs["voxel_size"]) == pytest.approx([0.05] * 3) and data_.attrs["voxel_size_units"] == "um"
+        np.testing.assert_array_equal(data_[:], ref)
+        assert f["entry/data/x"][1] == pytest.approx(0.05) and f["entry/data/x"].attrs["units"] == "um"
+    assert not work_dir(out).exists()
+
+
 # ----------------------------------------------------------------------------- the command line
 
 
@@ -214,7 +286,7 @@ def test_cli_segments_and_refuses_an_existing_output(data, tmp_path, capsys):
     out = tmp_path / "cli.zarr"
     args = ["segment", str(data["model"]), str(data["store"]), str(out), "--block", "16,64,64", "--tile", "32",
             "--halo", "4"]
-    assert main(args) == 0 and open_segmentation(out)["labels"].shape == SHAPE
+    assert main(args) == 0 and open_segmentation(out).labels.shape == SHAPE
     capsys.readouterr()
     assert main(args) == 2
     err = capsys.readouterr().err.strip()
@@ -223,7 +295,8 @@ def test_cli_segments_and_refuses_an_existing_output(data, tmp_path, capsys):
 
 
 @pytest.mark.parametrize("case", ["missing model", "missing volume", "corrupt model", "even channels",
-                                  "wrong weights", "bad suffix", "halo too big", "probabilities to tiff"])
+                                  "wrong weights", "bad suffix", "halo too big", "probabilities to tiff",
+                                  "probabilities to hdf5"])
 def test_bad_input_is_one_line_exit_2_and_no_output(data, tmp_path, capsys, case):
     model, volume, out, extra = str(data["model"]), str(data["store"]), tmp_path / "out.zarr", []
     if case == "missing model":
@@ -241,11 +314,13 @@ def test_bad_input_is_one_line_exit_2_and_no_output(data, tmp_path, capsys, case
         ckpt["model_kwargs"] = {**ckpt["model_kwargs"], "width": 6}
         save_checkpoint(ckpt, model)
     elif case == "bad suffix":
-        out = tmp_path / "out.h5"
+        out = tmp_path / "out.n5"
     elif case == "halo too big":
         extra = ["--tile", "32", "--halo", "16"]
     elif case == "probabilities to tiff":
         out, extra = tmp_path / "out.tif", ["--probabilities"]
+    elif case == "probabilities to hdf5":
+        out, extra = tmp_path / "out.nxs", ["--probabilities"]
     assert main(["segment", model, volume, str(out), *extra]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("xtrain segment: error:") and "\n" not in err, err

@@ -1,16 +1,18 @@
-"""The store: the one place that defines how a volume lives on disk.
+"""The store: how a volume lives on disk, opened and written atomically.
 
-A store is a Zarr v3 group:
+A store is an OME-Zarr 0.5 image (Zarr v3 group) whose layout ``xtrain.data.layout`` defines:
 
     STORE.zarr/
-      zarr.json         attributes: "ome" (OME-Zarr 0.5 multiscales -> napari opens it)
-                                    "xtrain" (classes, voxel size, source, stats, complete)
-      image/            (Z, Y, X) uint8 | uint16 | float32, thin chunks inside z-shards
-      labels/           (Z, Y, X) uint8 class ids 0..len(classes)-1 (optional)
+      zarr.json         attributes: "ome" (multiscales of the image pyramid), "xtrain" (``StoreInfo``)
+      0/ 1/ ...         image pyramid (Z, Y, X) uint8 | uint16 | float32, level 0 at full resolution
+      labels/ground_truth/0/ 1/ ...  (Z, Y, X) uint8 class ids 0..len(classes)-1 (optional),
+                                     an OME label image with colours and class names
 
 Stores are written under a temporary sibling name and renamed into place only once
 complete (``write_store``), so an interrupted ingest never leaves something that looks
-finished; ``open_store`` refuses a store without the completion mark.
+finished; ``open_store`` refuses a store without the completion mark.  Stores of the
+previous layout (format 1: root arrays ``image`` and ``labels``) still open; ``upgrade``
+(``xtrain upgrade STORE``) rewrites one in the OME layout.
 
 Chunk layout (see ``default_layout``): 2D training patches read one z-slice at a time,
 so chunks are thin in z (1 x 256 x 256) and grouped into Zarr v3 shards (32 x 512 x 512)
@@ -31,54 +33,15 @@ from typing import Any
 
 import numpy as np
 import zarr
-from zarr.codecs import BloscCodec
 
-from ..errors import CorruptFileError, InputNotFoundError, OutputExistsError
+from . import layout as ome
+from .layout import DEFAULT_CHUNKS, DEFAULT_SHARD_DEPTH, DEFAULT_SHARD_EDGE, Layout, compressor, default_layout  # noqa: F401
+from ..errors import CorruptFileError, InputNotFoundError, InvalidInputError, OutputExistsError
 
 log = logging.getLogger(__name__)
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 1: root arrays "image" and "labels"; 2: OME-Zarr 0.5 image + labels/ group (layout.py)
 DEFAULT_CLASSES = ("pore", "ysz", "ni")
-DEFAULT_CHUNKS = (1, 256, 256)
-DEFAULT_SHARD_DEPTH = 32
-DEFAULT_SHARD_EDGE = 512
-
-
-@dataclass
-class Layout:
-    """Chunk and shard shape of the arrays of one store (shards=None: no sharding)."""
-
-    chunks: tuple[int, int, int]
-    shards: tuple[int, int, int] | None
-
-    @property
-    def slab(self) -> int:
-        """Depth in z of one write: a whole shard (or chunk) layer, so each file is written once."""
-        return (self.shards or self.chunks)[0]
-
-
-def default_layout(shape: tuple[int, ...], chunks: tuple[int, int, int] | None = None, shard: bool = True) -> Layout:
-    """Thin chunks (clipped to the volume) inside shards of 32 x 512 x 512 (multiples of the chunk)."""
-    z, y, x = shape
-    c = tuple(chunks) if chunks else DEFAULT_CHUNKS
-    c = (max(1, min(c[0], z)), max(1, min(c[1], y)), max(1, min(c[2], x)))
-    if not shard:
-        return Layout(c, None)
-
-    def round_up(n: int, k: int) -> int:
-        return -(-n // k) * k
-
-    s = (
-        round_up(min(max(DEFAULT_SHARD_DEPTH, c[0]), z), c[0]),
-        round_up(min(max(DEFAULT_SHARD_EDGE, c[1]), y), c[1]),
-        round_up(min(max(DEFAULT_SHARD_EDGE, c[2]), x), c[2]),
-    )
-    return Layout(c, s)  # type: ignore[arg-type]
-
-
-def compressor(dtype: np.dtype) -> BloscCodec:
-    """Blosc/zstd with bit-shuffle: measured best size/speed trade-off for PXCT uint16 (bench/chunks.py)."""
-    return BloscCodec(cname="zstd", clevel=3, shuffle="bitshuffle" if np.dtype(dtype).itemsize > 1 else "shuffle")
 
 
 @dataclass
@@ -114,35 +77,49 @@ class StoreInfo:
         )
 
 
-def ome_attrs(name: str, voxel_size_nm: float | None) -> dict[str, Any]:
-    """OME-Zarr 0.5 multiscales block with one scale level, the ``image`` array."""
-    scale = [voxel_size_nm / 1000.0] * 3 if voxel_size_nm else [1.0, 1.0, 1.0]
-    unit = "micrometer" if voxel_size_nm else None
-    axes = [{"name": a, "type": "space", **({"unit": unit} if unit else {})} for a in "zyx"]
-    return {
-        "version": "0.5",
-        "multiscales": [
-            {
-                "name": name,
-                "axes": axes,
-                "datasets": [{"path": "image", "coordinateTransformations": [{"type": "scale", "scale": scale}]}],
-            }
-        ],
-    }
-
-
 @dataclass
 class Store:
-    """An open store: zarr arrays (lazy, sliceable, picklable) plus the attribute block."""
+    """An open store: level-0 zarr arrays (lazy, sliceable, picklable) plus the attribute block.
+
+    ``image``: (Z, Y, X) level 0 of the image pyramid (``levels``: every level, finest first;
+    None only for a segmentation of the previous layout).  ``labels``: the store's label image,
+    ground truth if it has one, else the prediction (``label_images``: all, by name).
+    ``probabilities`` (C, Z, Y, X) and ``entropy`` (Z, Y, X): a segmentation's, or None.
+    ``legacy``: a store of the previous layout (format 1), read as it is.
+    """
 
     path: Path
-    image: zarr.Array
+    image: zarr.Array | None
     labels: zarr.Array | None
     info: StoreInfo
+    label_images: dict[str, zarr.Array] = field(default_factory=dict)
+    probabilities: zarr.Array | None = None
+    entropy: zarr.Array | None = None
+    levels: list[zarr.Array] = field(default_factory=list)
+    legacy: bool = False
 
     @property
     def shape(self) -> tuple[int, int, int]:
-        return tuple(self.image.shape)  # type: ignore[return-value]
+        arr = self.image if self.image is not None else self.labels
+        return tuple(arr.shape)  # type: ignore[return-value,union-attr]
+
+    # what open_segmentation's zarr.Group answered before the OME layout: g["labels"], "entropy" in g, g.attrs
+    _ROLES = ("image", "labels", "probabilities", "entropy")
+
+    def __getitem__(self, role: str) -> zarr.Array:
+        """``store["labels"]`` (also "image", "probabilities", "entropy"): the level-0 array; KeyError if absent."""
+        arr = getattr(self, role) if role in self._ROLES else None
+        if arr is None:
+            raise KeyError(role)
+        return arr
+
+    def __contains__(self, role: str) -> bool:
+        return role in self._ROLES and getattr(self, role) is not None
+
+    @property
+    def attrs(self) -> dict[str, Any]:
+        """The root group's attributes ("ome", "xtrain")."""
+        return dict(zarr.open_group(str(self.path), mode="r").attrs)
 
     def dask_image(self):
         """The image as a lazy Dask array (one Dask chunk per Zarr shard/chunk)."""
@@ -158,11 +135,10 @@ class Store:
         return da.from_zarr(self.labels, chunks=self.labels.shards or self.labels.chunks)
 
 
-def open_store(path: str | os.PathLike, mode: str = "r") -> Store:
-    """Open a finished store; raise a one-line error for anything else."""
-    path = Path(path)
+def _open_group(path: Path, mode: str, what: str) -> tuple[zarr.Group, StoreInfo]:
     if not path.exists():
-        raise InputNotFoundError(f"store '{path}' does not exist; create it with 'xtrain ingest' or 'xtrain synth'")
+        raise InputNotFoundError(f"{what} '{path}' does not exist; create it with "
+                                 f"{chr(39)}xtrain {'segment' if what == 'segmentation' else 'ingest'}{chr(39)}")
     try:
         group = zarr.open_group(str(path), mode=mode, zarr_format=3)
     except Exception as exc:  # zarr raises several types for a non-store folder
@@ -172,14 +148,47 @@ def open_store(path: str | os.PathLike, mode: str = "r") -> Store:
     attrs = dict(group.attrs)
     if "xtrain" not in attrs:
         raise CorruptFileError(f"'{path}' is a Zarr group but not an xtrain store (no 'xtrain' attributes)")
-    info = StoreInfo.from_dict(attrs["xtrain"])
+    return group, StoreInfo.from_dict(attrs["xtrain"])
+
+
+def _store(path: Path, group: zarr.Group, info: StoreInfo) -> Store:
+    arrays = ome.read_arrays(group)
+    if arrays.legacy:
+        log.debug("store '%s' has the previous layout (format 1); 'xtrain upgrade' rewrites it as OME-Zarr 0.5", path)
+    return Store(path=path, image=arrays.image, labels=arrays.main_labels(), info=info, label_images=arrays.labels,
+                 probabilities=arrays.probabilities, entropy=arrays.entropy, levels=arrays.levels,
+                 legacy=arrays.legacy)
+
+
+def open_store(path: str | os.PathLike, mode: str = "r", require_image: bool = True) -> Store:
+    """Open a finished store or segmentation (either layout); raise a one-line error for anything else.
+
+    Raises InputNotFoundError (no such path) or CorruptFileError (not an xtrain store, an
+    interrupted write, no image while ``require_image``).
+    """
+    path = Path(path)
+    group, info = _open_group(path, mode, "store")
     if not info.complete:
-        raise CorruptFileError(f"store '{path}' is incomplete (an interrupted write); delete it and run again")
-    if "image" not in group:
-        raise CorruptFileError(f"store '{path}' has no 'image' array; recreate it with 'xtrain ingest'")
-    image = group["image"]
-    labels = group["labels"] if "labels" in group else None
-    return Store(path=path, image=image, labels=labels, info=info)  # type: ignore[arg-type]
+        raise CorruptFileError(f"'{path}' is incomplete (an interrupted write or run); delete it and run again, or "
+                               "resume a segmentation with 'xtrain segment ... --resume'")
+    store = _store(path, group, info)
+    if store.image is None and (require_image or store.labels is None):
+        raise CorruptFileError(f"store '{path}' has no image; recreate it with 'xtrain ingest'")
+    return store
+
+
+def open_segmentation(path: str | os.PathLike) -> Store:
+    """Open a finished ``xtrain segment`` output (either layout); its prediction is ``.labels``.
+
+    Raises InputNotFoundError or CorruptFileError (not a store, interrupted, no labels).
+    """
+    path = Path(path)
+    group, info = _open_group(path, "r", "segmentation")
+    store = _store(path, group, info)
+    if not info.complete or store.labels is None:
+        raise CorruptFileError(f"segmentation '{path}' is incomplete (an interrupted run); resume it with "
+                               "'xtrain segment ... --resume' or delete it")
+    return store
 
 
 class StoreWriter:
@@ -191,18 +200,26 @@ class StoreWriter:
         self.layout = layout
         self.info = StoreInfo()
 
+    def _create(self, path: str, shape: tuple[int, ...], dtype: Any) -> zarr.Array:
+        return ome.create_level(self.group, path, shape, dtype, self.layout, codec=compressor(np.dtype(dtype)))
+
+    def create_image(self, shape: tuple[int, int, int], dtype: Any) -> zarr.Array:
+        """Level 0 of the image, (Z, Y, X); the pyramid is built from it when the store is finished."""
+        return self._create(ome.level0_path("image"), shape, dtype)
+
+    def create_labels(self, shape: tuple[int, int, int], name: str = ome.GROUND_TRUTH) -> zarr.Array:
+        """Level 0 of label image ``name`` (``ground_truth`` or ``prediction``), (Z, Y, X) uint8 class ids."""
+        return self._create(ome.level0_path("label", name), shape, np.uint8)
+
     def create(self, name: str, shape: tuple[int, int, int], dtype: Any) -> zarr.Array:
-        dtype = np.dtype(dtype)
-        return self.group.create_array(
-            name,
-            shape=shape,
-            dtype=dtype,
-            chunks=self.layout.chunks,
-            shards=self.layout.shards,
-            compressors=compressor(dtype),
-            fill_value=0,
-            dimension_names=("z", "y", "x"),
-        )
+        """``create("image", ...)`` or ``create("labels", ...)`` (the ground truth): as the two above."""
+        if name == "image":
+            return self.create_image(shape, dtype)
+        if name == "labels":
+            if np.dtype(dtype) != np.uint8:
+                raise ValueError(f"labels are uint8 class ids, got dtype {np.dtype(dtype)}")
+            return self.create_labels(shape)
+        raise ValueError(f"a store holds 'image' and 'labels', not '{name}'")
 
     def slabs(self, depth: int) -> Iterator[slice]:
         """z-slices of one write each, aligned to the shards (so no shard is rewritten)."""
@@ -242,18 +259,20 @@ def check_output(path: str | os.PathLike, overwrite: bool) -> Path:
 
 @contextlib.contextmanager
 def write_store(path: str | os.PathLike, shape: tuple[int, int, int], layout: Layout | None = None,
-                overwrite: bool = False) -> Iterator[StoreWriter]:
+                overwrite: bool = False, pyramid_edge: int = ome.PYRAMID_EDGE) -> Iterator[StoreWriter]:
     """Create a store atomically.
 
         with write_store(out, shape) as w:
-            img = w.create("image", shape, np.uint16)
+            img = w.create_image(shape, np.uint16)          # level 0
+            lab = w.create_labels(shape)                     # labels/ground_truth level 0
             for sl in w.slabs(shape[0]): img[sl] = ...
             w.info.classes = [...]; w.info.stats = ...
 
     Everything is written to ``.NAME.partial-XXXX`` beside ``path``; on success the
+    pyramids and OME attributes are written (``layout.finish_group``), the
     attributes get ``complete: true`` and the folder is renamed into place (replacing an
     old store only now, when ``overwrite``).  On any exception the partial folder is removed
-    and ``path`` is untouched.
+    and ``path`` is untouched.  ``pyramid_edge``: the pyramid stops once y and x are <= it.
     """
     path = check_output(path, overwrite)
     layout = layout or default_layout(shape)
@@ -262,10 +281,52 @@ def write_store(path: str | os.PathLike, shape: tuple[int, int, int], layout: La
         group = zarr.open_group(str(tmp), mode="w-", zarr_format=3)
         writer = StoreWriter(group, path.stem, layout)
         yield writer
+        ome.finish_group(group, path.stem, writer.info.voxel_size_nm, writer.info.classes, layout, pyramid_edge)
         writer.info.complete = True
-        group.attrs.update({"ome": ome_attrs(path.stem, writer.info.voxel_size_nm), "xtrain": writer.info.to_dict()})
+        group.attrs.update({"xtrain": writer.info.to_dict()})
         replace_into_place(tmp, path)
     except BaseException:
         remove_path(tmp)
         raise
     log.debug("wrote store %s", path)
+
+
+def upgrade(path: str | os.PathLike) -> bool:
+    """Rewrite a store of the previous layout (format 1) in the OME-Zarr 0.5 layout, in place.
+
+    The new store is written beside it and renamed over it only when complete (an
+    interruption leaves the old store as it was).  Returns False (nothing to do) for a store
+    that already has the OME layout.  Raises InvalidInputError for a previous-layout
+    segmentation without an image (it still opens as it is; rerun 'xtrain segment' for the new layout).
+    """
+    path = Path(path)
+    old = open_segmentation(path)  # the most permissive opener: a store or a segmentation
+    if not old.legacy:
+        return False
+    if old.image is None:
+        raise InvalidInputError(f"'{path}' is a segmentation of the previous layout without an image; it opens as it "
+                                "is, or rerun 'xtrain segment' to get an OME-Zarr image with a label image")
+    src = old.image
+    chunks = tuple(src.chunks)
+    lay = Layout(chunks, tuple(src.shards) if src.shards else None)  # type: ignore[arg-type]
+    with write_store(path, old.shape, lay, overwrite=True) as w:
+        image = w.create_image(old.shape, src.dtype)
+        labels = {name: w.create_labels(old.shape, name) for name in old.label_images}
+        extra = {}
+        if old.probabilities is not None:
+            extra[ome.PROBABILITIES] = ome.create_level(w.group, ome.level0_path(ome.PROBABILITIES),
+                                                        old.probabilities.shape, old.probabilities.dtype, lay)
+        if old.entropy is not None:
+            extra[ome.ENTROPY] = ome.create_level(w.group, ome.level0_path(ome.ENTROPY), old.entropy.shape,
+                                                  old.entropy.dtype, lay)
+        for sl in w.slabs(old.shape[0]):
+            image[sl] = src[sl]
+            for name, arr in labels.items():
+                arr[sl] = old.label_images[name][sl]
+            if ome.PROBABILITIES in extra:
+                extra[ome.PROBABILITIES][:, sl] = old.probabilities[:, sl]  # type: ignore[index]
+            if ome.ENTROPY in extra:
+                extra[ome.ENTROPY][sl] = old.entropy[sl]  # type: ignore[index]
+        w.info = StoreInfo.from_dict({**old.info.to_dict(), "format": FORMAT_VERSION})
+    log.info("upgraded %s to the OME-Zarr 0.5 layout (format %d)", path, FORMAT_VERSION)
+    return True

@@ -46,8 +46,8 @@ from ..train.checkpoint import file_checksum, load_checkpoint
 from .blocks import Block, align_block, block_grid
 from .predict import AXES, WINDOWS, Predictor
 from .volume import SHIFT_WARN, Volume, distribution_shift, open_volume
-from .write import GROUP, JOB, MARKERS, Markers, ZarrSink, finish, is_tiff, segmentation_attrs, work_dir, \
-    write_json
+from .write import GROUP, HDF5_SUFFIXES, JOB, MARKERS, TIFF_SUFFIXES, Markers, ZarrSink, finish, is_hdf5, is_tiff, \
+    segmentation_attrs, work_dir, write_json
 
 log = logging.getLogger(__name__)
 
@@ -198,10 +198,11 @@ def _run_ray(job: Job, todo: list[Block], done: Callable[[Block], None], workers
 
 def _check_args(out: Path, block, tile: int, halo: int, axes: str, window: str, workers: int | None,
                 probabilities: bool, batch_size: int | None, threads: int | None) -> None:
-    if out.suffix.lower() not in (".zarr", ".tif", ".tiff"):
-        raise InvalidInputError(f"output '{out}' must end in .zarr (Zarr store) or .tif/.tiff (TIFF stack)")
-    if probabilities and is_tiff(out):
-        raise InvalidInputError(f"--probabilities needs a .zarr output (a TIFF holds labels only); "
+    if out.suffix.lower() not in (".zarr", *TIFF_SUFFIXES, *HDF5_SUFFIXES):
+        raise InvalidInputError(f"output '{out}' must end in .zarr (OME-Zarr), .tif/.tiff (ImageJ TIFF) or "
+                                ".h5/.hdf5/.nxs (NeXus HDF5)")
+    if probabilities and (is_tiff(out) or is_hdf5(out)):
+        raise InvalidInputError(f"--probabilities needs a .zarr output (a TIFF or HDF5 file holds labels only); "
                                 f"use e.g. '{out.with_suffix('.zarr')}'")
     if len(block) != 3 or min(block) < 1:
         raise InvalidInputError(f"block {block} must be three positive sizes Z,Y,X, e.g. 64,512,512")
@@ -274,7 +275,10 @@ def segment(
     shard: bool = True,
     on_block: Callable[[Block], None] | None = None,
 ) -> Path:
-    """Segment ``volume`` (store or TIFF stack) with ``model`` (model.pt) into ``out`` (.zarr / .tif).
+    """Segment ``volume`` (store or TIFF stack) with ``model`` (model.pt) into ``out`` (.zarr / .tif / .h5).
+
+    The output formats are described in ``write.py``: an OME-Zarr image with a ``prediction``
+    label image (and the input image, copied, so napari shows both), an ImageJ TIFF, or NeXus HDF5.
 
     ``block``: the unit of work and memory (default ``DEFAULT_BLOCKS[axes]``), rounded up to
     whole output shards.  ``tile``/``halo``: 2D tile edge and half the overlap of adjacent tiles.  ``threads``:
@@ -339,7 +343,8 @@ def segment(
             "settings": record["settings"], "xtrain_version": __version__,
         })
         attrs = json.loads(json.dumps(segmentation_attrs(out.stem, info.to_dict(), vol.voxel_size_nm), default=str))
-        ZarrSink.create(work / GROUP, vol.shape, num_classes, layout, probabilities, attrs)
+        image_dtype = None if is_tiff(out) or is_hdf5(out) else vol.dtype  # a .zarr output holds the image too
+        ZarrSink.create(work / GROUP, vol.shape, num_classes, layout, probabilities, attrs, image_dtype)
         write_json(job_file, record)
 
     finished = Markers(work / MARKERS).done()
@@ -362,6 +367,6 @@ def segment(
         else:
             _run_local(job, todo, done)
 
-    finish(work, out, slab=layout.slab)
+    finish(work, out, slab=layout.slab, volume=vol, layout=layout)
     log.info("wrote %s", out)
     return out

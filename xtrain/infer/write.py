@@ -1,23 +1,33 @@
-"""The writer: the output group, per-block completion markers, and the final Zarr or TIFF.
+"""The writer: the output group, per-block completion markers, and the final Zarr, TIFF or HDF5.
 
 While a segmentation runs, everything lives in a work folder beside OUT:
 
     .OUT.partial/
       job.json      the settings of the run (``--resume`` refuses to continue with others)
-      out.zarr/     Zarr v3 group, attributes ``xtrain.complete = false``:
-                      labels         (Z, Y, X)    uint8 class ids
-                      probabilities  (K, Z, Y, X) float16 softmax       (--probabilities)
-                      entropy        (Z, Y, X)    float16, nats in [0, ln K] (--probabilities)
+      out.zarr/     Zarr v3 group in the OME-Zarr layout (``xtrain.data.layout``), level 0 only,
+                    attributes ``xtrain.complete = false``:
+                      labels/prediction/0  (Z, Y, X)    uint8 class ids
+                      probabilities/0      (K, Z, Y, X) float16 softmax       (--probabilities)
+                      entropy/0            (Z, Y, X)    float16, nats in [0, ln K] (--probabilities)
       blocks/       one empty file per finished block, created *after* its data is written
 
 A block's marker exists only if all of its shards were written, and a block owns whole
 shards (blocks.align_block), so after a crash ``--resume`` redoes exactly the blocks
-without a marker and the result is bit-identical to an uninterrupted run.  At the end the
-group is marked complete and renamed to OUT (``.zarr``), or streamed slab by slab into a
-zlib-compressed multi-page TIFF that is renamed to OUT (``.tif``: TIFF pages must be
-written in z order, which blocks finishing in any order cannot do).  Until that rename
-OUT does not exist, and the group itself says ``complete: false``, which ``open_store``
-and ``open_segmentation`` refuse.
+without a marker and the result is bit-identical to an uninterrupted run.  At the end
+(``finish``, which can run again after an interruption with the same result) the output
+becomes one of:
+
+* ``.zarr``: an OME-Zarr 0.5 image (the input volume's grey values, copied, with a mean
+  pyramid) whose ``labels/prediction`` is a label image (mode pyramid, colours, class
+  names); probabilities and entropy are OME images.  napari shows image + labels.
+* ``.tif``/``.tiff``: an ImageJ hyperstack (axes ZYX, voxel size in um, class names, a
+  colour LUT and the provenance in the ImageJ metadata), zlib-compressed, streamed slab
+  by slab (TIFF pages must be written in z order, which blocks finishing in any order cannot do).
+* ``.h5``/``.hdf5``/``.nxs``: NeXus HDF5, labels at ``/entry/data/data`` (NXdata, signal),
+  chunked and gzip-compressed, voxel size and class names as attributes.
+
+Until the final rename OUT does not exist, and the group itself says ``complete: false``,
+which ``open_store`` and ``open_segmentation`` refuse.
 """
 
 from __future__ import annotations
@@ -26,15 +36,15 @@ import json
 import logging
 import os
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import tifffile
 import zarr
 
-from ..data.store import Layout, compressor, ome_attrs, remove_path, replace_into_place
-from ..errors import CorruptFileError, InputNotFoundError
+from ..data import layout as ome
+from ..data.store import Layout, open_segmentation, remove_path, replace_into_place  # noqa: F401 (re-export)
 from .blocks import Block, Box
 
 log = logging.getLogger(__name__)
@@ -43,6 +53,7 @@ GROUP = "out.zarr"
 MARKERS = "blocks"
 JOB = "job.json"
 TIFF_SUFFIXES = (".tif", ".tiff")
+HDF5_SUFFIXES = (".h5", ".hdf5", ".nxs")
 
 
 def work_dir(out: Path) -> Path:
@@ -54,35 +65,36 @@ def is_tiff(out: Path) -> bool:
     return out.suffix.lower() in TIFF_SUFFIXES
 
 
+def is_hdf5(out: Path) -> bool:
+    return out.suffix.lower() in HDF5_SUFFIXES
+
+
 # ----------------------------------------------------------------------------- the group
 
 
 class ZarrSink:
-    """The arrays of the output group; picklable (zarr arrays are), written block by block."""
+    """The level-0 arrays of the output group; picklable (zarr arrays are), written block by block."""
 
     def __init__(self, group_path: Path):
         group = zarr.open_group(str(group_path), mode="r+", zarr_format=3)
         self.path = group_path
-        self.labels = group["labels"]
-        self.probabilities = group["probabilities"] if "probabilities" in group else None
-        self.entropy = group["entropy"] if "entropy" in group else None
+        arrays = ome.read_arrays(group)
+        self.labels = arrays.labels[ome.PREDICTION]
+        self.probabilities = arrays.probabilities
+        self.entropy = arrays.entropy
 
     @staticmethod
     def create(group_path: Path, shape: tuple[int, int, int], num_classes: int, layout: Layout,
-               probabilities: bool, attrs: dict[str, Any]) -> "ZarrSink":
+               probabilities: bool, attrs: dict[str, Any], image_dtype: Any = None) -> "ZarrSink":
+        """The work group; ``image_dtype``: also an image level 0 (filled by ``finish`` for a .zarr output)."""
         group = zarr.open_group(str(group_path), mode="w-", zarr_format=3)
-
-        def array(name: str, shape: tuple[int, ...], dtype: Any, chunks: tuple[int, ...], shards, dims) -> None:
-            group.create_array(name, shape=shape, dtype=dtype, chunks=chunks, shards=shards, fill_value=0,
-                               compressors=compressor(np.dtype(dtype)), dimension_names=dims)
-
-        array("labels", shape, np.uint8, layout.chunks, layout.shards, ("z", "y", "x"))
+        ome.create_level(group, ome.level0_path("label", ome.PREDICTION), shape, np.uint8, layout)
+        if image_dtype is not None:
+            ome.create_level(group, ome.level0_path("image"), shape, image_dtype, layout)
         if probabilities:
             # one class per chunk, all classes in one shard: a block still owns whole shards
-            shards = (num_classes, *layout.shards) if layout.shards else None
-            array("probabilities", (num_classes, *shape), np.float16, (1, *layout.chunks), shards,
-                  ("c", "z", "y", "x"))
-            array("entropy", shape, np.float16, layout.chunks, layout.shards, ("z", "y", "x"))
+            ome.create_level(group, ome.level0_path(ome.PROBABILITIES), (num_classes, *shape), np.float16, layout)
+            ome.create_level(group, ome.level0_path(ome.ENTROPY), shape, np.float16, layout)
         group.attrs.update(attrs)
         return ZarrSink(group_path)
 
@@ -105,26 +117,8 @@ class ZarrSink:
 
 
 def segmentation_attrs(name: str, info: dict[str, Any], voxel_size_nm: float | None) -> dict[str, Any]:
-    """``ome`` (multiscales pointing at ``labels``, so napari opens it) and ``xtrain`` blocks."""
-    ome = ome_attrs(name, voxel_size_nm)
-    ome["multiscales"][0]["datasets"][0]["path"] = "labels"
-    return {"ome": ome, "xtrain": info}
-
-
-def open_segmentation(path: str | os.PathLike) -> zarr.Group:
-    """Open a finished ``xtrain segment`` output; refuse a missing or half-written one."""
-    path = Path(path)
-    if not path.exists():
-        raise InputNotFoundError(f"segmentation '{path}' does not exist; create it with 'xtrain segment'")
-    try:
-        group = zarr.open_group(str(path), mode="r", zarr_format=3)
-    except Exception as exc:
-        raise CorruptFileError(f"'{path}' is not a Zarr v3 group ({type(exc).__name__}); run 'xtrain segment'") from exc
-    info = dict(group.attrs).get("xtrain", {})
-    if not info.get("complete") or "labels" not in group:
-        raise CorruptFileError(f"segmentation '{path}' is incomplete (an interrupted run); resume it with "
-                               "'xtrain segment ... --resume' or delete it")
-    return group
+    """The work group's attributes: the ``xtrain`` block (``ome`` is written by ``finish``)."""
+    return {"xtrain": info}
 
 
 # ----------------------------------------------------------------------------- markers
@@ -153,27 +147,133 @@ def write_json(path: Path, data: dict[str, Any]) -> None:
     os.replace(tmp, path)
 
 
-def stream_tiff(labels: zarr.Array, path: Path, description: str, slab: int) -> None:
-    """Write (Z, Y, X) uint8 labels as a zlib-compressed multi-page TIFF, ``slab`` slices at a time."""
-    with tifffile.TiffWriter(path, bigtiff=labels.nbytes > 2**31) as tif:
-        for z0 in range(0, labels.shape[0], slab):
-            data = np.asarray(labels[z0:min(z0 + slab, labels.shape[0])])  # (n, Y, X)
-            tif.write(data, compression="zlib", photometric="minisblack", metadata=None,
-                      description=description if z0 == 0 else None)
+def _slabs(labels: zarr.Array, slab: int) -> Iterator[np.ndarray]:
+    for z0 in range(0, labels.shape[0], slab):
+        yield np.asarray(labels[z0:min(z0 + slab, labels.shape[0])])  # (n, Y, X)
 
 
-def finish(work: Path, out: Path, slab: int) -> Path:
-    """Mark the group complete and move it (or its TIFF rendering) to ``out``; remove ``work``."""
+def _provenance(info: dict[str, Any]) -> dict[str, Any]:
+    return {"xtrain": {k: v for k, v in info.items() if k != "stats"}}
+
+
+def write_label_tiff(path: Path, slabs: Iterator[np.ndarray], shape: tuple[int, int, int], classes: list[str],
+                     voxel_size_nm: float | None, provenance: dict[str, Any]) -> None:
+    """Stream (Z, Y, X) uint8 class-id slabs into a zlib-compressed ImageJ hyperstack.
+
+    Axes ZYX; ``spacing`` (z) and the XY resolution (pixels per um) from the voxel size,
+    unit ``um`` (without a voxel size: 1 pixel); class names in the ImageJ properties
+    (``class_0`` = pore ...), a colour LUT (``layout.class_colours``), the provenance as
+    JSON in ``Info``.  ImageJ files are classic TIFF (< 4 GiB); a larger label volume is
+    written as a BigTIFF with the same metadata in ``ImageDescription`` (Fiji opens it with Bio-Formats).
+    """
+    import tifffile
+
+    um = voxel_size_nm / 1000.0 if voxel_size_nm else None
+    lut = np.zeros((3, 256), np.uint8)
+    for i, (r, g, b, _) in enumerate(ome.class_colours(len(classes))):
+        lut[:, i] = (r, g, b)
+    props = {f"class_{i}": str(c) for i, c in enumerate(classes)}
+    props["classes"] = ",".join(map(str, classes))
+    metadata: dict[str, Any] = {"axes": "ZYX", "Info": json.dumps(provenance, default=str), "Properties": props,
+                                "LUTs": [lut], "min": 0, "max": 255}
+    kwargs: dict[str, Any] = {}
+    if um:
+        metadata.update(spacing=um, unit="um")
+        kwargs["resolution"] = (1.0 / um, 1.0 / um)
+    big = int(np.prod(shape)) >= 2**32 - 2**25  # ImageJ hyperstacks cannot be BigTIFF
+    if big:
+        log.warning("labels of %d voxels exceed an ImageJ TIFF (4 GiB); writing a BigTIFF instead", int(np.prod(shape)))
+
+    def pages() -> Iterator[np.ndarray]:
+        for block in slabs:
+            yield from block
+
+    with tifffile.TiffWriter(path, imagej=not big, bigtiff=big) as tif:
+        tif.write(pages(), shape=tuple(shape), dtype=np.uint8, compression="zlib", photometric="minisblack",
+                  metadata=metadata, **kwargs)
+
+
+def write_label_hdf5(path: Path, slabs: Iterator[np.ndarray], shape: tuple[int, int, int], classes: list[str],
+                     voxel_size_nm: float | None, provenance: dict[str, Any]) -> None:
+    """Stream (Z, Y, X) uint8 class-id slabs into a NeXus HDF5 file at ``/entry/data/data``.
+
+    ``/entry`` (NXentry, default "data") > ``/entry/data`` (NXdata, signal "data", axes z, y, x
+    with coordinates in um when the voxel size is known) > ``data``: chunked (<= 16 x 256 x 256),
+    gzip level 4, attributes ``classes``, ``voxel_size`` and ``voxel_size_units`` ("um"),
+    ``long_name``.  The provenance is JSON in ``/entry/notes/data`` (NXnote).
+    """
+    import h5py
+
+    chunks = (min(16, shape[0]), min(256, shape[1]), min(256, shape[2]))
+    um = voxel_size_nm / 1000.0 if voxel_size_nm else None
+    with h5py.File(path, "w") as f:
+        f.attrs["default"] = "entry"
+        entry = f.create_group("entry")
+        entry.attrs.update({"NX_class": "NXentry", "default": "data"})
+        nxdata = entry.create_group("data")
+        nxdata.attrs.update({"NX_class": "NXdata", "signal": "data", "axes": ["z", "y", "x"],
+                             "z_indices": 0, "y_indices": 1, "x_indices": 2})
+        data = nxdata.create_dataset("data", shape=shape, dtype=np.uint8, chunks=chunks, compression="gzip",
+                                     compression_opts=4)
+        data.attrs.update({"long_name": "class id (" + ", ".join(f"{i}={c}" for i, c in enumerate(classes)) + ")",
+                           "classes": [str(c) for c in classes], "voxel_size_units": "um" if um else "pixel",
+                           "voxel_size": [um or 1.0] * 3})
+        for i, axis in enumerate("zyx"):
+            coord = nxdata.create_dataset(axis, data=np.arange(shape[i]) * (um or 1.0))
+            coord.attrs["units"] = "um" if um else "pixel"
+        note = entry.create_group("notes")
+        note.attrs["NX_class"] = "NXnote"
+        note.create_dataset("type", data="application/json")
+        note.create_dataset("data", data=json.dumps(provenance, default=str))
+        z0 = 0
+        for block in slabs:
+            data[z0:z0 + block.shape[0]] = block
+            z0 += block.shape[0]
+
+
+def write_labels_file(out: Path, slabs: Iterator[np.ndarray], shape: tuple[int, int, int], classes: list[str],
+                      voxel_size_nm: float | None, provenance: dict[str, Any]) -> None:
+    """Write label slabs as ``out``'s format (.tif ImageJ / .h5 NeXus) under a temporary name, then rename."""
+    tmp = out.parent / f".{out.name}.{uuid.uuid4().hex[:8]}.tmp{out.suffix}"
+    writer = write_label_tiff if is_tiff(out) else write_label_hdf5
+    try:
+        writer(tmp, slabs, shape, classes, voxel_size_nm, provenance)
+        replace_into_place(tmp, out)
+    except BaseException:
+        remove_path(tmp)
+        raise
+
+
+def copy_image(volume: Any, image: zarr.Array, slab: int) -> None:
+    """Level 0 of the output image from ``volume.read_raw`` (the input's grey values), slab by slab."""
+    z, y, x = image.shape
+    for z0 in range(0, z, slab):
+        image[z0:min(z0 + slab, z)] = volume.read_raw(((z0, min(z0 + slab, z)), (0, y), (0, x)))
+
+
+def finish(work: Path, out: Path, slab: int, volume: Any = None, layout: Layout | None = None) -> Path:
+    """Turn the work group into ``out`` (.zarr / .tif / .h5); remove ``work``.
+
+    ``.zarr``: copy the input image from ``volume`` (anything with ``read_raw(box)``), build the
+    pyramids and OME attributes (``layout.finish_group``), mark complete, rename.  Running it
+    again after an interruption gives the same output.
+    """
     group = zarr.open_group(str(work / GROUP), mode="r+", zarr_format=3)
     info = dict(group.attrs["xtrain"])
-    info["complete"] = True
-    group.attrs["xtrain"] = info
-    if is_tiff(out):
-        src = work / f"out{out.suffix}"
-        stream_tiff(group["labels"], src, json.dumps({"xtrain": {k: v for k, v in info.items() if k != "stats"}},
-                                                     default=str), slab)
+    arrays = ome.read_arrays(group)
+    labels = arrays.labels[ome.PREDICTION]
+    classes = list(info.get("classes") or [])
+    voxel = info.get("voxel_size_nm")
+    if is_tiff(out) or is_hdf5(out):
+        info["complete"] = True
+        write_labels_file(out, _slabs(labels, slab), tuple(labels.shape), classes, voxel, _provenance(info))
     else:
-        src = work / GROUP
-    replace_into_place(src, out)  # --overwrite: the old output is replaced only now
+        if arrays.image is not None and volume is not None:
+            copy_image(volume, arrays.image, slab)
+        lay = layout or Layout(tuple(labels.chunks), tuple(labels.shards) if labels.shards else None)
+        ome.finish_group(group, out.stem, voxel, classes, lay)
+        info["complete"] = True
+        group.attrs["xtrain"] = info
+        replace_into_place(work / GROUP, out)  # --overwrite: the old output is replaced only now
     remove_path(work)
     return out
