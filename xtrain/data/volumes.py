@@ -133,10 +133,8 @@ class Volume:
     def read_box(self, box) -> np.ndarray:
         """The box ((z0, z1), (y0, y1), (x0, x1)) as numpy, read directly (no Dask graph per box)."""
         (z0, z1), (y0, y1), (x0, x1) = box
-        if self._reader is not None and self._array is not None:
-            data = np.asarray(self._reader[z0:z1, y0:y1, x0:x1])
-            return data.astype(self.dtype, copy=False)
-        return np.asarray(self.array[z0:z1, y0:y1, x0:x1].compute(scheduler="synchronous"))
+        self.array  # noqa: B018  (reopens the source after unpickling)
+        return np.asarray(self._reader[z0:z1, y0:y1, x0:x1]).astype(self.dtype, copy=False)
 
     def where(self, z: int) -> str:
         """Where slice z lives, for error messages (its file for a slice folder)."""
