@@ -200,6 +200,17 @@ def _fill_value(counts: np.ndarray, values: np.ndarray, n: int, candidates: list
     return None
 
 
+def _first(volume, predicate) -> str:
+    """Where the first voxel with ``predicate`` lies: '<file> (slice z) at y=.. x=..' (an error path: one more pass)."""
+    import dask.array as da
+
+    from .volumes import compute
+
+    flat = int(compute(da.argmax(predicate(volume.array).ravel()))[0])
+    z, y, x = np.unravel_index(flat, volume.shape)
+    return f"{volume.where(int(z))} at y={y} x={x}"
+
+
 def volume_stats(volume, mask=None, fill: bool = True) -> dict[str, Any]:
     """Intensity statistics of the *sample* in a ``Volume``, as Dask graphs over its chunks.
 
@@ -231,13 +242,14 @@ def volume_stats(volume, mask=None, fill: bool = True) -> dict[str, Any]:
     counts = np.sum([p["counts"] for p in parts], axis=0)
     if inf:
         extra = " (float64 values beyond the float32 range)" if volume.provenance.get("source_dtype") == "float64" else ""
-        raise NonFiniteError(f"'{volume.spec}' holds {inf} infinite values{extra}; replace them (e.g. with the "
-                             "background value) or rescale before using it")
+        raise NonFiniteError(f"{_first(volume, np.isinf)} holds {inf} infinite values{extra}; replace them (e.g. with "
+                             "the background value) or rescale before using it")
     fill_info: dict[str, Any] = {"value": None, "fraction": 0.0}
     if nan:
         if not fill or nan < FILL_SHARE * n:
-            raise NonFiniteError(f"'{volume.spec}' holds {nan} NaN values ({nan / max(n, 1):.2%}), too few to be a "
-                                 "masked field of view; replace them (e.g. with the background value)")
+            raise NonFiniteError(f"{_first(volume, np.isnan)} holds {nan} nan values ({nan / max(n, 1):.2%} of the "
+                                 "voxels, too few to be a masked field of view); replace them (e.g. with the "
+                                 "background value)")
         fill_info = {"value": "nan", "fraction": nan / n}
     sample_n = n - nan
     if _exact(dtype):
