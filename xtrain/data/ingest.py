@@ -26,59 +26,12 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from .. import __version__
-from ..errors import InvalidInputError, LabelValueError, NonFiniteError, ShapeMismatchError
+from ..errors import InvalidInputError, ShapeMismatchError
 from .stats import volume_stats
 from .store import DEFAULT_CLASSES, check_output, default_layout, write_store
-from .volumes import Volume, compute, open_volume
+from .volumes import Volume, compute, label_lut, map_labels, open_volume
 
 log = logging.getLogger(__name__)
-
-_UNMAPPED = 255  # lookup-table entry for raw label values that are not in the map
-
-
-def _label_lut(label_map: Mapping[int, int] | None, classes: Sequence[str], stack: Volume) -> np.ndarray:
-    """Lookup table raw label value -> class id (``_UNMAPPED`` where the value is not allowed).
-
-    Without a map the raw values must already be class ids 0..len(classes)-1.
-    """
-    if stack.dtype.kind != "u" or stack.dtype.itemsize > 2:
-        raise InvalidInputError(
-            f"label stack '{stack.spec}' has dtype {stack.dtype}; labels must be uint8 or uint16 integer images"
-        )
-    if len(classes) >= _UNMAPPED:
-        raise InvalidInputError(f"{len(classes)} classes given; at most {_UNMAPPED - 1} are supported")
-    n_raw = np.iinfo(stack.dtype).max + 1
-    lut = np.full(n_raw, _UNMAPPED, dtype=np.uint8)
-    mapping = dict(label_map) if label_map else {i: i for i in range(len(classes))}
-    for raw, cls in mapping.items():
-        if not 0 <= cls < len(classes):
-            raise InvalidInputError(
-                f"--label-map sends {raw} to class {cls}, but there are {len(classes)} classes "
-                f"({','.join(classes)}): use class ids 0..{len(classes) - 1} or pass --classes"
-            )
-        if not 0 <= raw < n_raw:
-            raise InvalidInputError(
-                f"--label-map key {raw} can never occur in {stack.dtype} labels '{stack.spec}'; "
-                f"use raw values 0..{n_raw - 1}"
-            )
-        lut[raw] = cls
-    return lut
-
-
-def _map_labels(raw: np.ndarray, lut: np.ndarray, stack: Volume, z0: int) -> np.ndarray:
-    """(n, Y, X) raw label slab -> (n, Y, X) uint8 class ids; LabelValueError at the first bad value."""
-    ids = lut[raw]
-    bad = ids == _UNMAPPED
-    if bad.any():
-        z, y, x = (int(v[0]) for v in np.nonzero(bad))
-        value = int(raw[z, y, x])
-        valid = ",".join(str(v) for v in np.flatnonzero(lut != _UNMAPPED))
-        raise LabelValueError(
-            f"label value {value} at {stack.where(z0 + z)} y={y} x={x} is not a declared label; "
-            f"valid values: {valid} (set them with --label-map RAW:CLASS,...)"
-        )
-    return ids
-
 
 def _describe(vol: Volume) -> Any:
     """Source entry for the attributes: the file, or the absolute slice files."""
@@ -124,7 +77,7 @@ def ingest(
                 f"labels '{labels}' have shape {lab_stack.shape} (Z, Y, X) but images '{images}' have {shape}; "
                 "give the label stack that matches the images"
             )
-        lut = _label_lut(label_map, classes, lab_stack)
+        lut = label_lut(lab_stack.dtype, label_map, len(classes), str(labels))
 
     layout = default_layout(shape, chunks)
     stats = volume_stats(stack, mask_vol)  # Dask graph; NaN/Inf and the fill value found before any write
@@ -140,7 +93,7 @@ def ingest(
                 parts = compute(image[sl], lab[sl]) if lab is not None else compute(image[sl])
                 image_arr[sl] = parts[0]
                 if label_arr is not None:
-                    label_arr[sl] = _map_labels(parts[1], lut, lab_stack, sl.start)
+                    label_arr[sl] = map_labels(parts[1], lut, lab_stack, sl.start)
                 bar.update(sl.stop - sl.start)
 
         w.info.classes = classes

@@ -92,6 +92,7 @@ class Volume:
     provenance: dict[str, Any] = field(default_factory=dict)
     info: dict[str, Any] = field(default_factory=dict)
     options: dict[str, Any] = field(default_factory=dict)  # dataset/channel/time: how to reopen
+    z_offset: int = 0  # a crop: slice 0 of this volume is slice z_offset of the source
     _array: Any = field(default=None, repr=False, compare=False)
     _reader: Any = field(default=None, repr=False, compare=False)
 
@@ -102,14 +103,31 @@ class Volume:
 
     @property
     def array(self):
-        """The lazy ``dask.array`` (Z, Y, X) of ``dtype``."""
+        """The lazy ``dask.array`` (Z, Y, X) of ``dtype`` (the crop's slices only)."""
         if self._array is None:
+            if self._reader is not None:  # an in-memory volume (``array_volume``)
+                raise InvalidInputError(f"'{self.spec}' is an in-memory volume and cannot be reopened")
             fresh = open_volume(self.spec, **self.options)
-            if fresh.shape != self.shape or fresh.dtype != self.dtype:
+            if fresh.shape[1:] != self.shape[1:] or fresh.shape[0] < self.z_offset + self.shape[0] \
+                    or fresh.dtype != self.dtype:
                 raise InvalidInputError(f"'{self.spec}' changed since it was opened ({self.shape} {self.dtype} -> "
                                         f"{fresh.shape} {fresh.dtype}); run again")
             self._array, self._reader = fresh._array, fresh._reader
+        if self.z_offset or self._array.shape[0] != self.shape[0]:
+            return self._array[self.z_offset:self.z_offset + self.shape[0]]
         return self._array
+
+    def crop(self, z0: int, z1: int) -> "Volume":
+        """The view of slices z0 .. z1 - 1 (a ``z_range``); nothing is read."""
+        if not 0 <= z0 < z1 <= self.shape[0]:
+            raise InvalidInputError(
+                f"z range {z0},{z1} is outside '{self.spec}' (0..{self.shape[0]}); give 0 <= Z0 < Z1 <= {self.shape[0]}"
+            )
+        self.array  # noqa: B018  (opened once, shared by the views)
+        out = Volume(**{k: getattr(self, k) for k in self.__dataclass_fields__})
+        out.shape = (z1 - z0, *self.shape[1:])
+        out.z_offset = self.z_offset + z0
+        return out
 
     @property
     def classes(self) -> list[str] | None:
@@ -134,14 +152,18 @@ class Volume:
         """The box ((z0, z1), (y0, y1), (x0, x1)) as numpy, read directly (no Dask graph per box)."""
         (z0, z1), (y0, y1), (x0, x1) = box
         self.array  # noqa: B018  (reopens the source after unpickling)
+        z0, z1 = z0 + self.z_offset, z1 + self.z_offset
+        if self._reader is None:
+            return np.asarray(self._array[z0:z1, y0:y1, x0:x1].compute(scheduler="synchronous"))
         return np.asarray(self._reader[z0:z1, y0:y1, x0:x1]).astype(self.dtype, copy=False)
 
     def where(self, z: int) -> str:
-        """Where slice z lives, for error messages (its file for a slice folder)."""
+        """Where slice z (of this view) lives, for error messages (its file for a slice folder)."""
+        z = z + self.z_offset
         files = self.provenance.get("files")
-        if isinstance(files, list) and len(files) == self.shape[0]:
-            return f"'{files[z]}' (slice {z})"
-        return f"'{self.spec}' slice {z}"
+        if isinstance(files, list) and z < len(files):
+            return f"'{files[z]}'"
+        return f"'{self.spec}'"
 
 
 def open_volume(spec: str | os.PathLike | Volume, *, dataset: str | None = None, channel: int | None = None,
@@ -203,6 +225,65 @@ def open_volume(spec: str | os.PathLike | Volume, *, dataset: str | None = None,
         vol.options["dataset"] = dataset
     log.debug("opened %s: %s %s %s", vol.kind, text, vol.shape, vol.dtype)
     return vol
+
+
+def array_volume(array: Any, spec: str = "array", **meta: Any) -> Volume:
+    """A ``Volume`` over an in-memory (Z, Y, X) numpy or dask array (tests, derived volumes)."""
+    import dask.array as da
+
+    if array.ndim != 3:
+        raise InvalidInputError(f"a volume must be 3D (Z, Y, X), got shape {tuple(array.shape)}")
+    arr = array if isinstance(array, da.Array) else da.from_array(np.asarray(array), chunks=z_chunks(
+        array.shape, np.dtype(array.dtype).itemsize))
+    vol = Volume(spec, "array", tuple(int(s) for s in arr.shape), np.dtype(arr.dtype), **meta)
+    vol._array = arr
+    return vol
+
+
+# ----------------------------------------------------------------------------- class ids
+
+UNMAPPED = 255  # lookup-table entry for raw label values that are not in the map
+
+
+def label_lut(dtype: Any, label_map: dict[int, int] | None, num_classes: int, spec: str) -> np.ndarray:
+    """The one lookup table raw label value -> class id (``UNMAPPED`` where the value is not allowed).
+
+    Without a map the raw values must already be class ids 0..num_classes-1.  Labels are
+    uint8 or uint16 (any other dtype is refused: a float label image is a mistake).
+    """
+    dtype = np.dtype(dtype)
+    if dtype.kind != "u" or dtype.itemsize > 2:
+        raise InvalidInputError(f"labels '{spec}' have dtype {dtype}; labels must be uint8 or uint16 integer images")
+    if num_classes >= UNMAPPED:
+        raise InvalidInputError(f"{num_classes} classes given; at most {UNMAPPED - 1} are supported")
+    n_raw = np.iinfo(dtype).max + 1
+    lut = np.full(n_raw, UNMAPPED, dtype=np.uint8)
+    for raw, cls in (dict(label_map) if label_map else {i: i for i in range(num_classes)}).items():
+        if not 0 <= cls < num_classes:
+            raise InvalidInputError(f"--label-map sends {raw} to class {cls}, but there are {num_classes} classes: use "
+                                    f"class ids 0..{num_classes - 1} or pass --classes")
+        if not 0 <= raw < n_raw:
+            raise InvalidInputError(f"--label-map key {raw} can never occur in {dtype} labels '{spec}'; use raw values "
+                                    f"0..{n_raw - 1}")
+        lut[raw] = cls
+    return lut
+
+
+def map_labels(raw: np.ndarray, lut: np.ndarray, volume: Volume, z0: int) -> np.ndarray:
+    """(n, Y, X) raw labels (slices z0.. of ``volume``) -> uint8 class ids; LabelValueError at the first bad value."""
+    from ..errors import LabelValueError
+
+    ids = lut[raw]
+    bad = ids == UNMAPPED
+    if bad.any():
+        z, y, x = (int(v[0]) for v in np.nonzero(bad))
+        valid = ",".join(str(v) for v in np.flatnonzero(lut != UNMAPPED))
+        raise LabelValueError(
+            f"label value {int(raw[z, y, x])} at z={volume.z_offset + z0 + z} y={y} x={x} "
+            f"({volume.where(z0 + z)}) is not a class; valid raw values: {valid} "
+            "(map raw values with --label-map RAW:CLASS,...)"
+        )
+    return ids
 
 
 # ----------------------------------------------------------------------------- helpers for the backends
