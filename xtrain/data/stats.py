@@ -211,7 +211,7 @@ def _first(volume, predicate) -> str:
     return f"{volume.where(int(z))} at y={y} x={x}"
 
 
-def volume_stats(volume, mask=None, fill: bool = True) -> dict[str, Any]:
+def volume_stats(volume, mask=None, fill: bool = True, percentiles: tuple[float, ...] = ()) -> dict[str, Any]:
     """Intensity statistics of the *sample* in a ``Volume``, as Dask graphs over its chunks.
 
     Voxels that are not sample are left out: NaN and a detected fill value (``fill``: a
@@ -221,8 +221,8 @@ def volume_stats(volume, mask=None, fill: bool = True) -> dict[str, Any]:
     data up to 16 bits from a histogram of every value, wider integers and float32 by a
     two-pass radix selection on the values' sortable 32-bit keys (top 16 bits, then the low
     16 bits inside the selected bins), so one extreme voxel changes nothing but min/max.
-    Returns the ``IntensityStats.to_dict`` keys plus ``p50``, ``fill`` {value, fraction}
-    and ``masked``.  Raises ``NonFiniteError`` for Inf, or for NaN that is not a fill.
+    Returns the ``IntensityStats.to_dict`` keys plus ``p50``, ``fill`` {value, fraction},
+    ``masked`` and ``q`` {q: value} for the extra ``percentiles``.  Raises ``NonFiniteError`` for Inf, or for NaN that is not a fill.
     """
     from ..errors import NonFiniteError, ShapeMismatchError
     from .volumes import compute
@@ -233,6 +233,7 @@ def volume_stats(volume, mask=None, fill: bool = True) -> dict[str, Any]:
         raise ShapeMismatchError(f"mask '{mask.spec}' has shape {tuple(mask.shape)} but volume '{volume.spec}' has "
                                  f"{tuple(volume.shape)} (Z, Y, X); give the mask of this volume")
     dtype = np.dtype(volume.dtype)
+    wanted = tuple(sorted({*PERCENTILES, *percentiles}))
     pairs = _blocks(volume, mask)
     parts = compute(*[dask.delayed(_pass_a)(b, m) for b, m in pairs])
     n = sum(p["n"] for p in parts)
@@ -266,7 +267,7 @@ def volume_stats(volume, mask=None, fill: bool = True) -> dict[str, Any]:
             raise NonFiniteError(f"'{volume.spec}' holds no sample voxels (all fill or outside the mask); check the "
                                  "volume and the mask")
         cum = np.cumsum(counts)
-        pct = {q: float(values[np.searchsorted(cum, q / 100.0 * (total - 1), side="right")]) for q in PERCENTILES}
+        pct = {q: float(values[np.searchsorted(cum, q / 100.0 * (total - 1), side="right")]) for q in wanted}
         f64 = values.astype(np.float64)
         mean = float((counts * f64).sum() / total)
         std = float(np.sqrt(max((counts * f64 * f64).sum() / total - mean * mean, 0.0)))
@@ -286,9 +287,9 @@ def volume_stats(volume, mask=None, fill: bool = True) -> dict[str, Any]:
             counts = counts.copy()
             counts[int(_sortable(np.zeros(1, dtype if dtype.kind == "f" else dtype))[0]) >> 16] += zeros
         cum = np.cumsum(counts)
-        targets = {q: int(np.floor(q / 100.0 * (total - 1))) for q in PERCENTILES}  # 0-based rank
+        targets = {q: int(np.floor(q / 100.0 * (total - 1))) for q in wanted}  # 0-based rank
         prefix = {q: int(np.searchsorted(cum, r, side="right")) for q, r in targets.items()}
-        below = {q: int(cum[prefix[q] - 1]) if prefix[q] else 0 for q in PERCENTILES}
+        below = {q: int(cum[prefix[q] - 1]) if prefix[q] else 0 for q in wanted}
         approx_lo, approx_hi = _from_key(prefix[0.5] << 16, dtype), _from_key((prefix[99.5] << 16) | 0xFFFF, dtype)
         width = max(approx_hi - approx_lo, 1e-30)
         edges = np.linspace(max(vmin, approx_lo - 0.25 * width), min(vmax, approx_hi + 0.25 * width), HIST_BINS + 1)
@@ -297,7 +298,7 @@ def volume_stats(volume, mask=None, fill: bool = True) -> dict[str, Any]:
         prefixes = np.unique(list(prefix.values()))
         parts_b = compute(*[dask.delayed(_pass_b)(b, m, prefixes, zero_is_fill, edges) for b, m in pairs])
         pct = {}
-        for q in PERCENTILES:
+        for q in wanted:
             low = np.sum([p["low"][prefix[q]] for p in parts_b], axis=0)
             j = int(np.searchsorted(np.cumsum(low), targets[q] - below[q], side="right"))
             pct[q] = _from_key((prefix[q] << 16) | j, dtype)
@@ -320,4 +321,5 @@ def volume_stats(volume, mask=None, fill: bool = True) -> dict[str, Any]:
         "fill": fill_info,
         "masked": mask is not None,
         "percentiles": "exact",
+        **({"q": {q: pct[q] for q in percentiles}} if percentiles else {}),
     }
