@@ -92,6 +92,9 @@ def _find(f, path: Path) -> tuple[str, str]:
     three_d = [name for name, shape in candidates if len(shape) == 3]
     if len(three_d) == 1:
         return three_d[0], "the only 3-D dataset"
+    higher = [name for name, shape in candidates if len(shape) in (4, 5)]
+    if not three_d and len(higher) == 1:
+        return higher[0], "the only 3-D to 5-D dataset"
     listed = ", ".join(f"{n} {s}" for n, s in candidates) or "none"
     raise InvalidInputError(f"'{path}' has {len(three_d)} 3-D datasets, so the volume is ambiguous (datasets: "
                             f"{listed}); name one as '{path}:/PATH'")
@@ -144,7 +147,7 @@ class Hdf5Reader(Reader):
         try:
             data = np.asarray(self._dataset()[tuple(full)])
         except Exception as exc:
-            raise decode_error(exc, f"'{self.path}:{self.name}'") from exc
+            raise decode_error(exc, f"'{self.path}:{self.name}'", "hdf5plugin") from exc
         if self.zaxis < 0:
             data = data[np.newaxis][zs]
         return data

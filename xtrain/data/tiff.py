@@ -193,7 +193,7 @@ class TiffFileReader(Reader):
             with tifffile.TiffFile(self.path) as tif:
                 data = tif.asarray(key=pages, series=0, maxworkers=1)
         except Exception as exc:
-            raise decode_error(exc, where) from exc
+            raise decode_error(exc, where, "imagecodecs") from exc
         if data.size != len(pages) * self.shape[1] * self.shape[2]:
             raise CorruptFileError(f"{where}: decoded {data.shape}, expected {len(pages)} pages of {self.shape[1:]}; "
                                    "export the stack again")
@@ -215,7 +215,7 @@ class TiffFolderReader(Reader):
                 with tifffile.TiffFile(path) as tif:
                     plane = tif.asarray(key=0, maxworkers=1)
             except Exception as exc:
-                raise decode_error(exc, f"'{path}'") from exc
+                raise decode_error(exc, f"'{path}'", "imagecodecs") from exc
             plane = np.squeeze(plane)
             if plane.shape != self.shape[1:]:
                 raise ShapeMismatchError(f"'{path}' changed since the stack was opened: expected {self.shape[1:]}, "

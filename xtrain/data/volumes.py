@@ -436,28 +436,33 @@ def glob_files(pattern: str) -> list[Path]:
     return sorted((f for f in files if not f.name.startswith(".")), key=natural_key)
 
 
-def missing_codec(exc: BaseException) -> str | None:
-    """The package a decoding error asks for ('imagecodecs', 'hdf5plugin' ...), or None."""
-    text = f"{type(exc).__name__}: {exc}"
-    cause = exc.__cause__ or exc.__context__
-    if cause is not None:
-        text += f" {cause}"
-    for package in ("imagecodecs", "hdf5plugin"):
-        if package in text:
-            return package
-    if re.search(r"(not supported|not implemented|not a known COMPRESSION|filter .* (not available|unavailable)"
-                 r"|can't open .*filter|required filter)", text, re.IGNORECASE):
-        return "imagecodecs" if "COMPRESSION" in text else "hdf5plugin"
+def missing_codec(exc: BaseException, package: str) -> str | None:
+    """The package a decoding error asks for, or None: tifffile names 'imagecodecs' (or fails to import a
+    codec module), HDF5 says a filter is not available (``package`` is the backend's codec package)."""
+    chain: list[BaseException] = []
+    e: BaseException | None = exc
+    while e is not None and len(chain) < 5:
+        chain.append(e)
+        e = e.__cause__ or e.__context__
+    text = " ".join(f"{type(c).__name__}: {c}" for c in chain)
+    for name in ("imagecodecs", "hdf5plugin"):
+        if name in text:
+            return name
+    if any(isinstance(c, ImportError) for c in chain):
+        return package
+    if re.search(r"(requires the|not supported|not implemented|not a known COMPRESSION|filter.*(not available|"
+                 r"unavailable)|can't (open|synchronously read).*filter|required filter)", text, re.IGNORECASE):
+        return package
     return None
 
 
-def decode_error(exc: BaseException, where: str) -> Exception:
+def decode_error(exc: BaseException, where: str, package: str) -> Exception:
     """A one-line error for a failed decode: a missing codec names its package, anything else is corrupt."""
     first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-    package = missing_codec(exc)
-    if package is not None:
-        return CodecError(f"{where} is compressed with a codec that cannot be loaded ({first}); install it with "
-                          f"'pip install {package}' (xtrain depends on it: reinstall xtrain)")
+    name = missing_codec(exc, package)
+    if name is not None:
+        return CodecError(f"{where} is compressed with a codec that cannot be loaded ({type(exc).__name__}: {first}); "
+                          f"install it with 'pip install {name}' (an xtrain dependency: reinstall xtrain)")
     return CorruptFileError(f"{where} cannot be decoded ({type(exc).__name__}: {first}); the file is corrupt or "
                             "truncated, export it again")
 
