@@ -471,17 +471,22 @@ def decode_error(exc: BaseException, where: str, package: str) -> Exception:
 
 
 def scheduler() -> Any:
-    """The Dask scheduler for volume-wide graphs: Ray's (``ray.util.dask``) inside a Ray cluster
-    (``RAY_ADDRESS`` set and Ray connected), else Dask's threaded scheduler."""
+    """The Dask scheduler for volume-wide graphs: Ray's (``ray.util.dask.ray_dask_get``) inside a
+    Ray cluster (``RAY_ADDRESS`` set: Slurm jobs, ``ray job submit``; this process joins it),
+    else Dask's threaded scheduler.  ``XTRAIN_DASK_ON_RAY=0`` keeps the threads."""
     if os.environ.get("RAY_ADDRESS") and os.environ.get("XTRAIN_DASK_ON_RAY", "1") != "0":
         try:
             import ray
             from ray.util.dask import ray_dask_get
 
-            if ray.is_initialized():
-                return ray_dask_get
-        except Exception as exc:  # an incompatible Dask: keep the threaded scheduler, say so once
-            log.debug("Dask-on-Ray unavailable (%s: %s); using threads", type(exc).__name__, exc)
+            if not ray.is_initialized():
+                from ..train.ray_trainer import init_ray
+
+                init_ray()  # joins RAY_ADDRESS; never starts a cluster here
+            return ray_dask_get
+        except Exception as exc:  # an incompatible Dask or an unreachable cluster: threads, said once
+            log.warning("Dask-on-Ray unavailable (%s: %s); volume-wide work runs on local threads",
+                        type(exc).__name__, exc)
     return "threads"
 
 
