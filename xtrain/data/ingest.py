@@ -6,9 +6,9 @@ Order of work, so that bad input fails fast and never leaves an output behind:
    (format, shape, dtype, axes, truncation), image vs label shape, label map vs classes;
 2. the sample statistics (``volume_stats``: a Dask graph over the image's chunks, fill
    value and NaN/Inf detected, exact percentiles);
-3. the write, slab by slab (one shard layer of z at a time), through ``write_store``:
-   each slab of the image and of the mapped labels is computed from the Dask arrays with
-   the threaded scheduler and written as whole shards.  Peak memory is a few slabs
+3. the write, through ``write_store``: one Dask graph whose tasks each write one shard
+   layer of z (image, and labels mapped to class ids), so every shard is written once,
+   whole, and source chunks are read once.  Peak memory is a few chunks per thread
    whatever the volume size.  Any error here (a label value outside the map, a slice that
    fails to decode) removes the temporary store, so OUT is never created.
 """
@@ -22,6 +22,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import dask
 import numpy as np
 from tqdm.auto import tqdm
 
@@ -89,12 +90,18 @@ def ingest(
         image_arr = w.create("image", shape, stack.dtype)
         label_arr = w.create("labels", shape, np.uint8) if lab_stack is not None else None
         with tqdm(total=shape[0], desc=f"ingest {out.name}", unit="slice", disable=None) as bar:
-            for sl in w.slabs(shape[0]):  # one shard layer: every shard written once, whole
-                parts = compute(image[sl], lab[sl]) if lab is not None else compute(image[sl])
-                image_arr[sl] = parts[0]
+
+            def write(img: np.ndarray, raw: np.ndarray | None, sl: slice) -> int:
+                """One shard layer: every shard written once, whole (tasks never share a shard)."""
+                image_arr[sl] = img
                 if label_arr is not None:
-                    label_arr[sl] = map_labels(parts[1], lut, lab_stack, sl.start)
+                    label_arr[sl] = map_labels(raw, lut, lab_stack, sl.start)
                 bar.update(sl.stop - sl.start)
+                return sl.stop - sl.start
+
+            # one Dask graph: source chunks are read once even when two shard layers share them
+            compute(*[dask.delayed(write)(image[sl], lab[sl] if lab is not None else None, sl)
+                      for sl in w.slabs(shape[0])])
 
         w.info.classes = classes
         w.info.voxel_size_nm = voxel_size_nm if voxel_size_nm is not None else stack.voxel_size_nm
