@@ -266,21 +266,26 @@ def segment_baseline(baseline: Baseline, volume: Any, out: str | os.PathLike, sl
     check_output(out, overwrite)  # before any work
     shape = tuple(vol.shape)
     layout = default_layout(shape)
-    slab = slab or layout.slab  # default: whole shards, each written once
+    # whole shard layers (a multiple of the shard depth): parallel tasks never write the same shard
+    slab = -(-(slab or layout.slab) // layout.slab) * layout.slab
     image_arr = vol.array
     labels_arr = filtered(vol, baseline).map_blocks(apply_thresholds, baseline.thresholds, dtype=np.uint8)
-    stats = volume_stats(vol) if copy_image else dict(vol.info.get("stats", {}))
+    stored = dict(vol.info.get("stats") or {})
+    stats = stored if "fill" in stored or not copy_image else volume_stats(vol)  # a store's own are reused
     with write_store(out, shape, layout, overwrite=overwrite) as w:
         labels = w.create("labels", shape, np.uint8)
         image = w.create("image", shape, vol.dtype) if copy_image else None
-        for z0 in range(0, shape[0], slab):
-            z1 = min(z0 + slab, shape[0])
+
+        def write(lab: np.ndarray, img: np.ndarray | None, z0: int, z1: int) -> None:
+            labels[z0:z1] = lab  # whole shard layers: no two tasks write one shard
             if image is not None:
-                lab, img = compute(labels_arr[z0:z1], image_arr[z0:z1])
                 image[z0:z1] = img
-            else:
-                (lab,) = compute(labels_arr[z0:z1])
-            labels[z0:z1] = lab
+
+        import dask
+
+        compute(*[dask.delayed(write)(labels_arr[z0:min(z0 + slab, shape[0])],
+                                      image_arr[z0:min(z0 + slab, shape[0])] if image is not None else None,
+                                      z0, min(z0 + slab, shape[0])) for z0 in range(0, shape[0], slab)])
         w.info.classes = list(vol.classes or DEFAULT_CLASSES)
         w.info.voxel_size_nm = vol.voxel_size_nm
         w.info.stats = stats

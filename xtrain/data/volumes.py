@@ -60,7 +60,7 @@ HDF5_SUFFIXES = (".h5", ".hdf5", ".hdf", ".nxs", ".nx", ".nx5", ".cxi", ".he5")
 TIFF_SUFFIXES = (".tif", ".tiff", ".btf", ".tf8", ".tf2")
 _GLOB_CHARS = re.compile(r"[*?\[]")
 _HDF5_SPEC = re.compile(r"^(?P<file>.*?\.(?:h5|hdf5|hdf|nxs|nx|nx5|cxi|he5)):(?P<path>/.*)$", re.IGNORECASE)
-TARGET_CHUNK_BYTES = 32 * 2**20  # Dask chunks grow in z to about this size (few tasks, bounded memory)
+TARGET_CHUNK_BYTES = 8 * 2**20  # Dask chunks grow in z to about this size (whole shards of a store: 32x512x512 uint16 = 16 MB)
 _UNIT_NM = {"angstrom": 0.1, "nanometer": 1.0, "nm": 1.0, "micrometer": 1e3, "micron": 1e3, "um": 1e3, "µm": 1e3,
             "\\u00B5m": 1e3, "millimeter": 1e6, "mm": 1e6, "centimeter": 1e7, "cm": 1e7, "meter": 1e9, "m": 1e9}
 
