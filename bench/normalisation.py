@@ -86,8 +86,8 @@ def main() -> None:
         code = (f"from xtrain.infer import segment; segment({str(model)!r}, {str(work / 'masked.tif')!r}, "
                 f"{str(out)!r}, tile=64, halo=8)")
         if not out.exists():
-            subprocess.run([args.old_python, "-c", code], check=True, env={"PYTHONPATH": args.old_path,
-                                                                        "PATH": "/usr/bin:/bin"})
+            subprocess.run([args.old_python, "-c", code], check=True, cwd=args.old_path,  # cwd: not this checkout
+                           env={"PYTHONPATH": args.old_path, "PATH": "/usr/bin:/bin"})
         seg = np.asarray(zarr.open_group(str(out), mode="r")["labels"][:])
         res["dice_masked_old"] = dice(seg[core], truth[core])
         res["agree_masked_old"] = float(np.mean(seg[core] == ref[core]))
