@@ -16,16 +16,15 @@ from xtrain.evaluate import evaluate
 pytestmark = pytest.mark.slow
 
 
-def _node(i: int) -> str:
-    import ray
-
-    time.sleep(0.5)  # long enough that one node's single CPU cannot take every task
-    return ray.get_runtime_context().get_node_id()
-
-
 def test_graphs_run_on_a_two_node_ray_cluster(ray_cluster, tmp_path, monkeypatch):
     import ray
     from ray.util.dask import ray_dask_get
+
+    def _node(i: int) -> str:  # nested: pickled by value, so Ray workers need not import this test module
+        import ray
+
+        time.sleep(0.5)  # long enough that one node's single CPU cannot take every task
+        return ray.get_runtime_context().get_node_id()
 
     rng = np.random.default_rng(0)
     image = rng.integers(0, 60000, size=(21, 37, 33)).astype(np.uint16)
