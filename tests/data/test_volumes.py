@@ -15,7 +15,7 @@ import zarr
 from xtrain.cli import main
 from xtrain.data.stats import volume_stats
 from xtrain.data.store import open_store
-from xtrain.data.volumes import CodecError, open_volume
+from xtrain.data.volumes import open_volume
 from xtrain.errors import InputNotFoundError, InvalidInputError, NonFiniteError, ShapeMismatchError
 
 SHAPE = (7, 33, 29)  # odd sizes

@@ -19,7 +19,6 @@ handle per thread: h5py serialises calls internally, so concurrent Dask reads ar
 from __future__ import annotations
 
 import logging
-import os
 import threading
 from pathlib import Path
 from typing import Any

@@ -25,7 +25,6 @@ import os
 import re
 import threading
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -73,33 +72,6 @@ def _tifffile_log() -> Iterator[list[logging.LogRecord]]:
 def _first_line(record: logging.LogRecord) -> str:
     lines = record.getMessage().strip().splitlines()
     return lines[0] if lines else record.levelname
-
-
-def _one_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
-
-
-@dataclass(frozen=True)
-class _Header:
-    shape: tuple[int, ...]
-    dtype: np.dtype
-
-
-def _page_header(page, path: Path, where: str, file_size: int) -> _Header:
-    """Shape and dtype of one page, and a check that its pixel data lies inside the file.
-
-    A truncated single-page file often keeps its IFD but loses strips at the end; comparing
-    strip offsets + byte counts with the file size finds that from the header alone,
-    without decoding.
-    """
-    ends = [o + n for o, n in zip(page.dataoffsets, page.databytecounts) if n]
-    if ends and max(ends) > file_size:
-        raise CorruptFileError(
-            f"'{path}'{where} is truncated: its pixel data ends at byte {max(ends)} but the file has "
-            f"{file_size} bytes; copy or export the file again"
-        )
-    return _Header(tuple(int(s) for s in page.shape), np.dtype(page.dtype) if page.dtype is not None else None)
 
 
 def _one_line(exc: BaseException) -> str:
