@@ -156,8 +156,11 @@ def open_zarr(spec: str, path: Path, dataset: str | None, channel, time) -> Volu
         return _volume(spec, "zarr", node, _array_axes(node, where), channel, time, where,
                        provenance={"files": str(path.resolve())})
     attrs = dict(node.attrs)
-    if "xtrain" in attrs:
+    info = attrs.get("xtrain")
+    if info is not None and "image" in node:
         return _store(spec, path, dataset, channel, time)
+    if info is not None and not info.get("complete", False):  # a segmentation output still being written
+        raise CorruptFileError(f"'{path}' is incomplete (an interrupted write); finish it with --resume or delete it")
     name = dataset.strip("/") if dataset else None
     if name is None and ("multiscales" in attrs or "multiscales" in attrs.get("ome", {})):
         return _ome(node, path, channel, time, spec)
@@ -178,7 +181,9 @@ def open_zarr(spec: str, path: Path, dataset: str | None, channel, time) -> Volu
             return _ome(member, path / name, channel, time, spec)
         raise InvalidInputError(f"'{path}/{name}' is a group, not an array; name an array with --dataset")
     where = f"'{path}/{name}'"
+    vs = (info or {}).get("voxel_size_nm")  # a segmentation output (xtrain attributes, no image)
     return _volume(spec, "zarr", member, _array_axes(member, where), channel, time, where,
+                   voxel=(vs, vs, vs) if vs else None, info=info,
                    provenance={"files": str(path.resolve()), "dataset": name})
 
 
