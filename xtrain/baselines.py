@@ -27,9 +27,12 @@ applied slab by slab to any volume:
   started at the 1/6, 1/2, 5/6 quantiles (deterministic); centres sorted so class 0 is the
   darkest.  Nearest centre = thresholds half-way between neighbouring centres.
 * ``median-otsu``: 3x3x3 median filter, then ``otsu`` fitted on the filtered training
-  region.  The median needs one slice of context: slabs are read with a 1-slice halo, so
-  the result does not depend on the slab size (volume edges: 'nearest' padding, as a
-  whole-volume filter does).
+  region.  The median is a Dask graph (``dask.array.map_overlap`` with a one-voxel
+  overlap), so the result does not depend on the chunking (volume edges: 'nearest'
+  padding, as a whole-volume filter does).
+
+Every volume-wide pass (the median, the fitting histogram, the segmentation) is a Dask
+graph over the input's ``xtrain.data.volumes.Volume``, run by ``volumes.compute``.
 
 All three reduce to thresholds (+ the median), stored in the output's attributes.
 """
@@ -138,14 +141,21 @@ class Baseline:
                 "centres": self.centres, "fit": self.fit}
 
 
-def _halo_slabs(volume, halo: int, slab: int, z_range: tuple[int, int] | None = None):
-    """Yield (z0, z1, block, lo): ``block`` = slices z0 - lo .. z1 + halo (clipped), inner part ``block[lo:lo + z1 - z0]``."""
-    depth = volume.shape[0]
-    start, stop = z_range or (0, depth)
-    for z0 in range(start, stop, slab):
-        z1 = min(z0 + slab, stop)
-        a, b = max(z0 - halo, 0), min(z1 + halo, depth)
-        yield z0, z1, volume.read(a, b), z0 - a
+def _median3(block: np.ndarray) -> np.ndarray:
+    return ndimage.median_filter(block, size=3, mode="nearest")
+
+
+def filtered(volume, baseline: "Baseline"):
+    """The (Z, Y, X) dask array ``baseline`` thresholds: the volume, or its 3x3x3 median.
+
+    The median overlaps neighbouring chunks by one voxel; at the volume's faces there is no
+    overlap and ``median_filter``'s 'nearest' mode pads, so every voxel equals a median of
+    the whole volume.
+    """
+    arr = volume.array
+    if not baseline.median:
+        return arr
+    return arr.map_overlap(_median3, depth=1, boundary="none", dtype=arr.dtype)
 
 
 def _check_z_range(z_range: tuple[int, int] | None, depth: int, spec: str) -> tuple[int, int]:
@@ -155,25 +165,32 @@ def _check_z_range(z_range: tuple[int, int] | None, depth: int, spec: str) -> tu
     return int(z0), int(z1)
 
 
-def _fit_histogram(volume, z_range: tuple[int, int], baseline: Baseline, slab: int = SLAB):
+def _fit_histogram(volume, z_range: tuple[int, int], baseline: Baseline):
     """(counts, edges) of FIT_BINS bins over the FIT_TRIM range of the (filtered) training region."""
-    from .data.stats import IntensityStats
+    import dask
+    import dask.array as da
 
+    from .data.stats import volume_stats
+    from .data.volumes import array_volume, compute
+
+    region = filtered(volume, baseline)[z_range[0]:z_range[1]]
     dtype = np.dtype(volume.dtype)
-    value_range = None
-    if not (dtype.kind in "ui" and dtype.itemsize <= 2):  # float data: bins need the range first
-        lo, hi = np.inf, -np.inf
-        for _, _, block, _ in _halo_slabs(volume, 0, slab, z_range):
-            lo, hi = min(lo, float(block.min())), max(hi, float(block.max()))
-        value_range = (lo, hi)
-    stats = IntensityStats(dtype, value_range)
-    for z0, z1, block, lo in _halo_slabs(volume, baseline.halo, slab, z_range):
-        stats.update(baseline.filter(block)[lo:lo + z1 - z0])
-    lo, hi = stats.percentile(FIT_TRIM[0]), stats.percentile(FIT_TRIM[1])
-    values = stats._value(np.arange(stats.counts.size))
-    keep = stats.counts > 0
-    return np.histogram(values[keep], bins=FIT_BINS, range=(lo, hi if hi > lo else lo + 1.0),
-                        weights=stats.counts[keep])
+    if dtype.kind in "ui" and dtype.itemsize <= 2:  # exact per-value counts in one pass
+        offset = int(np.iinfo(dtype).min)
+        size = 2 ** (8 * dtype.itemsize)
+        parts = compute(*[dask.delayed(lambda b: np.bincount(b.ravel().astype(np.int64) - offset, minlength=size))(b)
+                          for b in region.to_delayed().ravel()])
+        counts = np.sum(parts, axis=0)
+        values = np.arange(size, dtype=np.float64) + offset
+        cum = np.cumsum(counts)
+        lo, hi = (values[np.searchsorted(cum, q / 100.0 * (cum[-1] - 1), side="right")] for q in FIT_TRIM)
+        keep = counts > 0
+        return np.histogram(values[keep], bins=FIT_BINS, range=(lo, hi if hi > lo else lo + 1.0),
+                            weights=counts[keep])
+    stats = volume_stats(array_volume(region, spec=f"{volume.spec} (fit region)"), fill=False, percentiles=FIT_TRIM)
+    lo, hi = stats["q"][FIT_TRIM[0]], stats["q"][FIT_TRIM[1]]
+    counts, edges = da.histogram(region, bins=FIT_BINS, range=(lo, hi if hi > lo else lo + 1.0))
+    return compute(counts)[0], np.asarray(edges)
 
 
 def kmeans_1d(values: np.ndarray, k: int = 3, iterations: int = 100) -> np.ndarray:
@@ -207,9 +224,9 @@ def fit_baseline(name: str, store: Any, z_range: tuple[int, int] | None = None, 
                  classes: int = 3) -> Baseline:
     """Fit ``name`` (one of ``BASELINES``) on slices z_range[0] .. z_range[1] - 1 of ``store``'s image.
 
-    ``store``: an xtrain store or TIFF stack path, or a volume from ``xtrain.evaluate.open_image_volume``.
+    ``store``: any volume ``xtrain.data.volumes.open_volume`` reads, or an open ``Volume``.
     """
-    from .evaluate import open_image_volume
+    from .data.volumes import open_volume as open_image_volume
 
     if name not in BASELINES:
         raise UnknownNameError("baseline", name, BASELINES)
@@ -244,9 +261,10 @@ def segment_baseline(baseline: Baseline, volume: Any, out: str | os.PathLike, sl
     Raises InvalidInputError for another suffix, OutputExistsError for an existing ``out``.
     """
     from .data.layout import PREDICTION
-    from .data.stats import IntensityStats
+    from .data.stats import volume_stats
     from .data.store import DEFAULT_CLASSES, check_output, default_layout, write_store
-    from .evaluate import open_image_volume
+    from .data.volumes import compute
+    from .data.volumes import open_volume as open_image_volume
     from .infer.write import HDF5_SUFFIXES, TIFF_SUFFIXES, write_labels_file
 
     suffix = Path(out).suffix.lower()
@@ -257,31 +275,38 @@ def segment_baseline(baseline: Baseline, volume: Any, out: str | os.PathLike, sl
     check_output(out, overwrite)  # before any work
     shape = tuple(vol.shape)
     layout = default_layout(shape)
-    slab = slab or layout.slab  # default: whole shards, each written once
+    # whole shard layers (a multiple of the shard depth): parallel tasks never write the same shard
+    slab = -(-(slab or layout.slab) // layout.slab) * layout.slab
+    image_arr = vol.array
+    labels_arr = filtered(vol, baseline).map_blocks(apply_thresholds, baseline.thresholds, dtype=np.uint8)
     classes = list(vol.classes or DEFAULT_CLASSES)
-    source = {"kind": "baseline", "baseline": baseline.to_dict(), "volume": os.fspath(vol.spec)}
-    if suffix != ".zarr":
-        slabs = (baseline.predict(block)[lo:lo + z1 - z0] for z0, z1, block, lo in _halo_slabs(vol, baseline.halo, slab))
+    source = {"kind": "baseline", "baseline": baseline.to_dict(), "volume": os.fspath(vol.spec),
+              "volume_provenance": vol.provenance}
+    if suffix != ".zarr":  # streamed slab by slab into one file
+        slabs = (compute(labels_arr[z0:min(z0 + slab, shape[0])])[0] for z0 in range(0, shape[0], slab))
         write_labels_file(Path(out), slabs, shape, classes, vol.voxel_size_nm,
                           {"xtrain": {"classes": classes, "voxel_size_nm": vol.voxel_size_nm, "source": source}})
         log.info("wrote %s (%s baseline)", out, baseline.name)
         return Path(out)
-    stats = None
-    if copy_image and np.dtype(vol.dtype).kind in "ui" and np.dtype(vol.dtype).itemsize <= 2:
-        stats = IntensityStats(vol.dtype)
+    stored = dict(vol.info.get("stats") or {})
+    stats = stored if "fill" in stored or not copy_image else volume_stats(vol)  # a store's own are reused
     with write_store(out, shape, layout, overwrite=overwrite) as w:
         labels = w.create_labels(shape, PREDICTION)
         image = w.create_image(shape, vol.dtype) if copy_image else None
-        for z0, z1, block, lo in _halo_slabs(vol, baseline.halo, slab):
-            inner = block[lo:lo + z1 - z0]  # (z1 - z0, Y, X)
-            labels[z0:z1] = baseline.predict(block)[lo:lo + z1 - z0]
+
+        def write(lab: np.ndarray, img: np.ndarray | None, z0: int, z1: int) -> None:
+            labels[z0:z1] = lab  # whole shard layers: no two tasks write one shard
             if image is not None:
-                image[z0:z1] = inner
-            if stats is not None:
-                stats.update(inner)
+                image[z0:z1] = img
+
+        import dask
+
+        compute(*[dask.delayed(write)(labels_arr[z0:min(z0 + slab, shape[0])],
+                                      image_arr[z0:min(z0 + slab, shape[0])] if image is not None else None,
+                                      z0, min(z0 + slab, shape[0])) for z0 in range(0, shape[0], slab)])
         w.info.classes = classes
         w.info.voxel_size_nm = vol.voxel_size_nm
-        w.info.stats = stats.to_dict() if stats is not None else dict(vol.info.get("stats", {}))
+        w.info.stats = stats
         w.info.source = source
     log.info("wrote %s (%s baseline)", out, baseline.name)
     return Path(out)

@@ -73,6 +73,19 @@ def _add(sub, name: str, help: str, example: str) -> argparse.ArgumentParser:
     return sub.add_parser(name, help=help, description=f"{help}\n\nexample:\n  {example}", formatter_class=_Formatter)
 
 
+def _volume_options(p: argparse.ArgumentParser) -> None:
+    """--dataset/--channel/--time/--mask: which volume of the input (xtrain.data.volumes.open_volume)."""
+    p.add_argument("--dataset", default=None, metavar="PATH", help="HDF5 dataset or Zarr array inside the input "
+                   "(also FILE.h5:/PATH; default: NeXus signal, /exchange/data or the only 3-D dataset)")
+    p.add_argument("--channel", type=int, default=None, help="channel of a multi-channel input (ImageJ hyperstack, "
+                   "4-D/5-D array); required when it has more than one")
+    p.add_argument("--time", type=int, default=None, help="time point of a time series input; required when it has "
+                   "more than one")
+    p.add_argument("--mask", default=None, help="volume of the same shape, non-zero = sample: statistics only "
+                   "inside it (default: a constant fill value such as zeros outside the reconstruction circle is "
+                   "detected and left out)")
+
+
 # ----------------------------------------------------------------------------- subcommands
 
 
@@ -98,6 +111,10 @@ def cmd_ingest(args: argparse.Namespace) -> int:
         voxel_size_nm=args.voxel_size,
         classes=args.classes,
         overwrite=args.overwrite,
+        dataset=args.dataset,
+        channel=args.channel,
+        time=args.time,
+        mask=args.mask,
     )
     return 0
 
@@ -187,7 +204,8 @@ def cmd_segment(args: argparse.Namespace) -> int:
 
     segment(args.model, args.volume, args.out, block=args.block, tile=args.tile, halo=args.halo, axes=args.axes,
             tta=args.tta, probabilities=args.probabilities, workers=args.workers, gpu=args.gpu, resume=args.resume,
-            overwrite=args.overwrite, threads=args.threads)
+            overwrite=args.overwrite, threads=args.threads, dataset=args.dataset, channel=args.channel,
+            time=args.time, mask=args.mask, normalisation=args.normalisation)
     return 0
 
 
@@ -257,8 +275,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = _add(sub, "ingest", "Convert a raw TIFF stack (and optional labels) into a chunked, compressed Zarr v3 store.",
              "xtrain ingest ../shared/data/soc_pxct/images soc.zarr --labels ../shared/data/soc_pxct/labels "
              "--label-map 0:0,128:1,255:2 --voxel-size 10")
-    p.add_argument("images", help="multi-page TIFF, folder of single-slice TIFFs (ordered by the number in the "
-                   "name), or a quoted glob such as 'scan/*.tif'")
+    p.add_argument("images", help="multi-page TIFF (OME, ImageJ, BigTIFF), folder of single-slice TIFFs (ordered "
+                   "by the number in the name), a quoted glob such as 'scan/*.tif', HDF5/NeXus (FILE.h5[:/PATH]), "
+                   "Zarr v2/v3 or OME-Zarr 0.4/0.5")
     p.add_argument("out", type=Path, help="output store, e.g. scan.zarr")
     p.add_argument("--labels", help="label stack in the same forms as IMAGES (same shape)")
     p.add_argument("--label-map", type=label_map, default=None, metavar="RAW:CLASS,...",
@@ -269,6 +288,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--classes", type=name_list, default=None, metavar="A,B,C",
                    help="class names in class-id order (default pore,ysz,ni)")
     p.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
+    _volume_options(p)
     p.set_defaults(func=cmd_ingest)
 
     p = _add(sub, "synth", "Generate a synthetic PXCT volume of a Ni-YSZ electrode with exact ground-truth labels.",
@@ -351,7 +371,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = _add(sub, "segment", "Segment a whole volume blockwise with a trained model (no seams, resumable, Ray workers).",
              "xtrain segment runs/unet/model.pt scan.zarr scan_labels.zarr --workers 2 --probabilities")
     p.add_argument("model", help="model.pt from 'xtrain train'")
-    p.add_argument("volume", help="store from 'xtrain ingest', a multi-page TIFF, a folder of TIFF slices or a quoted glob")
+    p.add_argument("volume", help="store from 'xtrain ingest', a multi-page TIFF, a folder of TIFF slices, a quoted "
+                   "glob, HDF5/NeXus (FILE.h5[:/PATH]), Zarr v2/v3 or OME-Zarr")
     p.add_argument("out", type=Path, help="output: OUT.zarr (OME-Zarr: image + prediction label image, optional "
                    "probabilities/entropy), OUT.tif (ImageJ hyperstack) or OUT.h5/.nxs (NeXus HDF5)")
     p.add_argument("--block", type=int_tuple(3), default=None, metavar="Z,Y,X",
@@ -371,6 +392,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--gpu", action="store_true", help="one Ray worker per GPU")
     p.add_argument("--resume", action="store_true", help="continue an interrupted run into OUT: redo only missing blocks")
     p.add_argument("--overwrite", action="store_true", help="replace OUT (or an interrupted run) if it exists")
+    _volume_options(p)
+    p.add_argument("--normalisation", choices=("auto", "train", "own"), default="auto",
+                   help="intensity mapping: the training statistics (train), the volume's own percentiles (own), "
+                        "or auto: train when the volume is on the training scale (same dtype, grey range mostly "
+                        "inside the training one), else own; recorded in the output")
     p.set_defaults(func=cmd_segment)
 
     p = _add(sub, "nightly", "Segment newly acquired scans: ingest, segment, QC, and a registry of what was done.",

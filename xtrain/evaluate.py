@@ -11,11 +11,12 @@ one small matrix per slice (per-slice Dice, mean +- std along z, as earlier stud
 it), then ``xtrain.microstructure.analyze`` on each volume.  No volume is ever held whole,
 so volumes larger than memory work.
 
-Inputs (``open_label_volume``): an xtrain store (its ``labels`` array), a Zarr group with
-a ``labels`` array but no image (a segmentation output), or a TIFF stack / folder / glob
-(``xtrain.data.tiff.open_stack``).  ``label_map`` maps raw values to class ids (e.g. 0/128/255
--> 0/1/2); any value outside the map (or, without a map, outside 0..K-1) is a
-``LabelValueError`` naming where it is.  ``open_image_volume`` reads grey values the same way.
+Inputs (``open_label_volume``): anything ``xtrain.data.volumes.open_volume`` reads: an
+xtrain store or a segmentation output (their ``labels`` array), a TIFF stack / folder /
+glob, HDF5/NeXus, Zarr v2/v3, OME-Zarr.  ``label_map`` maps raw values to class ids (e.g.
+0/128/255 -> 0/1/2) through the one lookup table ``xtrain.data.volumes.label_lut``; any value
+outside the map (or, without a map, outside 0..K-1) is a ``LabelValueError`` naming where
+it is.  ``open_image_volume`` reads grey values the same way.
 """
 
 from __future__ import annotations
@@ -30,163 +31,103 @@ from typing import Any
 import numpy as np
 
 from .data.store import DEFAULT_CLASSES
-from .errors import CorruptFileError, InputNotFoundError, InvalidInputError, LabelValueError, ShapeMismatchError
+from .data.volumes import Volume, array_volume, label_lut, map_labels, open_volume
+from .errors import ShapeMismatchError
 from .metrics import ConfusionMatrix, confusion_per_slice, dice_per_class, scores
 from .microstructure import DEFAULT_SLAB, analyze
 
 log = logging.getLogger(__name__)
 
-_UNMAPPED = 255  # lookup-table value of raw labels that are not in the map
+# ----------------------------------------------------------------------------- inputs
 
 
-# ----------------------------------------------------------------------------- readers
+class LabelVolume:
+    """Class ids 0..K-1 (uint8) of any volume ``open_volume`` reads, through the one label lookup table.
 
-
-class SlabVolume:
-    """A (Z, Y, X) volume read in z-slabs: ``shape``, ``dtype``, ``read(z0, z1)``, ``crop(z0, z1)``.
-
-    ``reader(z0, z1)`` returns raw slices of the full source; ``z_offset`` and ``shape``
-    select a z-range of it (``crop`` makes such views without reading anything).
+    ``source``: the raw label ``Volume``; ``image``: the grey values of the same store, if
+    it has them (for reports).  ``read(z0, z1)`` -> (n, Y, X) uint8; ``array``: the same as
+    a lazy Dask array; ``crop(z0, z1)`` a view of slices z0..z1-1.
     """
 
-    def __init__(self, spec: str, reader, shape: tuple[int, int, int], dtype: np.dtype, *,
-                 voxel_size_nm: float | None = None, classes: Sequence[str] | None = None,
-                 z_offset: int = 0, info: Mapping[str, Any] | None = None):
-        self.spec, self._reader = spec, reader
-        self.info = dict(info or {})  # the store's xtrain attributes (stats, source ...), {} for TIFF
-        self.shape = tuple(int(s) for s in shape)
-        self.dtype = np.dtype(dtype)
-        self.voxel_size_nm, self.classes = voxel_size_nm, list(classes) if classes else None
-        self.z_offset = z_offset
+    def __init__(self, source: Volume, lut: np.ndarray, image: Volume | None = None):
+        self.source, self.lut, self.image = source, lut, image
+
+    spec = property(lambda self: self.source.spec)
+    shape = property(lambda self: self.source.shape)
+    z_offset = property(lambda self: self.source.z_offset)
+    voxel_size_nm = property(lambda self: self.source.voxel_size_nm)
+    classes = property(lambda self: self.source.classes)
+    info = property(lambda self: self.source.info)
+    dtype = np.dtype(np.uint8)
 
     def read(self, z0: int, z1: int) -> np.ndarray:
-        if not 0 <= z0 <= z1 <= self.shape[0]:
-            raise IndexError(f"slices {z0}:{z1} outside a volume of {self.shape[0]} slices")
-        return np.asarray(self._reader(self.z_offset + z0, self.z_offset + z1))
+        return map_labels(self.source.read(z0, z1), self.lut, self.source, z0)
 
-    def crop(self, z0: int, z1: int) -> "SlabVolume":
-        """The view of slices z0 .. z1 - 1 (a ``z_range``); z indices of errors stay those of the source."""
-        if not 0 <= z0 < z1 <= self.shape[0]:
-            raise InvalidInputError(
-                f"z range {z0},{z1} is outside '{self.spec}' (0..{self.shape[0]}); give 0 <= Z0 < Z1 <= {self.shape[0]}"
-            )
-        out = object.__new__(type(self))
-        out.__dict__.update(self.__dict__)
-        out.shape = (z1 - z0, *self.shape[1:])
-        out.z_offset = self.z_offset + z0
-        return out
+    @property
+    def array(self):
+        """Class ids as a lazy dask.array (Z, Y, X) uint8; a bad value raises where it is computed."""
+        import dask.array as da
 
+        src = self.source.array
 
-class LabelVolume(SlabVolume):
-    """Class ids 0..K-1 (uint8) from raw labels through a lookup table; ``image`` if the source has one."""
+        def block(raw: np.ndarray, block_info=None) -> np.ndarray:
+            z0 = int(block_info[0]["array-location"][0][0]) if block_info else 0
+            return map_labels(raw, self.lut, self.source, z0)
 
-    def __init__(self, spec: str, reader, shape, dtype, lut: np.ndarray, image: SlabVolume | None = None, **kw):
-        super().__init__(spec, reader, shape, dtype, **kw)
-        self.lut, self.image = lut, image
-
-    def read(self, z0: int, z1: int) -> np.ndarray:
-        raw = super().read(z0, z1)
-        ids = self.lut[raw]
-        bad = ids == _UNMAPPED
-        if bad.any():
-            z, y, x = (int(v[0]) for v in np.nonzero(bad))
-            valid = ",".join(str(v) for v in np.flatnonzero(self.lut != _UNMAPPED))
-            raise LabelValueError(
-                f"label value {raw[z, y, x]} at z={self.z_offset + z0 + z} y={y} x={x} of '{self.spec}' is not a "
-                f"class; valid raw values: {valid} (map raw values with --label-map RAW:CLASS,...)"
-            )
-        return ids
+        return da.map_blocks(block, src, dtype=np.uint8)
 
     def crop(self, z0: int, z1: int) -> "LabelVolume":
-        out = super().crop(z0, z1)
-        out.image = self.image.crop(z0, z1) if self.image is not None else None
-        return out
+        return LabelVolume(self.source.crop(z0, z1), self.lut,
+                           self.image.crop(z0, z1) if self.image is not None else None)
 
 
-def _lut(dtype: np.dtype, label_map: Mapping[int, int] | None, num_classes: int, spec: str) -> np.ndarray:
-    """Raw value -> class id table (``_UNMAPPED`` for values not allowed)."""
-    if dtype.kind != "u" or dtype.itemsize > 2:
-        raise InvalidInputError(f"labels '{spec}' have dtype {dtype}; labels must be uint8 or uint16 class ids")
-    n_raw = np.iinfo(dtype).max + 1
-    lut = np.full(n_raw, _UNMAPPED, dtype=np.uint8)
-    for raw, cls in (dict(label_map) if label_map else {i: i for i in range(num_classes)}).items():
-        if not 0 <= cls < num_classes:
-            raise InvalidInputError(f"label map sends {raw} to class {cls}; classes are 0..{num_classes - 1}")
-        if not 0 <= raw < n_raw:
-            raise InvalidInputError(f"label map key {raw} can never occur in {dtype} labels '{spec}'")
-        lut[raw] = cls
-    return lut
+def open_image_volume(spec: Any, *, dataset: str | None = None, channel: int | None = None,
+                      time: int | None = None) -> Volume:
+    """Grey values of any volume ``open_volume`` reads (a ``Volume`` passes through)."""
+    return open_volume(spec, dataset=dataset, channel=channel, time=time)
 
 
-def _is_zarr(path: Path) -> bool:
-    return path.is_dir() and ((path / "zarr.json").exists() or path.suffix == ".zarr")
+def _store_roles(path: Path) -> tuple[bool, bool]:
+    """(has labels, has image) of an xtrain store or segmentation in either layout; (False, False) otherwise."""
+    import zarr
 
-
-def _zarr_arrays(path: Path) -> tuple[Any, Any, dict[str, Any]]:
-    """(image or None, labels or None, xtrain attributes) of an xtrain store or segmentation (either layout),
-    refusing unfinished ones; "labels" is the ground truth, else the prediction (``Store.labels``)."""
     from .data.store import open_store
 
+    try:
+        is_xtrain = path.is_dir() and "xtrain" in dict(zarr.open_group(str(path), mode="r").attrs)
+    except Exception:  # not a Zarr group: another format, open_volume says what is wrong
+        return False, False
+    if not is_xtrain:
+        return False, False
     store = open_store(path, require_image=False)
-    return store.image, store.labels, store.info.to_dict()
-
-
-def _zarr_reader(array):
-    return lambda z0, z1: array[z0:z1]
-
-
-def open_image_volume(spec: Any) -> SlabVolume:
-    """Grey values of an xtrain store (its ``image``) or a TIFF stack, read lazily (a ``SlabVolume`` passes through)."""
-    if isinstance(spec, SlabVolume):
-        return spec
-    path = Path(spec)
-    if not path.exists() and not any(c in str(spec) for c in "*?["):
-        raise InputNotFoundError(f"'{spec}' does not exist; give an xtrain store (.zarr) or a TIFF stack/folder")
-    if _is_zarr(path):
-        image, _, info = _zarr_arrays(path)
-        if image is None:
-            raise InvalidInputError(f"store '{path}' has no 'image' array; give a store made by 'xtrain ingest'")
-        return SlabVolume(str(spec), _zarr_reader(image), image.shape, image.dtype,
-                          voxel_size_nm=info.get("voxel_size_nm"), classes=info.get("classes"), info=info)
-    from .data.tiff import open_stack
-
-    stack = open_stack(spec)
-    return SlabVolume(str(spec), stack.read, stack.shape, stack.dtype)
+    return store.labels is not None, store.image is not None
 
 
 def open_label_volume(spec: Any, label_map: Mapping[int, int] | None = None,
-                      num_classes: int = len(DEFAULT_CLASSES)) -> LabelVolume:
-    """Class-id volume (``shape``, ``read(z0, z1)`` -> uint8 (n, Y, X)) from a store, a TIFF stack or an array.
+                      num_classes: int = len(DEFAULT_CLASSES), *, dataset: str | None = None) -> LabelVolume:
+    """Class-id volume from a store or segmentation (its ``labels``), any other volume, or a (Z, Y, X) array.
 
-    ``spec``: a ``LabelVolume`` (returned as it is), a (Z, Y, X) integer array, a Zarr store
-    with a ``labels`` array, or a TIFF stack (file, folder or glob).  A store's ``image``
-    (same shape) becomes ``.image`` for reports.
+    A Zarr group with a ``labels`` array (an xtrain store, a segmentation output) gives that
+    array, and its ``image`` (same shape) becomes ``.image`` for reports.
     """
     if isinstance(spec, LabelVolume):
         return spec
     if isinstance(spec, np.ndarray):
-        if spec.ndim != 3:
-            raise InvalidInputError(f"a label volume must be 3D (Z, Y, X), got shape {spec.shape}")
-        lut = _lut(spec.dtype, label_map, num_classes, "array")
-        return LabelVolume("array", _zarr_reader(spec), spec.shape, spec.dtype, lut)
+        source = array_volume(spec)
+        return LabelVolume(source, label_lut(spec.dtype, label_map, num_classes, "array"))
+    if isinstance(spec, Volume):
+        return LabelVolume(spec, label_lut(spec.dtype, label_map, num_classes, spec.spec))
     path = Path(spec)
-    if _is_zarr(path):
-        image, labels, info = _zarr_arrays(path)
-        if labels is None:
-            raise InvalidInputError(f"store '{path}' has no 'labels' array; give a store with labels or a segmentation")
-        img = None
-        if image is not None and tuple(image.shape) == tuple(labels.shape):
-            img = SlabVolume(str(spec), _zarr_reader(image), image.shape, image.dtype)
-        return LabelVolume(str(spec), _zarr_reader(labels), labels.shape, labels.dtype,
-                           _lut(np.dtype(labels.dtype), label_map, num_classes, str(spec)), img,
-                           voxel_size_nm=info.get("voxel_size_nm"), classes=info.get("classes"))
-    if not path.exists() and not any(c in str(spec) for c in "*?["):
-        raise InputNotFoundError(f"'{spec}' does not exist; give an xtrain store (.zarr) or a TIFF stack/folder")
-    from .data.tiff import open_stack
-
-    stack = open_stack(spec)
-    return LabelVolume(str(spec), stack.read, stack.shape, stack.dtype,
-                       _lut(stack.dtype, label_map, num_classes, str(spec)))
+    image = None
+    has_labels, has_image = _store_roles(path) if dataset is None else (False, False)
+    if has_labels:
+        dataset = "labels"
+        if has_image:
+            image = open_volume(spec, dataset="image")
+    source = open_volume(spec, dataset=dataset)
+    if image is not None and image.shape != source.shape:
+        image = None
+    return LabelVolume(source, label_lut(source.dtype, label_map, num_classes, str(spec)), image)
 
 
 # ----------------------------------------------------------------------------- evaluation
@@ -232,19 +173,15 @@ def evaluate(pred: Any, truth: Any, *, classes: Sequence[str] | None = None, vox
         voxel_size_nm = truth.voxel_size_nm or pred.voxel_size_nm
 
     cm = ConfusionMatrix(k)
-    per_slice = []  # (n, K, K) per slab
-    depth = truth.shape[0]
-    for z0 in range(0, depth, slab):
-        z1 = min(z0 + slab, depth)
-        slices = confusion_per_slice(pred.read(z0, z1), truth.read(z0, z1), k)  # (n, K, K)
+    per_slice = _per_slice_confusion(pred, truth, k, slab)  # list of (n, K, K), in z order
+    for slices in per_slice:
         cm.merge(slices.sum(axis=0))
-        per_slice.append(slices)
     slice_cm = np.concatenate(per_slice) if per_slice else np.zeros((0, k, k), np.int64)
     dice_z = dice_per_class(slice_cm)  # (Z, K)
     with np.errstate(invalid="ignore"), _quiet_nanmean():
         mean_dice_z = np.nanmean(dice_z, axis=1) if len(dice_z) else np.zeros(0)  # NaN classes skipped, as scores()
 
-    z_first = truth.z_offset
+    z_first, depth = truth.z_offset, truth.shape[0]
     result: dict[str, Any] = {
         "pred": pred.spec,
         "labels": truth.spec,
@@ -272,6 +209,21 @@ def evaluate(pred: Any, truth: Any, *, classes: Sequence[str] | None = None, vox
         }
     log.debug("evaluated %s vs %s: mean Dice %.4f", pred.spec, truth.spec, result["overlap"]["mean_dice"])
     return result
+
+
+def _per_slice_confusion(pred: LabelVolume, truth: LabelVolume, k: int, slab: int) -> list[np.ndarray]:
+    """(n, K, K) confusion matrices of every slice, as one Dask graph over z-slabs of both volumes."""
+    import dask
+
+    from .data.volumes import compute
+
+    depth = truth.shape[0]
+    p, t = pred.array, truth.array
+    parts = []
+    for z0 in range(0, depth, slab):
+        z1 = min(z0 + slab, depth)
+        parts.append(dask.delayed(confusion_per_slice)(p[z0:z1], t[z0:z1], k))
+    return list(compute(*parts))
 
 
 class _quiet_nanmean:

@@ -69,21 +69,13 @@ class Volume(Protocol):
     def read(self, z0: int, z1: int) -> np.ndarray: ...
 
 
-class ArrayVolume:
-    """An in-memory (Z, Y, X) array as a ``Volume`` (tests, small volumes)."""
-
-    def __init__(self, array: np.ndarray):
-        self.array = np.asarray(array)
-        if self.array.ndim != 3:
-            raise InvalidInputError(f"a volume must be 3D (Z, Y, X), got shape {self.array.shape}")
-        self.shape = tuple(int(s) for s in self.array.shape)
-
-    def read(self, z0: int, z1: int) -> np.ndarray:
-        return self.array[z0:z1]
-
-
 def as_volume(volume: Any) -> Volume:
-    return volume if hasattr(volume, "read") else ArrayVolume(volume)
+    """A ``Volume`` as it is; a (Z, Y, X) array through ``xtrain.data.volumes.array_volume``."""
+    if hasattr(volume, "read"):
+        return volume
+    from .data.volumes import array_volume
+
+    return array_volume(np.asarray(volume))
 
 
 def slabs_with_overlap(volume: Volume, slab: int):

@@ -2,12 +2,13 @@
 
     xtrain nightly --watch /beamline/incoming --model runs/unet/model.pt --out /data/segmented --once
 
-Each entry of INCOMING is one scan: a multi-page TIFF, a folder of slice TIFFs, or a Zarr
-store.  For every scan that has stopped changing, the job writes
+Each entry of INCOMING is one scan: a multi-page TIFF, a folder of slice TIFFs, an HDF5 /
+NeXus file, or a Zarr / OME-Zarr store (anything ``xtrain.data.volumes.open_volume`` reads).  For every scan that has stopped changing, the job writes
 
     RESULTS/<scan>/scan.zarr     the ingested volume (a Zarr input is read in place)
     RESULTS/<scan>/labels.zarr   the segmentation (blockwise, resumable)
-    RESULTS/<scan>/qc.json       phase fractions, mean uncertainty, intensity drift
+    RESULTS/<scan>/qc.json       phase fractions, mean uncertainty, intensity drift, the
+                                 normalisation used (training or own statistics, fill value)
 
 and records the outcome in ``RESULTS/registry.sqlite`` (scan, state, attempts, times, model
 checksum, error).  Safety rules, in the order they matter at 3 a.m.:
@@ -45,6 +46,7 @@ log = logging.getLogger(__name__)
 REGISTRY = "registry.sqlite"
 LOCK = ".nightly.lock"
 TIFF_SUFFIXES = (".tif", ".tiff")
+HDF5_SUFFIXES = (".h5", ".hdf5", ".hdf", ".nxs", ".nx5", ".cxi")
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS scans (
@@ -69,7 +71,7 @@ class LockedError(XtrainError, RuntimeError):
 class Scan:
     name: str
     path: Path
-    kind: str  # "tiff" (multi-page file), "folder" (slice TIFFs) or "zarr"
+    kind: str  # "tiff" (multi-page file), "folder" (slice TIFFs), "hdf5" or "zarr" (an xtrain store: read in place)
 
     def newest_mtime(self) -> float:
         """Latest modification time of anything in the scan (a folder's files included)."""
@@ -91,13 +93,24 @@ def find_scans(incoming: Path) -> list[Scan]:
     for entry in sorted(incoming.iterdir()):
         if entry.name.startswith("."):
             continue
-        if entry.is_dir() and entry.suffix == ".zarr":
-            scans.append(Scan(entry.stem, entry, "zarr"))
+        if entry.is_dir() and (entry.suffix == ".zarr" or (entry / "zarr.json").exists()
+                               or (entry / ".zgroup").exists() or (entry / ".zarray").exists()):
+            scans.append(Scan(entry.stem, entry, "zarr" if _is_store(entry) else "other-zarr"))
         elif entry.is_dir() and any(p.suffix.lower() in TIFF_SUFFIXES for p in entry.iterdir()):
             scans.append(Scan(entry.name, entry, "folder"))
         elif entry.is_file() and entry.suffix.lower() in TIFF_SUFFIXES:
             scans.append(Scan(entry.stem, entry, "tiff"))
+        elif entry.is_file() and entry.suffix.lower() in HDF5_SUFFIXES:
+            scans.append(Scan(entry.stem, entry, "hdf5"))
     return scans
+
+
+def _is_store(path: Path) -> bool:
+    """An xtrain store (segmented in place); any other Zarr is ingested first."""
+    try:
+        return "xtrain" in json.loads((path / "zarr.json").read_text()).get("attributes", {})
+    except (OSError, ValueError):
+        return False
 
 
 # ----------------------------------------------------------------------------- registry
@@ -204,23 +217,30 @@ def quality_summary(volume: Path, labels: Path, model: Path) -> dict[str, Any]:
     from .infer import open_segmentation
     from .train.checkpoint import load_checkpoint
 
+    import dask
+    import dask.array as da
+
+    from .data.volumes import compute
+
     seg = open_segmentation(labels)
-    lab = seg.labels
-    counts = np.zeros(256, dtype=np.int64)
-    entropy_sum, n = 0.0, 0
-    step = max(1, lab.chunks[0]) * 8
-    for z0 in range(0, lab.shape[0], step):
-        block = np.asarray(lab[z0:z0 + step])
-        counts += np.bincount(block.ravel(), minlength=256)
-        if seg.entropy is not None:
-            e = np.asarray(seg.entropy[z0:z0 + step], dtype=np.float64)
-            entropy_sum += float(e.sum())
-            n += e.size
+    lab = da.from_zarr(seg.labels)
+    parts = [dask.delayed(lambda b: np.bincount(b.ravel(), minlength=256))(b) for b in lab.to_delayed().ravel()]
+    graphs: list[Any] = [dask.delayed(sum)(parts)]
+    if seg.entropy is not None:
+        graphs.append(da.from_zarr(seg.entropy).astype(np.float64).sum())
+    results = compute(*graphs)  # one Dask graph over the labels (and entropy) chunks
+    counts = np.asarray(results[0])
+    entropy_sum = float(results[1]) if len(results) > 1 else 0.0
+    n = int(np.prod(lab.shape)) if len(results) > 1 else 0
     ckpt = load_checkpoint(model)
     classes = list(ckpt["classes"])
     total = counts.sum()
     fractions = {c: float(counts[i]) / total for i, c in enumerate(classes)}
     drift = histogram_distance(open_store(volume).info.stats, ckpt.get("stats", {}))
+    source = dict(group.attrs).get("xtrain", {}).get("source", {})
+    mapping = source.get("normalisation")
+    if mapping and mapping.get("uncertain"):
+        log.warning("%s: the normalisation choice is uncertain (%s)", volume, mapping.get("reason"))
     return {
         "volume": str(volume),
         "labels": str(labels),
@@ -229,6 +249,7 @@ def quality_summary(volume: Path, labels: Path, model: Path) -> dict[str, Any]:
         "mean_entropy": entropy_sum / n if n else None,
         "intensity_drift": drift,
         "drift_warning": drift is not None and drift > DRIFT_WARN,
+        "normalisation": mapping,
     }
 
 

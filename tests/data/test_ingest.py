@@ -173,7 +173,7 @@ def test_slices_of_different_shape_or_dtype(capsys, tmp_path):
 
 
 def test_unsupported_dtype(capsys, tmp_path):
-    folder = write_folder(tmp_path / "images", np.zeros((2, 61, 53), np.int16))
+    folder = write_folder(tmp_path / "images", np.ones((2, 61, 53), np.int64))
     assert "s_1.tif" in run_bad(capsys, tmp_path, [folder])
 
 

@@ -101,3 +101,225 @@ def normalize(x: np.ndarray, stats: dict[str, Any]) -> np.ndarray:
     lo, hi = float(stats["p0_5"]), float(stats["p99_5"])
     scale = 1.0 / (hi - lo) if hi > lo else 1.0
     return ((np.asarray(x, dtype=np.float32) - np.float32(lo)) * np.float32(scale)).astype(np.float32, copy=False)
+
+
+# ----------------------------------------------------------------------------- whole volumes (Dask graphs)
+
+FILL_SHARE = 0.01  # a single value holding >= 1 % of the voxels, far above its neighbours, is a fill value
+FILL_SPIKE = 20.0  # ... "far above": >= 20x the largest count of the 3 values on either side (integer data)
+PERCENTILES = (0.5, 50.0, 99.5)
+
+
+def _sortable(x: np.ndarray) -> np.ndarray:
+    """uint32 keys whose order is the values' order (float32: IEEE bits with the sign folded; int32: offset)."""
+    if x.dtype == np.float32:
+        bits = x.view(np.uint32)
+        return np.where(bits & np.uint32(0x80000000), ~bits, bits | np.uint32(0x80000000))
+    if x.dtype.kind == "i":
+        return (x.astype(np.int64) + 2**31).astype(np.uint32)
+    return x.astype(np.uint32)
+
+
+def _from_key(key: int, dtype: np.dtype) -> float:
+    k = np.uint32(key)
+    if dtype == np.float32:
+        bits = k & np.uint32(0x7FFFFFFF) if k & np.uint32(0x80000000) else ~k
+        return float(np.array([bits], np.uint32).view(np.float32)[0])
+    if dtype.kind == "i":
+        return float(int(k) - 2**31)
+    return float(k)
+
+
+def _exact(dtype: np.dtype) -> bool:
+    return dtype.kind in "ui" and dtype.itemsize <= 2
+
+
+def _pass_a(block: np.ndarray, mask: np.ndarray | None) -> dict[str, Any]:
+    """Per-chunk summary: counts of NaN/Inf/zero, finite min/max, moments, and a histogram
+    (exact per value for <= 16-bit integers, else of the top 16 bits of the sortable key)."""
+    flat = block.ravel()
+    if mask is not None:
+        flat = flat[mask.ravel() != 0]
+    out: dict[str, Any] = {"n": flat.size}
+    if block.dtype.kind == "f":
+        finite = np.isfinite(flat)
+        out["nan"] = int(np.count_nonzero(np.isnan(flat)))
+        out["inf"] = int(flat.size - out["nan"] - np.count_nonzero(finite))
+        flat = flat[finite]
+    else:
+        out["nan"] = out["inf"] = 0
+    out["zeros"] = int(np.count_nonzero(flat == 0))
+    out["min"] = float(flat.min()) if flat.size else np.inf
+    out["max"] = float(flat.max()) if flat.size else -np.inf
+    if _exact(block.dtype):
+        lo = np.iinfo(block.dtype).min
+        out["counts"] = np.bincount((flat.astype(np.int64) - lo), minlength=2 ** (8 * block.dtype.itemsize))
+    else:
+        nonzero = flat[flat != 0]
+        out["counts"] = np.bincount(_sortable(nonzero) >> np.uint32(16), minlength=65536)
+        out["sum"] = float(nonzero.sum(dtype=np.float64))
+        out["sumsq"] = float(np.dot(nonzero.astype(np.float64), nonzero.astype(np.float64)))
+    return out
+
+
+def _pass_b(block: np.ndarray, mask: np.ndarray | None, prefixes: np.ndarray, fill_zero: bool,
+            edges: np.ndarray) -> dict[str, Any]:
+    """Second pass for wide dtypes: low 16 bits of keys whose top 16 bits are in ``prefixes``, and a coarse histogram."""
+    flat = block.ravel()
+    if mask is not None:
+        flat = flat[mask.ravel() != 0]
+    if block.dtype.kind == "f":
+        flat = flat[np.isfinite(flat)]
+    if fill_zero:
+        flat = flat[flat != 0]
+    keys = _sortable(flat)
+    high = keys >> np.uint32(16)
+    low = {int(p): np.bincount((keys[high == p] & np.uint32(0xFFFF)), minlength=65536) for p in prefixes}
+    coarse = np.histogram(np.clip(flat, edges[0], edges[-1]), bins=edges)[0]
+    return {"low": low, "coarse": coarse}
+
+
+def _blocks(volume, mask):
+    """Delayed (image block, mask block or None) pairs over the Dask chunks of ``volume.array``."""
+    arr = volume.array
+    blocks = arr.to_delayed().ravel()
+    if mask is None:
+        return [(b, None) for b in blocks]
+    m = mask.array.rechunk(arr.chunks)
+    return list(zip(blocks, m.to_delayed().ravel()))
+
+
+def _fill_value(counts: np.ndarray, values: np.ndarray, n: int, candidates: list[int]) -> int | None:
+    """Index into ``counts`` of a fill value (a spike >= FILL_SHARE and >= FILL_SPIKE x its neighbours)."""
+    for i in candidates:
+        if i < 0 or i >= counts.size or counts[i] < FILL_SHARE * n:
+            continue
+        near = np.concatenate([counts[max(i - 3, 0):i], counts[i + 1:i + 4]])
+        if counts[i] >= FILL_SPIKE * max(int(near.max()) if near.size else 0, 1):
+            return i
+    return None
+
+
+def _first(volume, predicate) -> str:
+    """Where the first voxel with ``predicate`` lies: '<file> (slice z) at y=.. x=..' (an error path: one more pass)."""
+    import dask.array as da
+
+    from .volumes import compute
+
+    flat = int(compute(da.argmax(predicate(volume.array).ravel()))[0])
+    z, y, x = np.unravel_index(flat, volume.shape)
+    return f"{volume.where(int(z))} at y={y} x={x}"
+
+
+def volume_stats(volume, mask=None, fill: bool = True, percentiles: tuple[float, ...] = ()) -> dict[str, Any]:
+    """Intensity statistics of the *sample* in a ``Volume``, as Dask graphs over its chunks.
+
+    Voxels that are not sample are left out: NaN and a detected fill value (``fill``: a
+    constant such as the zeros outside TomoPy's reconstruction circle, holding >= 1 % of
+    the voxels and >= 20x its neighbouring values), and with ``mask`` (a ``Volume`` of the
+    same shape, non-zero = sample) everything outside it.  Percentiles are exact: integer
+    data up to 16 bits from a histogram of every value, wider integers and float32 by a
+    two-pass radix selection on the values' sortable 32-bit keys (top 16 bits, then the low
+    16 bits inside the selected bins), so one extreme voxel changes nothing but min/max.
+    Returns the ``IntensityStats.to_dict`` keys plus ``p50``, ``fill`` {value, fraction},
+    ``masked`` and ``q`` {q: value} for the extra ``percentiles``.  Raises ``NonFiniteError`` for Inf, or for NaN that is not a fill.
+    """
+    from ..errors import NonFiniteError, ShapeMismatchError
+    from .volumes import compute
+
+    import dask
+
+    if mask is not None and tuple(mask.shape) != tuple(volume.shape):
+        raise ShapeMismatchError(f"mask '{mask.spec}' has shape {tuple(mask.shape)} but volume '{volume.spec}' has "
+                                 f"{tuple(volume.shape)} (Z, Y, X); give the mask of this volume")
+    dtype = np.dtype(volume.dtype)
+    wanted = tuple(sorted({*PERCENTILES, *percentiles}))
+    pairs = _blocks(volume, mask)
+    parts = compute(*[dask.delayed(_pass_a)(b, m) for b, m in pairs])
+    n = sum(p["n"] for p in parts)
+    nan, inf = sum(p["nan"] for p in parts), sum(p["inf"] for p in parts)
+    zeros = sum(p["zeros"] for p in parts)
+    vmin, vmax = min(p["min"] for p in parts), max(p["max"] for p in parts)
+    counts = np.sum([p["counts"] for p in parts], axis=0)
+    if inf:
+        extra = " (float64 values beyond the float32 range)" if volume.provenance.get("source_dtype") == "float64" else ""
+        raise NonFiniteError(f"{_first(volume, np.isinf)} holds {inf} infinite values{extra}; replace them (e.g. with "
+                             "the background value) or rescale before using it")
+    fill_info: dict[str, Any] = {"value": None, "fraction": 0.0}
+    if nan:
+        if not fill or nan < FILL_SHARE * n:
+            raise NonFiniteError(f"{_first(volume, np.isnan)} holds {nan} nan values ({nan / max(n, 1):.2%} of the "
+                                 "voxels, too few to be a masked field of view); replace them (e.g. with the "
+                                 "background value)")
+        fill_info = {"value": "nan", "fraction": nan / n}
+    sample_n = n - nan
+    if _exact(dtype):
+        lo = np.iinfo(dtype).min
+        values = np.arange(counts.size) + lo
+        if fill and fill_info["value"] is None and sample_n:
+            i = _fill_value(counts, values, sample_n, sorted({0 - lo, int(vmin) - lo}))
+            if i is not None:
+                fill_info = {"value": int(values[i]), "fraction": float(counts[i]) / n}
+                counts = counts.copy()
+                counts[i] = 0
+        total = int(counts.sum())
+        if total == 0:
+            raise NonFiniteError(f"'{volume.spec}' holds no sample voxels (all fill or outside the mask); check the "
+                                 "volume and the mask")
+        cum = np.cumsum(counts)
+        pct = {q: float(values[np.searchsorted(cum, q / 100.0 * (total - 1), side="right")]) for q in wanted}
+        f64 = values.astype(np.float64)
+        mean = float((counts * f64).sum() / total)
+        std = float(np.sqrt(max((counts * f64 * f64).sum() / total - mean * mean, 0.0)))
+        nz = np.flatnonzero(counts)
+        smin, smax = float(values[nz[0]]), float(values[nz[-1]])
+        edges = np.linspace(smin, smax if smax > smin else smin + 1.0, HIST_BINS + 1)
+        coarse = np.histogram(f64[nz], bins=edges, weights=counts[nz])[0]
+    else:
+        zero_is_fill = bool(fill and fill_info["value"] is None and zeros >= FILL_SHARE * sample_n and sample_n)
+        if zero_is_fill:
+            fill_info = {"value": 0, "fraction": zeros / n}
+        total = int(counts.sum()) + (0 if zero_is_fill else zeros)
+        if total == 0:
+            raise NonFiniteError(f"'{volume.spec}' holds no sample voxels (all fill or outside the mask); check the "
+                                 "volume and the mask")
+        if zeros and not zero_is_fill:  # zeros were kept out of the top-16 histogram: put them back
+            counts = counts.copy()
+            counts[int(_sortable(np.zeros(1, dtype if dtype.kind == "f" else dtype))[0]) >> 16] += zeros
+        cum = np.cumsum(counts)
+        targets = {q: int(np.floor(q / 100.0 * (total - 1))) for q in wanted}  # 0-based rank
+        prefix = {q: int(np.searchsorted(cum, r, side="right")) for q, r in targets.items()}
+        below = {q: int(cum[prefix[q] - 1]) if prefix[q] else 0 for q in wanted}
+        approx_lo, approx_hi = _from_key(prefix[0.5] << 16, dtype), _from_key((prefix[99.5] << 16) | 0xFFFF, dtype)
+        width = max(approx_hi - approx_lo, 1e-30)
+        edges = np.linspace(max(vmin, approx_lo - 0.25 * width), min(vmax, approx_hi + 0.25 * width), HIST_BINS + 1)
+        if not edges[-1] > edges[0]:
+            edges = np.linspace(edges[0], edges[0] + 1.0, HIST_BINS + 1)
+        prefixes = np.unique(list(prefix.values()))
+        parts_b = compute(*[dask.delayed(_pass_b)(b, m, prefixes, zero_is_fill, edges) for b, m in pairs])
+        pct = {}
+        for q in wanted:
+            low = np.sum([p["low"][prefix[q]] for p in parts_b], axis=0)
+            j = int(np.searchsorted(np.cumsum(low), targets[q] - below[q], side="right"))
+            pct[q] = _from_key((prefix[q] << 16) | j, dtype)
+        coarse = np.sum([p["coarse"] for p in parts_b], axis=0)
+        s1, s2 = sum(p["sum"] for p in parts), sum(p["sumsq"] for p in parts)
+        mean = s1 / total
+        std = float(np.sqrt(max(s2 / total - mean * mean, 0.0)))
+        smin, smax = (vmin, vmax) if not zero_is_fill else (vmin, vmax)
+    return {
+        "dtype": dtype.name,
+        "count": int(total),
+        "min": float(smin),
+        "max": float(smax),
+        "mean": float(mean),
+        "std": float(std),
+        "p0_5": pct[0.5],
+        "p50": pct[50.0],
+        "p99_5": pct[99.5],
+        "hist": {"range": [float(edges[0]), float(edges[-1])], "counts": [int(c) for c in coarse]},
+        "fill": fill_info,
+        "masked": mask is not None,
+        "percentiles": "exact",
+        **({"q": {q: pct[q] for q in percentiles}} if percentiles else {}),
+    }

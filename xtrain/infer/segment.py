@@ -274,6 +274,11 @@ def segment(
     chunks: tuple[int, int, int] | None = None,
     shard: bool = True,
     on_block: Callable[[Block], None] | None = None,
+    dataset: str | None = None,
+    channel: int | None = None,
+    time: int | None = None,
+    mask: str | os.PathLike | None = None,
+    normalisation: str = "auto",
 ) -> Path:
     """Segment ``volume`` (store or TIFF stack) with ``model`` (model.pt) into ``out`` (.zarr / .tif / .h5).
 
@@ -285,6 +290,9 @@ def segment(
     torch threads per worker (default: all cores in-process, cores / workers on Ray).
     ``chunks``/``shard``: output layout as ``default_layout``.  ``on_block(block)`` is called
     after each finished block (progress hooks; tests raise from it to simulate a crash).
+    ``dataset``/``channel``/``time``: which volume of the input (``xtrain.data.volumes.open_volume``);
+    ``mask``: a volume of the same shape, non-zero = sample; ``normalisation``: auto, train or own
+    (``xtrain.infer.volume.choose_mapping``; recorded in the output's attributes).
     """
     out = Path(out)
     block = tuple(int(b) for b in (block or DEFAULT_BLOCKS.get(axes, DEFAULT_BLOCKS["z"])))  # type: ignore[assignment]
@@ -297,8 +305,16 @@ def segment(
     ckpt = load_checkpoint(model)
     build_model(ckpt, model)
     _, num_classes, classes = model_channels(ckpt, model)
-    vol = open_volume(volume, stats=previous["stats"] if previous and previous.get("kind") == "tiff" else None)
     train_stats = ckpt.get("stats") or {}
+    vol = open_volume(volume, stats=previous["stats"] if previous else None, dataset=dataset, channel=channel,
+                      time=time, mask=mask, train_stats=train_stats, normalisation=normalisation)
+    m = vol.mapping
+    log.info("normalisation: %s statistics, p0.5 %.6g -> 0, p99.5 %.6g -> 1 (%s)%s", m["mode"], m["lo"], m["hi"],
+             m["reason"], f"; fill value {m['fill']} ({m['fill_fraction']:.1%} of the voxels) left out"
+             if m["fill"] is not None else "")
+    if m["uncertain"]:
+        log.warning("volume '%s': the choice of normalisation is uncertain (%s); compare with --normalisation "
+                    "train / own and check the segmentation", volume, m["reason"])
     shift = distribution_shift(train_stats, vol.stats)
     if shift is None:
         log.warning("model '%s' or volume '%s' has no intensity histogram; the check against the training data "
@@ -324,7 +340,8 @@ def segment(
     settings = Settings(aligned, tile, halo, axes, tta, probabilities, window, batch_size, threads,
                         tuple(layout.chunks), shard)
     record = {"kind": vol.kind, "volume": vol.path, "shape": list(vol.shape), "model_sha256": file_checksum(model),
-              "settings": json.loads(json.dumps(asdict(settings))), "stats": vol.stats}
+              "settings": json.loads(json.dumps(asdict(settings))), "stats": vol.stats,
+              "normalisation": vol.mapping}
     if previous:
         for key in ("volume", "shape", "model_sha256", "settings"):
             if previous.get(key) != record[key]:
@@ -340,6 +357,7 @@ def segment(
             "kind": "segmentation", "volume": vol.path, "volume_kind": vol.kind, "model": str(Path(model).resolve()),
             "model_name": ckpt["model_name"], "model_sha256": record["model_sha256"],
             "model_config": ckpt.get("config"), "model_stats": train_stats, "distribution_shift": shift,
+            "normalisation": vol.mapping, "volume_provenance": vol.source.provenance,
             "settings": record["settings"], "xtrain_version": __version__,
         })
         attrs = json.loads(json.dumps(segmentation_attrs(out.stem, info.to_dict(), vol.voxel_size_nm), default=str))

@@ -1,16 +1,23 @@
-"""The volume to segment: a store or a TIFF stack behind one small read interface.
+"""The volume to segment: any input of ``xtrain.data.volumes.open_volume``, read normalised.
 
-    vol = open_volume("scan.zarr")          # or a multi-page TIFF / folder of slices / glob
-    vol.shape, vol.dtype, vol.stats         # stats: the volume's OWN percentiles (see below)
+    vol = open_volume("scan.h5:/exchange/data", train_stats=ckpt["stats"])
+    vol.shape, vol.stats, vol.mapping         # stats: the sample's own (fill value excluded)
     x = vol.read(((z0, z1), (y0, y1), (x0, x1)))   # (z, y, x) float32, normalised
 
-Normalisation.  A model was trained on data normalised with the training volume's
-0.5/99.5 percentiles.  A new scan has its own intensity scale (another exposure, another
-detector, phase values instead of counts), so it is normalised with *its own* percentiles:
-x_norm = (x - p0.5_new) / (p99.5_new - p0.5_new).  Both volumes then put the same
-material fractions at the same normalised values.  Stores carry these statistics already
-(computed at ingest); a TIFF stack gets them from one streaming pass (two for float32: a
-min/max pass first, as ingest does), never holding the volume in memory.
+Normalisation (``choose_mapping``).  A model was trained on x_norm = (x - p0.5) / (p99.5 - p0.5)
+with the training volume's percentiles.  A new volume's own percentiles depend on what is
+around the sample: a crop with almost no nickel has its p99.5 on YSZ, so YSZ would be read
+as nickel.  So a new volume *on the training scale* (same dtype, and its own p0.5..p99.5
+lies mostly inside the training range) is normalised with the training statistics; any
+other volume (another detector, phase values instead of counts) with its own.  Measured on
+the synthetic volumes of ``tests/infer/test_normalisation.py``: with training statistics a
+crop without nickel keeps its classes; with its own percentiles its YSZ becomes nickel.
+
+Voxels that are not sample never enter the statistics (``xtrain.data.stats.volume_stats``:
+NaN or a detected constant fill such as the zeros outside the reconstruction circle, or a
+``--mask``), and are given the normalised median of the sample at read time, so the
+network sees no artificial edge at the circle.  The mapping is recorded in the output's
+attributes; a choice near the threshold logs a warning.
 
 ``distribution_shift`` says how far the new volume's normalised histogram is from the
 training one; segment logs a warning above ``SHIFT_WARN``.
@@ -21,16 +28,14 @@ from __future__ import annotations
 import logging
 import os
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
-from tqdm.auto import tqdm
 
-from ..data.stats import IntensityStats, normalize
-from ..data.store import open_store
-from ..data.tiff import TIFF_SUFFIXES, open_stack
-from ..errors import InputNotFoundError, InvalidInputError, NonFiniteError
+from ..data.stats import normalize, volume_stats
+from ..data.volumes import Volume as SourceVolume
+from ..data.volumes import open_volume as open_source
+from ..errors import InvalidInputError
 from .blocks import Box
 
 log = logging.getLogger(__name__)
@@ -42,83 +47,126 @@ log = logging.getLogger(__name__)
 # a different contrast mechanism or a failed reconstruction gives > 0.1.
 SHIFT_WARN = 0.1
 _GRID = np.linspace(-0.5, 1.5, 513)  # common normalised-intensity bins for the comparison
+TRAIN_SCALE_OVERLAP = 0.5  # fraction of the new p0.5..p99.5 inside the training range: "on the training scale"
+UNCERTAIN = (0.35, 0.75)  # overlaps in this band log a warning: the choice could go either way
+MAPPINGS = ("auto", "train", "own")
+
+
+def choose_mapping(own: dict[str, Any], train: dict[str, Any] | None, mode: str = "auto") -> dict[str, Any]:
+    """The normalisation of a new volume: {"mode", "lo", "hi", "fill", "fill_to", "overlap", "reason", "uncertain"}.
+
+    ``own``: the volume's ``volume_stats``; ``train``: the model's statistics (None: own).
+    ``mode``: "train", "own" or "auto" (training statistics when the dtype matches and at
+    least ``TRAIN_SCALE_OVERLAP`` of the volume's p0.5..p99.5 lies in the training range).
+    """
+    if mode not in MAPPINGS:
+        raise InvalidInputError(f"normalisation '{mode}' is not one of {', '.join(MAPPINGS)}")
+    lo, hi = float(own["p0_5"]), float(own["p99_5"])
+    overlap = None
+    uncertain = False
+    if train and "p0_5" in train and "p99_5" in train:
+        tlo, thi = float(train["p0_5"]), float(train["p99_5"])
+        inside = max(0.0, min(hi, thi) - max(lo, tlo))
+        overlap = inside / (hi - lo) if hi > lo else float(tlo <= lo <= thi)
+    if mode == "auto":
+        if overlap is None:
+            chosen, reason = "own", "the model has no training statistics"
+        elif train.get("dtype") and train["dtype"] != own["dtype"]:
+            chosen, reason = "own", f"dtype {own['dtype']} differs from the training data's {train['dtype']}"
+        elif overlap >= TRAIN_SCALE_OVERLAP:
+            chosen, reason = "train", f"{overlap:.0%} of the volume's grey range lies in the training range"
+        else:
+            chosen, reason = "own", f"only {overlap:.0%} of the volume's grey range lies in the training range"
+        uncertain = overlap is not None and UNCERTAIN[0] <= overlap <= UNCERTAIN[1] and \
+            train.get("dtype", own["dtype"]) == own["dtype"]
+    else:
+        chosen, reason = mode, "asked for"
+        if mode == "train" and overlap is None:
+            raise InvalidInputError("--normalisation train needs a model with training statistics; use own or auto")
+    stats = train if chosen == "train" else own
+    lo, hi = float(stats["p0_5"]), float(stats["p99_5"])
+    median = float(stats.get("p50", own.get("p50", (lo + hi) / 2)))
+    fill = own.get("fill", {}).get("value")
+    return {"mode": chosen, "lo": lo, "hi": hi, "fill": fill, "fill_fraction": own.get("fill", {}).get("fraction", 0.0),
+            "fill_to": float(normalize(np.float32(median), {"p0_5": lo, "p99_5": hi})), "overlap": overlap,
+            "masked": bool(own.get("masked")), "reason": reason, "uncertain": bool(uncertain)}
+
+
+def apply_mapping(raw: np.ndarray, mapping: dict[str, Any], mask: np.ndarray | None = None) -> np.ndarray:
+    """Raw (z, y, x) -> normalised float32; fill voxels (and voxels outside ``mask``) -> ``fill_to``."""
+    x = normalize(raw, {"p0_5": mapping["lo"], "p99_5": mapping["hi"]})
+    fill = mapping.get("fill")
+    off = None
+    if fill == "nan":
+        off = np.isnan(raw)
+    elif fill is not None:
+        off = raw == fill
+    if mask is not None:
+        off = (mask == 0) if off is None else (off | (mask == 0))
+    if off is not None and off.any():
+        x[off] = np.float32(mapping["fill_to"])
+    return x
 
 
 @dataclass
 class Volume:
-    """A (Z, Y, X) volume read a box at a time; picklable (paths only) for Ray workers."""
+    """A volume to segment: a ``data.volumes.Volume`` read a box at a time, normalised; picklable."""
 
-    path: str
-    kind: str  # "store" | "tiff"
-    shape: tuple[int, int, int]
-    dtype: str
+    source: SourceVolume
     stats: dict[str, Any]
-    voxel_size_nm: float | None = None
-    _source: Any = field(default=None, repr=False, compare=False)
-
-    def __getstate__(self) -> dict[str, Any]:
-        state = self.__dict__.copy()
-        state["_source"] = None  # reopened lazily in the worker
-        return state
+    mapping: dict[str, Any] = field(default_factory=dict)
+    mask: SourceVolume | None = None
 
     @property
-    def source(self) -> Any:
-        if self._source is None:
-            self._source = open_store(self.path).image if self.kind == "store" else open_stack(self.path)
-        return self._source
+    def path(self) -> str:
+        return self.source.spec
+
+    @property
+    def kind(self) -> str:
+        return self.source.kind
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        return self.source.shape
+
+    @property
+    def dtype(self) -> str:
+        return self.source.dtype.name
+
+    @property
+    def voxel_size_nm(self) -> float | None:
+        return self.source.voxel_size_nm
 
     def read_raw(self, box: Box) -> np.ndarray:
         """Raw intensities of ``box``: (z, y, x) in the volume's dtype."""
-        (z0, z1), (y0, y1), (x0, x1) = box
-        if self.kind == "store":
-            return np.asarray(self.source[z0:z1, y0:y1, x0:x1])
-        # TIFF slices decode whole; a block narrower than the slice re-decodes it (documented cost)
-        return self.source.read(z0, z1)[:, y0:y1, x0:x1]
+        return self.source.read_box(box)
 
     def read(self, box: Box) -> np.ndarray:
-        """Normalised float32 (z, y, x) of ``box``."""
-        return normalize(self.read_raw(box), self.stats)
+        """Normalised float32 (z, y, x) of ``box`` (``mapping``; the volume's own statistics if unset)."""
+        mapping = self.mapping or choose_mapping(self.stats, None, "own")
+        mask = self.mask.read_box(box) if self.mask is not None else None
+        return apply_mapping(self.read_raw(box), mapping, mask)
 
 
-def open_volume(spec: str | os.PathLike, stats: dict[str, Any] | None = None) -> Volume:
-    """Open a store (``*.zarr`` folder) or a TIFF stack; ``stats`` skips the TIFF stats pass (resume)."""
-    path = Path(spec)
-    if path.is_dir() and (path.suffix == ".zarr" or (path / "zarr.json").exists()):
-        store = open_store(path)
-        if "p0_5" not in store.info.stats:
-            raise InvalidInputError(f"store '{path}' has no intensity statistics; recreate it with 'xtrain ingest'")
-        return Volume(str(path.resolve()), "store", store.shape, str(store.image.dtype), dict(store.info.stats),
-                      store.info.voxel_size_nm)
-    if path.suffix == ".zarr" and not path.exists():
-        raise InputNotFoundError(f"volume '{path}' does not exist; give a store from 'xtrain ingest' or a TIFF stack")
-    if path.is_file() and path.suffix.lower() not in TIFF_SUFFIXES:
-        raise InvalidInputError(f"volume '{path}' is neither a Zarr store nor a .tif/.tiff stack; ingest or convert it")
-    stack = open_stack(spec)
-    resolved = str(path.resolve()) if path.exists() else os.fspath(spec)  # a glob stays a glob
-    volume = Volume(resolved, "tiff", stack.shape, stack.dtype.name, {}, None, stack)
-    volume.stats = stats or stack_stats(volume)
-    return volume
+def open_volume(spec: str | os.PathLike, stats: dict[str, Any] | None = None, *, dataset: str | None = None,
+                channel: int | None = None, time: int | None = None, mask: str | os.PathLike | None = None,
+                train_stats: dict[str, Any] | None = None, normalisation: str = "auto") -> Volume:
+    """Open any volume (``xtrain.data.volumes.open_volume``) for segmentation and choose its normalisation.
 
-
-def stack_stats(volume: Volume, slab: int = 16) -> dict[str, Any]:
-    """Intensity statistics of a TIFF stack in streaming passes of ``slab`` slices."""
-    z, y, x = volume.shape
-    dtype = np.dtype(volume.dtype)
-    value_range = None
-    if dtype.kind == "f":  # float needs its range before the histogram pass (see IntensityStats)
-        lo, hi = np.inf, -np.inf
-        for z0 in range(0, z, slab):
-            data = volume.read_raw(((z0, min(z0 + slab, z)), (0, y), (0, x)))
-            if not np.isfinite(data).all():
-                raise NonFiniteError(f"volume '{volume.path}' holds NaN/Inf in slices {z0}..{min(z0 + slab, z) - 1}; "
-                                     "replace them (e.g. with the background value) before segmenting")
-            lo, hi = min(lo, float(data.min())), max(hi, float(data.max()))
-        value_range = (lo, hi)
-    stats = IntensityStats(dtype, value_range)
-    for z0 in tqdm(range(0, z, slab), desc="statistics", unit="slab", disable=None, leave=False):
-        for plane in volume.read_raw(((z0, min(z0 + slab, z)), (0, y), (0, x))):
-            stats.update(plane)  # per slice: update() makes float64 temporaries
-    return stats.to_dict()
+    ``stats``: the sample statistics of an earlier run (resume: no statistics pass); else
+    they are computed (``volume_stats``, a Dask graph; a store's ingest statistics are
+    reused when they already exclude a fill value and no mask is given).
+    """
+    source = open_source(spec, dataset=dataset, channel=channel, time=time)
+    mask_vol = open_source(mask) if mask is not None else None
+    if stats is None:
+        stored = source.stats
+        if stored and "fill" in stored and mask_vol is None:
+            stats = stored
+        else:
+            stats = volume_stats(source, mask_vol)
+    mapping = choose_mapping(stats, train_stats, normalisation)
+    return Volume(source, stats, mapping, mask_vol)
 
 
 def _normalised_cdf(stats: dict[str, Any]) -> np.ndarray:

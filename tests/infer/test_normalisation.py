@@ -1,0 +1,115 @@
+"""Normalisation depends on the sample: a circular mask, one extreme voxel or a crop without
+nickel must not change a voxel's class (segment with the tiny U-Net of conftest.tiny_model)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import tifffile
+import zarr
+
+from xtrain.infer import segment
+from xtrain.infer.volume import choose_mapping
+from xtrain.train.checkpoint import load_checkpoint
+
+SHAPE = (9, 61, 57)
+
+
+def sample(seed: int = 3, classes=(0, 1, 2)) -> tuple[np.ndarray, np.ndarray]:
+    """(image uint16, labels) with the pattern of conftest.make_store: 1000 * label + 1000 + noise."""
+    rng = np.random.default_rng(seed)
+    labels = np.asarray(classes, np.uint8)[rng.integers(0, len(classes), size=SHAPE)]
+    image = (labels.astype(np.float64) * 1000 + 1000 + rng.normal(0, 50, size=SHAPE)).astype(np.uint16)
+    return image, labels
+
+
+def circle(shape=SHAPE, radius=24) -> np.ndarray:
+    yy, xx = np.mgrid[: shape[1], : shape[2]]
+    return (yy - shape[1] // 2) ** 2 + (xx - shape[2] // 2) ** 2 <= radius**2  # (Y, X) True inside
+
+
+def run(model, image: np.ndarray, tmp_path, name: str, **kw) -> tuple[np.ndarray, dict]:
+    tifffile.imwrite(tmp_path / f"{name}.tif", image)
+    out = segment(model, tmp_path / f"{name}.tif", tmp_path / f"{name}.zarr", block=(16, 64, 64), tile=32, halo=4,
+                  **kw)
+    group = zarr.open_group(str(out), mode="r")
+    return np.asarray(group["labels"][:]), dict(group.attrs)["xtrain"]["source"]["normalisation"]
+
+
+def dice(a: np.ndarray, b: np.ndarray, k: int = 3) -> float:
+    scores = [2 * np.sum((a == c) & (b == c)) / max(np.sum(a == c) + np.sum(b == c), 1) for c in range(k)
+              if np.any(b == c)]
+    return float(np.mean(scores))
+
+
+def test_circular_mask_segments_like_the_unmasked_volume(tiny_model, tmp_path):
+    image, truth = sample()
+    inside = circle()
+    masked = image.copy()
+    masked[:, ~inside] = 0  # TomoPy circ_mask: zeros outside the reconstruction circle
+    full, _ = run(tiny_model, image, tmp_path, "full")
+    seg, mapping = run(tiny_model, masked, tmp_path, "masked")
+    assert mapping["fill"] == 0 and mapping["fill_fraction"] > 0.1
+    core = np.broadcast_to(circle(radius=20), SHAPE)  # away from the circle's edge (the tile's receptive field)
+    assert np.mean(seg[core] == full[core]) > 0.995
+    assert dice(seg[core], truth[core]) >= dice(full[core], truth[core]) - 0.005
+    # the statistics of the masked volume are those of the sample inside it
+    own = mapping
+    assert own["lo"] == pytest.approx(run_stats(image[:, inside])[0], rel=0.02)
+
+
+def run_stats(values: np.ndarray) -> tuple[float, float]:
+    v = np.sort(values.ravel())
+    return float(v[int(0.005 * (v.size - 1))]), float(v[int(0.995 * (v.size - 1))])
+
+
+def test_one_extreme_voxel_changes_no_class(tiny_model, tmp_path):
+    image, _ = sample(seed=4)
+    image = image.astype(np.float32)  # float: percentiles from a histogram over min..max would collapse
+    hot = image.copy()
+    hot[4, 30, 28] = 1e30
+    a, ma = run(tiny_model, image, tmp_path, "plain")
+    b, mb = run(tiny_model, hot, tmp_path, "hot")
+    assert (ma["lo"], ma["hi"]) == (mb["lo"], mb["hi"])
+    differ = a != b
+    differ[3:6] = False  # the slices whose 2.5D input holds the hot voxel may change
+    assert not differ.any()
+
+
+def test_crop_without_nickel_keeps_its_classes(tiny_model, tmp_path):
+    image, truth = sample(seed=5, classes=(0, 0, 1, 1, 1, 2))
+    image[truth == 2] = (1000 + 1000 + np.random.default_rng(0).normal(0, 50, np.sum(truth == 2))).astype(np.uint16)
+    truth[truth == 2] = 1  # a crop with (almost) no nickel: every voxel is pore or YSZ
+    seg, mapping = run(tiny_model, image, tmp_path, "crop")
+    assert mapping["mode"] == "train"
+    # the volume's own percentiles put YSZ at 1: it would be read as nickel (why auto chose train)
+    own, _ = run(tiny_model, image, tmp_path, "crop_own", normalisation="own")
+    as_ni_train, as_ni_own = np.mean(seg[truth == 1] == 2), np.mean(own[truth == 1] == 2)
+    print(f"YSZ read as Ni: {as_ni_train:.3f} with training statistics, {as_ni_own:.3f} with its own")
+    assert as_ni_own > 0.9 and as_ni_train < as_ni_own - 0.3
+    # what the model sees: with the training statistics YSZ lies where it lay in training (about 0.5)
+    from xtrain.infer.volume import apply_mapping
+
+    train = load_checkpoint(tiny_model)["stats"]
+    ysz = apply_mapping(image[truth == 1], mapping)
+    assert abs(float(np.median(ysz)) - (2000 - train["p0_5"]) / (train["p99_5"] - train["p0_5"])) < 0.02
+
+
+def test_choose_mapping_rules():
+    train = {"dtype": "uint16", "p0_5": 1000.0, "p99_5": 3000.0, "p50": 2000.0}
+    crop = {"dtype": "uint16", "p0_5": 1000.0, "p99_5": 2100.0, "p50": 1500.0, "fill": {"value": None}}
+    assert choose_mapping(crop, train)["mode"] == "train"
+    other = {"dtype": "uint16", "p0_5": 20000.0, "p99_5": 40000.0, "p50": 30000.0}
+    assert choose_mapping(other, train)["mode"] == "own"
+    floats = {"dtype": "float32", "p0_5": 1000.0, "p99_5": 3000.0, "p50": 2000.0}
+    assert choose_mapping(floats, train)["mode"] == "own"
+    half = {"dtype": "uint16", "p0_5": 2000.0, "p99_5": 4000.0, "p50": 3000.0}
+    m = choose_mapping(half, train)
+    assert m["mode"] == "train" and m["uncertain"]
+    assert choose_mapping(crop, None)["mode"] == "own"
+
+
+def test_model_stats_are_what_train_mode_uses(tiny_model):
+    stats = load_checkpoint(tiny_model)["stats"]
+    m = choose_mapping({**stats, "fill": {"value": None}}, stats, "train")
+    assert (m["lo"], m["hi"]) == (stats["p0_5"], stats["p99_5"])
