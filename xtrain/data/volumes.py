@@ -491,7 +491,18 @@ def scheduler() -> Any:
 
 
 def compute(*graphs: Any) -> tuple[Any, ...]:
-    """``dask.compute`` of ``graphs`` with ``scheduler()``."""
+    """``dask.compute`` of ``graphs`` with ``scheduler()``.
+
+    On threads, the pool is this call's own and is joined before returning or raising: when
+    one task fails, Dask raises at once while its siblings still run, and a caller that then
+    removes a partial output (``write_store``) must not see them write into it afterwards.
+    """
     import dask
 
-    return dask.compute(*graphs, scheduler=scheduler())
+    sched = scheduler()
+    if sched != "threads":
+        return dask.compute(*graphs, scheduler=sched)
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:  # exit = shutdown(wait=True)
+        return dask.compute(*graphs, scheduler="threads", pool=pool)
