@@ -144,12 +144,6 @@ class Store:
     def shape(self) -> tuple[int, int, int]:
         return tuple(self.image.shape)  # type: ignore[return-value]
 
-    def dask_image(self):
-        """The image as a lazy Dask array (one Dask chunk per Zarr shard/chunk)."""
-        import dask.array as da
-
-        return da.from_zarr(self.image, chunks=self.image.shards or self.image.chunks)
-
     def dask_labels(self):
         import dask.array as da
 

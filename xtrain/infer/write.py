@@ -25,7 +25,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import uuid
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +34,7 @@ import zarr
 
 from ..data.store import Layout, compressor, ome_attrs, remove_path, replace_into_place
 from ..errors import CorruptFileError, InputNotFoundError
+from ..runtime import atomic_write
 from .blocks import Block, Box
 
 log = logging.getLogger(__name__)
@@ -148,9 +148,7 @@ class Markers:
 
 
 def write_json(path: Path, data: dict[str, Any]) -> None:
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
-    tmp.write_text(json.dumps(data, indent=2, default=str))
-    os.replace(tmp, path)
+    atomic_write(path, json.dumps(data, indent=2, default=str), what="the segmentation job record")
 
 
 def stream_tiff(labels: zarr.Array, path: Path, description: str, slab: int) -> None:
