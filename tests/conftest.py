@@ -69,8 +69,9 @@ def ray_cluster():
     """One Ray for the whole test session: two nodes of one CPU each on this machine.
 
     Two nodes (``ray.cluster_utils.Cluster``) rather than one, so every Ray test also
-    exercises the cross-node path (2 training workers land on different nodes).  Only what
-    this fixture started is shut down.
+    exercises the cross-node path (2 training workers land on different nodes).  The head
+    runs the dashboard: Ray Train frees the workers of a trial Tune ended through the state
+    API (xtrain tune refuses a cluster without it).  Only what this fixture started is shut down.
     """
     from xtrain.train.ray_trainer import quiet_ray
 
@@ -81,7 +82,8 @@ def ray_cluster():
     if ray.is_initialized():
         yield None
         return
-    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False})
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": True,
+                                                                    "dashboard_host": "127.0.0.1"})
     cluster.add_node(num_cpus=1)
     cluster.wait_for_nodes()
     ray.init(address=cluster.address, log_to_driver=False, logging_level="warning")

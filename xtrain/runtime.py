@@ -185,6 +185,8 @@ def disk_full_cause(exc: BaseException | None) -> OSError | None:
             return e
         if isinstance(e, OSError) and e.errno in DISK_FULL_ERRNOS:
             return e
+        if type(e).__name__ == "OperationalError" and "disk is full" in str(e):  # sqlite3 (the nightly registry)
+            return OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
         stack.extend([e.__cause__, e.__context__, getattr(e, "cause", None)])
         stack.extend(getattr(e, "exceptions", None) or [])
     return None

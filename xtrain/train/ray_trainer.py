@@ -41,6 +41,7 @@ STOP = "STOP"
 TRAIN_LOG = "train.log"
 STATUS = "status.json"
 CHECKPOINT_FILE = "last.pt"
+PIDS = ".pids"  # RUN_DIR/.pids/rank-N: the process id of each training worker (latest attempt)
 
 QUIET_RAY_ENV = runtime.QUIET_RAY_ENV
 quiet_ray = runtime.quiet_ray  # re-exported: tests and older callers import it from here
@@ -99,7 +100,11 @@ def prepare_run_dir(run_dir: str | Path, cfg: Config, resume: bool) -> tuple[Pat
             check_same_config(run_dir, cfg)
             raise AlreadyComplete(str(run_dir))
         if not last.exists():
-            raise RunStateError(f"cannot resume '{run_dir}': it has no {LAST}; start it without --resume")
+            if not state:
+                raise RunStateError(f"cannot resume '{run_dir}': it has no {LAST}; start it without --resume")
+            check_same_config(run_dir, cfg)
+            log.warning("run '%s' stopped (%s) before its first checkpoint; starting it from epoch 1", run_dir, state)
+            resume = False
     elif run_dir.exists() and any(run_dir.iterdir()):
         hint = "pass --resume to continue it" if last.exists() and state != "finished" else "choose a new --out"
         raise RunStateError(f"run directory '{run_dir}' already exists and is not empty; {hint}")
@@ -121,6 +126,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     run_dir = Path(config["run_dir"])
     context = ray.train.get_context()
     rank = context.get_world_rank()
+    (run_dir / PIDS).mkdir(exist_ok=True)  # which process is which rank (operators, tests killing one)
+    runtime.atomic_write(run_dir / PIDS / f"rank-{rank}", f"{os.getpid()}\n", what="a worker pid file")
     xlog = logging.getLogger("xtrain")
     xlog.setLevel(logging.INFO)
     if rank == 0 and not any(isinstance(h, logging.FileHandler) for h in xlog.handlers):
@@ -193,11 +200,13 @@ def worker_error(exc: BaseException) -> BaseException | None:
     return None
 
 
-def make_trainer(cfg: Config, run_dir: Path, resume_from: Path | None, callbacks: list | None = None):
+def make_trainer(cfg: Config, run_dir: Path, resume_from: Path | None, callbacks: list | None = None,
+                 cpus_per_worker: int | None = None):
     """A ``TorchTrainer`` running ``train_loop_per_worker`` on ``cfg`` into ``run_dir``.
 
     Every launch gets a fresh run name (Ray silently resumes a reused one); resumption goes
-    through RUN_DIR/last.pt.  Returns (trainer, attempt name)."""
+    through RUN_DIR/last.pt.  ``cpus_per_worker`` (default Ray's 1): Ray sets each worker's
+    OMP_NUM_THREADS, so torch's thread count, to it.  Returns (trainer, attempt name)."""
     import ray.train
     from ray.train.torch import TorchConfig, TorchTrainer
 
@@ -207,7 +216,9 @@ def make_trainer(cfg: Config, run_dir: Path, resume_from: Path | None, callbacks
         train_loop_config={"config": config_to_dict(cfg), "run_dir": str(run_dir),
                            "resume": str(resume_from) if resume_from else None},
         torch_config=TorchConfig(backend="nccl" if cfg.train.use_gpu else "gloo"),
-        scaling_config=ray.train.ScalingConfig(num_workers=cfg.train.workers, use_gpu=cfg.train.use_gpu),
+        scaling_config=ray.train.ScalingConfig(
+            num_workers=cfg.train.workers, use_gpu=cfg.train.use_gpu,
+            resources_per_worker={"CPU": cpus_per_worker} if cpus_per_worker else None),
         run_config=ray.train.RunConfig(
             name=attempt,
             storage_path=str(run_dir / "ray"),

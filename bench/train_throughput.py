@@ -1,0 +1,84 @@
+"""Training throughput: a plain single-process torch loop vs Ray Train with 1 and 2 workers.
+
+All three run the same ``xtrain.train.loop.fit`` on the same synthetic store, model, patches,
+batch size and number of cores: the plain loop in this process with ``--cores`` torch threads;
+Ray Train with 1 worker of ``--cores`` CPUs (Ray sets its OMP_NUM_THREADS) and with 2 workers
+of ``--cores / 2`` CPUs each (DDP over gloo), inside a private local Ray of ``--cores`` CPUs.
+Throughput is the median over epochs 2.. of the training samples per second that ``fit``
+records in metrics.csv (epoch 1 warms up; Ray's start-up and validation are not counted).
+
+    python bench/train_throughput.py --cores 2 --epochs 4
+
+Last line: ``RESULT ray1_vs_plain=... ray2_vs_plain=... plain_samples_per_s=... ray1_samples_per_s=...
+ray2_samples_per_s=...`` (target: ray1_vs_plain >= 0.9).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import statistics
+import tempfile
+from pathlib import Path
+
+import torch
+
+from xtrain.config import load_config
+from xtrain.data.synth import synthesize
+from xtrain.runtime import ray_session
+from xtrain.train.loop import METRICS, WorkerContext, fit, read_metrics
+from xtrain.train.ray_trainer import fit_trainer, make_trainer, prepare_run_dir
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def throughput(run_dir: Path) -> float:
+    rates = [float(r["samples_per_s"]) for r in read_metrics(run_dir / METRICS)]
+    return statistics.median(rates[1:] if len(rates) > 1 else rates)
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--shape", default="48,192,192", help="synthetic store Z,Y,X")
+    p.add_argument("--cores", type=int, default=2, help="cores for every variant (even: 2 workers split them)")
+    p.add_argument("--epochs", type=int, default=4)
+    p.add_argument("--samples", type=int, default=512, help="training patches per epoch (all workers together)")
+    p.add_argument("--patch", type=int, default=64)
+    p.add_argument("--batch", type=int, default=16)
+    args = p.parse_args()
+    logging.basicConfig(level=logging.WARNING, format="%(message)s")
+    root = Path(tempfile.mkdtemp(prefix="xtrain-throughput-"))
+    store = synthesize(root / "synth.zarr", shape=tuple(int(v) for v in args.shape.split(",")), preset="medium",
+                       seed=0)
+
+    def config(workers: int):
+        return load_config(REPO / "configs" / "tiny.yaml", [
+            f"data.store={store}", f"data.patch={args.patch}", f"data.samples_per_epoch={args.samples}",
+            "data.val_patches=16", "data.loader_workers=0", f"train.batch_size={args.batch}",
+            f"train.epochs={args.epochs}", f"train.workers={workers}", "train.max_failures=0"])
+
+    torch.set_num_threads(args.cores)
+    plain_dir = root / "plain"
+    plain_dir.mkdir()
+    fit(config(1), plain_dir, WorkerContext())
+    rates = {"plain": throughput(plain_dir)}
+    print(f"plain torch loop, {args.cores} threads: {rates['plain']:.1f} samples/s", flush=True)
+
+    with ray_session(num_cpus=args.cores):
+        for workers in (1, 2):
+            cfg = config(workers)
+            run_dir, _ = prepare_run_dir(root / f"ray{workers}", cfg, resume=False)
+            trainer, attempt = make_trainer(cfg, run_dir, None, cpus_per_worker=args.cores // workers)
+            fit_trainer(trainer, run_dir, attempt=attempt)
+            rates[f"ray{workers}"] = throughput(run_dir)
+            print(f"Ray Train, {workers} worker(s) x {args.cores // workers} CPUs: {rates[f'ray{workers}']:.1f} "
+                  "samples/s", flush=True)
+
+    print(f"RESULT ray1_vs_plain={rates['ray1'] / rates['plain']:.3f} ray2_vs_plain={rates['ray2'] / rates['plain']:.3f} "
+          f"plain_samples_per_s={rates['plain']:.1f} ray1_samples_per_s={rates['ray1']:.1f} "
+          f"ray2_samples_per_s={rates['ray2']:.1f} cores={args.cores}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
