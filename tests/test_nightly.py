@@ -250,3 +250,28 @@ def test_a_full_disk_stops_the_job_without_using_an_attempt_and_resumes(tiny_mod
     subprocess.run(["mount", "-o", "remount,size=64m", str(small_disk)], check=True)
     counts = run_nightly(incoming, tiny_model, results, once=True, settle=60, segment_options=FAST)
     assert counts["done"] == 1 and open_segmentation(results / "big" / "labels.zarr")["labels"].shape == (24, 64, 64)
+
+
+@pytest.mark.slow
+def test_nightly_with_ray_workers_leaves_no_ray_running(tiny_model, tmp_path):
+    """segment(workers=2) from nightly starts a local Ray and must stop it (it used to stay up)."""
+    import subprocess
+    import sys
+
+    incoming = tmp_path / "incoming"
+    incoming.mkdir()
+    make_store(incoming / "vol.zarr", shape=(9, 40, 36), seed=3)
+    age(incoming)
+    code = f"""
+import ray
+from xtrain.nightly import run_nightly
+opts = dict(tile=32, halo=4, chunks=(8, 16, 16), shard=False, block=(8, 16, 16), workers=2, threads=1)
+counts = run_nightly({str(incoming)!r}, {str(tiny_model)!r}, {str(tmp_path / 'results')!r}, once=True, settle=60,
+                     segment_options=opts)
+assert counts["done"] == 1, counts
+assert not ray.is_initialized(), "a local Ray was left running"
+print("OK")
+"""
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=600)
+    assert out.returncode == 0 and out.stdout.strip().endswith("OK"), out.stderr[-3000:]

@@ -96,17 +96,11 @@ def config_from_args(args: argparse.Namespace, extra: list[str]):
 
 def cmd_ingest(args: argparse.Namespace) -> int:
     from .data.ingest import ingest
+    from .runtime import writing
 
-    ingest(
-        args.images,
-        args.out,
-        labels=args.labels,
-        label_map=args.label_map,
-        chunks=args.chunks,
-        voxel_size_nm=args.voxel_size,
-        classes=args.classes,
-        overwrite=args.overwrite,
-    )
+    with writing(args.out, "the ingested store"):  # a full disk: one line, nothing left behind
+        ingest(args.images, args.out, labels=args.labels, label_map=args.label_map, chunks=args.chunks,
+               voxel_size_nm=args.voxel_size, classes=args.classes, overwrite=args.overwrite)
     return 0
 
 

@@ -145,7 +145,7 @@ def test_full_disk_is_one_line_exit_3_and_resume_continues_once_there_is_space(d
 
 
 @pytest.mark.slow
-def test_a_killed_ray_worker_is_replaced_and_the_output_is_bit_identical(data, tmp_path, ray_cluster):
+def test_a_killed_ray_worker_is_replaced_and_the_output_is_bit_identical(data, tmp_path, ray_cluster, caplog):
     import ray
 
     pool: list = []
@@ -157,7 +157,8 @@ def test_a_killed_ray_worker_is_replaced_and_the_output_is_bit_identical(data, t
             os.kill(pid, signal.SIGKILL)  # a pid this test's own segment run started
             killed.append(pid)
 
-    out = segment(data["model"], data["store"], tmp_path / "two.zarr", threads=1, workers=2,
-                  on_actors=lambda actors: pool.__setitem__(slice(None), actors), on_block=kill_first_worker, **KW)
-    assert killed
+    with caplog.at_level("WARNING"):
+        out = segment(data["model"], data["store"], tmp_path / "two.zarr", threads=1, workers=2,
+                      on_actors=lambda actors: pool.__setitem__(slice(None), actors), on_block=kill_first_worker, **KW)
+    assert killed and "a segmentation worker died" in caplog.text
     assert same_as(out, data["ref"])
