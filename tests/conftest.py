@@ -10,6 +10,12 @@ import numpy as np
 import pytest
 import torch
 
+from xtrain.runtime import quiet_ray
+
+# Ray reads some settings (RAY_AUTH_MODE: token auth once ~/.ray/auth_token exists) when it is
+# first imported: set them before any test module imports ray.
+quiet_ray()
+
 REPO = Path(__file__).resolve().parents[1]
 REAL_DATA = Path(os.environ.get("XTRAIN_REAL_DATA", REPO.parent / "shared" / "data" / "soc_pxct"))
 

@@ -194,12 +194,18 @@ class Registry:
         """Record the outcome of the running version; ``result`` (and ``fingerprint``) replace the
         scan's only when given (a failed or interrupted new version keeps the previous result)."""
         now = _now()
-        self.db.execute("UPDATE scans SET state=?, finished=?, result=COALESCE(?, result), error=?, "
-                        "attempts=attempts - ?, fingerprint=COALESCE(?, fingerprint) WHERE name=?",
-                        (state, now, result, error, 0 if count_attempt else 1, fingerprint, name))
-        self.db.execute("UPDATE versions SET state=?, finished=?, result=?, error=? WHERE name=? AND "
-                        "version=(SELECT version FROM scans WHERE name=?)", (state, now, result, error, name, name))
-        self.db.commit()
+        try:
+            self.db.execute("UPDATE scans SET state=?, finished=?, result=COALESCE(?, result), error=?, "
+                            "attempts=attempts - ?, fingerprint=COALESCE(?, fingerprint) WHERE name=?",
+                            (state, now, result, error, 0 if count_attempt else 1, fingerprint, name))
+            self.db.execute("UPDATE versions SET state=?, finished=?, result=?, error=? WHERE name=? AND "
+                            "version=(SELECT version FROM scans WHERE name=?)", (state, now, result, error, name, name))
+            self.db.commit()
+        except sqlite3.OperationalError as exc:
+            if runtime.disk_full_cause(exc) is None or state == "done":
+                raise
+            self.db.rollback()  # the scan stays "running": the next run resumes it
+            log.error("%s: could not record '%s' in the registry (%s); it resumes next time", name, state, exc)
 
     def forget(self, name: str) -> None:
         self.db.execute("DELETE FROM scans WHERE name=?", (name,))
@@ -244,9 +250,13 @@ def version_dir(results: Path, name: str, version: int) -> Path:
 
 
 def process_scan(scan: Scan, model: Path, results: Path, segment_options: dict[str, Any], version: int = 1,
-                 should_stop: Callable[[], bool] = runtime.never) -> dict:
-    """Ingest (unless already a store), segment and QC one scan; returns the QC summary."""
+                 should_stop: Callable[[], bool] = runtime.never, resume: bool = False) -> dict:
+    """Ingest (unless already a store), segment and QC one scan; returns the QC summary.
+
+    ``resume``: the scan is unchanged since an earlier attempt: keep its ingested store and
+    continue (or accept, "already complete") its segmentation.  Otherwise both are redone."""
     from .data.ingest import ingest
+    from .data.store import remove_path
     from .infer import segment
 
     out_dir = version_dir(results, scan.name, version)
@@ -257,13 +267,14 @@ def process_scan(scan: Scan, model: Path, results: Path, segment_options: dict[s
         volume = scan.path
     else:
         volume = out_dir / "scan.zarr"
+        if volume.exists() and not resume:  # ingested from an earlier state of the scan (--redo, a retry)
+            remove_path(volume)
         if not volume.exists():
             ingest(str(scan.path), volume)
     labels = out_dir / "labels.zarr"
-    # A finished labels.zarr here means the scan is being redone (or the registry was lost):
-    # replace it.  Otherwise resume: segment continues a partial run block by block, or
-    # starts fresh when there is none.
-    segment(model, volume, labels, resume=not labels.exists(), overwrite=labels.exists(), probabilities=True,
+    # resume: segment continues a partial run block by block (or says "already complete");
+    # otherwise a partial or finished labels.zarr is replaced.
+    segment(model, volume, labels, resume=resume, overwrite=not resume, probabilities=True,
             should_stop=should_stop, **segment_options)
     qc = quality_summary(volume, labels, model)
     runtime.atomic_write(out_dir / "qc.json", json.dumps(qc, indent=2), what="the QC summary")
@@ -382,12 +393,12 @@ def _one_pass(incoming: Path, model: Path, results: Path, registry: Registry, mo
             log.warning("%s: changed since it was segmented (version %d, %s); segmenting it again as version %d "
                         "into %s; the previous result stays until that is complete", scan.name, version - 1,
                         record["result"], version, version_dir(results, scan.name, version))
-        # "running"/"interrupted" at this point: an earlier run crashed or was stopped (we hold the lock): resume.
-        resume = bool(record and record["state"] in ("running", "interrupted") and not changed)
+        # An earlier attempt on the same files (crashed, stopped, failed on a full disk): continue it.
+        resume = bool(record and not changed and record.get("fingerprint") == fingerprint)
         registry.start(scan, model_sha, version, fingerprint)
         log.info("%s: %s (%s)", scan.name, "resuming" if resume else "segmenting", scan.kind)
         try:
-            qc = process_scan(scan, model, results, segment_options, version, should_stop)
+            qc = process_scan(scan, model, results, segment_options, version, should_stop, resume)
         except RunInterrupted as exc:
             registry.finish(scan.name, "interrupted", error=str(exc), count_attempt=False)
             raise

@@ -31,7 +31,7 @@ from typing import Any
 
 from .. import runtime
 from ..config import Config, config_from_dict, config_to_dict, describe_differences, differences, save_config
-from ..errors import RunStateError, SettingsMismatchError, XtrainError
+from ..errors import DiskFullError, RunStateError, SettingsMismatchError, XtrainError
 from .checkpoint import load_checkpoint
 from .loop import LAST, WorkerContext, fit, preflight
 
@@ -238,8 +238,14 @@ def fit_trainer(trainer, run_dir: Path, **status: Any) -> dict[str, Any]:
     try:
         result = trainer.fit()
     except BaseException as exc:
-        write_status(run_dir, state="failed", error=f"{type(exc).__name__}: {exc}"[:2000])
         cause = worker_error(exc)
+        if cause is None and runtime.disk_full_cause(exc) is not None:
+            cause = runtime.disk_full_error(exc, run_dir, "the run")
+        error = str(cause) if cause is not None else f"{type(exc).__name__}: {exc}"
+        try:
+            write_status(run_dir, state="failed", error=error[:2000])
+        except DiskFullError:
+            log.error("could not record the failure in %s: the disk is full", run_dir / STATUS)
         if cause is not None:
             raise cause from None
         raise

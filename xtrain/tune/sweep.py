@@ -94,16 +94,24 @@ def quiet_tune() -> None:
         os.environ.setdefault(k, v)
 
 
-def check_state_api() -> None:
-    """Refuse a Ray without its state API (dashboard): Train could not free ended trials' workers."""
+def check_state_api(wait_s: float = 30.0) -> None:
+    """Refuse a Ray without its state API (dashboard): Train could not free ended trials' workers.
+
+    A dashboard that is still starting gets ``wait_s`` seconds."""
     from ray.util.state import list_actors
 
-    try:
-        list_actors(limit=1, raise_on_missing_output=False)
-    except Exception as exc:  # noqa: BLE001 - any failure means the same: no state API
-        raise RunStateError("xtrain tune needs the Ray dashboard (state API) to free the workers of ended trials, "
-                            f"and this Ray cluster has none ({type(exc).__name__}); start it with "
-                            "'ray start --include-dashboard=true' or let xtrain start Ray") from None
+    t0 = time.monotonic()
+    while True:
+        try:
+            list_actors(limit=1, raise_on_missing_output=False)
+            return
+        except Exception as exc:  # noqa: BLE001 - any failure means the same: no state API
+            if time.monotonic() - t0 < wait_s:
+                time.sleep(1.0)
+                continue
+            raise RunStateError("xtrain tune needs the Ray dashboard (state API) to free the workers of ended "
+                                f"trials, and this Ray cluster has none ({type(exc).__name__}); start it with "
+                                "'ray start --include-dashboard=true' or let xtrain start Ray") from None
 
 
 # ----------------------------------------------------------------------------- checks
