@@ -97,13 +97,17 @@ def quiet_tune() -> None:
 def check_state_api(wait_s: float = 30.0) -> None:
     """Refuse a Ray without its state API (dashboard): Train could not free ended trials' workers.
 
-    A dashboard that is still starting gets ``wait_s`` seconds."""
+    A dashboard that is still starting gets ``wait_s`` seconds.  The address is the connected
+    cluster's: left out, the state API guesses from /tmp/ray, which on a shared machine can be
+    another user's Ray."""
+    import ray
     from ray.util.state import list_actors
 
+    address = ray.get_runtime_context().gcs_address
     t0 = time.monotonic()
     while True:
         try:
-            list_actors(limit=1, raise_on_missing_output=False)
+            list_actors(address=address, limit=1, raise_on_missing_output=False)
             return
         except Exception as exc:  # noqa: BLE001 - any failure means the same: no state API
             if time.monotonic() - t0 < wait_s:
