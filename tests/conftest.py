@@ -88,16 +88,29 @@ def ray_cluster():
     if ray.is_initialized():
         yield None
         return
+    from xtrain.runtime import API_SERVER_ENV, free_port
+
+    port = free_port()  # 8265 may be another Ray's on a shared machine
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": True,
-                                                                    "dashboard_host": "127.0.0.1"})
+                                                            "dashboard_host": "127.0.0.1", "dashboard_port": port})
     cluster.add_node(num_cpus=1)
     cluster.wait_for_nodes()
-    ray.init(address=cluster.address, log_to_driver=False, logging_level="warning")
+    # State API clients (Train's PlacementGroupCleaner) must ask this cluster, not the Ray that
+    # /tmp/ray points at (see runtime.ray_session).
+    api = f"http://127.0.0.1:{port}"
+    previous = os.environ.get(API_SERVER_ENV)
+    os.environ[API_SERVER_ENV] = api
+    ray.init(address=cluster.address, log_to_driver=False, logging_level="warning",
+             runtime_env={"env_vars": {API_SERVER_ENV: api}})
     try:
         yield cluster
     finally:
         ray.shutdown()
         cluster.shutdown()
+        if previous is None:
+            os.environ.pop(API_SERVER_ENV, None)
+        else:
+            os.environ[API_SERVER_ENV] = previous
 
 
 @pytest.fixture(scope="session")

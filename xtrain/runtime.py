@@ -35,6 +35,7 @@ from .errors import DiskFullError
 
 log = logging.getLogger(__name__)
 
+API_SERVER_ENV = "RAY_API_SERVER_ADDRESS"  # where Ray's state API clients look (ray.dashboard.utils)
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)  # Slurm's time-limit warning / preemption, `scancel`
 DISK_FULL_ERRNOS = frozenset(e for e in (errno.ENOSPC, getattr(errno, "EDQUOT", None), errno.EFBIG) if e)
 
@@ -154,12 +155,25 @@ def ray_session(num_cpus: int | None = None, dashboard: bool = False) -> Iterato
     # Worker output is not forwarded (log_to_driver=False): rank 0 logs to RUN_DIR/train.log,
     # which the driver tails, so the terminal shows xtrain's lines and not Ray's.
     kwargs: dict[str, Any] = {"logging_level": logging.WARNING, "configure_logging": False, "log_to_driver": False}
+    pinned = None
     if os.environ.get("RAY_ADDRESS"):
         ray.init(**kwargs)
-    elif dashboard:
-        ray.init(address="local", num_cpus=num_cpus, include_dashboard=True, dashboard_host="127.0.0.1", **kwargs)
     else:
-        ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, **kwargs)
+        # Ray Train's PlacementGroupCleaner asks the state API whether its controller lives, at
+        # an address it guesses from /tmp/ray: on a shared machine another user's Ray, whose
+        # answer "no such actor" made it remove our workers' placement group mid-run (measured).
+        # Pin the address for this session's processes: our dashboard, or none (a refused port).
+        port = free_port() if dashboard else None
+        pinned = f"http://127.0.0.1:{port}" if port else "http://127.0.0.1:9"
+        runtime_env = {"env_vars": {API_SERVER_ENV: pinned}}
+        if dashboard:
+            ray.init(address="local", num_cpus=num_cpus, include_dashboard=True, dashboard_host="127.0.0.1",
+                     dashboard_port=port, runtime_env=runtime_env, **kwargs)
+        else:
+            ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, runtime_env=runtime_env, **kwargs)
+    previous_api = os.environ.get(API_SERVER_ENV)
+    if pinned:
+        os.environ[API_SERVER_ENV] = pinned
     for s, h in saved.items():
         if h is not None:
             signal.signal(s, h)
@@ -167,6 +181,20 @@ def ray_session(num_cpus: int | None = None, dashboard: bool = False) -> Iterato
         yield True
     finally:
         ray.shutdown()
+        if pinned:
+            if previous_api is None:
+                os.environ.pop(API_SERVER_ENV, None)
+            else:
+                os.environ[API_SERVER_ENV] = previous_api
+
+
+def free_port() -> int:
+    """A TCP port nobody listens on now (8265, Ray's default dashboard port, may be another Ray's)."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 # ----------------------------------------------------------------------------- writes and full disks
