@@ -8,6 +8,12 @@ Throughput is the median over epochs 2.. of the training samples per second that
 records in metrics.csv (epoch 1 warms up; Ray's start-up and validation are not counted).
 
     python bench/train_throughput.py --cores 2 --epochs 4
+    python bench/train_throughput.py --one-thread      # a busy machine: 1 torch thread per process
+
+``--one-thread``: every process (the plain loop, each Ray worker) gets 1 CPU and 1 torch
+thread, so plain and 1 Ray worker use one core each and 2 Ray workers two.  On a shared,
+loaded 2-core machine two intra-op threads per process made each step many times slower and
+the figures meaningless (measured: 3.3 vs 51.5 samples/s for 2x1 against 1x2 threads).
 
 Last line: ``RESULT ray1_vs_plain=... ray2_vs_plain=... plain_samples_per_s=... ray1_samples_per_s=...
 ray2_samples_per_s=...`` (target: ray1_vs_plain >= 0.9).
@@ -45,7 +51,9 @@ def main() -> int:
     p.add_argument("--samples", type=int, default=512, help="training patches per epoch (all workers together)")
     p.add_argument("--patch", type=int, default=64)
     p.add_argument("--batch", type=int, default=16)
+    p.add_argument("--one-thread", action="store_true", help="1 CPU and 1 torch thread per process (see above)")
     args = p.parse_args()
+    per_worker = (lambda workers: 1) if args.one_thread else (lambda workers: args.cores // workers)
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
     root = Path(tempfile.mkdtemp(prefix="xtrain-throughput-"))
     store = synthesize(root / "synth.zarr", shape=tuple(int(v) for v in args.shape.split(",")), preset="medium",
@@ -57,26 +65,26 @@ def main() -> int:
             "data.val_patches=16", "data.loader_workers=0", f"train.batch_size={args.batch}",
             f"train.epochs={args.epochs}", f"train.workers={workers}", "train.max_failures=0"])
 
-    torch.set_num_threads(args.cores)
+    torch.set_num_threads(per_worker(1))
     plain_dir = root / "plain"
     plain_dir.mkdir()
     fit(config(1), plain_dir, WorkerContext())
     rates = {"plain": throughput(plain_dir)}
-    print(f"plain torch loop, {args.cores} threads: {rates['plain']:.1f} samples/s", flush=True)
+    print(f"plain torch loop, {per_worker(1)} threads: {rates['plain']:.1f} samples/s", flush=True)
 
     with ray_session(num_cpus=args.cores):
         for workers in (1, 2):
             cfg = config(workers)
             run_dir, _ = prepare_run_dir(root / f"ray{workers}", cfg, resume=False)
-            trainer, attempt = make_trainer(cfg, run_dir, None, cpus_per_worker=args.cores // workers)
+            trainer, attempt = make_trainer(cfg, run_dir, None, cpus_per_worker=per_worker(workers))
             fit_trainer(trainer, run_dir, attempt=attempt)
             rates[f"ray{workers}"] = throughput(run_dir)
-            print(f"Ray Train, {workers} worker(s) x {args.cores // workers} CPUs: {rates[f'ray{workers}']:.1f} "
+            print(f"Ray Train, {workers} worker(s) x {per_worker(workers)} CPUs: {rates[f'ray{workers}']:.1f} "
                   "samples/s", flush=True)
 
     print(f"RESULT ray1_vs_plain={rates['ray1'] / rates['plain']:.3f} ray2_vs_plain={rates['ray2'] / rates['plain']:.3f} "
           f"plain_samples_per_s={rates['plain']:.1f} ray1_samples_per_s={rates['ray1']:.1f} "
-          f"ray2_samples_per_s={rates['ray2']:.1f} cores={args.cores}")
+          f"ray2_samples_per_s={rates['ray2']:.1f} threads_per_process={'1' if args.one_thread else 'cores/workers'}")
     return 0
 
 
