@@ -113,6 +113,18 @@ def ray_cluster():
             os.environ[API_SERVER_ENV] = previous
 
 
+@pytest.fixture
+def harmless_signals():
+    """SIGTERM/SIGUSR1 that a test sends itself do nothing outside the command under test (a
+    signal arriving just after the command restored the handlers would otherwise end pytest)."""
+    import signal
+
+    saved = {s: signal.signal(s, lambda signum, frame: None) for s in (signal.SIGTERM, signal.SIGUSR1)}
+    yield
+    for s, h in saved.items():
+        signal.signal(s, h)
+
+
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory) -> Path:
     """model.pt of a 2.5D (3-slice) tiny U-Net trained in-process for a few seconds (no Ray).

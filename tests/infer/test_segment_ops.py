@@ -91,7 +91,7 @@ def tall(data):
 
 
 @pytest.mark.parametrize("sig", [signal.SIGUSR1, signal.SIGTERM])
-def test_cli_signal_exits_3_and_resume_finishes(data, tall, tmp_path, capsys, sig):
+def test_cli_signal_exits_3_and_resume_finishes(data, tall, tmp_path, capsys, sig, harmless_signals):
     store, ref = tall
     out = tmp_path / "seg.zarr"
     markers = work_dir(out) / MARKERS

@@ -125,7 +125,8 @@ CLI_SETS = ["--set", "data.patch=32", "--set", "data.samples_per_epoch=64", "--s
 CONFIG = str(Path(__file__).resolve().parents[2] / "configs" / "tiny.yaml")
 
 
-def test_sigusr1_to_xtrain_train_checkpoints_exits_3_and_resume_finishes(ray_cluster, train_store, tmp_path, capsys):
+def test_sigusr1_to_xtrain_train_checkpoints_exits_3_and_resume_finishes(ray_cluster, train_store, tmp_path, capsys,
+                                                                         harmless_signals):
     run = tmp_path / "run"
     args = ["train", "--config", CONFIG, "--data", str(train_store), "--out", str(run), "--workers", "1", *CLI_SETS,
             "--set", "train.epochs=6"]

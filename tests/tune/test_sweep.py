@@ -131,7 +131,7 @@ def test_tune_signal_handling_is_what_sweep_works_around():
 
 
 def test_sigusr1_to_xtrain_tune_interrupts_and_resume_runs_trials_to_full_length(ray_cluster, train_store, tmp_path,
-                                                                                  capsys, caplog):
+                                                                                  capsys, caplog, harmless_signals):
     """The fault: SIGUSR1 (Slurm's time-limit warning) made Tune mark running trials
     early-stopped after one epoch, write best.yaml from them, and exit 0."""
     out = tmp_path / "tune"
