@@ -14,7 +14,7 @@ import pytest
 
 from conftest import make_store
 from xtrain.cli import main
-from xtrain.errors import DiskFullError, RunInterrupted, SettingsMismatchError
+from xtrain.errors import RunInterrupted, SettingsMismatchError
 from xtrain.infer import open_segmentation, segment
 from xtrain.infer.write import MARKERS, work_dir
 from xtrain.runtime import StopRequest
