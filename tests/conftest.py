@@ -10,6 +10,12 @@ import numpy as np
 import pytest
 import torch
 
+from xtrain.runtime import quiet_ray
+
+# Ray reads some settings (RAY_AUTH_MODE: token auth once ~/.ray/auth_token exists) when it is
+# first imported: set them before any test module imports ray.
+quiet_ray()
+
 REPO = Path(__file__).resolve().parents[1]
 REAL_DATA = Path(os.environ.get("XTRAIN_REAL_DATA", REPO.parent / "shared" / "data" / "soc_pxct"))
 
@@ -69,8 +75,9 @@ def ray_cluster():
     """One Ray for the whole test session: two nodes of one CPU each on this machine.
 
     Two nodes (``ray.cluster_utils.Cluster``) rather than one, so every Ray test also
-    exercises the cross-node path (2 training workers land on different nodes).  Only what
-    this fixture started is shut down.
+    exercises the cross-node path (2 training workers land on different nodes).  The head
+    runs the dashboard: Ray Train frees the workers of a trial Tune ended through the state
+    API (xtrain tune refuses a cluster without it).  Only what this fixture started is shut down.
     """
     from xtrain.train.ray_trainer import quiet_ray
 
@@ -81,15 +88,41 @@ def ray_cluster():
     if ray.is_initialized():
         yield None
         return
-    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False})
+    from xtrain.runtime import API_SERVER_ENV, free_port
+
+    port = free_port()  # 8265 may be another Ray's on a shared machine
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": True,
+                                                            "dashboard_host": "127.0.0.1", "dashboard_port": port})
     cluster.add_node(num_cpus=1)
     cluster.wait_for_nodes()
-    ray.init(address=cluster.address, log_to_driver=False, logging_level="warning")
+    # State API clients (Train's PlacementGroupCleaner) must ask this cluster, not the Ray that
+    # /tmp/ray points at (see runtime.ray_session).
+    api = f"http://127.0.0.1:{port}"
+    previous = os.environ.get(API_SERVER_ENV)
+    os.environ[API_SERVER_ENV] = api
+    ray.init(address=cluster.address, log_to_driver=False, logging_level="warning",
+             runtime_env={"env_vars": {API_SERVER_ENV: api}})
     try:
         yield cluster
     finally:
         ray.shutdown()
         cluster.shutdown()
+        if previous is None:
+            os.environ.pop(API_SERVER_ENV, None)
+        else:
+            os.environ[API_SERVER_ENV] = previous
+
+
+@pytest.fixture
+def harmless_signals():
+    """SIGTERM/SIGUSR1 that a test sends itself do nothing outside the command under test (a
+    signal arriving just after the command restored the handlers would otherwise end pytest)."""
+    import signal
+
+    saved = {s: signal.signal(s, lambda signum, frame: None) for s in (signal.SIGTERM, signal.SIGUSR1)}
+    yield
+    for s, h in saved.items():
+        signal.signal(s, h)
 
 
 @pytest.fixture(scope="session")

@@ -11,8 +11,10 @@ import tifffile
 
 from conftest import make_store
 from xtrain.data.store import open_store
+from xtrain.errors import DiskFullError, RunInterrupted
 from xtrain.infer import open_segmentation
 from xtrain.nightly import REGISTRY, LockedError, Registry, exclusive_lock, find_scans, run_nightly
+from xtrain.runtime import StopRequest
 
 FAST = {"tile": 32, "halo": 4, "chunks": (8, 16, 16), "shard": False, "block": (8, 16, 16)}
 
@@ -140,3 +142,140 @@ def test_bad_watch_folder_is_one_line_exit_2(tiny_model, tmp_path, capsys):
     err = capsys.readouterr().err
     assert code == 2 and "nope" in err and err.strip().count("\n") == 0
     assert not (tmp_path / "res").exists()
+
+
+def test_a_scan_that_grows_is_segmented_again_as_a_new_version(tiny_model, tmp_path, caplog):
+    """The fault: 36 more slices arrived after the scan was segmented; the next night said
+    "1 already handled" and the result stayed at 12 slices, without a warning."""
+    incoming, results = tmp_path / "incoming", tmp_path / "results"
+    incoming.mkdir()
+    scan = scan_folder(incoming / "scan_a", shape=(12, 40, 36))
+    age(incoming)
+    assert run_nightly(incoming, tiny_model, results, once=True, settle=60, segment_options=FAST)["done"] == 1
+    first = results / "scan_a" / "labels.zarr"
+    assert open_segmentation(first)["labels"].shape == (12, 40, 36)
+    assert run_nightly(incoming, tiny_model, results, once=True, settle=60, segment_options=FAST)["skipped"] == 1
+
+    more = open_store(make_store(tmp_path / ".more.zarr", shape=(36, 40, 36), seed=5)).image[:]
+    for z, sl in enumerate(more):
+        tifffile.imwrite(scan / f"slice_{13 + z}.tif", sl)
+    age(incoming)
+    with caplog.at_level("WARNING"):
+        counts = run_nightly(incoming, tiny_model, results, once=True, settle=60, segment_options=FAST)
+    assert counts["done"] == 1 and "changed since it was segmented" in caplog.text
+    reg = registry(results)["scan_a"]
+    new = results / "scan_a" / "v2" / "labels.zarr"
+    assert reg["version"] == 2 and reg["state"] == "done" and reg["result"] == str(new)
+    assert open_segmentation(new)["labels"].shape == (48, 40, 36)
+    assert open_segmentation(first)["labels"].shape == (12, 40, 36)  # the previous version is kept
+    db = Registry(results / REGISTRY)
+    try:
+        versions = db.versions("scan_a")
+    finally:
+        db.close()
+    assert [(v["version"], v["state"]) for v in versions] == [(1, "done"), (2, "done")]
+    assert versions[0]["fingerprint"] != versions[1]["fingerprint"]
+    assert versions[0]["result"] == str(first) and versions[1]["result"] == str(new)
+    assert run_nightly(incoming, tiny_model, results, once=True, settle=60, segment_options=FAST)["skipped"] == 1
+
+
+def test_qc_drift_is_the_number_segment_warns_with(tiny_model, tmp_path):
+    import json
+
+    from xtrain.infer.volume import distribution_shift
+    from xtrain.train.checkpoint import load_checkpoint
+
+    incoming, results = tmp_path / "incoming", tmp_path / "results"
+    incoming.mkdir()
+    store = make_store(incoming / "vol.zarr", shape=(9, 40, 36), seed=4)
+    age(incoming)
+    run_nightly(incoming, tiny_model, results, once=True, settle=60, segment_options=FAST)
+    qc = json.loads((results / "vol" / "qc.json").read_text())
+    expected = distribution_shift(load_checkpoint(tiny_model)["stats"], open_store(store).info.stats)
+    recorded = dict(open_segmentation(results / "vol" / "labels.zarr").attrs)["xtrain"]["source"]["distribution_shift"]
+    assert qc["intensity_drift"] == recorded == expected and expected is not None
+
+
+def test_a_stop_request_leaves_the_scan_interrupted_and_the_next_run_resumes_it(tiny_model, tmp_path):
+    incoming, results = tmp_path / "incoming", tmp_path / "results"
+    incoming.mkdir()
+    make_store(incoming / "vol.zarr", shape=(21, 40, 36), seed=3)
+    age(incoming)
+    stop, seen = StopRequest(), []
+
+    def stop_after_two(block):
+        seen.append(block)
+        if len(seen) == 2:
+            stop.set("SIGUSR1")
+
+    with pytest.raises(RunInterrupted, match="--resume"):
+        run_nightly(incoming, tiny_model, results, once=True, settle=60, should_stop=stop,
+                    segment_options={**FAST, "on_block": stop_after_two})
+    reg = registry(results)["vol"]
+    assert reg["state"] == "interrupted" and reg["attempts"] == 0 and reg["result"] is None
+    resumed = []
+    counts = run_nightly(incoming, tiny_model, results, once=True, settle=60,
+                         segment_options={**FAST, "on_block": resumed.append})
+    assert counts["done"] == 1 and registry(results)["vol"]["attempts"] == 1
+    assert len(resumed) == 27 - 2  # 3 x 3 x 3 blocks, two were already written
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    import subprocess
+
+    mnt = tmp_path / "small"
+    mnt.mkdir()
+    rc = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(mnt)], capture_output=True, text=True)
+    if rc.returncode:
+        pytest.skip(f"cannot mount a tmpfs here ({rc.stderr.strip() or rc.returncode}); needs root")
+    try:
+        yield mnt
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], check=False)
+
+
+def test_a_full_disk_stops_the_job_without_using_an_attempt_and_resumes(tiny_model, tmp_path, small_disk):
+    import subprocess
+
+    incoming, results = tmp_path / "incoming", small_disk / "results"
+    incoming.mkdir()
+    make_store(incoming / "big.zarr", shape=(24, 64, 64), seed=6)
+    age(incoming)
+    with pytest.raises(DiskFullError, match="no space left on device while writing"):
+        run_nightly(incoming, tiny_model, results, once=True, settle=60, segment_options=FAST)
+    reg = registry(results)["big"]
+    # The registry lives on the same full disk: it records the failure when SQLite still can
+    # (attempt not counted); otherwise the scan stays "running", which the next run resumes.
+    assert reg["state"] in ("failed", "running"), reg
+    if reg["state"] == "failed":
+        assert "no space left" in reg["error"] and reg["attempts"] == 0
+    assert not (results / "big" / "labels.zarr").exists()  # nothing half-written looks finished
+    subprocess.run(["mount", "-o", "remount,size=64m", str(small_disk)], check=True)
+    counts = run_nightly(incoming, tiny_model, results, once=True, settle=60, segment_options=FAST)
+    assert counts["done"] == 1 and open_segmentation(results / "big" / "labels.zarr")["labels"].shape == (24, 64, 64)
+
+
+@pytest.mark.slow
+def test_nightly_with_ray_workers_leaves_no_ray_running(tiny_model, tmp_path):
+    """segment(workers=2) from nightly starts a local Ray and must stop it (it used to stay up)."""
+    import subprocess
+    import sys
+
+    incoming = tmp_path / "incoming"
+    incoming.mkdir()
+    make_store(incoming / "vol.zarr", shape=(9, 40, 36), seed=3)
+    age(incoming)
+    code = f"""
+import ray
+from xtrain.nightly import run_nightly
+opts = dict(tile=32, halo=4, chunks=(8, 16, 16), shard=False, block=(8, 16, 16), workers=2, threads=1)
+counts = run_nightly({str(incoming)!r}, {str(tiny_model)!r}, {str(tmp_path / 'results')!r}, once=True, settle=60,
+                     segment_options=opts)
+assert counts["done"] == 1, counts
+assert not ray.is_initialized(), "a local Ray was left running"
+print("OK")
+"""
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=600)
+    assert out.returncode == 0 and out.stdout.strip().endswith("OK"), out.stderr[-3000:]

@@ -3,6 +3,12 @@
 Each function parses nothing itself: ``argparse`` has done it. It calls the library and
 returns an exit code.  ``main`` maps every ``XtrainError`` to one line on stderr and exit
 code 2, so bad input never produces a traceback.
+
+Signals live here (and in jobs/, which call ``main``), nowhere else: during the long commands
+(train, tune, segment, nightly) SIGTERM and SIGUSR1 (Slurm's time-limit warning, preemption)
+set ``args.should_stop``; the command checkpoints and exits 3 ("interrupted, resume me with
+--resume").  A full disk (ENOSPC, EDQUOT, EFBIG) is one line naming the path: exit 3 for
+those resumable commands, 2 for the others.
 """
 
 from __future__ import annotations
@@ -13,11 +19,13 @@ import sys
 from pathlib import Path
 
 from . import __version__
-from .errors import XtrainError
+from .errors import DiskFullError, RunInterrupted, XtrainError
 
 log = logging.getLogger("xtrain")
 
 PRESET_NAMES = ("easy", "medium", "hard")  # xtrain.data.synth.PRESETS (not imported: keeps --help fast)
+RESUMABLE = ("train", "tune", "segment", "nightly")  # stop on SIGTERM/SIGUSR1, exit 3, continue with --resume
+EXIT_INTERRUPTED = 3
 
 
 # ----------------------------------------------------------------------------- parsing helpers
@@ -101,21 +109,12 @@ def config_from_args(args: argparse.Namespace, extra: list[str]):
 
 def cmd_ingest(args: argparse.Namespace) -> int:
     from .data.ingest import ingest
+    from .runtime import writing
 
-    ingest(
-        args.images,
-        args.out,
-        labels=args.labels,
-        label_map=args.label_map,
-        chunks=args.chunks,
-        voxel_size_nm=args.voxel_size,
-        classes=args.classes,
-        overwrite=args.overwrite,
-        dataset=args.dataset,
-        channel=args.channel,
-        time=args.time,
-        mask=args.mask,
-    )
+    with writing(args.out, "the ingested store"):  # a full disk: one line, nothing left behind
+        ingest(args.images, args.out, labels=args.labels, label_map=args.label_map, chunks=args.chunks,
+               voxel_size_nm=args.voxel_size, classes=args.classes, overwrite=args.overwrite,
+               dataset=args.dataset, channel=args.channel, time=args.time, mask=args.mask)
     return 0
 
 
@@ -132,11 +131,15 @@ def cmd_train(args: argparse.Namespace) -> int:
     from .train.ray_trainer import train
 
     cfg = config_from_args(args, [f"train.workers={args.workers}"] if args.workers is not None else [])
-    metrics = train(cfg, args.out, resume=args.resume)
+    metrics = train(cfg, args.out, resume=args.resume, should_stop=args.should_stop)
+    if metrics.get("already_complete"):
+        log.info("already complete: run '%s' finished all %s epochs with these settings; model: %s", args.out,
+                 metrics.get("epoch"), Path(args.out) / "model.pt")
+        return 0
     if metrics.get("stopped"):
         log.warning("stopped at epoch %s; continue with: xtrain train ... --out %s --resume", metrics.get("epoch"),
                     args.out)
-        return 3  # distinct from success so Slurm scripts can requeue
+        return EXIT_INTERRUPTED  # distinct from success so Slurm scripts can requeue
     log.info("finished: best validation mean Dice %.4f; model: %s", metrics.get("best_mean_dice", float("nan")),
              Path(args.out) / "model.pt")
     return 0
@@ -185,11 +188,15 @@ def cmd_tune(args: argparse.Namespace) -> int:
     from .tune.sweep import sweep
 
     cfg = config_from_args(args, [f"tune.num_samples={args.trials}"] if args.trials is not None else [])
-    summary = sweep(cfg, args.out, resume=args.resume)
+    summary = sweep(cfg, args.out, resume=args.resume, should_stop=args.should_stop)
     best = summary.get("best")
+    if summary.get("already_complete"):
+        log.info("already complete: sweep '%s' finished all %d trials with these settings; best: %s", args.out,
+                 summary["trials"], Path(args.out) / "best.yaml")
+        return 0
     if summary.get("stopped"):
         log.warning("sweep stopped; continue with: xtrain tune ... --out %s --resume", args.out)
-        return 3  # like train: Slurm scripts requeue
+        return EXIT_INTERRUPTED  # like train: Slurm scripts requeue
     if best is None:
         log.error("no trial produced a model; see %s", Path(args.out) / "results.csv")
         return 1
@@ -205,7 +212,7 @@ def cmd_segment(args: argparse.Namespace) -> int:
     segment(args.model, args.volume, args.out, block=args.block, tile=args.tile, halo=args.halo, axes=args.axes,
             tta=args.tta, probabilities=args.probabilities, workers=args.workers, gpu=args.gpu, resume=args.resume,
             overwrite=args.overwrite, threads=args.threads, dataset=args.dataset, channel=args.channel,
-            time=args.time, mask=args.mask, normalisation=args.normalisation)
+            time=args.time, mask=args.mask, normalisation=args.normalisation, should_stop=args.should_stop)
     return 0
 
 
@@ -214,7 +221,8 @@ def cmd_nightly(args: argparse.Namespace) -> int:
 
     options = {"workers": args.workers, "gpu": args.gpu, "block": args.block}  # block None: segment's default
     counts = run_nightly(args.watch, args.model, args.out, once=args.once, interval=args.interval,
-                         settle=args.settle, max_attempts=args.max_attempts, redo=args.redo, segment_options=options)
+                         settle=args.settle, max_attempts=args.max_attempts, redo=args.redo, segment_options=options,
+                         should_stop=args.should_stop)
     log.info("nightly: %d done, %d failed, %d waiting for writes to finish, %d already handled",
              counts["done"], counts["failed"], counts["waiting"], counts["skipped"])
     return 1 if counts["failed"] else 0
@@ -465,17 +473,35 @@ def setup_logging(verbose: bool = False, quiet: bool = False) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from .runtime import StopRequest, disk_full_cause, disk_full_error, stop_on_signals
+
     parser = build_parser()
     args = parser.parse_args(argv)
     setup_logging(args.verbose, args.quiet)
+    resumable = args.command in RESUMABLE
+    args.should_stop = StopRequest()
     try:
+        if resumable:
+            with stop_on_signals(args.should_stop):
+                return int(args.func(args) or 0)
         return int(args.func(args) or 0)
+    except RunInterrupted as exc:
+        print(f"xtrain {args.command}: interrupted: {exc}", file=sys.stderr)
+        return EXIT_INTERRUPTED
     except XtrainError as exc:
         print(f"xtrain {args.command}: error: {exc}", file=sys.stderr)
-        return 2
+        return EXIT_INTERRUPTED if isinstance(exc, DiskFullError) and resumable else 2
     except KeyboardInterrupt:
         print(f"xtrain {args.command}: interrupted", file=sys.stderr)
         return 130
+    except Exception as exc:
+        if disk_full_cause(exc) is None:
+            raise
+        # a full disk where no writer named it: name the output the command was writing
+        cause = disk_full_cause(exc)
+        where = getattr(cause, "filename", None) or getattr(args, "out", None) or "the output"
+        print(f"xtrain {args.command}: error: {disk_full_error(exc, where, 'the output')}", file=sys.stderr)
+        return EXIT_INTERRUPTED if resumable else 2
 
 
 if __name__ == "__main__":  # pragma: no cover

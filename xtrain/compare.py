@@ -15,7 +15,6 @@ the labels.  Sweep studies (``--study TUNE_DIR``: a data-size or noise study mad
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from collections.abc import Sequence
@@ -24,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from .csvio import read_csv, write_csv
+from .runtime import atomic_write
 from .errors import InputNotFoundError, OutputExistsError
 from .evaluate import evaluate, open_label_volume, to_json
 from .report import table
@@ -125,9 +125,9 @@ def compare(entries: Sequence[str], labels: str, report_dir: str | os.PathLike, 
     rows.append(labels_row(next(iter(results.values()))))
     study_rows = {Path(s).name: read_study(s) for s in studies}
 
-    (out / "compare.json").write_text(to_json({"labels": str(labels), "z_range": list(z_range) if z_range else None,
-                                               "summary": rows, "studies": study_rows,
-                                               "results": results}) + "\n")
+    atomic_write(out / "compare.json", to_json({"labels": str(labels), "z_range": list(z_range) if z_range else None,
+                                               "summary": rows, "studies": study_rows, "results": results}) + "\n",
+                 what="the comparison")
     write_csv(out / "compare.csv", rows)
     figures = [_plot_summary(out / "compare.png", rows)]
     figures += [_plot_study(out / f"study_{name}.png", name, r) for name, r in study_rows.items() if r]
@@ -137,7 +137,7 @@ def compare(entries: Sequence[str], labels: str, report_dir: str | os.PathLike, 
           "Dice is per phase over the whole region; fractions and TPB density are computed from each "
           "segmentation; `TPB ratio` = TPB density / the labels' TPB density (1 is right).", ""]
     md += [f"![{f.stem}]({f.name})" for f in figures if f]
-    (out / "compare.md").write_text("\n".join(md) + "\n")
+    atomic_write(out / "compare.md", "\n".join(md) + "\n", what="the comparison report")
     return {"summary": rows, "studies": study_rows, "report": str(out / "compare.md")}
 
 
@@ -222,6 +222,3 @@ def _plot_study(path: Path, name: str, rows: list[dict[str, Any]]) -> Path:
     plt.close(fig)
     return path
 
-
-def load_summary(report_dir: str | os.PathLike) -> list[dict[str, Any]]:
-    return json.loads((Path(report_dir) / "compare.json").read_text())["summary"]

@@ -243,5 +243,29 @@ def config_to_dict(cfg: Any) -> dict[str, Any]:
 
 
 def save_config(cfg: Any, path: str | Path) -> None:
-    """Write the resolved config as YAML (loadable again by ``load_config``)."""
-    Path(path).write_text(yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
+    """Write the resolved config as YAML (loadable again by ``load_config``), atomically."""
+    from .runtime import atomic_write
+
+    atomic_write(path, yaml.safe_dump(config_to_dict(cfg), sort_keys=False), what="the resolved config")
+
+
+def differences(old: Any, new: Any, prefix: str = "") -> list[str]:
+    """Dotted keys whose values differ between two nested dicts, e.g. ``['optim.lr']``."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        keys = list(dict.fromkeys([*old, *new]))
+        return [d for k in keys for d in differences(old.get(k), new.get(k), f"{prefix}{k}.")]
+    if isinstance(old, (list, tuple)) and isinstance(new, (list, tuple)):
+        old, new = list(old), list(new)
+    return [] if old == new else [prefix.rstrip(".")]
+
+
+def describe_differences(old: dict[str, Any], new: dict[str, Any], keys: list[str]) -> str:
+    """'optim.lr was 0.001, now 0.003; ...' for the first few differing keys."""
+
+    def get(d: Any, key: str) -> Any:
+        for part in key.split("."):
+            d = d.get(part) if isinstance(d, dict) else None
+        return d
+
+    shown = "; ".join(f"{k} was {get(old, k)!r}, now {get(new, k)!r}" for k in keys[:3])
+    return shown + (f" (and {len(keys) - 3} more)" if len(keys) > 3 else "")

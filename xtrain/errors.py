@@ -3,7 +3,8 @@
 Every error a user can cause is an ``XtrainError`` that also inherits the matching
 built-in (``FileNotFoundError``, ``ValueError`` ...), so library callers can catch
 either.  The message is one line: what is wrong, the bad value, and how to fix it.
-Only the CLI turns these into ``xtrain: error: ...`` and exit code 2.
+Only the CLI turns these into ``xtrain: error: ...`` and exit code 2 (3 for ``RunInterrupted``
+and, for resumable commands, ``DiskFullError``).
 """
 
 from __future__ import annotations
@@ -62,3 +63,15 @@ class UnknownNameError(XtrainError, ValueError):
 
 class RunStateError(XtrainError, RuntimeError):
     """A run directory in a state that does not allow the requested action."""
+
+
+class RunInterrupted(XtrainError, RuntimeError):
+    """A long command stopped on request (SIGTERM / SIGUSR1) after checkpointing: exit 3, resumable."""
+
+
+class DiskFullError(XtrainError, OSError):
+    """The output file system is full (ENOSPC), over quota (EDQUOT) or the file too big (EFBIG)."""
+
+
+class SettingsMismatchError(RunStateError):
+    """A finished or interrupted output made with other settings than the ones given now."""

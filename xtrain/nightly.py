@@ -11,11 +11,20 @@ NeXus file, or a Zarr / OME-Zarr store (anything ``xtrain.data.volumes.open_volu
                                  normalisation used (training or own statistics, fill value)
 
 and records the outcome in ``RESULTS/registry.sqlite`` (scan, state, attempts, times, model
-checksum, error).  Safety rules, in the order they matter at 3 a.m.:
+checksum, fingerprint, version, error; table ``versions`` keeps every version's result).
+Safety rules, in the order they matter at 3 a.m.:
 
 * one instance at a time: an exclusive lock on ``RESULTS/.nightly.lock``;
 * a scan whose files changed within ``settle`` seconds is still being written: skip it;
-* a finished scan is never redone unless asked (``--redo NAME``);
+* a finished scan is never redone unless asked (``--redo NAME``) or unless it changed: each
+  finished scan records a fingerprint (every file's relative path, size and modification
+  time); a scan whose fingerprint differs later (36 more slices arrived) is segmented again
+  as version N+1 into ``RESULTS/<scan>/v<N+1>/``, the change is logged, and the previous
+  result stays where it was (and stays the registry's ``result``) until the new one is complete;
+* SIGTERM / SIGUSR1 (``should_stop``): the running segmentation checkpoints, the scan is left
+  ``interrupted`` (resumed block by block next time) and the job raises ``RunInterrupted``;
+* a full disk fails the scan with the reason, without using up one of its attempts, and
+  stops the job (``DiskFullError``): the other scans would fail the same way;
 * a scan left "running" by a crash resumes where it stopped (segmentation resumes block by
   block) the next time;
 * a scan that fails (corrupt TIFF, ...) is marked failed with its one-line error and the
@@ -32,14 +41,15 @@ import os
 import shutil
 import sqlite3
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from .errors import InputNotFoundError, XtrainError
+from . import runtime
+from .errors import DiskFullError, InputNotFoundError, RunInterrupted, XtrainError
 
 log = logging.getLogger(__name__)
 
@@ -52,15 +62,29 @@ SCHEMA = """
 CREATE TABLE IF NOT EXISTS scans (
     name TEXT PRIMARY KEY,
     source TEXT NOT NULL,
-    state TEXT NOT NULL,          -- running | done | failed
+    state TEXT NOT NULL,          -- running | interrupted | done | failed (of the latest version)
     attempts INTEGER NOT NULL DEFAULT 0,
     started TEXT,
     finished TEXT,
     model_sha256 TEXT,
-    result TEXT,
+    result TEXT,                  -- labels of the newest *complete* version
     error TEXT
+);
+CREATE TABLE IF NOT EXISTS versions (
+    name TEXT NOT NULL,
+    version INTEGER NOT NULL,
+    fingerprint TEXT,
+    state TEXT NOT NULL,
+    started TEXT,
+    finished TEXT,
+    result TEXT,
+    error TEXT,
+    PRIMARY KEY (name, version)
 )
 """
+# columns added after the first release: added to older registries when opened
+CHANGED_DURING_RUN = "changed-during-run"  # a fingerprint no scan has: the next pass sees a change
+SCAN_COLUMNS = {"fingerprint": "TEXT", "version": "INTEGER NOT NULL DEFAULT 1"}
 
 
 class LockedError(XtrainError, RuntimeError):
@@ -83,6 +107,26 @@ class Scan:
                 with contextlib.suppress(FileNotFoundError):
                     newest = max(newest, os.stat(os.path.join(root, f)).st_mtime)
         return newest
+
+    def fingerprint(self) -> str:
+        """sha256 over every file's relative path, size and modification time (ns)."""
+        import hashlib
+
+        h = hashlib.sha256()
+        if self.path.is_file():
+            st = self.path.stat()
+            h.update(f"{self.path.name}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+            return h.hexdigest()
+        entries = []
+        for root, _, files in os.walk(self.path):
+            for f in files:
+                full = os.path.join(root, f)
+                with contextlib.suppress(FileNotFoundError):
+                    st = os.stat(full)
+                    entries.append(f"{os.path.relpath(full, self.path)}\0{st.st_size}\0{st.st_mtime_ns}\n")
+        for entry in sorted(entries):
+            h.update(entry.encode())
+        return h.hexdigest()
 
 
 def find_scans(incoming: Path) -> list[Scan]:
@@ -122,7 +166,11 @@ class Registry:
     def __init__(self, path: Path):
         self.db = sqlite3.connect(path, timeout=30)
         self.db.row_factory = sqlite3.Row
-        self.db.execute(SCHEMA)
+        self.db.executescript(SCHEMA)
+        have = {r["name"] for r in self.db.execute("PRAGMA table_info(scans)")}
+        for column, kind in SCAN_COLUMNS.items():
+            if column not in have:
+                self.db.execute(f"ALTER TABLE scans ADD COLUMN {column} {kind}")
         self.db.commit()
 
     def get(self, name: str) -> dict[str, Any] | None:
@@ -132,23 +180,49 @@ class Registry:
     def all(self) -> list[dict[str, Any]]:
         return [dict(r) for r in self.db.execute("SELECT * FROM scans ORDER BY name")]
 
-    def start(self, scan: Scan, model_sha256: str) -> None:
+    def versions(self, name: str) -> list[dict[str, Any]]:
+        return [dict(r) for r in self.db.execute("SELECT * FROM versions WHERE name = ? ORDER BY version", (name,))]
+
+    def start(self, scan: Scan, model_sha256: str, version: int = 1, fingerprint: str | None = None) -> None:
+        """Mark ``version`` of ``scan`` running (a new version starts its attempts at 1)."""
         now = _now()
         self.db.execute(
-            "INSERT INTO scans (name, source, state, attempts, started, model_sha256) VALUES (?, ?, 'running', 1, ?, ?) "
-            "ON CONFLICT(name) DO UPDATE SET state='running', attempts=attempts+1, started=?, finished=NULL, "
-            "model_sha256=?, error=NULL",
-            (scan.name, str(scan.path), now, model_sha256, now, model_sha256),
+            "INSERT INTO scans (name, source, state, attempts, started, model_sha256, version, fingerprint) "
+            "VALUES (?, ?, 'running', 1, ?, ?, ?, ?) "
+            "ON CONFLICT(name) DO UPDATE SET state='running', "
+            "attempts=CASE WHEN version=excluded.version THEN attempts+1 ELSE 1 END, started=excluded.started, "
+            "finished=NULL, model_sha256=excluded.model_sha256, error=NULL, version=excluded.version, "
+            "fingerprint=excluded.fingerprint",
+            (scan.name, str(scan.path), now, model_sha256, version, fingerprint),
         )
+        self.db.execute(
+            "INSERT INTO versions (name, version, fingerprint, state, started) VALUES (?, ?, ?, 'running', ?) "
+            "ON CONFLICT(name, version) DO UPDATE SET state='running', started=excluded.started, finished=NULL, "
+            "error=NULL, fingerprint=excluded.fingerprint",
+            (scan.name, version, fingerprint, now))
         self.db.commit()
 
-    def finish(self, name: str, state: str, result: str | None = None, error: str | None = None) -> None:
-        self.db.execute("UPDATE scans SET state=?, finished=?, result=?, error=? WHERE name=?",
-                        (state, _now(), result, error, name))
-        self.db.commit()
+    def finish(self, name: str, state: str, result: str | None = None, error: str | None = None,
+               count_attempt: bool = True, fingerprint: str | None = None) -> None:
+        """Record the outcome of the running version; ``result`` (and ``fingerprint``) replace the
+        scan's only when given (a failed or interrupted new version keeps the previous result)."""
+        now = _now()
+        try:
+            self.db.execute("UPDATE scans SET state=?, finished=?, result=COALESCE(?, result), error=?, "
+                            "attempts=attempts - ?, fingerprint=COALESCE(?, fingerprint) WHERE name=?",
+                            (state, now, result, error, 0 if count_attempt else 1, fingerprint, name))
+            self.db.execute("UPDATE versions SET state=?, finished=?, result=?, error=? WHERE name=? AND "
+                            "version=(SELECT version FROM scans WHERE name=?)", (state, now, result, error, name, name))
+            self.db.commit()
+        except sqlite3.OperationalError as exc:
+            if runtime.disk_full_cause(exc) is None or state == "done":
+                raise
+            self.db.rollback()  # the scan stays "running": the next run resumes it
+            log.error("%s: could not record '%s' in the registry (%s); it resumes next time", name, state, exc)
 
     def forget(self, name: str) -> None:
         self.db.execute("DELETE FROM scans WHERE name=?", (name,))
+        self.db.execute("DELETE FROM versions WHERE name=?", (name,))
         self.db.commit()
 
     def close(self) -> None:
@@ -183,12 +257,22 @@ def exclusive_lock(path: Path) -> Iterator[None]:
 # ----------------------------------------------------------------------------- one scan
 
 
-def process_scan(scan: Scan, model: Path, results: Path, segment_options: dict[str, Any]) -> dict:
-    """Ingest (unless already a store), segment and QC one scan; returns the QC summary."""
+def version_dir(results: Path, name: str, version: int) -> Path:
+    """Where version ``version`` of a scan goes: RESULTS/<scan>/ for the first, RESULTS/<scan>/v<N>/ after."""
+    return results / name if version <= 1 else results / name / f"v{version}"
+
+
+def process_scan(scan: Scan, model: Path, results: Path, segment_options: dict[str, Any], version: int = 1,
+                 should_stop: Callable[[], bool] = runtime.never, resume: bool = False) -> dict:
+    """Ingest (unless already a store), segment and QC one scan; returns the QC summary.
+
+    ``resume``: the scan is unchanged since an earlier attempt: keep its ingested store and
+    continue (or accept, "already complete") its segmentation.  Otherwise both are redone."""
     from .data.ingest import ingest
+    from .data.store import remove_path
     from .infer import segment
 
-    out_dir = results / scan.name
+    out_dir = version_dir(results, scan.name, version)
     out_dir.mkdir(parents=True, exist_ok=True)
     for leftover in out_dir.glob(".*.partial-*"):  # a crash during an earlier ingest
         shutil.rmtree(leftover, ignore_errors=True)
@@ -196,25 +280,28 @@ def process_scan(scan: Scan, model: Path, results: Path, segment_options: dict[s
         volume = scan.path
     else:
         volume = out_dir / "scan.zarr"
+        if volume.exists() and not resume:  # ingested from an earlier state of the scan (--redo, a retry)
+            remove_path(volume)
         if not volume.exists():
             ingest(str(scan.path), volume)
     labels = out_dir / "labels.zarr"
-    # A finished labels.zarr here means the scan is being redone (or the registry was lost):
-    # replace it.  Otherwise resume: segment continues a partial run block by block, or
-    # starts fresh when there is none.
-    segment(model, volume, labels, resume=not labels.exists(), overwrite=labels.exists(), probabilities=True,
-            **segment_options)
+    # resume: segment continues a partial run block by block (or says "already complete");
+    # otherwise a partial or finished labels.zarr is replaced.
+    segment(model, volume, labels, resume=resume, overwrite=not resume, probabilities=True,
+            should_stop=should_stop, **segment_options)
     qc = quality_summary(volume, labels, model)
-    tmp = out_dir / ".qc.json.tmp"
-    tmp.write_text(json.dumps(qc, indent=2))
-    tmp.replace(out_dir / "qc.json")
+    runtime.atomic_write(out_dir / "qc.json", json.dumps(qc, indent=2), what="the QC summary")
     return qc
 
 
 def quality_summary(volume: Path, labels: Path, model: Path) -> dict[str, Any]:
-    """Phase fractions, mean uncertainty and intensity drift against the training data."""
-    from .data.store import open_store
+    """Phase fractions, mean uncertainty and intensity drift against the training data.
+
+    ``intensity_drift`` is the number ``segment`` computed and recorded in the output
+    (``xtrain.source.distribution_shift``: Wasserstein-1 between the normalised intensity
+    distributions, infer/volume.py), so the warning here and segment's agree."""
     from .infer import open_segmentation
+    from .infer.volume import SHIFT_WARN
     from .train.checkpoint import load_checkpoint
 
     import dask
@@ -236,8 +323,8 @@ def quality_summary(volume: Path, labels: Path, model: Path) -> dict[str, Any]:
     classes = list(ckpt["classes"])
     total = counts.sum()
     fractions = {c: float(counts[i]) / total for i, c in enumerate(classes)}
-    drift = histogram_distance(open_store(volume).info.stats, ckpt.get("stats", {}))
-    source = dict(group.attrs).get("xtrain", {}).get("source", {})
+    source = dict(seg.attrs).get("xtrain", {}).get("source", {})
+    drift = source.get("distribution_shift")
     mapping = source.get("normalisation")
     if mapping and mapping.get("uncertain"):
         log.warning("%s: the normalisation choice is uncertain (%s)", volume, mapping.get("reason"))
@@ -248,30 +335,9 @@ def quality_summary(volume: Path, labels: Path, model: Path) -> dict[str, Any]:
         "phase_fractions": fractions,
         "mean_entropy": entropy_sum / n if n else None,
         "intensity_drift": drift,
-        "drift_warning": drift is not None and drift > DRIFT_WARN,
+        "drift_warning": drift is not None and drift > SHIFT_WARN,
         "normalisation": mapping,
     }
-
-
-DRIFT_WARN = 0.25  # total-variation distance between normalised histograms (0 = same, 1 = disjoint)
-
-
-def histogram_distance(new: dict[str, Any], train: dict[str, Any]) -> float | None:
-    """Total-variation distance between the two volumes' histograms, each on its own
-    percentile-normalised axis (what the model sees after normalisation)."""
-    if "hist" not in new or "hist" not in train:
-        return None
-    grid = np.linspace(-0.5, 1.5, 201)
-
-    def density(stats: dict[str, Any]) -> np.ndarray:
-        lo, hi = stats["hist"]["range"]
-        counts = np.asarray(stats["hist"]["counts"], dtype=np.float64)
-        centres = lo + (np.arange(counts.size) + 0.5) * (hi - lo) / counts.size
-        x = (centres - stats["p0_5"]) / max(stats["p99_5"] - stats["p0_5"], 1e-12)
-        h, _ = np.histogram(x, bins=grid, weights=counts)
-        return h / max(h.sum(), 1)
-
-    return float(0.5 * np.abs(density(new) - density(train)).sum())
 
 
 # ----------------------------------------------------------------------------- the job
@@ -279,10 +345,13 @@ def histogram_distance(new: dict[str, Any], train: dict[str, Any]) -> float | No
 
 def run_nightly(incoming: str | Path, model: str | Path, results: str | Path, *, once: bool = False,
                 interval: float = 300.0, settle: float = 120.0, max_attempts: int = 3, redo: list[str] | None = None,
-                segment_options: dict[str, Any] | None = None, max_cycles: int | None = None) -> dict[str, int]:
-    """Process every stable new scan; loop every ``interval`` seconds unless ``once``.
+                segment_options: dict[str, Any] | None = None, max_cycles: int | None = None,
+                should_stop: Callable[[], bool] = runtime.never) -> dict[str, int]:
+    """Process every stable new or changed scan; loop every ``interval`` seconds unless ``once``.
 
     Returns counts of this run's outcomes: {"done": n, "failed": n, "skipped": n, "waiting": n}.
+    Raises ``RunInterrupted`` when ``should_stop()`` turns true (the running scan checkpoints
+    and resumes next time) and ``DiskFullError`` when the results file system is full.
     """
     from .train.checkpoint import file_checksum, load_checkpoint
 
@@ -301,23 +370,37 @@ def run_nightly(incoming: str | Path, model: str | Path, results: str | Path, *,
             while True:
                 cycle += 1
                 for key, value in _one_pass(incoming, model, results, registry, model_sha, settle, max_attempts,
-                                            segment_options or {}).items():
+                                            segment_options or {}, should_stop).items():
                     totals[key] += value
                 if once or (max_cycles is not None and cycle >= max_cycles):
                     break
-                time.sleep(interval)
+                t0 = time.monotonic()
+                while time.monotonic() - t0 < interval and not should_stop():
+                    time.sleep(min(1.0, interval))
+                if should_stop():
+                    raise RunInterrupted("nightly stopped between passes; nothing was running")
         finally:
             registry.close()
     return totals
 
 
 def _one_pass(incoming: Path, model: Path, results: Path, registry: Registry, model_sha: str, settle: float,
-              max_attempts: int, segment_options: dict[str, Any]) -> dict[str, int]:
+              max_attempts: int, segment_options: dict[str, Any],
+              should_stop: Callable[[], bool] = runtime.never) -> dict[str, int]:
     counts = {"done": 0, "failed": 0, "skipped": 0, "waiting": 0}
     for scan in find_scans(incoming):
+        if should_stop():
+            raise RunInterrupted("nightly stopped before scan '%s'; run it again to continue" % scan.name)
         record = registry.get(scan.name)
-        if record and (record["state"] == "done" or
-                       (record["state"] == "failed" and record["attempts"] >= max_attempts)):
+        version = (record or {}).get("version") or 1
+        changed = False
+        if record and record["state"] == "done":
+            fingerprint = scan.fingerprint()
+            if not record.get("fingerprint") or record["fingerprint"] == fingerprint:
+                counts["skipped"] += 1
+                continue
+            changed = True
+        elif record and record["state"] == "failed" and record["attempts"] >= max_attempts:
             counts["skipped"] += 1
             continue
         age = time.time() - scan.newest_mtime()
@@ -325,23 +408,44 @@ def _one_pass(incoming: Path, model: Path, results: Path, registry: Registry, mo
             log.info("%s: still being written (changed %.0f s ago); later", scan.name, age)
             counts["waiting"] += 1
             continue
-        # "running" at this point is a crash of an earlier run (we hold the lock): resume it.
-        resume = bool(record and record["state"] == "running")
-        registry.start(scan, model_sha)
+        fingerprint = scan.fingerprint()
+        if changed:
+            version += 1
+            log.warning("%s: changed since it was segmented (version %d, %s); segmenting it again as version %d "
+                        "into %s; the previous result stays until that is complete", scan.name, version - 1,
+                        record["result"], version, version_dir(results, scan.name, version))
+        # An earlier attempt on the same files (crashed, stopped, failed on a full disk): continue it.
+        resume = bool(record and not changed and record.get("fingerprint") == fingerprint)
+        registry.start(scan, model_sha, version, fingerprint)
         log.info("%s: %s (%s)", scan.name, "resuming" if resume else "segmenting", scan.kind)
         try:
-            qc = process_scan(scan, model, results, segment_options)
+            qc = process_scan(scan, model, results, segment_options, version, should_stop, resume)
+        except RunInterrupted as exc:
+            registry.finish(scan.name, "interrupted", error=str(exc), count_attempt=False)
+            raise
+        except DiskFullError as exc:
+            registry.finish(scan.name, "failed", error=str(exc), count_attempt=False)
+            log.error("%s: failed: %s", scan.name, exc)
+            raise
         except XtrainError as exc:
             registry.finish(scan.name, "failed", error=str(exc))
             log.error("%s: failed: %s", scan.name, exc)
             counts["failed"] += 1
             continue
         except Exception as exc:  # an unexpected bug must not stop the other scans either
+            if runtime.disk_full_cause(exc) is not None:
+                error = runtime.disk_full_error(exc, version_dir(results, scan.name, version), "the scan's results")
+                registry.finish(scan.name, "failed", error=str(error), count_attempt=False)
+                raise error from exc
             registry.finish(scan.name, "failed", error=f"{type(exc).__name__}: {exc}")
             log.exception("%s: failed unexpectedly", scan.name)
             counts["failed"] += 1
             continue
-        registry.finish(scan.name, "done", result=str(results / scan.name / "labels.zarr"))
+        if scan.fingerprint() != fingerprint:
+            log.warning("%s: changed while it was being segmented; it will be segmented again", scan.name)
+            fingerprint = CHANGED_DURING_RUN
+        registry.finish(scan.name, "done", result=str(version_dir(results, scan.name, version) / "labels.zarr"),
+                        fingerprint=fingerprint)
         fr = ", ".join(f"{k} {v:.3f}" for k, v in qc["phase_fractions"].items())
         log.info("%s: done; fractions %s%s", scan.name, fr,
                  "; WARNING intensity histogram far from the training data" if qc["drift_warning"] else "")

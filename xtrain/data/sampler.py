@@ -12,7 +12,7 @@ Why it looks like this:
 
 * Patches index the ``zarr.Array`` directly.  A patch is a few thin chunks; building a
   Dask graph and calling ``.compute()`` per patch costs more than the read itself.  Dask
-  (``Store.dask_image``) is for volume-wide work elsewhere.
+  is for volume-wide work elsewhere.
 * A dataset keeps the store *path* and opens the store on first use in each process (and
   again after a fork or unpickling, detected by the process id), so every DataLoader worker
   and every Ray worker has its own handle and its own zarr IO loop.

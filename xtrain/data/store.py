@@ -121,12 +121,6 @@ class Store:
         """The root group's attributes ("ome", "xtrain")."""
         return dict(zarr.open_group(str(self.path), mode="r").attrs)
 
-    def dask_image(self):
-        """The image as a lazy Dask array (one Dask chunk per Zarr shard/chunk)."""
-        import dask.array as da
-
-        return da.from_zarr(self.image, chunks=self.image.shards or self.image.chunks)
-
     def dask_labels(self):
         import dask.array as da
 

@@ -18,11 +18,19 @@ module only decides *which* blocks run *where*:
 * Every block is deterministic (see predict.py) given the settings in ``job.json``,
   including the per-worker thread count, so the output is bit-identical for any number of
   workers and across ``--resume``, which reuses the recorded settings and redoes only the
-  blocks without a marker.
+  blocks without a marker.  ``--resume`` of a finished OUT with the same settings does
+  nothing ("already complete"); with other settings it names the one that differs.
+* ``should_stop()`` (the CLI sets it on SIGTERM / SIGUSR1) is checked between blocks: the
+  blocks in flight finish and are marked, then ``RunInterrupted`` (exit 3; ``--resume``).
+* A Ray worker that dies (kill -9, node lost) is replaced by a new actor and its blocks run
+  again there (a block is written whole or redone: the output stays bit-identical).
+* A full disk is one ``DiskFullError`` naming OUT; the work folder stays, ``--resume``
+  continues once there is space.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -38,8 +46,10 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .. import __version__
+from .. import runtime
 from ..data.store import StoreInfo, default_layout, remove_path
-from ..errors import InvalidInputError, OutputExistsError, RunStateError, XtrainError, CorruptFileError
+from ..errors import InvalidInputError, OutputExistsError, RunInterrupted, SettingsMismatchError, \
+    XtrainError, CorruptFileError
 from ..malloc import keep_freed_memory
 from ..models import create_model
 from ..train.checkpoint import file_checksum, load_checkpoint
@@ -47,7 +57,7 @@ from .blocks import Block, align_block, block_grid
 from .predict import AXES, WINDOWS, Predictor
 from .volume import SHIFT_WARN, Volume, distribution_shift, open_volume
 from .write import GROUP, HDF5_SUFFIXES, JOB, MARKERS, TIFF_SUFFIXES, Markers, ZarrSink, finish, is_hdf5, is_tiff, \
-    segmentation_attrs, work_dir, write_json
+    open_segmentation, read_labels_file_provenance, segmentation_attrs, work_dir, write_json
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +70,7 @@ log = logging.getLogger(__name__)
 #        Mvox/s but 2.3 GB, over the 2 GiB a CPU worker is allowed.
 DEFAULT_BLOCKS = {"z": (32, 1024, 1024), "zyx": (64, 512, 512)}
 IN_FLIGHT = 2  # blocks queued per actor: one running, one ready, so no actor waits for the driver
+MAX_RESTARTS = 3  # dead Ray workers replaced per run before the run fails
 
 
 @dataclass(frozen=True)
@@ -146,32 +157,46 @@ class BlockRunner:
         self.markers.mark(block)  # only after the data: a marker means the block is on disk
         return block
 
+    def pid(self) -> int:
+        """The worker process id (tests kill it to check recovery)."""
+        return os.getpid()
+
     def close(self) -> None:
         torch.set_num_threads(self.previous_threads)
 
 
-def _run_local(job: Job, todo: list[Block], done: Callable[[Block], None]) -> None:
+def _run_local(job: Job, todo: list[Block], done: Callable[[Block], None], should_stop: Callable[[], bool]) -> None:
     runner = BlockRunner(job)
     try:
         for block in todo:
+            if should_stop():
+                return
             done(runner.run(block))
     finally:
         runner.close()
 
 
-def _run_ray(job: Job, todo: list[Block], done: Callable[[Block], None], workers: int, gpu: bool) -> None:
-    """A pool of ``workers`` Ray actors pulling blocks; each actor writes its own blocks."""
+def _run_ray(job: Job, todo: list[Block], done: Callable[[Block], None], workers: int, gpu: bool,
+             should_stop: Callable[[], bool], on_actors: Callable[[list[Any]], None] | None = None) -> None:
+    """A pool of ``workers`` Ray actors pulling blocks; each actor writes its own blocks.
+
+    A dead actor (``RayActorError``: its process was killed or its node lost) is replaced and
+    every block it held runs again on the new one, up to ``MAX_RESTARTS`` times per run."""
     import ray
-    from ray.exceptions import RayTaskError
+    from ray.exceptions import RayActorError, RayTaskError
 
     actor_cls = ray.remote(num_cpus=0 if gpu else job.settings.threads, num_gpus=1 if gpu else 0)(BlockRunner)
     actors = [actor_cls.remote(job) for _ in range(min(workers, len(todo)))]
+    if on_actors is not None:
+        on_actors(actors)
     queue = deque(todo)
-    pending: dict[Any, Any] = {}
+    pending: dict[Any, tuple[Any, Block]] = {}
+    restarts = 0
 
     def submit(actor: Any) -> None:
-        if queue:
-            pending[actor.run.remote(queue.popleft())] = actor
+        if queue and not should_stop():
+            block = queue.popleft()
+            pending[actor.run.remote(block)] = (actor, block)
 
     try:
         for actor in actors:
@@ -179,13 +204,32 @@ def _run_ray(job: Job, todo: list[Block], done: Callable[[Block], None], workers
                 submit(actor)
         while pending:
             ready, _ = ray.wait(list(pending), num_returns=1)
-            actor = pending.pop(ready[0])
+            actor, block = pending.pop(ready[0])
             try:
-                block = ray.get(ready[0])
+                ray.get(ready[0])
             except RayTaskError as exc:  # a worker's XtrainError is the user's error: re-raise it as is
                 if isinstance(exc.cause, XtrainError):
                     raise exc.cause from None
                 raise
+            except RayActorError as exc:
+                restarts += 1
+                if restarts > MAX_RESTARTS:
+                    raise RuntimeError(f"{restarts} segmentation workers died (last: {exc}); giving up; "
+                                       "--resume continues from the finished blocks") from exc
+                lost = [block] + [b for ref, (a, b) in list(pending.items()) if a is actor]
+                for ref in [ref for ref, (a, _) in pending.items() if a is actor]:
+                    del pending[ref]
+                log.warning("a segmentation worker died (%s); running its %d block(s) on a new one",
+                            type(exc).__name__, len(lost))
+                actors.remove(actor)
+                actor = actor_cls.remote(job)
+                actors.append(actor)
+                if on_actors is not None:
+                    on_actors(actors)
+                queue.extendleft(reversed(lost))
+                for _ in range(IN_FLIGHT):
+                    submit(actor)
+                continue
             submit(actor)
             done(block)
     finally:
@@ -219,11 +263,27 @@ def _check_args(out: Path, block, tile: int, halo: int, axes: str, window: str, 
             raise InvalidInputError(f"{name} {value} must be at least 1")
 
 
+def finished_record(out: Path) -> dict[str, Any]:
+    """What a finished OUT was made from, in ``job.json``'s terms (volume, shape, model, settings)."""
+    if is_tiff(out) or is_hdf5(out):
+        provenance, shape = read_labels_file_provenance(out)
+        info = provenance.get("xtrain", {})
+    else:
+        store = open_segmentation(out)
+        info = dict(store.attrs).get("xtrain", {})
+        shape = list(store.labels.shape)
+    source = info.get("source", {})
+    return {"volume": source.get("volume"), "shape": shape, "model_sha256": source.get("model_sha256"),
+            "settings": source.get("settings")}
+
+
 def _prepare_output(out: Path, resume: bool, overwrite: bool) -> tuple[Path, bool]:
     """Check OUT and its work folder; returns (work folder, whether to continue it)."""
     if not out.parent.is_dir():
         raise InvalidInputError(f"output folder '{out.parent}' does not exist; create it first")
     work = work_dir(out)
+    if out.exists() and resume and not overwrite and not work.exists():
+        return work, False  # finished: segment() checks the settings and reports "already complete"
     if out.exists() and not overwrite:
         raise OutputExistsError(f"output '{out}' already exists; pass --overwrite to replace it or choose another path")
     if work.exists():
@@ -238,10 +298,7 @@ def _prepare_output(out: Path, resume: bool, overwrite: bool) -> tuple[Path, boo
 
 
 def _ray_workers(workers: int | None, gpu: bool) -> tuple[int, int]:
-    """Start/join Ray; (workers, cpus of the cluster)."""
-    from ..train.ray_trainer import init_ray
-
-    init_ray()
+    """(workers, cpus of the connected Ray cluster)."""
     import ray
 
     resources = ray.cluster_resources()
@@ -279,6 +336,8 @@ def segment(
     time: int | None = None,
     mask: str | os.PathLike | None = None,
     normalisation: str = "auto",
+    should_stop: Callable[[], bool] = runtime.never,
+    on_actors: Callable[[list[Any]], None] | None = None,
 ) -> Path:
     """Segment ``volume`` (store or TIFF stack) with ``model`` (model.pt) into ``out`` (.zarr / .tif / .h5).
 
@@ -293,13 +352,33 @@ def segment(
     ``dataset``/``channel``/``time``: which volume of the input (``xtrain.data.volumes.open_volume``);
     ``mask``: a volume of the same shape, non-zero = sample; ``normalisation``: auto, train or own
     (``xtrain.infer.volume.choose_mapping``; recorded in the output's attributes).
+    ``on_actors(actors)``: the Ray worker actors, whenever the pool changes (tests).
+
+    Raises ``RunInterrupted`` once ``should_stop()`` is true (after the blocks in flight are
+    written; ``resume=True`` continues), ``SettingsMismatchError`` for ``resume`` of an
+    output made with other settings, ``DiskFullError`` when OUT's file system is full.
+    ``resume`` of a finished OUT with the same settings returns OUT at once.  Uses the
+    connected Ray (workers > 1 or gpu) or starts one and stops it before returning.
     """
     out = Path(out)
+    use_ray = gpu or (workers or 1) > 1
+    with runtime.writing(out, "the segmentation"), (runtime.ray_session() if use_ray else contextlib.nullcontext()):
+        return _segment(model, volume, out, block, tile, halo, axes, tta, probabilities, workers, gpu, resume,
+                        overwrite, window, batch_size, threads, chunks, shard, on_block, should_stop, on_actors,
+                        dataset=dataset, channel=channel, time=time, mask=mask, normalisation=normalisation)
+
+
+def _segment(model, volume, out: Path, block, tile, halo, axes, tta, probabilities, workers, gpu, resume, overwrite,
+             window, batch_size, threads, chunks, shard, on_block, should_stop, on_actors, *, dataset, channel, time,
+             mask, normalisation) -> Path:
     block = tuple(int(b) for b in (block or DEFAULT_BLOCKS.get(axes, DEFAULT_BLOCKS["z"])))  # type: ignore[assignment]
     _check_args(out, block, tile, halo, axes, window, workers, probabilities, batch_size, threads)
     work, continuing = _prepare_output(out, resume, overwrite)
     job_file = work / JOB
     previous = json.loads(job_file.read_text()) if continuing and job_file.exists() else None
+    complete = resume and not overwrite and out.exists() and not continuing
+    if complete:
+        previous = finished_record(out)
 
     # the model and the volume: read and checked before anything is written
     ckpt = load_checkpoint(model)
@@ -344,9 +423,19 @@ def segment(
               "normalisation": vol.mapping}
     if previous:
         for key in ("volume", "shape", "model_sha256", "settings"):
-            if previous.get(key) != record[key]:
-                raise RunStateError(f"cannot resume '{out}': its {key} was {previous.get(key)} and is now "
-                                    f"{record[key]}; rerun with the same arguments or use --overwrite")
+            if previous.get(key) == record[key]:
+                continue
+            if key == "settings" and isinstance(previous.get(key), dict):
+                names = [k for k in record[key] if previous[key].get(k) != record[key][k]]
+                what = "; ".join(f"{k} was {previous[key].get(k)!r}, now {record[key][k]!r}" for k in names)
+            else:
+                what = f"{key} was {previous.get(key)!r}, now {record[key]!r}"
+            state = "finished output" if complete else "interrupted run"
+            raise SettingsMismatchError(f"cannot resume the {state} '{out}' with other settings: {what}; rerun "
+                                        "with the same arguments, or use --overwrite or another output")
+        if complete:
+            log.info("already complete: '%s' was made from this volume and model with the same settings", out)
+            return out
 
     blocks = block_grid(vol.shape, aligned)
     if not previous:  # fresh start (or an unusable leftover with --overwrite)
@@ -381,10 +470,15 @@ def segment(
                 on_block(b)
 
         if use_ray:
-            _run_ray(job, todo, done, workers, gpu)
+            _run_ray(job, todo, done, workers, gpu, should_stop, on_actors)
         else:
-            _run_local(job, todo, done)
+            _run_local(job, todo, done, should_stop)
 
+    if should_stop():
+        left = len(blocks) - len(Markers(work / MARKERS).done())
+        if left:
+            raise RunInterrupted(f"segmentation of '{out}' stopped with {left} of {len(blocks)} blocks to do; "
+                                 "rerun the same command with --resume to finish it")
     finish(work, out, slab=layout.slab, volume=vol, layout=layout)
     log.info("wrote %s", out)
     return out

@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -45,6 +44,8 @@ import zarr
 
 from ..data import layout as ome
 from ..data.store import Layout, open_segmentation, remove_path, replace_into_place  # noqa: F401 (re-export)
+from ..errors import CorruptFileError
+from ..runtime import atomic_write
 from .blocks import Block, Box
 
 log = logging.getLogger(__name__)
@@ -142,9 +143,7 @@ class Markers:
 
 
 def write_json(path: Path, data: dict[str, Any]) -> None:
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
-    tmp.write_text(json.dumps(data, indent=2, default=str))
-    os.replace(tmp, path)
+    atomic_write(path, json.dumps(data, indent=2, default=str), what="the segmentation job record")
 
 
 def _slabs(labels: zarr.Array, slab: int) -> Iterator[np.ndarray]:
@@ -229,6 +228,31 @@ def write_label_hdf5(path: Path, slabs: Iterator[np.ndarray], shape: tuple[int, 
         for block in slabs:
             data[z0:z0 + block.shape[0]] = block
             z0 += block.shape[0]
+
+
+def read_labels_file_provenance(out: Path) -> tuple[dict[str, Any], list[int]]:
+    """(provenance, shape) of a label file written by ``write_labels_file``: the JSON that
+    ``write_label_tiff`` puts in the ImageJ ``Info`` (or a BigTIFF's description) and
+    ``write_label_hdf5`` in ``/entry/notes/data``.  Raises CorruptFileError for another file."""
+    try:
+        if is_tiff(out):
+            import tifffile
+
+            with tifffile.TiffFile(out) as tif:
+                meta = tif.imagej_metadata or {}
+                text = meta.get("Info") or json.loads(tif.pages[0].description or "{}").get("Info", "{}")
+                shape = list(tif.series[0].shape)
+        else:
+            import h5py
+
+            with h5py.File(out, "r") as f:
+                text = f["/entry/notes/data"][()]
+                text = text.decode() if isinstance(text, bytes) else str(text)
+                shape = list(f["/entry/data/data"].shape)
+        return json.loads(text), shape
+    except (OSError, KeyError, ValueError) as exc:
+        raise CorruptFileError(f"'{out}' is not a label file written by xtrain ({type(exc).__name__}: {exc}); "
+                               "use --overwrite or another output") from None
 
 
 def write_labels_file(out: Path, slabs: Iterator[np.ndarray], shape: tuple[int, int, int], classes: list[str],

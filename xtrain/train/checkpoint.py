@@ -11,9 +11,9 @@ Both are plain ``torch.save`` dicts, loadable without the config files that made
 from __future__ import annotations
 
 import hashlib
+import io
 import os
 import random
-import uuid
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +22,7 @@ import torch
 
 from .. import __version__
 from ..errors import CorruptFileError, InputNotFoundError
+from ..runtime import atomic_write
 
 FORMAT = 1
 INFERENCE_KEYS = ("format", "kind", "model_name", "model_kwargs", "model_state", "config", "stats", "classes",
@@ -32,23 +33,15 @@ def rng_states() -> dict[str, Any]:
     return {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
 
 
-def set_rng_states(states: dict[str, Any]) -> None:
-    random.setstate(states["python"])
-    np.random.set_state(states["numpy"])
-    torch.set_rng_state(states["torch"])
-
-
 def save_checkpoint(ckpt: dict[str, Any], path: str | os.PathLike) -> Path:
-    """Write to a temporary sibling and rename: a crash never leaves a truncated checkpoint."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
-    try:
-        torch.save(ckpt, tmp)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    return path
+    """Write to a temporary sibling and rename: a crash never leaves a truncated checkpoint.
+
+    Serialised in memory first, so a full disk is an ``OSError`` (ENOSPC) that
+    ``atomic_write`` turns into ``DiskFullError`` naming the file, not torch's
+    ``RuntimeError: [enforce fail at inline_container.cc] unexpected pos``."""
+    buffer = io.BytesIO()
+    torch.save(ckpt, buffer)
+    return atomic_write(path, buffer.getbuffer(), what="a checkpoint")
 
 
 def inference_checkpoint(ckpt: dict[str, Any]) -> dict[str, Any]:

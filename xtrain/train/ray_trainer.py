@@ -4,11 +4,12 @@
 
 Everything that is not Ray lives in loop.py.  This module only
   * prepares RUN_DIR (refusing to clobber a finished run; ``--resume`` must be explicit),
-  * starts or joins Ray quietly,
+  * joins the connected Ray or starts one for the run (``runtime.ray_session``),
   * builds a ``TorchTrainer`` (gloo on CPU, NCCL on GPU) with a ``FailureConfig`` so a dead
     worker is restarted from the last reported checkpoint,
-  * turns SIGTERM (a Slurm time limit or preemption) into a STOP file that every worker
-    checks before each step: they checkpoint and return within one step.
+  * turns ``should_stop()`` (the CLI sets it on SIGTERM / SIGUSR1: a Slurm time limit or
+    preemption) into a STOP file that every worker checks before each step: they checkpoint
+    and return within one step.  No signal handler is installed here.
 
 Ray facts (2.60, checked here): Train v2 is the default; ``storage_path`` must be absolute;
 rerunning with the same run name silently resumes the old run, so every launch gets a fresh
@@ -21,16 +22,17 @@ from __future__ import annotations
 import json
 import logging
 import os
-import signal
 import socket
 import tempfile
 import threading
 import time
 from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
-from ..config import Config, config_from_dict, config_to_dict, save_config
-from ..errors import RunStateError, XtrainError
+from .. import runtime
+from ..config import Config, config_from_dict, config_to_dict, describe_differences, differences, save_config
+from ..errors import DiskFullError, RunStateError, SettingsMismatchError, XtrainError
 from .checkpoint import load_checkpoint
 from .loop import LAST, WorkerContext, fit, preflight
 
@@ -40,47 +42,10 @@ STOP = "STOP"
 TRAIN_LOG = "train.log"
 STATUS = "status.json"
 CHECKPOINT_FILE = "last.pt"
+PIDS = ".pids"  # RUN_DIR/.pids/rank-N: the process id of each training worker (latest attempt)
 
-# Keep Ray's own chatter out of the user's terminal (set before ray is imported).
-QUIET_RAY_ENV = {
-    "RAY_TRAIN_ENABLE_V2_MIGRATION_WARNINGS": "0",
-    "RAY_TRAIN_ENABLE_PRINT_PATCH": "0",
-    "RAY_DEDUP_LOGS": "1",
-    "RAY_USAGE_STATS_ENABLED": "0",
-    "RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S": os.environ.get("RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S", "120"),
-}
-
-
-def quiet_ray() -> None:
-    for k, v in QUIET_RAY_ENV.items():
-        os.environ.setdefault(k, v)
-    # Ray >= 2.5x enables token auth when ~/.ray/auth_token exists and says so on every start;
-    # saying it explicitly keeps the secure default and the terminal quiet.  It also makes
-    # `ray job submit` authenticate (it fails without it once a token exists).
-    if "RAY_AUTH_MODE" not in os.environ and (Path.home() / ".ray" / "auth_token").exists():
-        os.environ["RAY_AUTH_MODE"] = "token"
-
-
-def init_ray(num_cpus: int | None = None) -> bool:
-    """Join a running cluster (RAY_ADDRESS, a Ray job, Slurm) or start a local one.
-
-    Returns True if this call started Ray (so the caller shuts it down)."""
-    quiet_ray()
-    import ray
-
-    if ray.is_initialized():
-        return False
-    # Worker output is not forwarded (log_to_driver=False): rank 0 logs to RUN_DIR/train.log,
-    # which the driver tails (LogTail), so the terminal shows xtrain's lines and not Ray's.
-    kwargs: dict[str, Any] = {"include_dashboard": False, "logging_level": logging.WARNING,
-                              "configure_logging": False, "log_to_driver": False}
-    if os.environ.get("RAY_ADDRESS"):
-        ray.init(**{k: v for k, v in kwargs.items() if k != "include_dashboard"})
-        return True
-    # address="local": always a fresh single-machine Ray.  Without it ray.init() silently joins
-    # whatever cluster `ray start` left on this machine (someone else's, or a dead one).
-    ray.init(address="local", num_cpus=num_cpus, **kwargs)
-    return True
+QUIET_RAY_ENV = runtime.QUIET_RAY_ENV
+quiet_ray = runtime.quiet_ray  # re-exported: tests and older callers import it from here
 
 
 # ----------------------------------------------------------------------------- run directory
@@ -95,22 +60,52 @@ def read_status(run_dir: Path) -> dict[str, Any]:
 
 def write_status(run_dir: Path, **fields: Any) -> None:
     status = {**read_status(run_dir), **fields, "updated": time.strftime("%Y-%m-%dT%H:%M:%S")}
-    tmp = run_dir / f".{STATUS}.tmp"
-    tmp.write_text(json.dumps(status, indent=2))
-    tmp.replace(run_dir / STATUS)
+    runtime.atomic_write(run_dir / STATUS, json.dumps(status, indent=2), what="the run status")
+
+
+class AlreadyComplete(Exception):
+    """Raised by ``prepare_run_dir`` for ``--resume`` of a finished run with the same settings."""
+
+
+# Keys that change where or how fast a run computes, not what it computes: a rerun may differ in them.
+RUN_ONLY_KEYS = ("train.workers", "train.use_gpu", "train.max_failures", "data.loader_workers")
+
+
+def check_same_config(run_dir: Path, cfg: Config, what: str = "run") -> None:
+    """Refuse (naming the key) a ``cfg`` that differs from RUN_DIR/config.yaml."""
+    import yaml
+
+    try:
+        saved = yaml.safe_load((run_dir / "config.yaml").read_text()) or {}
+    except FileNotFoundError:
+        return
+    new = json.loads(json.dumps(config_to_dict(cfg), default=str))
+    saved = json.loads(json.dumps(saved, default=str))
+    keys = [k for k in differences(saved, new) if k not in RUN_ONLY_KEYS]
+    if keys:
+        raise SettingsMismatchError(f"{what} '{run_dir}' was made with other settings: "
+                                    f"{describe_differences(saved, new, keys)}; rerun with the same settings "
+                                    "or choose a new --out")
 
 
 def prepare_run_dir(run_dir: str | Path, cfg: Config, resume: bool) -> tuple[Path, Path | None]:
-    """Create RUN_DIR or check it may be resumed. Returns (absolute run dir, checkpoint to resume)."""
+    """Create RUN_DIR or check it may be resumed. Returns (absolute run dir, checkpoint to resume).
+
+    ``--resume`` of a finished run raises ``AlreadyComplete`` when the settings are the same,
+    ``SettingsMismatchError`` (naming the key) when they are not."""
     run_dir = Path(run_dir).resolve()
     last = run_dir / LAST
     state = read_status(run_dir).get("state")
     if resume:
-        if not last.exists():
-            raise RunStateError(f"cannot resume '{run_dir}': it has no {LAST}; start it without --resume")
         if state == "finished":
-            raise RunStateError(f"run '{run_dir}' already finished all epochs; raise train.epochs with --set "
-                                "train.epochs=N to continue it, or choose a new --out")
+            check_same_config(run_dir, cfg)
+            raise AlreadyComplete(str(run_dir))
+        if not last.exists():
+            if not state:
+                raise RunStateError(f"cannot resume '{run_dir}': it has no {LAST}; start it without --resume")
+            check_same_config(run_dir, cfg)
+            log.warning("run '%s' stopped (%s) before its first checkpoint; starting it from epoch 1", run_dir, state)
+            resume = False
     elif run_dir.exists() and any(run_dir.iterdir()):
         hint = "pass --resume to continue it" if last.exists() and state != "finished" else "choose a new --out"
         raise RunStateError(f"run directory '{run_dir}' already exists and is not empty; {hint}")
@@ -145,6 +140,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     run_dir = Path(config["run_dir"])
     context = ray.train.get_context()
     rank = context.get_world_rank()
+    (run_dir / PIDS).mkdir(exist_ok=True)  # which process is which rank (operators, tests killing one)
+    runtime.atomic_write(run_dir / PIDS / f"rank-{rank}", f"{os.getpid()}\n", what="a worker pid file")
     xlog = logging.getLogger("xtrain")
     xlog.setLevel(logging.INFO)
     if rank == 0 and not any(isinstance(h, logging.FileHandler) for h in xlog.handlers):
@@ -218,11 +215,13 @@ def worker_error(exc: BaseException) -> BaseException | None:
     return None
 
 
-def make_trainer(cfg: Config, run_dir: Path, resume_from: Path | None, callbacks: list | None = None):
+def make_trainer(cfg: Config, run_dir: Path, resume_from: Path | None, callbacks: list | None = None,
+                 cpus_per_worker: int | None = None):
     """A ``TorchTrainer`` running ``train_loop_per_worker`` on ``cfg`` into ``run_dir``.
 
     Every launch gets a fresh run name (Ray silently resumes a reused one); resumption goes
-    through RUN_DIR/last.pt.  Returns (trainer, attempt name)."""
+    through RUN_DIR/last.pt.  ``cpus_per_worker`` (default Ray's 1): Ray sets each worker's
+    OMP_NUM_THREADS, so torch's thread count, to it.  Returns (trainer, attempt name)."""
     import ray.train
     from ray.train.torch import TorchConfig, TorchTrainer
 
@@ -232,7 +231,9 @@ def make_trainer(cfg: Config, run_dir: Path, resume_from: Path | None, callbacks
         train_loop_config={"config": config_to_dict(cfg), "run_dir": str(run_dir),
                            "resume": str(resume_from) if resume_from else None},
         torch_config=TorchConfig(backend="nccl" if cfg.train.use_gpu else "gloo"),
-        scaling_config=ray.train.ScalingConfig(num_workers=cfg.train.workers, use_gpu=cfg.train.use_gpu),
+        scaling_config=ray.train.ScalingConfig(
+            num_workers=cfg.train.workers, use_gpu=cfg.train.use_gpu,
+            resources_per_worker={"CPU": cpus_per_worker} if cpus_per_worker else None),
         run_config=ray.train.RunConfig(
             name=attempt,
             storage_path=str(run_dir / "ray"),
@@ -252,8 +253,14 @@ def fit_trainer(trainer, run_dir: Path, **status: Any) -> dict[str, Any]:
     try:
         result = trainer.fit()
     except BaseException as exc:
-        write_status(run_dir, state="failed", error=f"{type(exc).__name__}: {exc}"[:2000])
         cause = worker_error(exc)
+        if cause is None and runtime.disk_full_cause(exc) is not None:
+            cause = runtime.disk_full_error(exc, run_dir, "the run")
+        error = str(cause) if cause is not None else f"{type(exc).__name__}: {exc}"
+        try:
+            write_status(run_dir, state="failed", error=error[:2000])
+        except DiskFullError:
+            log.error("could not record the failure in %s: the disk is full", run_dir / STATUS)
         if cause is not None:
             raise cause from None
         raise
@@ -265,27 +272,44 @@ def fit_trainer(trainer, run_dir: Path, **status: Any) -> dict[str, Any]:
     return {**metrics, "stopped": stopped}
 
 
-def train(cfg: Config, run_dir: str | Path, resume: bool = False) -> dict[str, Any]:
-    """Train with Ray Train; returns the last reported metrics (``stopped`` if interrupted)."""
+def train(cfg: Config, run_dir: str | Path, resume: bool = False,
+          should_stop: Callable[[], bool] = runtime.never) -> dict[str, Any]:
+    """Train with Ray Train; returns the last reported metrics.
+
+    ``stopped``: ``should_stop()`` turned true (the workers checkpointed and stopped within
+    one step; ``resume=True`` continues).  ``already_complete``: ``resume`` of a finished run
+    with the same settings (nothing is done).  Installs no signal handler; uses the connected
+    Ray or starts (and then stops) one."""
     preflight(cfg)
-    run_dir, resume_from = prepare_run_dir(run_dir, cfg, resume)
-    started = init_ray(num_cpus=None)
-    import ray
+    try:
+        run_dir, resume_from = prepare_run_dir(run_dir, cfg, resume)
+    except AlreadyComplete:
+        run_dir = Path(run_dir).resolve()
+        return {**_last_metrics(run_dir), "stopped": False, "already_complete": True}
 
-    trainer, attempt = make_trainer(cfg, run_dir, resume_from)
-
-    def on_term(signum, frame):  # Slurm time limit / preemption: checkpoint and exit cleanly
-        log.warning("received signal %d: asking workers to checkpoint and stop", signum)
+    def request_stop() -> None:  # Slurm time limit / preemption: every worker checkpoints and stops
+        log.warning("stop requested: asking workers to checkpoint and stop")
         (run_dir / STOP).touch()
 
-    previous = {s: signal.signal(s, on_term) for s in (signal.SIGTERM, signal.SIGUSR1)}
-    tail = LogTail(run_dir / TRAIN_LOG)
-    tail.start()
-    try:
-        return fit_trainer(trainer, run_dir, attempt=attempt, pid=os.getpid())
-    finally:
-        tail.stop()
-        for s, h in previous.items():
-            signal.signal(s, h)
-        if started:
-            ray.shutdown()
+    with runtime.ray_session():
+        trainer, attempt = make_trainer(cfg, run_dir, resume_from)
+        tail = LogTail(run_dir / TRAIN_LOG)
+        tail.start()
+        try:
+            with runtime.when_stopped(should_stop, request_stop):
+                return fit_trainer(trainer, run_dir, attempt=attempt, pid=os.getpid())
+        finally:
+            tail.stop()
+
+
+def _last_metrics(run_dir: Path) -> dict[str, Any]:
+    from .loop import METRICS, read_metrics
+
+    rows = read_metrics(run_dir / METRICS)
+    out: dict[str, Any] = {}
+    for k, v in (rows[-1] if rows else {}).items():
+        try:
+            out[k] = int(v) if k in ("epoch", "step") else float(v)
+        except (TypeError, ValueError):
+            pass
+    return out

@@ -23,11 +23,25 @@ number of trials running at once is the cluster's CPUs (GPUs) divided by ``train
 so no trial waits for workers; a trial whose workers still cannot start fails after
 ``RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S`` (and two retries) instead of hanging.
 
-Interruption: SIGTERM/SIGUSR1 (Slurm) write STOP into every trial directory and TUNE_DIR; the
-running trials checkpoint within one step and end as "interrupted" (a Tune error), trials not
-yet started end at once, and ``--resume`` (``Tuner.restore`` with ``resume_errored``) reruns
-exactly those: each continues from its own ``last.pt``.  Finished trials are never rerun.
-Ctrl+C (SIGINT) is Tune's graceful stop; the unfinished trials are resumed the same way.
+Interruption: when ``should_stop()`` turns true (the CLI sets it on SIGTERM / SIGUSR1 from
+Slurm) STOP is written into every trial directory and TUNE_DIR; the running trials checkpoint
+within one step and end as "interrupted" (a Tune error), trials not yet started end at once,
+and ``--resume`` (``Tuner.restore`` with ``resume_errored``) reruns exactly those: each
+continues from its own ``last.pt`` to its full length.  Finished trials are never rerun, and
+no ``best.yaml`` is written while any trial is unfinished.  Ctrl+C (SIGINT) does the same.
+
+Signals (Ray 2.60, ``ray/tune/tune.py: _setup_signal_catching``): ``Tuner.fit`` on the main
+thread replaces the SIGINT and SIGUSR1 handlers with its own "graceful stop", which ends the
+experiment loop and left the running trials looking finished or early-stopped after one epoch
+(and the command exited 0).  It installs nothing off the main thread, so ``sweep`` runs
+``Tuner.fit`` on a helper thread and the caller's handlers stay in charge
+(``fit_without_tune_signal_handlers``; tests/tune/test_sweep.py checks both facts).
+
+Placement groups: each trial's Ray Train controller reserves its workers in a placement
+group that Train's ``PlacementGroupCleaner`` frees when Tune ends the trial; that cleaner
+asks the state API, so a sweep needs a Ray with its dashboard (``ray_session(dashboard=True)``
+starts one; ``ray start`` has it by default).  ``sweep`` refuses a cluster without it: the
+next trials would wait forever for CPUs nobody frees.
 """
 
 from __future__ import annotations
@@ -37,14 +51,17 @@ import logging
 import math
 import os
 import shutil
-import signal
+import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from .. import runtime
 from ..csvio import write_csv
-from ..config import Config, config_from_dict, config_to_dict, load_config, save_config
-from ..errors import ConfigError, RunStateError, UnknownNameError
+from ..config import Config, config_from_dict, config_to_dict, describe_differences, differences, load_config, \
+    save_config
+from ..errors import ConfigError, RunStateError, SettingsMismatchError, UnknownNameError
 from ..train.loop import BEST, LAST, METRICS, preflight, read_metrics
 from ..train.ray_trainer import STOP, fit_trainer, make_trainer, quiet_ray, read_status, write_status
 from .space import Param, apply_params, grid_size, parse_space, to_ray
@@ -77,26 +94,28 @@ def quiet_tune() -> None:
         os.environ.setdefault(k, v)
 
 
-def init_tune_ray() -> bool:
-    """Join the cluster of RAY_ADDRESS (a Ray job, Slurm) or start a private local Ray.
+def check_state_api(wait_s: float = 30.0) -> None:
+    """Refuse a Ray without its state API (dashboard): Train could not free ended trials' workers.
 
-    Unlike a bare ``ray.init()``, never attaches to some other Ray that happens to run on
-    this machine (``address="local"``): on a shared machine that may be anyone's, or a dead
-    one whose address file was left behind (ray.init then waits for its GCS forever).
-    Returns True if this call started or joined Ray (so the caller shuts it down)."""
-    quiet_tune()
+    A dashboard that is still starting gets ``wait_s`` seconds.  The address is the connected
+    cluster's: left out, the state API guesses from /tmp/ray, which on a shared machine can be
+    another user's Ray."""
     import ray
+    from ray.util.state import list_actors
 
-    if ray.is_initialized():
-        return False
-    kwargs: dict[str, Any] = {"logging_level": logging.WARNING, "configure_logging": False, "log_to_driver": False}
-    if os.environ.get("RAY_ADDRESS"):
-        ray.init(**kwargs)  # inside a Ray job or a Slurm allocation: no num_cpus, the cluster's own
-    else:
-        # The dashboard stays on: Train's PlacementGroupCleaner needs its state API to free the
-        # workers of a trial Tune ended (reap_orphan_placement_groups covers clusters without it).
-        ray.init(address="local", include_dashboard=True, dashboard_host="127.0.0.1", **kwargs)
-    return True
+    address = ray.get_runtime_context().gcs_address
+    t0 = time.monotonic()
+    while True:
+        try:
+            list_actors(address=address, limit=1, raise_on_missing_output=False)
+            return
+        except Exception as exc:  # noqa: BLE001 - any failure means the same: no state API
+            if time.monotonic() - t0 < wait_s:
+                time.sleep(1.0)
+                continue
+            raise RunStateError("xtrain tune needs the Ray dashboard (state API) to free the workers of ended "
+                                f"trials, and this Ray cluster has none ({type(exc).__name__}); start it with "
+                                "'ray start --include-dashboard=true' or let xtrain start Ray") from None
 
 
 # ----------------------------------------------------------------------------- checks
@@ -143,7 +162,10 @@ def run_trial(config: dict[str, Any], base: dict[str, Any], tune_dir: str) -> No
     tune_root = Path(tune_dir)
     run_dir = tune_root / TRIALS / trial_id
     if (tune_root / STOP).exists():
-        raise TrialInterrupted(f"trial {trial_id}: the sweep is stopping (SIGTERM); --resume runs it")
+        run_dir.mkdir(parents=True, exist_ok=True)
+        if read_status(run_dir).get("state") != "finished":
+            write_status(run_dir, state="interrupted", trial_id=trial_id)
+            raise TrialInterrupted(f"trial {trial_id}: the sweep is stopping; --resume runs it")
     state = read_status(run_dir).get("state")
     if state == "finished":  # finished before the sweep was interrupted: report, do not rerun
         rows = read_metrics(run_dir / METRICS)
@@ -155,7 +177,7 @@ def run_trial(config: dict[str, Any], base: dict[str, Any], tune_dir: str) -> No
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / STOP).unlink(missing_ok=True)
     save_config(cfg, run_dir / "config.yaml")
-    (run_dir / "params.json").write_text(json.dumps(params, indent=2, default=str))
+    runtime.atomic_write(run_dir / "params.json", json.dumps(params, indent=2, default=str), what="trial parameters")
 
     trainer, attempt = make_trainer(cfg, run_dir, run_dir / LAST if resume else None,
                                     callbacks=[TuneReportCallback()])
@@ -190,79 +212,16 @@ def _cluster_slots(cfg: Config) -> int:
     return max(1, int(res.get("CPU", 1) // cfg.train.workers))
 
 
-def reap_orphan_placement_groups() -> int:
-    """Remove placement groups whose creating actor is dead; returns how many.
-
-    Each trial's Ray Train controller (an actor owned by the Tune trial) creates a placement
-    group for its workers.  When Tune ends the trial (done, ASHA stop, error) the controller
-    dies, but Ray only removes a non-detached group once its creator actor *and* its job (this
-    driver) are dead; Train's own PlacementGroupCleaner finds dead controllers through the
-    state API, i.e. only with the dashboard running.  Without it the workers' CPUs stayed
-    reserved and the next trial waited for them forever (measured, Ray 2.60).  This asks the
-    GCS directly (a private accessor: any failure just skips the sweep-up).
-    """
-    import ray
-    from ray.core.generated import gcs_pb2
-    from ray.util.placement_group import PlacementGroup, remove_placement_group
-
-    try:
-        accessor = ray._private.state.state._connect_and_get_accessor()
-        removed = 0
-        for raw in accessor.get_placement_group_table():
-            pg = gcs_pb2.PlacementGroupTableData.FromString(raw)
-            if (pg.state != gcs_pb2.PlacementGroupTableData.REMOVED and not pg.is_detached
-                    and pg.creator_actor_dead and pg.creator_actor_id
-                    and not ray.ActorID(pg.creator_actor_id).is_nil()):  # nil: made by a driver (Tune's own)
-                remove_placement_group(PlacementGroup(ray.PlacementGroupID(pg.placement_group_id)))
-                removed += 1
-        return removed
-    except Exception as exc:  # noqa: BLE001 - best effort; Train's cleaner covers clusters with a dashboard
-        log.debug("placement group sweep-up skipped: %s", exc)
-        return 0
-
-
-def _train_pgs_alive() -> int:
-    """Placement groups, not removed, created by a (Train controller) actor: 0 when all trials let go."""
-    import ray
-    from ray.core.generated import gcs_pb2
-
-    try:
-        accessor = ray._private.state.state._connect_and_get_accessor()
-        pgs = [gcs_pb2.PlacementGroupTableData.FromString(raw) for raw in accessor.get_placement_group_table()]
-    except Exception:  # noqa: BLE001
-        return 0
-    return sum(1 for pg in pgs if pg.state != gcs_pb2.PlacementGroupTableData.REMOVED and not pg.is_detached
-               and pg.creator_actor_id and not ray.ActorID(pg.creator_actor_id).is_nil())
-
-
-def release_trial_resources(timeout: float = 10.0) -> None:
-    """After the sweep: wait (briefly) for the last trials' controllers to die and free their workers."""
-    t0 = time.monotonic()
-    while True:
-        reap_orphan_placement_groups()
-        if not _train_pgs_alive() or time.monotonic() - t0 > timeout:
-            return
-        time.sleep(0.5)
-
-
 def _progress_callback(total: int, params: list[Param], tune_dir: Path, metric: str):
     from ray.tune import Callback
 
     keys = [p.key for p in params if p.kind != "fixed"]
 
     class ProgressLog(Callback):
-        """One line per finished trial instead of Tune's tables; sweeps up dead trials' placement groups."""
+        """One line per finished trial instead of Tune's tables."""
 
         def __init__(self):
             self.done = 0
-            self.last_reap = 0.0
-
-        def on_step_begin(self, iteration, trials, **info):
-            if time.monotonic() - self.last_reap > 2.0:
-                self.last_reap = time.monotonic()
-                n = reap_orphan_placement_groups()
-                if n:
-                    log.debug("removed %d placement group(s) of ended trials", n)
 
         def _line(self, trial, what: str) -> None:
             self.done += 1
@@ -277,17 +236,14 @@ def _progress_callback(total: int, params: list[Param], tune_dir: Path, metric: 
             self._line(trial, "finished")
 
         def on_trial_error(self, iteration, trials, trial, **info):
-            self._line(trial, "failed" if not _interrupted(trial) else "interrupted")
+            self._line(trial, "interrupted" if _interrupted(tune_dir, trial.trial_id) else "failed")
 
     return ProgressLog()
 
 
-def _interrupted(trial) -> bool:
-    path = getattr(trial, "error_file", None) or ""
-    try:
-        return "TrialInterrupted" in Path(path).read_text() if path else False
-    except OSError:
-        return False
+def _interrupted(tune_dir: Path, trial_id: str) -> bool:
+    """The trial stopped on request: its run directory says so (fit_trainer / run_trial wrote it)."""
+    return read_status(tune_dir / TRIALS / trial_id).get("state") == "interrupted"
 
 
 def _fmt(v: Any) -> str:
@@ -296,13 +252,37 @@ def _fmt(v: Any) -> str:
     return str(v)
 
 
+class SweepComplete(Exception):
+    """Raised by ``prepare_tune_dir`` for ``--resume`` of a finished sweep with the same settings."""
+
+
+def sweep_finished(tune_dir: Path) -> bool:
+    """results.csv lists every trial as finished or early-stopped (by the scheduler)."""
+    from ..csvio import read_csv
+
+    rows = read_csv(tune_dir / RESULTS)
+    return bool(rows) and all(r.get("status") in ("finished", "early-stopped") for r in rows)
+
+
 def prepare_tune_dir(tune_dir: str | Path, cfg: Config, resume: bool) -> tuple[Path, Config]:
-    """Create TUNE_DIR (refusing a non-empty one) or check it can be resumed; returns the base config."""
+    """Create TUNE_DIR (refusing a non-empty one) or check it can be resumed; returns the base config.
+
+    ``resume`` of a finished sweep raises ``SweepComplete`` with the same settings and
+    ``SettingsMismatchError`` (naming the key) with others."""
     tune_dir = Path(tune_dir).resolve()
     exp = tune_dir / EXPERIMENT
     if resume:
         from ray.tune import Tuner
 
+        if sweep_finished(tune_dir) and (tune_dir / "config.yaml").exists():
+            saved = json.loads(json.dumps(config_to_dict(load_config(tune_dir / "config.yaml")), default=str))
+            new = json.loads(json.dumps(config_to_dict(cfg), default=str))
+            keys = [k for k in differences(saved, new) if k not in ("train.workers", "train.use_gpu")]
+            if keys:
+                raise SettingsMismatchError(f"sweep '{tune_dir}' finished with other settings: "
+                                            f"{describe_differences(saved, new, keys)}; rerun with the same "
+                                            "settings or choose a new --out")
+            raise SweepComplete(str(tune_dir))
         if not (tune_dir / "config.yaml").exists() or not Tuner.can_restore(str(exp)):
             raise RunStateError(f"cannot resume '{tune_dir}': it holds no sweep state; start it without --resume")
         saved = load_config(tune_dir / "config.yaml")
@@ -312,57 +292,96 @@ def prepare_tune_dir(tune_dir: str | Path, cfg: Config, resume: bool) -> tuple[P
         (tune_dir / STOP).unlink(missing_ok=True)
         return tune_dir, saved
     if tune_dir.exists() and any(tune_dir.iterdir()):
-        hint = ("pass --resume to continue it" if (exp.exists() and not (tune_dir / RESULTS).exists())
-                else "choose a new --out")
+        hint = "pass --resume to continue it" if exp.exists() and not sweep_finished(tune_dir) else "choose a new --out"
         raise RunStateError(f"tune directory '{tune_dir}' already exists and is not empty; {hint}")
     (tune_dir / TRIALS).mkdir(parents=True, exist_ok=True)
     save_config(cfg, tune_dir / "config.yaml")
     return tune_dir, cfg
 
 
-def sweep(cfg: Config, tune_dir: str | Path, resume: bool = False) -> dict[str, Any]:
-    """Run (or resume) the sweep described by ``cfg.tune``; returns a summary with the best trial."""
+def fit_without_tune_signal_handlers(tuner, should_stop: Callable[[], bool]):
+    """``tuner.fit()`` on a helper thread, so Tune installs no SIGINT/SIGUSR1 handler (see the
+    module docstring); this thread waits, and Ctrl+C here asks for a stop (twice: gives up)."""
+    box: dict[str, Any] = {}
+
+    def target() -> None:
+        try:
+            box["grid"] = tuner.fit()
+        except BaseException as exc:  # noqa: BLE001 - re-raised on the calling thread
+            box["error"] = exc
+
+    thread = threading.Thread(target=target, name="xtrain-tune-fit", daemon=True)
+    thread.start()
+    interrupts = 0
+    while thread.is_alive():
+        try:
+            thread.join(0.2)
+        except KeyboardInterrupt:
+            interrupts += 1
+            if interrupts > 1 or not hasattr(should_stop, "set"):
+                raise
+            log.warning("Ctrl+C: stopping the sweep (trials checkpoint; --resume continues); again to abort")
+            should_stop.set("SIGINT")  # type: ignore[attr-defined]
+    if "error" in box:
+        raise box["error"]
+    return box["grid"]
+
+
+def sweep(cfg: Config, tune_dir: str | Path, resume: bool = False,
+          should_stop: Callable[[], bool] | None = None) -> dict[str, Any]:
+    """Run (or resume) the sweep described by ``cfg.tune``; returns a summary with the best trial.
+
+    ``should_stop()`` true: the running trials checkpoint and end "interrupted" (summary
+    ``stopped``), ``resume=True`` runs them to their full length.  ``already_complete``:
+    ``resume`` of a finished sweep with the same settings.  Installs no signal handler."""
     quiet_tune()
+    stop = runtime.StopRequest()
+    outer = should_stop or runtime.never
     params = check_tune_config(cfg)
-    tune_dir, cfg = prepare_tune_dir(tune_dir, cfg, resume)
+    try:
+        tune_dir, cfg = prepare_tune_dir(tune_dir, cfg, resume)
+    except SweepComplete:
+        from ..csvio import read_csv
+
+        tune_dir = Path(tune_dir).resolve()
+        rows = read_csv(tune_dir / RESULTS)
+        trial = (tune_dir / "best" / "trial").read_text().strip() if (tune_dir / "best" / "trial").exists() else None
+        best = next((r for r in rows if r.get("trial_id") == trial), None)
+        return {"trials": len(rows), "rows": rows, "stopped": False, "best": best, "already_complete": True}
     if resume:
         params = check_tune_config(cfg)  # the sweep's own config
-    init_started = init_tune_ray()
-    import ray
     from ray import tune
 
     base = config_to_dict(cfg)
     t = cfg.tune
-    n_trials = t.num_samples * grid_size(params)
-    slots = _cluster_slots(cfg)
-    concurrent = min(t.max_concurrent or slots, slots, n_trials)
-    trainable = tune.with_resources(tune.with_parameters(run_trial, base=base, tune_dir=str(tune_dir)),
-                                    {"cpu": 0, "memory": TRIAL_MEMORY})
-    progress = _progress_callback(n_trials, params, tune_dir, t.metric)
-    run_config = tune.RunConfig(name=EXPERIMENT, storage_path=str(tune_dir), verbose=0, callbacks=[progress],
-                                failure_config=tune.FailureConfig(max_failures=0))
-    if t.scheduler == "asha":
-        scheduler = tune.schedulers.ASHAScheduler(time_attr="epoch", max_t=cfg.train.epochs,
-                                                  grace_period=min(t.grace_period, cfg.train.epochs),
-                                                  reduction_factor=t.reduction_factor)
-    else:
-        scheduler = tune.schedulers.FIFOScheduler()
-    log.info("tune: %d trials (%s, %d at once, %d training worker(s) each) -> %s", n_trials, t.scheduler,
-             concurrent, cfg.train.workers, tune_dir)
 
-    stopping = {"flag": False}
-
-    def on_term(signum, frame):  # Slurm time limit / preemption: every trial checkpoints and stops
-        log.warning("received signal %d: stopping the sweep (trials checkpoint; --resume continues)", signum)
-        stopping["flag"] = True
+    def request_stop() -> None:  # every running trial checkpoints and stops; the others do not start
+        log.warning("stopping the sweep: running trials checkpoint; --resume continues them")
+        stop.set("requested")
         (tune_dir / STOP).touch()
         for d in (tune_dir / TRIALS).iterdir():
             if d.is_dir() and read_status(d).get("state") == "running":
                 (d / STOP).touch()
 
-    previous = {s: signal.signal(s, on_term) for s in (signal.SIGTERM,)}
     t0 = time.time()
-    try:
+    with runtime.ray_session(dashboard=True):
+        check_state_api()
+        n_trials = t.num_samples * grid_size(params)
+        slots = _cluster_slots(cfg)
+        concurrent = min(t.max_concurrent or slots, slots, n_trials)
+        trainable = tune.with_resources(tune.with_parameters(run_trial, base=base, tune_dir=str(tune_dir)),
+                                        {"cpu": 0, "memory": TRIAL_MEMORY})
+        progress = _progress_callback(n_trials, params, tune_dir, t.metric)
+        run_config = tune.RunConfig(name=EXPERIMENT, storage_path=str(tune_dir), verbose=0, callbacks=[progress],
+                                    failure_config=tune.FailureConfig(max_failures=0))
+        if t.scheduler == "asha":
+            scheduler = tune.schedulers.ASHAScheduler(time_attr="epoch", max_t=cfg.train.epochs,
+                                                      grace_period=min(t.grace_period, cfg.train.epochs),
+                                                      reduction_factor=t.reduction_factor)
+        else:
+            scheduler = tune.schedulers.FIFOScheduler()
+        log.info("tune: %d trials (%s, %d at once, %d training worker(s) each) -> %s", n_trials, t.scheduler,
+                 concurrent, cfg.train.workers, tune_dir)
         if resume:
             tuner = tune.Tuner.restore(str(tune_dir / EXPERIMENT), trainable=trainable, resume_unfinished=True,
                                        resume_errored=True)
@@ -375,23 +394,22 @@ def sweep(cfg: Config, tune_dir: str | Path, resume: bool = False) -> dict[str, 
                                             search_alg=_search_alg(t.seed)),
                 run_config=run_config,
             )
-        grid = tuner.fit()
-        release_trial_resources()
-    finally:
-        for s, h in previous.items():
-            signal.signal(s, h)
-        if init_started:
-            ray.shutdown()
+        ctrl_c = runtime.StopRequest()
+        with runtime.when_stopped(lambda: outer() or ctrl_c(), request_stop):
+            grid = fit_without_tune_signal_handlers(tuner, ctrl_c)
     (tune_dir / STOP).unlink(missing_ok=True)
     rows = collect_results(grid, tune_dir, cfg, params)
     settle_statuses(rows, tune_dir)
     write_results(rows, tune_dir / RESULTS)
+    unfinished = [r["trial_id"] for r in rows if r["status"] not in ("finished", "early-stopped")]
     summary: dict[str, Any] = {"trials": len(rows), "seconds": round(time.time() - t0, 1), "rows": rows,
-                               "stopped": stopping["flag"] or any(r["status"] == "interrupted" for r in rows)}
+                               "stopped": stop() or any(r["status"] == "interrupted" for r in rows)}
     best = pick_best(rows, t.metric, t.mode)
     summary["best"] = best
-    if best is not None:
+    if best is not None and not summary["stopped"]:
         export_best(tune_dir, best["trial_id"])
+    elif summary["stopped"]:
+        log.warning("no best.yaml: trial(s) %s did not finish; --resume runs them", ", ".join(unfinished))
     return summary
 
 
@@ -405,11 +423,15 @@ def _search_alg(seed: int | None):
 
 
 def collect_results(grid, tune_dir: Path, cfg: Config, params: list[Param]) -> list[dict[str, Any]]:
-    """One row per trial from Tune's trial list and each trial's own metrics.csv / status.json."""
-    trials = list(getattr(getattr(grid, "_experiment_analysis", None), "trials", None) or [])
+    """One row per trial from Tune's ``ResultGrid`` and each trial's own metrics.csv / status.json.
+
+    status: ``finished`` (all epochs), ``early-stopped`` (the scheduler ended it), ``interrupted``
+    (stopped on request and checkpointed: ``--resume`` continues it), ``failed``."""
     rows = []
-    for trial in trials:
-        run_dir = tune_dir / TRIALS / trial.trial_id
+    for result in grid:
+        trial_id = result.metrics["trial_id"]
+        config = result.config or {}
+        run_dir = tune_dir / TRIALS / trial_id
         metrics = read_metrics(run_dir / METRICS)
         status = read_status(run_dir)
         epochs = len(metrics)
@@ -418,17 +440,17 @@ def collect_results(grid, tune_dir: Path, cfg: Config, params: list[Param]) -> l
             target = config_from_dict(_trial_yaml(run_dir)).train.epochs
         except Exception:  # noqa: BLE001 - a trial that never started has no config.yaml
             pass
-        if trial.status == "ERROR":
-            state = "interrupted" if _interrupted(trial) else "failed"
+        if status.get("state") == "interrupted":
+            state = "interrupted"
+        elif result.error is not None:
+            state = "failed"
         elif status.get("state") == "finished" and epochs >= target:
             state = "finished"
-        elif trial.status == "TERMINATED":
-            state = "early-stopped" if epochs < target else "finished"
         else:
-            state = trial.status.lower()
-        row: dict[str, Any] = {"trial_id": trial.trial_id, "status": state, "epochs": epochs}
+            state = "early-stopped" if epochs < target else "finished"
+        row: dict[str, Any] = {"trial_id": trial_id, "status": state, "epochs": epochs}
         for p in params:
-            row[p.key] = trial.config.get(p.key)
+            row[p.key] = config.get(p.key)
         last = metrics[-1] if metrics else {}
         metric_keys = [k for k in last if k.startswith("train_") or k in ("val_mean_dice", "val_mean_iou", "val_accuracy")
                        or k.startswith("val_dice_")]
@@ -476,11 +498,13 @@ def write_results(rows: list[dict[str, Any]], path: Path) -> None:
 
 
 def pick_best(rows: list[dict[str, Any]], metric: str, mode: str) -> dict[str, Any] | None:
-    """The trial with the best (max/min) per-epoch ``metric`` that has a model.pt."""
+    """The trial with the best (max/min) per-epoch ``metric`` that has a model.pt, among the
+    trials that finished or that the scheduler stopped (never an interrupted or failed one)."""
     key = f"best_{metric}" if metric != "val_mean_dice" else "best_val_mean_dice"
     if metric == "best_mean_dice":
         key = "best_val_mean_dice"
-    cands = [r for r in rows if r.get("model_path") and r.get(key) is not None]
+    cands = [r for r in rows if r.get("model_path") and r.get(key) is not None
+             and r.get("status") in ("finished", "early-stopped")]
     if not cands:
         return None
     return (max if mode == "max" else min)(cands, key=lambda r: r[key])
@@ -490,11 +514,9 @@ def export_best(tune_dir: Path, trial_id: str) -> None:
     """TUNE_DIR/best.yaml (resolved config of the best trial) and TUNE_DIR/best/model.pt."""
     run_dir = tune_dir / TRIALS / trial_id
     cfg = load_config(run_dir / "config.yaml")
-    save_config(cfg, tune_dir / BEST_YAML)
     (tune_dir / "best").mkdir(exist_ok=True)
-    tmp = tune_dir / "best" / f".{BEST}.tmp"
-    shutil.copy2(run_dir / BEST, tmp)
-    tmp.replace(tune_dir / "best" / BEST)
-    (tune_dir / "best" / "trial").write_text(trial_id + "\n")
+    runtime.atomic_write(tune_dir / "best" / BEST, (run_dir / BEST).read_bytes(), what="the best model")
+    runtime.atomic_write(tune_dir / "best" / "trial", trial_id + "\n", what="the best trial id")
+    save_config(cfg, tune_dir / BEST_YAML)  # last: best.yaml present means the export is complete
 
 

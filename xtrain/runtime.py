@@ -1,0 +1,264 @@
+"""The edges of a run: stop requests from signals, the Ray session, atomic writes, full disks.
+
+    stop = StopRequest()
+    with stop_on_signals(stop):                  # the CLI / jobs/ only: SIGTERM, SIGUSR1
+        with ray_session():                      # starts Ray only if none is connected
+            train(cfg, "runs/unet", should_stop=stop)
+
+Library functions take a ``should_stop`` callable (``StopRequest`` is one) and install no
+signal handler, so they run on any thread.  ``ray_session`` starts Ray only when this
+process is not connected to one, stops exactly what it started, and puts back the SIGTERM /
+SIGUSR1 / SIGINT handlers that ``ray.init`` replaces on the main thread (Ray 2.60
+``ray._private.worker.init`` sets SIGTERM to ``sys.exit``).
+
+``atomic_write`` is the one way small files (csv, status.json, job.json, qc.json,
+checkpoints, best.yaml, compare reports) reach the disk: a temporary sibling renamed over the
+target, so a reader never sees half a file.  A full disk (ENOSPC, EDQUOT, EFBIG) anywhere
+becomes ``DiskFullError``: one line naming the path and what was being written.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import io
+import logging
+import os
+import signal
+import threading
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+from .errors import DiskFullError
+
+log = logging.getLogger(__name__)
+
+API_SERVER_ENV = "RAY_API_SERVER_ADDRESS"  # where Ray's state API clients look (ray.dashboard.utils)
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)  # Slurm's time-limit warning / preemption, `scancel`
+DISK_FULL_ERRNOS = frozenset(e for e in (errno.ENOSPC, getattr(errno, "EDQUOT", None), errno.EFBIG) if e)
+
+# Keep Ray's own chatter out of the user's terminal (set before ray is imported).
+QUIET_RAY_ENV = {
+    "RAY_TRAIN_ENABLE_V2_MIGRATION_WARNINGS": "0",
+    "RAY_TRAIN_ENABLE_PRINT_PATCH": "0",
+    "RAY_DEDUP_LOGS": "1",
+    "RAY_USAGE_STATS_ENABLED": "0",
+    "RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S": os.environ.get("RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S", "120"),
+}
+
+
+# ----------------------------------------------------------------------------- stop requests
+
+
+class StopRequest:
+    """A thread-safe "please checkpoint and stop" flag; calling it answers ``should_stop()``."""
+
+    def __init__(self) -> None:
+        self._event = threading.Event()
+        self.reason: str | None = None
+
+    def __call__(self) -> bool:
+        return self._event.is_set()
+
+    def set(self, reason: str = "requested") -> None:
+        if not self._event.is_set():
+            self.reason = reason
+        self._event.set()
+
+    def wait(self, timeout: float | None = None) -> bool:
+        return self._event.wait(timeout)
+
+
+def never() -> bool:
+    """The default ``should_stop``: run to the end."""
+    return False
+
+
+@contextlib.contextmanager
+def stop_on_signals(stop: StopRequest, signals: tuple[int, ...] = STOP_SIGNALS) -> Iterator[StopRequest]:
+    """Turn ``signals`` into ``stop.set()`` while the block runs; the old handlers come back after.
+
+    Only for the CLI and ``jobs/`` (the main thread); off the main thread it installs nothing."""
+    if threading.current_thread() is not threading.main_thread():
+        yield stop
+        return
+
+    def handler(signum: int, frame: Any) -> None:
+        name = signal.Signals(signum).name
+        if not stop():
+            log.warning("received %s: checkpointing and stopping; rerun with --resume to continue", name)
+        stop.set(name)
+
+    previous = {s: signal.signal(s, handler) for s in signals}
+    try:
+        yield stop
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
+
+
+@contextlib.contextmanager
+def when_stopped(should_stop: Callable[[], bool], action: Callable[[], None], interval: float = 0.2) -> Iterator[None]:
+    """Call ``action()`` once, from a watcher thread, as soon as ``should_stop()`` is true."""
+    done = threading.Event()
+
+    def watch() -> None:
+        while not done.wait(interval):
+            if should_stop():
+                try:
+                    action()
+                except Exception:  # noqa: BLE001 - the watcher must not die silently mid-run
+                    log.exception("stop action failed")
+                return
+
+    thread = threading.Thread(target=watch, name="xtrain-stop-watch", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        done.set()
+        thread.join()
+
+
+# ----------------------------------------------------------------------------- Ray
+
+
+def quiet_ray() -> None:
+    """Environment that keeps Ray quiet and consistent; call before ``import ray``."""
+    for k, v in QUIET_RAY_ENV.items():
+        os.environ.setdefault(k, v)
+    # Ray >= 2.5x enables token auth when ~/.ray/auth_token exists and says so on every start;
+    # saying it explicitly keeps the secure default and the terminal quiet.  It also makes
+    # `ray job submit` authenticate (it fails without it once a token exists).
+    if "RAY_AUTH_MODE" not in os.environ and (Path.home() / ".ray" / "auth_token").exists():
+        os.environ["RAY_AUTH_MODE"] = "token"
+
+
+@contextlib.contextmanager
+def ray_session(num_cpus: int | None = None, dashboard: bool = False) -> Iterator[bool]:
+    """Use the connected Ray, or start one and shut down exactly that one at the end.
+
+    Joins RAY_ADDRESS when set (a Ray job, a Slurm allocation: the cluster's own resources);
+    otherwise starts a private single-machine Ray (``address="local"``: never some other
+    Ray left running on this machine).  Yields True if this call started Ray.  The signal
+    handlers ``ray.init`` replaces on the main thread are put back."""
+    quiet_ray()
+    import ray
+
+    if ray.is_initialized():
+        yield False
+        return
+    main = threading.current_thread() is threading.main_thread()
+    saved = {s: signal.getsignal(s) for s in (*STOP_SIGNALS, signal.SIGINT)} if main else {}
+    # Worker output is not forwarded (log_to_driver=False): rank 0 logs to RUN_DIR/train.log,
+    # which the driver tails, so the terminal shows xtrain's lines and not Ray's.
+    kwargs: dict[str, Any] = {"logging_level": logging.WARNING, "configure_logging": False, "log_to_driver": False}
+    pinned = None
+    if os.environ.get("RAY_ADDRESS"):
+        ray.init(**kwargs)
+    else:
+        # Ray Train's PlacementGroupCleaner asks the state API whether its controller lives, at
+        # an address it guesses from /tmp/ray: on a shared machine another user's Ray, whose
+        # answer "no such actor" made it remove our workers' placement group mid-run (measured).
+        # Pin the address for this session's processes: our dashboard, or none (a refused port).
+        port = free_port() if dashboard else None
+        pinned = f"http://127.0.0.1:{port}" if port else "http://127.0.0.1:9"
+        runtime_env = {"env_vars": {API_SERVER_ENV: pinned}}
+        if dashboard:
+            ray.init(address="local", num_cpus=num_cpus, include_dashboard=True, dashboard_host="127.0.0.1",
+                     dashboard_port=port, runtime_env=runtime_env, **kwargs)
+        else:
+            ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, runtime_env=runtime_env, **kwargs)
+    previous_api = os.environ.get(API_SERVER_ENV)
+    if pinned:
+        os.environ[API_SERVER_ENV] = pinned
+    for s, h in saved.items():
+        if h is not None:
+            signal.signal(s, h)
+    try:
+        yield True
+    finally:
+        ray.shutdown()
+        if pinned:
+            if previous_api is None:
+                os.environ.pop(API_SERVER_ENV, None)
+            else:
+                os.environ[API_SERVER_ENV] = previous_api
+
+
+def free_port() -> int:
+    """A TCP port nobody listens on now (8265, Ray's default dashboard port, may be another Ray's)."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+# ----------------------------------------------------------------------------- writes and full disks
+
+
+def disk_full_cause(exc: BaseException | None) -> OSError | None:
+    """The ENOSPC / EDQUOT / EFBIG ``OSError`` behind ``exc`` (itself, its causes, a group), if any."""
+    seen: set[int] = set()
+    stack = [exc]
+    while stack:
+        e = stack.pop()
+        if e is None or id(e) in seen:
+            continue
+        seen.add(id(e))
+        if isinstance(e, DiskFullError):
+            return e
+        if isinstance(e, OSError) and e.errno in DISK_FULL_ERRNOS:
+            return e
+        if type(e).__name__ == "OperationalError" and "disk is full" in str(e):  # sqlite3 (the nightly registry)
+            return OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        stack.extend([e.__cause__, e.__context__, getattr(e, "cause", None)])
+        stack.extend(getattr(e, "exceptions", None) or [])
+    return None
+
+
+def disk_full_error(exc: BaseException, path: str | os.PathLike, what: str) -> DiskFullError:
+    cause = disk_full_cause(exc)
+    if isinstance(cause, DiskFullError):
+        return cause
+    reason = os.strerror(cause.errno) if cause is not None and cause.errno else "no space left"
+    return DiskFullError(f"{reason.lower()} while writing {what} '{path}'; free space (or raise the quota) "
+                         "and run the same command again with --resume")
+
+
+@contextlib.contextmanager
+def writing(path: str | os.PathLike, what: str) -> Iterator[None]:
+    """Re-raise a full disk inside the block as one ``DiskFullError`` naming ``path`` and ``what``."""
+    try:
+        yield
+    except DiskFullError:
+        raise
+    except BaseException as exc:
+        if disk_full_cause(exc) is not None:
+            raise disk_full_error(exc, path, what) from exc
+        raise
+
+
+def atomic_write(path: str | os.PathLike, data: str | bytes | Callable[[io.BufferedWriter], None],
+                 what: str = "file") -> Path:
+    """Write ``data`` (text, bytes, or a function writing into a binary file) to a temporary
+    sibling of ``path`` and rename it over ``path``: readers see the old file or the new one,
+    never half of one.  A full disk raises ``DiskFullError`` and leaves no temporary behind."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
+    try:
+        with writing(path, what), open(tmp, "wb") as f:
+            if callable(data):
+                data(f)
+            else:
+                f.write(data.encode() if isinstance(data, str) else data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+    return path
