@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 import tifffile
-import zarr
+
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
@@ -49,7 +49,7 @@ def main() -> None:
     work.mkdir(parents=True, exist_ok=True)
 
     from conftest import make_store, tiny_config
-    from xtrain.infer import segment
+    from xtrain.infer import open_segmentation, segment
     from xtrain.train.loop import fit
 
     model = work / "run" / "model.pt"
@@ -73,7 +73,7 @@ def main() -> None:
         out = work / f"{name}.zarr"
         if not out.exists():
             segment(model, work / src, out, **opts, **kw)
-        return np.asarray(zarr.open_group(str(out), mode="r")["labels"][:])
+        return np.asarray(open_segmentation(out).labels[:])
 
     ref = run("full", "full.tif")
     res = {"dice_unmasked": dice(ref[core], truth[core])}
@@ -88,7 +88,7 @@ def main() -> None:
         if not out.exists():
             subprocess.run([args.old_python, "-c", code], check=True, cwd=args.old_path,  # cwd: not this checkout
                            env={"PYTHONPATH": args.old_path, "PATH": "/usr/bin:/bin"})
-        seg = np.asarray(zarr.open_group(str(out), mode="r")["labels"][:])
+        seg = np.asarray(open_segmentation(out).labels[:])
         res["dice_masked_old"] = dice(seg[core], truth[core])
         res["agree_masked_old"] = float(np.mean(seg[core] == ref[core]))
     print(json.dumps(res, indent=1))

@@ -6,9 +6,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import tifffile
-import zarr
 
-from xtrain.infer import segment
+
+from xtrain.infer import open_segmentation, segment
 from xtrain.infer.volume import choose_mapping
 from xtrain.train.checkpoint import load_checkpoint
 
@@ -32,8 +32,8 @@ def run(model, image: np.ndarray, tmp_path, name: str, **kw) -> tuple[np.ndarray
     tifffile.imwrite(tmp_path / f"{name}.tif", image)
     out = segment(model, tmp_path / f"{name}.tif", tmp_path / f"{name}.zarr", block=(16, 64, 64), tile=32, halo=4,
                   **kw)
-    group = zarr.open_group(str(out), mode="r")
-    return np.asarray(group["labels"][:]), dict(group.attrs)["xtrain"]["source"]["normalisation"]
+    seg = open_segmentation(out)
+    return np.asarray(seg.labels[:]), seg.info.source["normalisation"]
 
 
 def dice(a: np.ndarray, b: np.ndarray, k: int = 3) -> float:

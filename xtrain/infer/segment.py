@@ -385,7 +385,7 @@ def _segment(model, volume, out: Path, block, tile, halo, axes, tta, probabiliti
     build_model(ckpt, model)
     _, num_classes, classes = model_channels(ckpt, model)
     train_stats = ckpt.get("stats") or {}
-    vol = open_volume(volume, stats=previous["stats"] if previous else None, dataset=dataset, channel=channel,
+    vol = open_volume(volume, stats=previous.get("stats") if previous else None, dataset=dataset, channel=channel,
                       time=time, mask=mask, train_stats=train_stats, normalisation=normalisation)
     m = vol.mapping
     log.info("normalisation: %s statistics, p0.5 %.6g -> 0, p99.5 %.6g -> 1 (%s)%s", m["mode"], m["lo"], m["hi"],
