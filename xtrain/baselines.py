@@ -233,13 +233,16 @@ def fit_baseline(name: str, store: Any, z_range: tuple[int, int] | None = None, 
 
 
 def segment_baseline(baseline: Baseline, volume: Any, out: str | os.PathLike, slab: int | None = None,
-                     overwrite: bool = False, copy_image: bool = True) -> Path:
+                     overwrite: bool = False, copy_image: bool = True, clean: bool = False) -> Path:
     """Apply ``baseline`` to ``volume`` (store, TIFF stack or volume) slab by slab; write store ``out``.
 
     The output is a complete xtrain store: ``labels`` plus (``copy_image``) the input
     ``image``, so 'xtrain evaluate', napari and the report can use it alone.  Its ``source``
     attribute holds the baseline (name, thresholds, centres, fit region) and the input.
+    ``clean``: a 3x3x3 majority filter over the labels (xtrain/infer/postprocess.py), exact
+    across slabs (one more slice of halo).
     """
+    from .infer.postprocess import CLEAN_HALO, majority_labels
     from .data.stats import IntensityStats
     from .data.store import DEFAULT_CLASSES, check_output, default_layout, write_store
     from .evaluate import open_image_volume
@@ -255,9 +258,17 @@ def segment_baseline(baseline: Baseline, volume: Any, out: str | os.PathLike, sl
     with write_store(out, shape, layout, overwrite=overwrite) as w:
         labels = w.create("labels", shape, np.uint8)
         image = w.create("image", shape, vol.dtype) if copy_image else None
-        for z0, z1, block, lo in _halo_slabs(vol, baseline.halo, slab):
+        extra = CLEAN_HALO if clean else 0
+        for z0, z1, block, lo in _halo_slabs(vol, baseline.halo + extra, slab):
             inner = block[lo:lo + z1 - z0]  # (z1 - z0, Y, X)
-            labels[z0:z1] = baseline.predict(block)[lo:lo + z1 - z0]
+            predicted = baseline.predict(block)  # exact on slices z0 - extra .. z1 + extra (clipped)
+            if clean:
+                a = max(z0 - extra, 0)
+                part = predicted[lo - (z0 - a):lo + z1 - z0 + min(extra, shape[0] - z1)]
+                box = ((a, a + part.shape[0]), (0, shape[1]), (0, shape[2]))
+                labels[z0:z1] = majority_labels(part, box, ((z0, z1), (0, shape[1]), (0, shape[2])), shape)
+            else:
+                labels[z0:z1] = predicted[lo:lo + z1 - z0]
             if image is not None:
                 image[z0:z1] = inner
             if stats is not None:
@@ -265,6 +276,7 @@ def segment_baseline(baseline: Baseline, volume: Any, out: str | os.PathLike, sl
         w.info.classes = list(vol.classes or DEFAULT_CLASSES)
         w.info.voxel_size_nm = vol.voxel_size_nm
         w.info.stats = stats.to_dict() if stats is not None else dict(vol.info.get("stats", {}))
-        w.info.source = {"kind": "baseline", "baseline": baseline.to_dict(), "volume": os.fspath(vol.spec)}
+        w.info.source = {"kind": "baseline", "baseline": baseline.to_dict(), "volume": os.fspath(vol.spec),
+                         "clean": clean}
     log.info("wrote %s (%s baseline)", out, baseline.name)
     return Path(out)

@@ -158,7 +158,7 @@ def cmd_baseline(args: argparse.Namespace) -> int:
 
     check_output(args.out, args.overwrite)  # fail before the (slow) fit
     baseline = fit_baseline(args.name, args.fit, z_range=args.fit_z, seed=args.seed)
-    segment_baseline(baseline, args.volume, args.out, slab=args.slab, overwrite=args.overwrite)
+    segment_baseline(baseline, args.volume, args.out, slab=args.slab, overwrite=args.overwrite, clean=args.clean)
     log.info("%s thresholds %s; wrote %s", baseline.name, ", ".join(f"{t:.6g}" for t in baseline.thresholds),
              args.out)
     return 0
@@ -187,7 +187,7 @@ def cmd_segment(args: argparse.Namespace) -> int:
 
     segment(args.model, args.volume, args.out, block=args.block, tile=args.tile, halo=args.halo, axes=args.axes,
             tta=args.tta, probabilities=args.probabilities, workers=args.workers, gpu=args.gpu, resume=args.resume,
-            overwrite=args.overwrite, threads=args.threads)
+            overwrite=args.overwrite, threads=args.threads, clean=args.clean)
     return 0
 
 
@@ -224,6 +224,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 # ----------------------------------------------------------------------------- parser
+
+
+CLEAN_HELP = ("clean-up: replace each voxel's class by the majority of its 3x3x3 neighbourhood (mean "
+              "probabilities; removes isolated wrong voxels that inflate TPB; see xtrain/infer/postprocess.py)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -318,6 +322,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="k-means subsample seed (default 0)")
     p.add_argument("--slab", type=int, default=None, help="z-slab depth (default: the store's shard depth)")
     p.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
+    p.add_argument("--clean", action="store_true", help=CLEAN_HELP)
     p.set_defaults(func=cmd_baseline)
 
     p = _add(sub, "tune", "Tune hyperparameters (or run a grid study) with Ray Tune over Ray Train trials.",
@@ -359,6 +364,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--gpu", action="store_true", help="one Ray worker per GPU")
     p.add_argument("--resume", action="store_true", help="continue an interrupted run into OUT: redo only missing blocks")
     p.add_argument("--overwrite", action="store_true", help="replace OUT (or an interrupted run) if it exists")
+    p.add_argument("--clean", action="store_true", help=CLEAN_HELP)
     p.set_defaults(func=cmd_segment)
 
     p = _add(sub, "nightly", "Segment newly acquired scans: ingest, segment, QC, and a registry of what was done.",

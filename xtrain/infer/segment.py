@@ -44,6 +44,7 @@ from ..malloc import keep_freed_memory
 from ..models import create_model
 from ..train.checkpoint import file_checksum, load_checkpoint
 from .blocks import Block, align_block, block_grid
+from .postprocess import CLEAN_HALO, grow, majority_filter
 from .predict import AXES, WINDOWS, Predictor
 from .volume import SHIFT_WARN, Volume, distribution_shift, open_volume
 from .write import GROUP, JOB, MARKERS, Markers, ZarrSink, finish, is_tiff, segmentation_attrs, work_dir, \
@@ -77,6 +78,7 @@ class Settings:
     threads: int  # torch threads per worker: oneDNN results depend on it in the 7th digit
     chunks: tuple[int, int, int] | None
     shard: bool
+    clean: bool = False  # 3D majority filter over the probabilities (postprocess.py)
 
 
 @dataclass
@@ -137,11 +139,16 @@ class BlockRunner:
         self.predictor = Predictor(build_model(ckpt, job.model), c, k, tile=s.tile, halo=s.halo, axes=s.axes,
                                    tta=s.tta, window=s.window, batch_size=s.batch_size, device=job.device)
         self.volume = job.volume
+        self.clean = s.clean
         self.sink = ZarrSink(Path(job.work) / GROUP)
         self.markers = Markers(Path(job.work) / MARKERS)
 
     def run(self, block: Block) -> Block:
-        probs = self.predictor.predict(self.volume, block.core)  # (K, z, y, x)
+        if self.clean:  # predict one voxel more each side: the filter's context (output block-independent)
+            box = grow(block.core, CLEAN_HALO, self.volume.shape)
+            probs = majority_filter(self.predictor.predict(self.volume, box), box, block.core, self.volume.shape)
+        else:
+            probs = self.predictor.predict(self.volume, block.core)  # (K, z, y, x)
         self.sink.write(block.core, probs)
         self.markers.mark(block)  # only after the data: a marker means the block is on disk
         return block
@@ -273,6 +280,7 @@ def segment(
     chunks: tuple[int, int, int] | None = None,
     shard: bool = True,
     on_block: Callable[[Block], None] | None = None,
+    clean: bool = False,
 ) -> Path:
     """Segment ``volume`` (store or TIFF stack) with ``model`` (model.pt) into ``out`` (.zarr / .tif).
 
@@ -281,6 +289,8 @@ def segment(
     torch threads per worker (default: all cores in-process, cores / workers on Ray).
     ``chunks``/``shard``: output layout as ``default_layout``.  ``on_block(block)`` is called
     after each finished block (progress hooks; tests raise from it to simulate a crash).
+    ``clean``: a 3D majority filter over the probabilities (postprocess.py); --probabilities
+    then writes the filtered ones.
     """
     out = Path(out)
     block = tuple(int(b) for b in (block or DEFAULT_BLOCKS.get(axes, DEFAULT_BLOCKS["z"])))  # type: ignore[assignment]
@@ -318,7 +328,7 @@ def segment(
         log.info("block %s rounded up to %s: whole output shards %s, so no two workers write one shard",
                  ",".join(map(str, block)), ",".join(map(str, aligned)), ",".join(map(str, layout.shards or layout.chunks)))
     settings = Settings(aligned, tile, halo, axes, tta, probabilities, window, batch_size, threads,
-                        tuple(layout.chunks), shard)
+                        tuple(layout.chunks), shard, clean)
     record = {"kind": vol.kind, "volume": vol.path, "shape": list(vol.shape), "model_sha256": file_checksum(model),
               "settings": json.loads(json.dumps(asdict(settings))), "stats": vol.stats}
     if previous:
