@@ -349,8 +349,10 @@ def build_parser() -> argparse.ArgumentParser:
                    "(zlib-compressed label stack)")
     p.add_argument("--block", type=int_tuple(3), default=None, metavar="Z,Y,X",
                    help="block (unit of work and memory) shape, rounded up to whole output shards "
-                        "(default 32,1024,1024 for --axes z, 64,512,512 for zyx: about 1.1 and 1.7 GB per worker)")
-    p.add_argument("--tile", type=int, default=256, help="2D tile edge the model sees (default 256)")
+                        "(default 32,1024,1024 for --axes z; for zyx the whole volume up to 64 M voxels, else "
+                        "64,512,512: about 1.1, 2.2 and 1.7 GB per worker)")
+    p.add_argument("--tile", type=int, default=512, help="largest 2D tile edge the model sees; tiles are planned "
+                   "to the plane, so a plane up to TILE a side is one tile (default 512)")
     p.add_argument("--halo", type=int, default=16, help="adjacent tiles overlap by 2*HALO voxels, blended by a "
                    "Gaussian window (default 16)")
     p.add_argument("--axes", choices=("z", "zyx"), default="z", help="slice normal to z only, or to z, y and x "

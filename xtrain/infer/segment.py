@@ -60,6 +60,18 @@ log = logging.getLogger(__name__)
 #        the tile in every direction: 64 x 512 x 512 0.25 Mvox/s at 1.7 GB; 128 deep is 0.46
 #        Mvox/s but 2.3 GB, over the 2 GiB a CPU worker is allowed.
 DEFAULT_BLOCKS = {"z": (32, 1024, 1024), "zyx": (64, 512, 512)}
+# zyx on a volume of at most this many voxels: one block.  The y and x passes tile planes that
+# span the volume's z (plan_tiles: one tile up to --tile voxels), so a block shallower than the
+# volume recomputes those planes once per block: 250x501x501 in 64-deep blocks did the y and x
+# passes 4 times.  One block of 63 M voxels peaks at about 2.2 GB (data + one pass + the sum).
+ZYX_WHOLE_VOXELS = 64 * 1024 * 1024
+
+
+def default_block(axes: str, shape: tuple[int, int, int]) -> tuple[int, int, int]:
+    """The block ``segment`` uses when none is given (see DEFAULT_BLOCKS, ZYX_WHOLE_VOXELS)."""
+    if axes == "zyx" and int(np.prod(shape)) <= ZYX_WHOLE_VOXELS:
+        return tuple(int(n) for n in shape)  # type: ignore[return-value]
+    return DEFAULT_BLOCKS.get(axes, DEFAULT_BLOCKS["z"])
 IN_FLIGHT = 2  # blocks queued per actor: one running, one ready, so no actor waits for the driver
 
 
@@ -265,7 +277,7 @@ def segment(
     out: str | os.PathLike,
     *,
     block: tuple[int, int, int] | None = None,
-    tile: int = 256,
+    tile: int = 512,
     halo: int = 16,
     axes: str = "z",
     tta: bool = False,
@@ -284,7 +296,7 @@ def segment(
 ) -> Path:
     """Segment ``volume`` (store or TIFF stack) with ``model`` (model.pt) into ``out`` (.zarr / .tif).
 
-    ``block``: the unit of work and memory (default ``DEFAULT_BLOCKS[axes]``), rounded up to
+    ``block``: the unit of work and memory (default ``default_block(axes, shape)``), rounded up to
     whole output shards.  ``tile``/``halo``: 2D tile edge and half the overlap of adjacent tiles.  ``threads``:
     torch threads per worker (default: all cores in-process, cores / workers on Ray).
     ``chunks``/``shard``: output layout as ``default_layout``.  ``on_block(block)`` is called
@@ -293,8 +305,8 @@ def segment(
     then writes the filtered ones.
     """
     out = Path(out)
-    block = tuple(int(b) for b in (block or DEFAULT_BLOCKS.get(axes, DEFAULT_BLOCKS["z"])))  # type: ignore[assignment]
-    _check_args(out, block, tile, halo, axes, window, workers, probabilities, batch_size, threads)
+    given = tuple(int(b) for b in block) if block else None
+    _check_args(out, given or (1, 1, 1), tile, halo, axes, window, workers, probabilities, batch_size, threads)
     work, continuing = _prepare_output(out, resume, overwrite)
     job_file = work / JOB
     previous = json.loads(job_file.read_text()) if continuing and job_file.exists() else None
@@ -304,6 +316,7 @@ def segment(
     build_model(ckpt, model)
     _, num_classes, classes = model_channels(ckpt, model)
     vol = open_volume(volume, stats=previous["stats"] if previous and previous.get("kind") == "tiff" else None)
+    block = given or default_block(axes, vol.shape)
     train_stats = ckpt.get("stats") or {}
     shift = distribution_shift(train_stats, vol.stats)
     if shift is None:
