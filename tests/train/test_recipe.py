@@ -245,3 +245,30 @@ def test_slab_validation_records_tpb_ratio_and_fraction_error(train_store, tmp_p
     assert float(row["val_fraction_error_pp"]) == pytest.approx(err, rel=1e-6)
     dice = float(row["val_mean_dice"])
     assert float(row["val_score"]) == pytest.approx(dice - 0.1 * abs(float(row["val_tpb_ratio"]) - 1))
+
+
+# ----------------------------------------------------------------------------- Ray Train, 2 workers
+
+
+@pytest.mark.slow
+def test_two_ray_workers_with_sync_bn_train_like_one_worker_on_the_whole_batch(ray_cluster, train_store, tmp_path):
+    """With global-batch BatchNorm, 2 DDP workers x batch 16 see the batch of 1 worker x batch 32
+    (the same global samples: item i of rank r is global sample r + 2i), so their BatchNorm
+    running statistics after a step agree; with per-worker BatchNorm they do not."""
+    from xtrain.train.ray_trainer import train
+
+    common = ("train.epochs=1", "loss.name=ce", "data.samples_per_epoch=32", "data.val_patches=4")
+    train(tiny_config(train_store, "train.workers=2", "train.batch_size=16", "train.sync_bn=true", *common),
+          tmp_path / "sync")
+    train(tiny_config(train_store, "train.workers=2", "train.batch_size=16", "train.sync_bn=false", *common),
+          tmp_path / "local")
+    (tmp_path / "one").mkdir()
+    fit(tiny_config(train_store, "train.workers=1", "train.batch_size=32", *common), tmp_path / "one")
+    one, sync, local = (load_checkpoint(tmp_path / d / "last.pt")["model_state"] for d in ("one", "sync", "local"))
+    stats = [k for k in one if k.endswith("running_mean") or k.endswith("running_var")]
+    assert stats
+    for k in stats:
+        assert torch.allclose(sync[k], one[k], rtol=1e-4, atol=1e-5), k
+    err_sync = max(float((sync[k] - one[k]).abs().max()) for k in stats)
+    err_local = max(float((local[k] - one[k]).abs().max()) for k in stats)
+    assert err_local > 10 * err_sync, (err_local, err_sync)
