@@ -12,11 +12,16 @@ volumes are cheap to make):
   with no I/O and no blending: the ceiling;
 * (b) MONAI ``sliding_window_inference`` over the in-memory normalised volume as a batch of
   2D slices, same tile, overlap (2*halo/tile) and Gaussian blending;
+* (c) the plain whole-slice loop a user would write: read a z-slice from the store, normalise,
+  one forward of the whole slice, argmax into an in-memory array (no tiles, no blending, no
+  writing);
+* with ``--zyx``: ``segment --axes zyx`` too, for the cost of fusion (zyx_vs_z, target <= 3.5);
 * peak RSS (VmHWM) of a worker process segmenting ``--size``^3 and ``--rss-size``^3 (the
   latter stopped after ``--rss-blocks`` blocks: every block has the same size, and memory is
   bounded by the block, not by the volume).
 
-Last line: ``RESULT vs_forward=<segment/(a)> vs_monai=<segment/(b)> rss_mb=<max peak RSS>``.
+Last line: ``RESULT vs_forward=<segment/(a)> vs_monai=<segment/(b)> vs_plain=<segment/(c)>
+zyx_vs_z=<time zyx / time z> rss_mb=<max peak RSS>``.
 """
 
 from __future__ import annotations
@@ -75,15 +80,15 @@ def make_model(path: Path, width: int, depth: int) -> Path:
 
 def bench_forward(model_path: Path, size: int, tile: int, halo: int) -> float:
     """(a): the model alone over the segment's tiles, batches and threads; voxels/s."""
-    from xtrain.infer.blocks import tile_starts
+    from xtrain.infer.blocks import plan_tiles
     from xtrain.infer.predict import Predictor
     from xtrain.infer.segment import build_model
     from xtrain.train.checkpoint import load_checkpoint
 
     ckpt = load_checkpoint(model_path)
     p = Predictor(build_model(ckpt, model_path), 1, 3, tile=tile, halo=halo)
-    t = min(tile, size)
-    n_tiles = len(tile_starts(size, tile, tile - 2 * halo)) ** 2 * size
+    t, starts = plan_tiles(size, tile, halo)
+    n_tiles = len(starts) ** 2 * size
     batch = p.batch_for(t, t)
     x = np.random.default_rng(0).random((batch, 1, t, t), dtype=np.float32)
     p.forward(x)  # warm-up
@@ -117,6 +122,24 @@ def bench_monai(store: Path, model_path: Path, tile: int, halo: int) -> float | 
                                            mode="gaussian")
             torch.softmax(out, dim=1).argmax(1).to(torch.uint8)
     return vol.numel() / (time.perf_counter() - start)
+
+
+def bench_plain(store: Path, model_path: Path) -> float:
+    """(c): the plain whole-slice loop, reading included; voxels/s."""
+    from xtrain.data.stats import normalize
+    from xtrain.data.store import open_store
+    from xtrain.infer.segment import build_model
+    from xtrain.train.checkpoint import load_checkpoint
+
+    model = build_model(load_checkpoint(model_path), model_path).eval()
+    start = time.perf_counter()
+    s = open_store(store)
+    out = np.empty(s.shape, np.uint8)
+    with torch.inference_mode():
+        for z in range(s.shape[0]):
+            x = torch.from_numpy(normalize(np.asarray(s.image[z]), s.info.stats))[None, None]  # (1, 1, Y, X)
+            out[z] = torch.softmax(model(x), dim=1).argmax(1)[0].to(torch.uint8).numpy()
+    return out.size / (time.perf_counter() - start)
 
 
 def child(args: argparse.Namespace) -> None:
@@ -163,9 +186,10 @@ def main() -> None:
     ap.add_argument("--size", type=int, default=256)
     ap.add_argument("--rss-size", type=int, default=1024, help="big volume for the RSS check (0: skip)")
     ap.add_argument("--rss-blocks", type=int, default=3, help="blocks of the big volume to run")
-    ap.add_argument("--tile", type=int, default=256)
+    ap.add_argument("--tile", type=int, default=512)
     ap.add_argument("--halo", type=int, default=16)
     ap.add_argument("--axes", default="z", help="--axes of xtrain segment: z or zyx")
+    ap.add_argument("--zyx", action="store_true", help="also time --axes zyx (zyx_vs_z)")
     ap.add_argument("--block", default="", help="Z,Y,X block of xtrain segment (default: its own)")
     ap.add_argument("--width", type=int, default=8)
     ap.add_argument("--depth", type=int, default=2)
@@ -193,11 +217,18 @@ def main() -> None:
         store = make_store(root / f"vol{args.size}.zarr", args.size)
         log.info("torch %s threads, %s^3 volume, unet width %d depth %d, tile %d halo %d", torch.get_num_threads(),
                  args.size, args.width, args.depth, args.tile, args.halo)
-        seg, fwd, mon, rss = [], [], [], []
-        for r in range(args.rounds):  # interleaved, so machine load drifts hit all three alike
+        seg, fwd, mon, rss, plain, zyx = [], [], [], [], [], []
+        for r in range(args.rounds):  # interleaved, so machine load drifts hit all alike
             c = run_child(store, model, root / "seg.zarr", args)
             seg.append(c["vox_s"])
             rss.append(c["rss_kb"] / 1024)
+            plain.append(bench_plain(store, model))
+            if args.zyx:
+                c = run_child(store, model, root / "zyx.zarr", argparse.Namespace(**{**vars(args), "axes": "zyx"}))
+                zyx.append(c["vox_s"])
+                rss.append(c["rss_kb"] / 1024)
+                log.info("round %d: zyx %.2f Mvox/s", r + 1, zyx[-1] / 1e6)
+            log.info("round %d: plain whole-slice loop %.2f Mvox/s", r + 1, plain[-1] / 1e6)
             fwd.append(bench_forward(model, args.size, args.tile, args.halo))
             m = bench_monai(store, model, args.tile, args.halo)
             if m is not None:
@@ -215,7 +246,9 @@ def main() -> None:
         vs_fwd = max(seg) / max(fwd)
         vs_monai = f"{max(seg) / max(mon):.3f}" if mon else "skipped"
         rss_mb = max(rss + ([big_rss] if big_rss else []))
-        print(f"RESULT vs_forward={vs_fwd:.3f} vs_monai={vs_monai} rss_mb={rss_mb:.0f}")
+        zyx_vs_z = f"{max(seg) / max(zyx):.3f}" if zyx else "skipped"
+        print(f"RESULT vs_forward={vs_fwd:.3f} vs_monai={vs_monai} vs_plain={max(seg) / max(plain):.3f} "
+              f"zyx_vs_z={zyx_vs_z} rss_mb={rss_mb:.0f}")
     finally:
         if args.workdir is None:
             shutil.rmtree(root, ignore_errors=True)

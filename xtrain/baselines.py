@@ -250,7 +250,7 @@ def fit_baseline(name: str, store: Any, z_range: tuple[int, int] | None = None, 
 
 
 def segment_baseline(baseline: Baseline, volume: Any, out: str | os.PathLike, slab: int | None = None,
-                     overwrite: bool = False, copy_image: bool = True) -> Path:
+                     overwrite: bool = False, copy_image: bool = True, clean: bool = False) -> Path:
     """Apply ``baseline`` to ``volume`` (store, TIFF stack or volume) slab by slab; write ``out``.
 
     ``out`` ending in ``.zarr``: a complete xtrain store (OME-Zarr image + ``labels/prediction``):
@@ -258,10 +258,13 @@ def segment_baseline(baseline: Baseline, volume: Any, out: str | os.PathLike, sl
     napari and the report can use it alone.  Its ``source`` attribute holds the baseline (name,
     thresholds, centres, fit region) and the input.  ``.tif``/``.tiff``: an ImageJ hyperstack,
     ``.h5``/``.hdf5``/``.nxs``: NeXus HDF5 (labels only, streamed; see ``xtrain.infer.write``).
+    ``clean``: a 3x3x3 majority filter over the labels (xtrain/infer/postprocess.py), exact
+    across slabs (each slab's labels are computed with one more slice of halo).
     Raises InvalidInputError for another suffix, OutputExistsError for an existing ``out``.
     """
     from .data.layout import PREDICTION
     from .data.stats import volume_stats
+    from .infer.postprocess import CLEAN_HALO, majority_labels
     from .data.store import DEFAULT_CLASSES, check_output, default_layout, write_store
     from .data.volumes import compute
     from .data.volumes import open_volume as open_image_volume
@@ -282,8 +285,24 @@ def segment_baseline(baseline: Baseline, volume: Any, out: str | os.PathLike, sl
     classes = list(vol.classes or DEFAULT_CLASSES)
     source = {"kind": "baseline", "baseline": baseline.to_dict(), "volume": os.fspath(vol.spec),
               "volume_provenance": vol.provenance}
+    halo = CLEAN_HALO if clean else 0
+    num_classes = len(baseline.thresholds) + 1
+
+    def grown(z0: int) -> Any:
+        """Labels of slab z0.. grown by the clean-up's halo in z (clipped): what ``cleaned`` needs."""
+        return labels_arr[max(z0 - halo, 0):min(z0 + slab + halo, shape[0])]
+
+    def cleaned(lab: np.ndarray, z0: int, z1: int) -> np.ndarray:
+        """(z1 - z0, Y, X) labels of slab z0..z1 from ``grown(z0)``'s, majority-filtered if ``clean``."""
+        if not clean:
+            return lab
+        a = max(z0 - halo, 0)
+        return majority_labels(lab, ((a, a + lab.shape[0]), (0, shape[1]), (0, shape[2])),
+                               ((z0, z1), (0, shape[1]), (0, shape[2])), shape, num_classes)
+
+    source["clean"] = clean
     if suffix != ".zarr":  # streamed slab by slab into one file
-        slabs = (compute(labels_arr[z0:min(z0 + slab, shape[0])])[0] for z0 in range(0, shape[0], slab))
+        slabs = (cleaned(compute(grown(z0))[0], z0, min(z0 + slab, shape[0])) for z0 in range(0, shape[0], slab))
         write_labels_file(Path(out), slabs, shape, classes, vol.voxel_size_nm,
                           {"xtrain": {"classes": classes, "voxel_size_nm": vol.voxel_size_nm, "source": source}})
         log.info("wrote %s (%s baseline)", out, baseline.name)
@@ -295,13 +314,13 @@ def segment_baseline(baseline: Baseline, volume: Any, out: str | os.PathLike, sl
         image = w.create_image(shape, vol.dtype) if copy_image else None
 
         def write(lab: np.ndarray, img: np.ndarray | None, z0: int, z1: int) -> None:
-            labels[z0:z1] = lab  # whole shard layers: no two tasks write one shard
+            labels[z0:z1] = cleaned(lab, z0, z1)  # whole shard layers: no two tasks write one shard
             if image is not None:
                 image[z0:z1] = img
 
         import dask
 
-        compute(*[dask.delayed(write)(labels_arr[z0:min(z0 + slab, shape[0])],
+        compute(*[dask.delayed(write)(grown(z0),
                                       image_arr[z0:min(z0 + slab, shape[0])] if image is not None else None,
                                       z0, min(z0 + slab, shape[0])) for z0 in range(0, shape[0], slab)])
         w.info.classes = classes

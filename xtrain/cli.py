@@ -178,7 +178,7 @@ def cmd_baseline(args: argparse.Namespace) -> int:
 
     check_output(args.out, args.overwrite)  # fail before the (slow) fit
     baseline = fit_baseline(args.name, args.fit, z_range=args.fit_z, seed=args.seed)
-    segment_baseline(baseline, args.volume, args.out, slab=args.slab, overwrite=args.overwrite)
+    segment_baseline(baseline, args.volume, args.out, slab=args.slab, overwrite=args.overwrite, clean=args.clean)
     log.info("%s thresholds %s; wrote %s", baseline.name, ", ".join(f"{t:.6g}" for t in baseline.thresholds),
              args.out)
     return 0
@@ -212,7 +212,8 @@ def cmd_segment(args: argparse.Namespace) -> int:
     segment(args.model, args.volume, args.out, block=args.block, tile=args.tile, halo=args.halo, axes=args.axes,
             tta=args.tta, probabilities=args.probabilities, workers=args.workers, gpu=args.gpu, resume=args.resume,
             overwrite=args.overwrite, threads=args.threads, dataset=args.dataset, channel=args.channel,
-            time=args.time, mask=args.mask, normalisation=args.normalisation, should_stop=args.should_stop)
+            time=args.time, mask=args.mask, normalisation=args.normalisation, should_stop=args.should_stop,
+            clean=args.clean)
     return 0
 
 
@@ -261,6 +262,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 # ----------------------------------------------------------------------------- parser
+
+
+CLEAN_HELP = ("clean-up: replace each voxel's class by the majority of its 3x3x3 neighbourhood (mean "
+              "probabilities; removes isolated wrong voxels that inflate TPB; see xtrain/infer/postprocess.py)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -358,6 +363,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="k-means subsample seed (default 0)")
     p.add_argument("--slab", type=int, default=None, help="z-slab depth (default: the store's shard depth)")
     p.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
+    p.add_argument("--clean", action="store_true", help=CLEAN_HELP)
     p.set_defaults(func=cmd_baseline)
 
     p = _add(sub, "tune", "Tune hyperparameters (or run a grid study) with Ray Tune over Ray Train trials.",
@@ -385,8 +391,10 @@ def build_parser() -> argparse.ArgumentParser:
                    "probabilities/entropy), OUT.tif (ImageJ hyperstack) or OUT.h5/.nxs (NeXus HDF5)")
     p.add_argument("--block", type=int_tuple(3), default=None, metavar="Z,Y,X",
                    help="block (unit of work and memory) shape, rounded up to whole output shards "
-                        "(default 32,1024,1024 for --axes z, 64,512,512 for zyx: about 1.1 and 1.7 GB per worker)")
-    p.add_argument("--tile", type=int, default=256, help="2D tile edge the model sees (default 256)")
+                        "(default 32,1024,1024 for --axes z; for zyx the whole volume up to 64 M voxels, else "
+                        "64,512,512: about 1.1, 2.2 and 1.7 GB per worker)")
+    p.add_argument("--tile", type=int, default=512, help="largest 2D tile edge the model sees; tiles are planned "
+                   "to the plane, so a plane up to TILE a side is one tile (default 512)")
     p.add_argument("--halo", type=int, default=16, help="adjacent tiles overlap by 2*HALO voxels, blended by a "
                    "Gaussian window (default 16)")
     p.add_argument("--axes", choices=("z", "zyx"), default="z", help="slice normal to z only, or to z, y and x "
@@ -405,6 +413,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="intensity mapping: the training statistics (train), the volume's own percentiles (own), "
                         "or auto: train when the volume is on the training scale (same dtype, grey range mostly "
                         "inside the training one), else own; recorded in the output")
+    p.add_argument("--clean", action="store_true", help=CLEAN_HELP)
     p.set_defaults(func=cmd_segment)
 
     p = _add(sub, "nightly", "Segment newly acquired scans: ingest, segment, QC, and a registry of what was done.",

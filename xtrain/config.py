@@ -13,6 +13,7 @@ consumes them (``create_model`` checks model keyword arguments).
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import types
 import typing
 from dataclasses import asdict, dataclass, field
@@ -46,10 +47,16 @@ class DataConfig:
     gap: int = 4  # slices left out between train and validation slabs (neighbours leak)
     fraction: float = 1.0  # fraction of the training slab used (data-size studies)
     samples_per_epoch: int = 2048  # random training patches per epoch (all workers together)
-    val_patches: int = 256  # validation patches on a fixed grid (upper bound)
+    val_patches: int = 256  # validation patches on a fixed grid (upper bound); val_mode "patches"
+    # validation: "patches" (the z-plane grid above) or "slab" (every z-plane of the validation
+    # slab whole, as `segment --axes z` does; adds the TPB ratio and phase-fraction error)
+    val_mode: str = "patches"
     loader_workers: int = 2  # torch DataLoader worker processes per training worker
     cache_mb: int = 256  # decoded-chunk LRU cache per reading process (0: off); see data/chunkcache.py
     augment: AugmentConfig = field(default_factory=AugmentConfig)
+
+    def __post_init__(self):
+        _check_choice("data.val_mode", self.val_mode, VAL_MODES)
 
 
 @dataclass
@@ -65,6 +72,17 @@ class OptimConfig:
     beta2: float = 0.999
     weight_decay: float = 0.0
     d_lr: float | None = None  # Pix2Pix discriminator learning rate (None: same as lr)
+    # learning-rate schedule per optimiser step (xtrain/train/recipe.py): constant; cosine
+    # (linear warm-up from 0, then cosine down to lr * min_lr_ratio); onecycle (torch OneCycleLR)
+    schedule: str = "constant"
+    warmup: float = 0.05  # fraction of all steps spent warming up (cosine and onecycle)
+    min_lr_ratio: float = 0.01  # cosine: final lr / lr
+
+    def __post_init__(self):
+        _check_choice("optim.schedule", self.schedule, SCHEDULES)
+        _check_range("optim.lr", self.lr, 0.0, None, low_open=True)
+        _check_range("optim.warmup", self.warmup, 0.0, 1.0, high_open=True)
+        _check_range("optim.min_lr_ratio", self.min_lr_ratio, 0.0, 1.0)
 
 
 @dataclass
@@ -83,6 +101,16 @@ class TrainConfig:
     use_gpu: bool = False
     amp: bool = True  # bf16 autocast on GPU (ignored on CPU)
     max_failures: int = 2  # worker deaths Ray Train recovers from by restarting
+    ema_decay: float = 0.0  # EMA of the weights (0: off): ema = d * ema + (1 - d) * w after each step;
+    #                         validation and model.pt use the EMA weights
+    sync_bn: bool = True  # DDP with > 1 worker: BatchNorm statistics over the global batch (recipe.py)
+    select: str = "dice"  # model.pt selection: dice, or dice+tpb (needs data.val_mode=slab)
+    select_tpb_weight: float = 0.1  # dice+tpb score = mean Dice - weight * |TPB ratio - 1|
+
+    def __post_init__(self):
+        _check_choice("train.select", self.select, SELECT)
+        _check_range("train.ema_decay", self.ema_decay, 0.0, 1.0, high_open=True)
+        _check_range("train.select_tpb_weight", self.select_tpb_weight, 0.0, None)
 
 
 @dataclass
@@ -108,6 +136,35 @@ class Config:
     loss: LossConfig = field(default_factory=LossConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     tune: TuneConfig = field(default_factory=TuneConfig)
+
+    def __post_init__(self):
+        if self.train.select == "dice+tpb" and self.data.val_mode != "slab":
+            raise ConfigError("train.select=dice+tpb needs the TPB of whole validation planes; "
+                              "also set data.val_mode=slab")
+
+
+SCHEDULES = ("constant", "cosine", "onecycle")
+SELECT = ("dice", "dice+tpb")
+VAL_MODES = ("patches", "slab")
+
+
+def _check_range(key: str, value: float, low: float | None, high: float | None, *, low_open: bool = False,
+                 high_open: bool = False) -> None:
+    """Raise ConfigError naming ``key`` unless low <= value <= high (open ends where asked)."""
+    bad = (low is not None and (value < low or (low_open and value == low))) or \
+          (high is not None and (value > high or (high_open and value == high)))
+    if bad:
+        lo = "-inf" if low is None else f"{low}"
+        hi = "inf" if high is None else f"{high}"
+        interval = f"{'(' if low_open else '['}{lo}, {hi}{')' if high_open or high is None else ']'}"
+        raise ConfigError(f"config key '{key}'={value} must be in {interval}; set it with --set {key}=...")
+
+
+def _check_choice(key: str, value: str, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        close = difflib.get_close_matches(str(value), choices, n=1, cutoff=0.5)
+        hint = f"did you mean '{close[0]}'?" if close else f"valid: {', '.join(choices)}"
+        raise ConfigError(f"config key '{key}'='{value}' is not one of {', '.join(choices)}; {hint}")
 
 
 # --------------------------------------------------------------------------- building

@@ -53,3 +53,27 @@ def test_read_box_holds_the_core_its_tiles_and_2p5d_slices():
 def test_windows_are_positive_and_peak_in_the_middle(kind):
     w = window_1d(32, kind)
     assert w.min() > 0 and w.max() == 1 and np.allclose(w, w[::-1]) and w[0] < 0.05
+
+
+@pytest.mark.parametrize("n,tile,halo", [(501, 512, 16), (501, 256, 16), (1024, 512, 16), (53, 32, 4), (61, 32, 4),
+                                         (250, 256, 16), (7, 8, 2), (1000, 100, 0)])
+def test_planned_tiles_are_the_fewest_equal_tiles_that_cover_the_axis(n, tile, halo):
+    from xtrain.infer.blocks import plan_tiles
+
+    size, starts = plan_tiles(n, tile, halo)
+    assert size <= tile and starts[0] == 0 and starts[-1] + size == n
+    if len(starts) > 1:
+        assert (size - np.diff(starts) >= 2 * halo).all()  # neighbours overlap by >= 2 * halo
+    # no fewer tiles of length <= tile can cover n with that overlap
+    k = len(starts)
+    assert k == 1 or (k - 1) * tile - (k - 2) * 2 * halo < n
+    if n <= tile:
+        assert (size, list(starts)) == (n, [0])  # a plane up to the tile is one tile
+
+
+def test_a_501_plane_is_one_512_tile_not_nine():
+    from xtrain.infer.blocks import plan_tiles
+
+    assert plan_tiles(501, 512, 16) == (501, [0])
+    size, starts = plan_tiles(501, 256, 16)
+    assert len(starts) == 3 and size == 189  # 567 voxels of work per axis instead of 3 x 256 = 768

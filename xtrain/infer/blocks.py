@@ -28,8 +28,8 @@ import numpy as np
 
 from ..data.sampler import reflect  # the same mirror rule training used for its 2.5D slices
 
-__all__ = ["Block", "Box", "align_block", "block_grid", "box_shape", "read_box", "reflect", "tile_size", "tile_starts",
-           "tiles_touching"]
+__all__ = ["Block", "Box", "align_block", "block_grid", "box_shape", "plan_tiles", "read_box", "reflect", "tile_size",
+           "tile_starts", "tiles_touching"]
 
 Box = tuple[tuple[int, int], tuple[int, int], tuple[int, int]]
 
@@ -94,6 +94,24 @@ def tile_starts(n: int, tile: int, stride: int) -> np.ndarray:
     return np.asarray(starts, dtype=np.int64)
 
 
+def plan_tiles(n: int, tile: int, halo: int) -> tuple[int, np.ndarray]:
+    """(length, origins) of the tiles along an axis of ``n`` voxels, planned to the axis.
+
+    The fewest equal tiles of at most ``tile`` voxels that cover the axis with neighbours
+    overlapping by at least ``2 * halo``: k = ceil((n - 2h) / (tile - 2h)) tiles of length
+    ceil((n + 2h (k - 1)) / k), evenly spread from 0 to n - length.  An axis of at most
+    ``tile`` voxels is one tile: a 501-voxel axis with tile 512 is one tile, not the three
+    256-voxel tiles (768 voxels of work) of ``tile_starts(501, 256, 224)``.  The plan depends
+    on (n, tile, halo) only, never on a block, so output stays block-independent.
+    """
+    if n <= tile:
+        return n, np.zeros(1, dtype=np.int64)
+    k = -(-(n - 2 * halo) // (tile - 2 * halo))
+    size = -(-(n + 2 * halo * (k - 1)) // k)
+    starts = (np.arange(k, dtype=np.int64) * (n - size)) // (k - 1)
+    return int(size), starts
+
+
 def tile_size(n: int, tile: int) -> int:
     return min(tile, n)
 
@@ -106,7 +124,8 @@ def tiles_touching(starts: np.ndarray, t: int, lo: int, hi: int) -> np.ndarray:
 def read_box(core: Box, shape: tuple[int, int, int], axes: tuple[int, ...], tile: int, stride: int,
              context: int) -> Box:
     """The region a block must read: for each slicing axis, the core +- ``context`` slices
-    (mirrored into the volume) along it and the union of the touching tiles across it."""
+    (mirrored into the volume) along it and the union of the touching tiles across it
+    (tiles of ``plan_tiles(n, tile, (tile - stride) // 2)``)."""
     lo = [n for n in shape]
     hi = [0, 0, 0]
     for a in axes:
@@ -116,8 +135,8 @@ def read_box(core: Box, shape: tuple[int, int, int], axes: tuple[int, ...], tile
                 idx = reflect(np.arange(c0 - context, c1 + context), 0, shape[d])
                 first, last = int(idx.min()), int(idx.max()) + 1
             else:
-                t = tile_size(shape[d], tile)
-                s = tiles_touching(tile_starts(shape[d], tile, stride), t, c0, c1)
+                t, starts = plan_tiles(shape[d], tile, (tile - stride) // 2)
+                s = tiles_touching(starts, t, c0, c1)
                 first, last = int(s.min()), int(s.max()) + t
             lo[d], hi[d] = min(lo[d], first), max(hi[d], last)
     return tuple(zip(lo, hi))  # type: ignore[return-value]

@@ -4,8 +4,10 @@
     probs = predictor.predict(volume, core)          # (K, z, y, x) float32 for the block core
 
 For every slicing axis (``axes="z"``: planes normal to z; ``"zyx"``: also normal to y and
-to x, averaged), each plane of the core is cut into overlapping T x T tiles on the
-*global* grid of blocks.py.  A tile's input is the plane and its neighbours along the
+to x, averaged), each plane of the core is cut into overlapping tiles planned per pass to
+the plane (``blocks.plan_tiles``: the fewest equal tiles of at most T voxels a side, so a
+501 x 501 plane with T = 512 is one tile, and a y-pass plane of a 250-deep volume is one
+tile tall) on the *global* grid of blocks.py.  A tile's input is the plane and its neighbours along the
 slicing axis (C = in_channels 2.5D slices, mirrored at the volume border, as in training):
 (B, C, T, T) -> model -> softmax (B, K, T, T).  Overlapping tiles are blended MONAI-style:
 
@@ -33,7 +35,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .blocks import Box, read_box, reflect, tile_size, tile_starts, tiles_touching
+from .blocks import Box, plan_tiles, read_box, reflect, tiles_touching
 from .volume import Volume
 
 log = logging.getLogger(__name__)
@@ -75,7 +77,7 @@ class Predictor:
         self.device = torch.device(device)
         self.in_channels, self.num_classes = in_channels, num_classes
         self.context = in_channels // 2  # neighbour slices on each side of the centre slice
-        self.tile, self.stride = tile, tile - 2 * halo
+        self.tile, self.halo, self.stride = tile, halo, tile - 2 * halo
         self.axes = AXES[axes]
         self.tta, self.window = tta, window
         self.batch_size = batch_size
@@ -107,27 +109,30 @@ class Predictor:
         """Probabilities (K, z, y, x) float32 of the block ``core`` (reads only its read box)."""
         box = self.read_box(core, volume.shape)
         data = volume.read(box)  # (z, y, x) normalised, the core plus its tiles and 2.5D slices
-        out = None
+        out = np.zeros((self.num_classes, *(b - a for a, b in core)), np.float32)
         for axis in self.axes:
-            p = self._axis_pass(data, box, core, volume.shape, axis)
-            out = p if out is None else out + p
+            self._axis_pass(data, box, core, volume.shape, axis, out)  # adds the pass into out
         if len(self.axes) > 1:
             out /= len(self.axes)
-        return np.ascontiguousarray(out)
+        return out
 
     def _axis_pass(self, data: np.ndarray, box: Box, core: Box, shape: tuple[int, int, int],
-                   axis: int) -> np.ndarray:
-        """Blended probabilities of the core from the planes normal to ``axis``: (K, z, y, x)."""
+                   axis: int, out: np.ndarray) -> None:
+        """Add the blended probabilities of the core from the planes normal to ``axis`` into
+        ``out`` (K, z, y, x)."""
         u, v = (d for d in range(3) if d != axis)
         order = (axis, u, v)  # plane axes keep volume order: (Y, X) for z, (Z, X) for y, (Z, Y) for x
         view = data.transpose(order)  # (A, U, V) read box
         lo = [box[d][0] for d in order]
         (a0, a1), (u0, u1), (v0, v1) = (core[d] for d in order)
-        tu, tv = tile_size(shape[u], self.tile), tile_size(shape[v], self.tile)
+        (tu, starts_u), (tv, starts_v) = plan_tiles(shape[u], self.tile, self.halo), plan_tiles(shape[v], self.tile,
+                                                                                                self.halo)
         tiles = [(su, sv)  # sorted: every voxel adds its tiles in the same order in any block
-                 for su in tiles_touching(tile_starts(shape[u], self.tile, self.stride), tu, u0, u1).tolist()
-                 for sv in tiles_touching(tile_starts(shape[v], self.tile, self.stride), tv, v0, v1).tolist()]
-        w = window_2d(tu, tv, self.window)
+                 for su in tiles_touching(starts_u, tu, u0, u1).tolist()
+                 for sv in tiles_touching(starts_v, tv, v0, v1).tolist()]
+        # one tile covers the whole plane: nothing to blend (weights 1 keep the probabilities exact)
+        whole = len(starts_u) == 1 and len(starts_v) == 1
+        w = np.ones((tu, tv), np.float32) if whole else window_2d(tu, tv, self.window)
 
         # where each tile meets the core, in tile and in core coordinates; and the weight sum
         cuts = []
@@ -156,5 +161,5 @@ class Predictor:
                 acc[(slice(None), p - a0, *in_core)] += probs[(i, slice(None), *in_tile)] * wt
         acc /= wsum
         # (K, A, U, V) -> (K, Z, Y, X)
-        return acc.transpose(0, *(1 + order.index(d) for d in range(3)))
+        out += acc.transpose(0, *(1 + order.index(d) for d in range(3)))
 

@@ -54,6 +54,7 @@ from ..malloc import keep_freed_memory
 from ..models import create_model
 from ..train.checkpoint import file_checksum, load_checkpoint
 from .blocks import Block, align_block, block_grid
+from .postprocess import CLEAN_HALO, grow, majority_filter
 from .predict import AXES, WINDOWS, Predictor
 from .volume import SHIFT_WARN, Volume, distribution_shift, open_volume
 from .write import GROUP, HDF5_SUFFIXES, JOB, MARKERS, TIFF_SUFFIXES, Markers, ZarrSink, finish, is_hdf5, is_tiff, \
@@ -69,6 +70,18 @@ log = logging.getLogger(__name__)
 #        the tile in every direction: 64 x 512 x 512 0.25 Mvox/s at 1.7 GB; 128 deep is 0.46
 #        Mvox/s but 2.3 GB, over the 2 GiB a CPU worker is allowed.
 DEFAULT_BLOCKS = {"z": (32, 1024, 1024), "zyx": (64, 512, 512)}
+# zyx on a volume of at most this many voxels: one block.  The y and x passes tile planes that
+# span the volume's z (plan_tiles: one tile up to --tile voxels), so a block shallower than the
+# volume recomputes those planes once per block: 250x501x501 in 64-deep blocks did the y and x
+# passes 4 times.  One block of 63 M voxels peaks at about 2.2 GB (data + one pass + the sum).
+ZYX_WHOLE_VOXELS = 64 * 1024 * 1024
+
+
+def default_block(axes: str, shape: tuple[int, int, int]) -> tuple[int, int, int]:
+    """The block ``segment`` uses when none is given (see DEFAULT_BLOCKS, ZYX_WHOLE_VOXELS)."""
+    if axes == "zyx" and int(np.prod(shape)) <= ZYX_WHOLE_VOXELS:
+        return tuple(int(n) for n in shape)  # type: ignore[return-value]
+    return DEFAULT_BLOCKS.get(axes, DEFAULT_BLOCKS["z"])
 IN_FLIGHT = 2  # blocks queued per actor: one running, one ready, so no actor waits for the driver
 MAX_RESTARTS = 3  # dead Ray workers replaced per run before the run fails
 
@@ -88,6 +101,7 @@ class Settings:
     threads: int  # torch threads per worker: oneDNN results depend on it in the 7th digit
     chunks: tuple[int, int, int] | None
     shard: bool
+    clean: bool = False  # 3D majority filter over the probabilities (postprocess.py)
 
 
 @dataclass
@@ -148,11 +162,16 @@ class BlockRunner:
         self.predictor = Predictor(build_model(ckpt, job.model), c, k, tile=s.tile, halo=s.halo, axes=s.axes,
                                    tta=s.tta, window=s.window, batch_size=s.batch_size, device=job.device)
         self.volume = job.volume
+        self.clean = s.clean
         self.sink = ZarrSink(Path(job.work) / GROUP)
         self.markers = Markers(Path(job.work) / MARKERS)
 
     def run(self, block: Block) -> Block:
-        probs = self.predictor.predict(self.volume, block.core)  # (K, z, y, x)
+        if self.clean:  # predict one voxel more each side: the filter's context (output block-independent)
+            box = grow(block.core, CLEAN_HALO, self.volume.shape)
+            probs = majority_filter(self.predictor.predict(self.volume, box), box, block.core, self.volume.shape)
+        else:
+            probs = self.predictor.predict(self.volume, block.core)  # (K, z, y, x)
         self.sink.write(block.core, probs)
         self.markers.mark(block)  # only after the data: a marker means the block is on disk
         return block
@@ -316,7 +335,7 @@ def segment(
     out: str | os.PathLike,
     *,
     block: tuple[int, int, int] | None = None,
-    tile: int = 256,
+    tile: int = 512,
     halo: int = 16,
     axes: str = "z",
     tta: bool = False,
@@ -338,13 +357,14 @@ def segment(
     normalisation: str = "auto",
     should_stop: Callable[[], bool] = runtime.never,
     on_actors: Callable[[list[Any]], None] | None = None,
+    clean: bool = False,
 ) -> Path:
     """Segment ``volume`` (store or TIFF stack) with ``model`` (model.pt) into ``out`` (.zarr / .tif / .h5).
 
     The output formats are described in ``write.py``: an OME-Zarr image with a ``prediction``
     label image (and the input image, copied, so napari shows both), an ImageJ TIFF, or NeXus HDF5.
 
-    ``block``: the unit of work and memory (default ``DEFAULT_BLOCKS[axes]``), rounded up to
+    ``block``: the unit of work and memory (default ``default_block(axes, shape)``), rounded up to
     whole output shards.  ``tile``/``halo``: 2D tile edge and half the overlap of adjacent tiles.  ``threads``:
     torch threads per worker (default: all cores in-process, cores / workers on Ray).
     ``chunks``/``shard``: output layout as ``default_layout``.  ``on_block(block)`` is called
@@ -353,6 +373,8 @@ def segment(
     ``mask``: a volume of the same shape, non-zero = sample; ``normalisation``: auto, train or own
     (``xtrain.infer.volume.choose_mapping``; recorded in the output's attributes).
     ``on_actors(actors)``: the Ray worker actors, whenever the pool changes (tests).
+    ``clean``: a 3D majority filter over the probabilities (postprocess.py); --probabilities
+    then writes the filtered ones.
 
     Raises ``RunInterrupted`` once ``should_stop()`` is true (after the blocks in flight are
     written; ``resume=True`` continues), ``SettingsMismatchError`` for ``resume`` of an
@@ -365,14 +387,15 @@ def segment(
     with runtime.writing(out, "the segmentation"), (runtime.ray_session() if use_ray else contextlib.nullcontext()):
         return _segment(model, volume, out, block, tile, halo, axes, tta, probabilities, workers, gpu, resume,
                         overwrite, window, batch_size, threads, chunks, shard, on_block, should_stop, on_actors,
-                        dataset=dataset, channel=channel, time=time, mask=mask, normalisation=normalisation)
+                        dataset=dataset, channel=channel, time=time, mask=mask, normalisation=normalisation,
+                        clean=clean)
 
 
 def _segment(model, volume, out: Path, block, tile, halo, axes, tta, probabilities, workers, gpu, resume, overwrite,
              window, batch_size, threads, chunks, shard, on_block, should_stop, on_actors, *, dataset, channel, time,
-             mask, normalisation) -> Path:
-    block = tuple(int(b) for b in (block or DEFAULT_BLOCKS.get(axes, DEFAULT_BLOCKS["z"])))  # type: ignore[assignment]
-    _check_args(out, block, tile, halo, axes, window, workers, probabilities, batch_size, threads)
+             mask, normalisation, clean) -> Path:
+    given = tuple(int(b) for b in block) if block else None
+    _check_args(out, given or (1, 1, 1), tile, halo, axes, window, workers, probabilities, batch_size, threads)
     work, continuing = _prepare_output(out, resume, overwrite)
     job_file = work / JOB
     previous = json.loads(job_file.read_text()) if continuing and job_file.exists() else None
@@ -387,6 +410,7 @@ def _segment(model, volume, out: Path, block, tile, halo, axes, tta, probabiliti
     train_stats = ckpt.get("stats") or {}
     vol = open_volume(volume, stats=previous.get("stats") if previous else None, dataset=dataset, channel=channel,
                       time=time, mask=mask, train_stats=train_stats, normalisation=normalisation)
+    block = given or default_block(axes, vol.shape)
     m = vol.mapping
     log.info("normalisation: %s statistics, p0.5 %.6g -> 0, p99.5 %.6g -> 1 (%s)%s", m["mode"], m["lo"], m["hi"],
              m["reason"], f"; fill value {m['fill']} ({m['fill_fraction']:.1%} of the voxels) left out"
@@ -417,7 +441,7 @@ def _segment(model, volume, out: Path, block, tile, halo, axes, tta, probabiliti
         log.info("block %s rounded up to %s: whole output shards %s, so no two workers write one shard",
                  ",".join(map(str, block)), ",".join(map(str, aligned)), ",".join(map(str, layout.shards or layout.chunks)))
     settings = Settings(aligned, tile, halo, axes, tta, probabilities, window, batch_size, threads,
-                        tuple(layout.chunks), shard)
+                        tuple(layout.chunks), shard, clean)
     record = {"kind": vol.kind, "volume": vol.path, "shape": list(vol.shape), "model_sha256": file_checksum(model),
               "settings": json.loads(json.dumps(asdict(settings))), "stats": vol.stats,
               "normalisation": vol.mapping}

@@ -38,6 +38,8 @@ from ..malloc import keep_freed_memory
 from ..metrics import ConfusionMatrix, allreduce_confusion, scores
 from ..models import create_model, model_kwargs
 from .checkpoint import base_checkpoint, inference_checkpoint, rng_states, save_checkpoint
+from .recipe import convert_sync_batchnorm, has_batchnorm, load_scheduler_states, make_ema, make_schedulers
+from .validate import ValidationSlab, selection_score
 
 log = logging.getLogger(__name__)
 
@@ -189,8 +191,10 @@ class EpochResult:
 
 def train_one_epoch(nets: Nets, optimizers: dict[str, torch.optim.Optimizer], loss_fn: nn.Module,
                     loader: torch.utils.data.DataLoader, cfg: Config, ctx: WorkerContext, epoch: int,
-                    start_step: int = 0) -> EpochResult:
-    """Train over ``loader`` (which already skips the first ``start_step`` batches on resume)."""
+                    start_step: int = 0, after_step: Callable[[], None] | None = None) -> EpochResult:
+    """Train over ``loader`` (which already skips the first ``start_step`` batches on resume).
+
+    ``after_step()`` runs after every optimiser step (lr schedulers, the weight EMA)."""
     nets.model.train()
     sums: dict[str, float] = {}
     n_steps, n_samples = 0, 0
@@ -207,6 +211,8 @@ def train_one_epoch(nets: Nets, optimizers: dict[str, torch.optim.Optimizer], lo
                 raise FloatingPointError(f"training loss '{k}' became {v} at epoch {epoch + 1}, step {step}; "
                                          "lower optim.lr or check the input data")
             sums[k] = sums.get(k, 0.0) + v
+        if after_step is not None:
+            after_step()
         n_steps += 1
         n_samples += image.shape[0]
         step += 1
@@ -271,7 +277,9 @@ def fit(cfg: Config, run_dir: str | Path, ctx: WorkerContext | None = None,
     """Train ``cfg`` to ``cfg.train.epochs`` epochs (from ``resume``, a last.pt dict, if given).
 
     Rank 0 writes RUN_DIR/last.pt after every epoch (and on a stop request), RUN_DIR/model.pt
-    whenever validation mean Dice improves, and RUN_DIR/metrics.csv.  Returns the last
+    whenever the validation score (``train.select``: mean Dice, or Dice and TPB) improves, and
+    RUN_DIR/metrics.csv.  The recipe (recipe.py): lr schedule, weight EMA (validated and saved
+    in model.pt), global-batch BatchNorm with more than one DDP rank.  Returns the last
     metrics with ``"stopped": True`` if a stop request interrupted the run.
     """
     ctx = ctx or WorkerContext()
@@ -286,14 +294,24 @@ def fit(cfg: Config, run_dir: str | Path, ctx: WorkerContext | None = None,
     model = build_model(cfg, cfg.data.slices, num_classes)
     optimizers = build_optimizers(model, cfg)
     start_epoch, start_step, global_step = 0, 0, 0
-    best = -1.0
+    best, best_dice = -math.inf, -1.0
     if resume is not None:
         model.load_state_dict(resume["model_state"])
         for name, opt in optimizers.items():
             opt.load_state_dict(resume["optimizer_states"][name])
         start_epoch, start_step = int(resume["epoch"]), int(resume.get("epoch_step", 0))
-        global_step, best = int(resume["step"]), float(resume.get("best_mean_dice", -1.0))
+        global_step, best_dice = int(resume["step"]), float(resume.get("best_mean_dice", -1.0))
+        best = float(resume.get("best_score", best_dice))
+    distributed = ctx.world_size > 1 and dist.is_available() and dist.is_initialized()
+    if cfg.train.sync_bn and distributed and has_batchnorm(model):
+        model = convert_sync_batchnorm(model, ctx.device)  # BN statistics of the global batch
     nets = make_nets(model, ctx.device)
+    ema = make_ema(nets.model, cfg.train.ema_decay)
+    if ema is not None and resume is not None:
+        if "ema_state" not in resume:
+            raise ConfigError("the checkpoint has no EMA weights but train.ema_decay > 0; resume with the "
+                              "train.ema_decay the run started with")
+        ema.load_state_dict(resume["ema_state"])
     loss_fn = create_loss(cfg.loss.name, class_weights=cfg.loss.class_weights).to(ctx.device)
 
     train_set = RandomPatches(cfg.data.store, cfg.data, split.train, rank=ctx.rank, world_size=ctx.world_size,
@@ -301,6 +319,22 @@ def fit(cfg: Config, run_dir: str | Path, ctx: WorkerContext | None = None,
     val_set = GridPatches(cfg.data.store, cfg.data, split.val, rank=ctx.rank, world_size=ctx.world_size)
     train_loader = patch_loader(train_set, cfg.train.batch_size, cfg.data.loader_workers)
     val_loader = patch_loader(val_set, cfg.train.batch_size, cfg.data.loader_workers)
+    val_slab = ValidationSlab(cfg.data.store, split.val, store.info.stats) if cfg.data.val_mode == "slab" else None
+    total_steps = cfg.train.epochs * math.ceil(len(train_set) / cfg.train.batch_size)
+    schedulers = make_schedulers(optimizers, cfg.optim, total_steps)
+    if resume is not None:
+        load_scheduler_states(schedulers, resume.get("scheduler_states"), total_steps)
+
+    def after_step() -> None:
+        for sched in schedulers.values():
+            sched.step()
+        if ema is not None:
+            ema.update_parameters(nets.model)
+
+    def eval_segmenter() -> nn.Module:
+        """The network validation and model.pt use: the EMA weights when on (never DDP-wrapped)."""
+        net = ema.module if ema is not None else nets.model
+        return net.generator if is_gan(net) else net
     resolved = config_to_dict(cfg)
     kwargs = resolved_model_kwargs(cfg, cfg.data.slices, num_classes)
 
@@ -308,8 +342,10 @@ def fit(cfg: Config, run_dir: str | Path, ctx: WorkerContext | None = None,
         return base_checkpoint(
             model_name=cfg.model.name, model_kwargs=kwargs, model_state=nets.model.state_dict(),
             optimizer_states={k: o.state_dict() for k, o in optimizers.items()},
+            scheduler_states={k: s.state_dict() for k, s in schedulers.items()},
+            **({"ema_state": ema.state_dict()} if ema is not None else {}),
             epoch=epoch_done, epoch_step=epoch_step, step=global_step, rng=rng_states(), config=resolved,
-            stats=store.info.stats, classes=classes, metrics=metrics, best_mean_dice=best,
+            stats=store.info.stats, classes=classes, metrics=metrics, best_mean_dice=best_dice, best_score=best,
             split={"train": list(split.train), "val": list(split.val)}, store=str(cfg.data.store),
         )
 
@@ -317,7 +353,8 @@ def fit(cfg: Config, run_dir: str | Path, ctx: WorkerContext | None = None,
     for epoch in range(start_epoch, cfg.train.epochs):
         skip = start_step if epoch == start_epoch else 0  # steps already done before a resume
         train_set.set_epoch(epoch, start=skip * cfg.train.batch_size)
-        result = train_one_epoch(nets, optimizers, loss_fn, train_loader, cfg, ctx, epoch, start_step=skip)
+        result = train_one_epoch(nets, optimizers, loss_fn, train_loader, cfg, ctx, epoch, start_step=skip,
+                                 after_step=after_step)
         global_step += result.steps - skip
         if result.stopped:
             metrics = {"epoch": epoch, "step": global_step, "stopped": True}
@@ -329,28 +366,40 @@ def fit(cfg: Config, run_dir: str | Path, ctx: WorkerContext | None = None,
                 ctx.report(metrics, path)
             return metrics
 
-        cm = ConfusionMatrix(num_classes)
-        cm.matrix = allreduce_confusion(evaluate(nets.segmenter, val_loader, num_classes, ctx.device,
-                                                 cfg.train.amp).matrix)
-        val = scores(cm.matrix, classes)
+        extra: dict[str, float] = {}
+        if val_slab is not None:  # whole planes; ranks share the planes and gather the labels
+            slab = val_slab.evaluate(eval_segmenter(), cfg.data.slices, num_classes, classes, ctx.rank,
+                                     ctx.world_size, ctx.device)
+            matrix = slab.matrix
+            extra = {"val_tpb_ratio": slab.tpb_ratio, "val_fraction_error_pp": slab.fraction_error_pp}
+        else:
+            segmenter = nets.segmenter if ema is None else eval_segmenter()
+            matrix = allreduce_confusion(evaluate(segmenter, val_loader, num_classes, ctx.device,
+                                                  cfg.train.amp).matrix)
+        val = scores(matrix, classes)
+        lr = next(iter(optimizers.values())).param_groups[0]["lr"]
         metrics = {"epoch": epoch + 1, "step": global_step, "samples_per_s": round(result.samples_per_s, 2),
-                   **{f"train_{k}": v for k, v in result.losses.items()},
-                   **{f"val_{k}": v for k, v in _flat_scores(val).items()}}
-        improved = metrics["val_mean_dice"] > best
+                   "lr": lr, **{f"train_{k}": v for k, v in result.losses.items()},
+                   **{f"val_{k}": v for k, v in _flat_scores(val).items()}, **extra}
+        score = selection_score(metrics, cfg.train.select, cfg.train.select_tpb_weight)
+        improved = score > best
         if improved:
-            best = metrics["val_mean_dice"]
-        metrics["best_mean_dice"] = best
+            best, best_dice = score, metrics["val_mean_dice"]
+        metrics["val_score"] = score
+        metrics["best_score"] = best
+        metrics["best_mean_dice"] = best_dice
         path = None
         if ctx.rank == 0:
             ckpt = checkpoint(epoch + 1, 0, metrics)
             write_metrics_row(run_dir, metrics)
             if improved:
-                save_checkpoint(inference_checkpoint(ckpt), run_dir / BEST)
+                weights = {"model_state": ema.module.state_dict()} if ema is not None else {}
+                save_checkpoint(inference_checkpoint({**ckpt, **weights}), run_dir / BEST)
             path = save_checkpoint(ckpt, run_dir / LAST)
-            log.info("epoch %d/%d  loss %.4f  val mean Dice %.4f  %s  %.1f samples/s", epoch + 1,
+            log.info("epoch %d/%d  loss %.4f  val mean Dice %.4f  %s%s  %.1f samples/s", epoch + 1,
                      cfg.train.epochs, result.losses.get("loss", float("nan")), metrics["val_mean_dice"],
                      "  ".join(f"{c} {metrics.get(f'val_dice_{c}', float('nan')):.3f}" for c in classes),
-                     result.samples_per_s)
+                     "".join(f"  {k[4:]} {v:.3f}" for k, v in extra.items()), result.samples_per_s)
         if ctx.report:
             ctx.report(metrics, path)
         if epoch + 1 < cfg.train.epochs and any_rank(ctx.should_stop(), ctx.device):

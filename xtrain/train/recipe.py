@@ -1,0 +1,200 @@
+"""The training recipe around the loop: learning-rate schedules, an EMA of the weights, and
+BatchNorm statistics over the global batch under DDP.
+
+    schedulers = make_schedulers(optimizers, cfg.optim, total_steps)   # stepped after every step
+    ema = make_ema(model, cfg.train.ema_decay)                         # None when off
+    ema.update_parameters(model)                                        # after every step
+    model = convert_sync_batchnorm(model, device)                       # before DDP wrapping
+
+Schedules (``optim.schedule``), as a factor of ``optim.lr`` at step s of S in total,
+with W = round(optim.warmup * S) warm-up steps:
+
+* ``constant``: 1.
+* ``cosine``: (s + 1) / W while s < W (linear warm-up), then
+  r + (1 - r) * (1 + cos(pi * (s - W) / (S - W))) / 2 with r = ``optim.min_lr_ratio``
+  (SGDR, Loshchilov & Hutter 2017, without restarts; the warm-up as in Goyal et al. 2017).
+  A ``torch.optim.lr_scheduler.LambdaLR`` of this closed form (``cosine_factor``).
+* ``onecycle``: ``torch.optim.lr_scheduler.OneCycleLR`` (Smith & Topin 2018) with max_lr = lr,
+  pct_start = warmup, cosine annealing, its default div_factor 25 and final_div_factor 1e4,
+  and Adam's beta1 left alone (cycle_momentum=False).
+
+Schedulers step once per optimiser step and their state goes into last.pt, so a run resumed
+mid-epoch continues the exact lr sequence.
+
+EMA (``train.ema_decay`` = d > 0): ``torch.optim.swa_utils.AveragedModel`` with
+``get_ema_multi_avg_fn(d)`` over parameters *and* buffers (BatchNorm running statistics):
+w_ema <- w after the first step, then w_ema <- d * w_ema + (1 - d) * w (Polyak averaging, as in
+timm's ModelEmaV3 without its warm-up).  Validation and model.pt use the EMA weights.
+
+SyncBatchNorm: ``torch.nn.SyncBatchNorm`` refuses CPU tensors (torch 2.13: "expected input
+tensor to be on GPU"), and xtrain trains with gloo on CPU nodes.  ``GlobalBatchNorm2d`` is the
+same computation for any device: the batch mean and variance of every channel are summed over
+all ranks with a differentiable all-reduce (whose backward all-reduces the gradients, as
+SyncBatchNorm's backward does), so every rank
+normalises with, and tracks running statistics of, the global batch.  On CUDA torch's own
+SyncBatchNorm is used.  Both keep BatchNorm2d's state-dict keys: model.pt loads into a plain
+U-Net.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.optim.lr_scheduler import LambdaLR, LRScheduler, OneCycleLR
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+from ..config import SCHEDULES, OptimConfig
+from ..errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+__all__ = ["SCHEDULES", "GlobalBatchNorm2d", "convert_sync_batchnorm", "cosine_factor", "make_ema",
+           "make_schedulers", "warmup_steps"]
+
+
+# ----------------------------------------------------------------------------- schedules
+
+
+def warmup_steps(total_steps: int, warmup: float) -> int:
+    return int(round(warmup * total_steps))
+
+
+def cosine_factor(step: int, total_steps: int, warmup: int, min_ratio: float) -> float:
+    """lr / base lr at 0-based step ``step`` (see the module docstring)."""
+    if step < warmup:
+        return (step + 1) / warmup
+    span = max(1, total_steps - warmup)
+    progress = min(1.0, (step - warmup) / span)
+    return min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+class _CosineFactor:
+    """Picklable LambdaLR factor (a closure would not survive a Ray worker's pickling)."""
+
+    def __init__(self, total_steps: int, warmup: int, min_ratio: float):
+        self.total_steps, self.warmup, self.min_ratio = total_steps, warmup, min_ratio
+
+    def __call__(self, step: int) -> float:
+        return cosine_factor(step, self.total_steps, self.warmup, self.min_ratio)
+
+
+def make_schedulers(optimizers: dict[str, torch.optim.Optimizer], cfg: OptimConfig,
+                    total_steps: int) -> dict[str, LRScheduler]:
+    """One scheduler per optimiser (none for ``constant``); ``total_steps`` >= 1 over the whole run."""
+    if cfg.schedule == "constant":
+        return {}
+    total_steps = max(1, int(total_steps))
+    warm = warmup_steps(total_steps, cfg.warmup)
+    out: dict[str, LRScheduler] = {}
+    for name, opt in optimizers.items():
+        if cfg.schedule == "cosine":
+            out[name] = LambdaLR(opt, _CosineFactor(total_steps, warm, cfg.min_lr_ratio))
+        elif cfg.schedule == "onecycle":
+            max_lr = [g["lr"] for g in opt.param_groups]
+            out[name] = OneCycleLR(opt, max_lr=max_lr, total_steps=total_steps, pct_start=max(cfg.warmup, 1e-6),
+                                   anneal_strategy="cos", cycle_momentum=False)
+        else:  # config.py checks the name; a new entry in SCHEDULES must be handled here
+            raise AssertionError(f"unhandled schedule {cfg.schedule!r} (known: {SCHEDULES})")
+    return out
+
+
+def load_scheduler_states(schedulers: dict[str, LRScheduler], states: dict[str, dict] | None,
+                          total_steps: int) -> None:
+    """Restore scheduler states from last.pt (a run resumed with more epochs stretches onecycle)."""
+    if not schedulers:
+        return
+    if not states:
+        raise ConfigError("the checkpoint has no scheduler state but optim.schedule is set; resume with the "
+                         "schedule the run started with")
+    for name, sched in schedulers.items():
+        sched.load_state_dict(states[name])
+        # building the scheduler set the optimiser's lr to step 0's: put back the resumed step's
+        for group, lr in zip(sched.optimizer.param_groups, sched.get_last_lr()):
+            group["lr"] = lr
+        if isinstance(sched, OneCycleLR) and sched.total_steps != total_steps:
+            log.warning("onecycle schedule stretched from %d to %d steps on resume", sched.total_steps, total_steps)
+            sched.total_steps = total_steps
+
+
+# ----------------------------------------------------------------------------- EMA
+
+
+def make_ema(model: nn.Module, decay: float) -> AveragedModel | None:
+    """An EMA copy of ``model`` (unwrapped, not DDP) over parameters and buffers; None if decay == 0."""
+    if decay <= 0.0:
+        return None
+    return AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True)
+
+
+# ----------------------------------------------------------------------------- global-batch BatchNorm
+
+
+class _AllReduceSum(torch.autograd.Function):
+    """Sum over ranks, differentiable: the gradient of a sum over ranks is the sum of the
+    ranks' output gradients (what torch.distributed.nn's deprecated all_reduce does)."""
+
+    @staticmethod
+    def forward(ctx, t: torch.Tensor) -> torch.Tensor:
+        out = t.clone()
+        dist.all_reduce(out, op=dist.ReduceOp.SUM)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        out = grad.clone()
+        dist.all_reduce(out, op=dist.ReduceOp.SUM)
+        return out
+
+
+class GlobalBatchNorm2d(nn.BatchNorm2d):
+    """BatchNorm2d whose training statistics are those of the batch of all DDP ranks (any device).
+
+    Outside training, or without an initialised process group of more than one rank, it is a
+    plain BatchNorm2d.  Input (B, C, Y, X); every rank must call it the same number of times
+    (DDP's lockstep guarantees that in training).
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not (self.training and dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
+            return super().forward(x)
+        c = x.shape[1]
+        n = torch.tensor([x.numel() // c], dtype=x.dtype, device=x.device)
+        total = _AllReduceSum.apply(n)  # voxels per channel, all ranks
+        mean = _AllReduceSum.apply(x.sum(dim=(0, 2, 3))) / total  # (C,)
+        centred = x - mean.view(1, c, 1, 1)
+        var = _AllReduceSum.apply((centred * centred).sum(dim=(0, 2, 3))) / total  # biased, as BatchNorm normalises
+        if self.track_running_stats:
+            with torch.no_grad():
+                self.num_batches_tracked.add_(1)
+                m = self.momentum if self.momentum is not None else 1.0 / float(self.num_batches_tracked)
+                unbiased = var.detach() * (total / (total - 1).clamp(min=1))
+                self.running_mean.lerp_(mean.detach(), m)
+                self.running_var.lerp_(unbiased, m)
+        y = centred * torch.rsqrt(var + self.eps).view(1, c, 1, 1)
+        if self.affine:
+            y = y * self.weight.view(1, c, 1, 1) + self.bias.view(1, c, 1, 1)
+        return y
+
+
+def convert_sync_batchnorm(module: nn.Module, device: torch.device) -> nn.Module:
+    """Replace every BatchNorm2d by a global-batch one: torch's SyncBatchNorm on CUDA,
+    ``GlobalBatchNorm2d`` elsewhere.  Parameters and running statistics are kept."""
+    if device.type == "cuda":
+        return nn.SyncBatchNorm.convert_sync_batchnorm(module)
+    if isinstance(module, nn.BatchNorm2d) and not isinstance(module, GlobalBatchNorm2d):
+        new = GlobalBatchNorm2d(module.num_features, module.eps, module.momentum, module.affine,
+                                module.track_running_stats)
+        new.load_state_dict(module.state_dict())
+        new.train(module.training)
+        return new
+    for name, child in module.named_children():
+        module.add_module(name, convert_sync_batchnorm(child, device))
+    return module
+
+
+def has_batchnorm(module: nn.Module) -> bool:
+    return any(isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)) for m in module.modules())
