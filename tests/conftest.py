@@ -20,6 +20,29 @@ REPO = Path(__file__).resolve().parents[1]
 REAL_DATA = Path(os.environ.get("XTRAIN_REAL_DATA", REPO.parent / "shared" / "data" / "soc_pxct"))
 
 
+@pytest.fixture
+def tmpfs(tmp_path):
+    """``tmpfs(size)`` -> a folder on a freshly mounted tmpfs of ``size`` (e.g. "200k"): a file
+    system that fills up, for the full-disk tests.  Unmounted afterwards; skips without root."""
+    import subprocess
+
+    mounts: list[Path] = []
+
+    def mount(size: str) -> Path:
+        mnt = tmp_path / f"tmpfs-{len(mounts)}"
+        mnt.mkdir()
+        rc = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(mnt)], capture_output=True,
+                            text=True)
+        if rc.returncode:
+            pytest.skip(f"cannot mount a tmpfs here ({rc.stderr.strip() or rc.returncode}); needs root")
+        mounts.append(mnt)
+        return mnt
+
+    yield mount
+    for mnt in mounts:
+        subprocess.run(["umount", "-l", str(mnt)], check=False)
+
+
 @pytest.fixture(scope="session")
 def real_data() -> Path:
     """The real PXCT volume (../shared/data/soc_pxct); tests using it skip when it is absent."""

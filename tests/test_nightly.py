@@ -221,18 +221,9 @@ def test_a_stop_request_leaves_the_scan_interrupted_and_the_next_run_resumes_it(
 
 
 @pytest.fixture
-def small_disk(tmp_path):
-    import subprocess
-
-    mnt = tmp_path / "small"
-    mnt.mkdir()
-    rc = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(mnt)], capture_output=True, text=True)
-    if rc.returncode:
-        pytest.skip(f"cannot mount a tmpfs here ({rc.stderr.strip() or rc.returncode}); needs root")
-    try:
-        yield mnt
-    finally:
-        subprocess.run(["umount", "-l", str(mnt)], check=False)
+def small_disk(tmpfs):
+    """A 256k tmpfs: a file system that fills up."""
+    return tmpfs("256k")
 
 
 def test_a_full_disk_stops_the_job_without_using_an_attempt_and_resumes(tiny_model, tmp_path, small_disk):

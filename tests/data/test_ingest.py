@@ -259,21 +259,14 @@ def test_real_volume(real_data, tmp_path):
     assert store.info.stats["p0_5"] < store.info.stats["mean"] < store.info.stats["p99_5"]
 
 
-def test_full_disk_is_one_line_exit_2_naming_the_store_and_nothing_is_left(capsys, tmp_path, scan):
+def test_full_disk_is_one_line_exit_2_naming_the_store_and_nothing_is_left(capsys, tmpfs, scan):
     """The fault: a full output file system gave a zarr/asyncio traceback and exit 1."""
-    mnt = tmp_path / "small"
-    mnt.mkdir()
-    rc = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(mnt)], capture_output=True, text=True)
-    if rc.returncode:
-        pytest.skip(f"cannot mount a tmpfs here ({rc.stderr.strip() or rc.returncode}); needs root")
-    try:
-        images, labels, _, _ = scan
-        code = main(["ingest", str(images), str(mnt / "scan.zarr"), "--labels", str(labels), "--label-map",
-                     "0:0,128:1,255:2"])
-        err = capsys.readouterr().err.strip()
-        assert code == 2, err
-        assert err.startswith("xtrain ingest: error: no space left on device while writing the ingested store")
-        assert str(mnt / "scan.zarr") in err and "\n" not in err
-        assert list(mnt.iterdir()) == []  # no partial store
-    finally:
-        subprocess.run(["umount", "-l", str(mnt)], check=False)
+    mnt = tmpfs("64k")
+    images, labels, _, _ = scan
+    code = main(["ingest", str(images), str(mnt / "scan.zarr"), "--labels", str(labels), "--label-map",
+                 "0:0,128:1,255:2"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2, err
+    assert err.startswith("xtrain ingest: error: no space left on device while writing the ingested store")
+    assert str(mnt / "scan.zarr") in err and "\n" not in err
+    assert list(mnt.iterdir()) == []  # no partial store

@@ -119,16 +119,9 @@ def test_cli_signal_exits_3_and_resume_finishes(data, tall, tmp_path, capsys, si
 
 
 @pytest.fixture
-def small_disk(tmp_path):
-    mnt = tmp_path / "small"
-    mnt.mkdir()
-    rc = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=200k", "tmpfs", str(mnt)], capture_output=True, text=True)
-    if rc.returncode:
-        pytest.skip(f"cannot mount a tmpfs here ({rc.stderr.strip() or rc.returncode}); needs root")
-    try:
-        yield mnt
-    finally:
-        subprocess.run(["umount", "-l", str(mnt)], check=False)
+def small_disk(tmpfs):
+    """A 200k tmpfs: a file system that fills up."""
+    return tmpfs("200k")
 
 
 def test_full_disk_is_one_line_exit_3_and_resume_continues_once_there_is_space(data, small_disk, capsys):

@@ -147,16 +147,9 @@ def test_sigusr1_to_xtrain_train_checkpoints_exits_3_and_resume_finishes(ray_clu
 
 
 @pytest.fixture
-def small_disk(tmp_path):
-    mnt = tmp_path / "small"
-    mnt.mkdir()
-    rc = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mnt)], capture_output=True, text=True)
-    if rc.returncode:
-        pytest.skip(f"cannot mount a tmpfs here ({rc.stderr.strip() or rc.returncode}); needs root")
-    try:
-        yield mnt
-    finally:
-        subprocess.run(["umount", "-l", str(mnt)], check=False)
+def small_disk(tmpfs):
+    """A 1m tmpfs: a file system that fills up."""
+    return tmpfs("1m")
 
 
 def test_full_disk_fails_the_status_with_the_reason_exit_3_and_resume_continues(ray_cluster, train_store, small_disk,
