@@ -184,6 +184,7 @@ def test_probabilities_sum_to_one_and_entropy_is_bounded(data, tmp_path):
     assert p.shape == (3, *SHAPE) and got["probabilities"].dtype == np.float16
     assert np.allclose(p.sum(0), 1, atol=2e-3) and p.min() >= 0
     e = got["entropy"].astype(np.float32)
+    assert e.shape == (1, *SHAPE)  # an OME image with a channel axis
     assert e.min() >= 0 and e.max() <= math.log(3) + 1e-3 and e.max() > 0.1
     assert np.array_equal(got["labels"], p.argmax(0)) or (got["labels"] == p.argmax(0)).mean() > 0.999  # fp16 ties
 
@@ -231,8 +232,9 @@ def test_zarr_output_is_an_ome_image_with_a_prediction_label_image(data, voxel_s
     Image.from_zarr(group)  # OME-Zarr 0.5, labels/ included
     for sub in ("probabilities", "entropy"):
         Image.from_zarr(group[sub])
-    axes = dict(group["probabilities"].attrs)["ome"]["multiscales"][0]["axes"]
-    assert [a["name"] for a in axes] == ["c", "z", "y", "x"] and axes[0]["type"] == "channel"
+    for sub in ("probabilities", "entropy"):
+        axes = dict(group[sub].attrs)["ome"]["multiscales"][0]["axes"]
+        assert [a["name"] for a in axes] == ["c", "z", "y", "x"] and axes[0]["type"] == "channel", sub
     nodes = list(Reader(parse_url(str(out)))())
     label = [n for n in nodes if n.load(Label)]
     assert len(label) == 1 and label[0].metadata["name"] == "prediction"

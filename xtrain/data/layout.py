@@ -15,7 +15,7 @@ segmentation writer (``infer/write.py``), the sampler and evaluate read and writ
           0/ 1/ ...                  "image-label": colours of the classes, properties (class names),
                                      source image "../../"
       probabilities/ 0/ 1/ ...       OME image (C, Z, Y, X) float16 softmax (segment --probabilities)
-      entropy/ 0/ 1/ ...             OME image (Z, Y, X) float16, nats (segment --probabilities)
+      entropy/ 0/ 1/ ...             OME image (1, Z, Y, X) float16, nats (segment --probabilities)
 
 The previous layout (format 1: root arrays ``image`` and ``labels``, one level) is still read
 as it is (``read_arrays``); ``xtrain upgrade STORE`` rewrites it in this layout.
@@ -322,8 +322,8 @@ def finish_group(group: zarr.Group, name: str, voxel_size_nm: float | None, clas
     for sub in (PROBABILITIES, ENTROPY):
         if sub in group:
             finish_image(group, sub, sub, "mean", voxel_size_nm, layout, None, edge)
-            if sub == PROBABILITIES:
-                group[sub].attrs.update({"xtrain": {"channels": list(classes)}})
+            channels = list(classes) if sub == PROBABILITIES else [ENTROPY]
+            group[sub].attrs.update({"xtrain": {"channels": channels}})
     if "0" in group:
         finish_image(group, "", name, "mean", voxel_size_nm, layout, None, edge)
 

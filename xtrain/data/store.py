@@ -84,7 +84,8 @@ class Store:
     ``image``: (Z, Y, X) level 0 of the image pyramid (``levels``: every level, finest first;
     None only for a segmentation of the previous layout).  ``labels``: the store's label image,
     ground truth if it has one, else the prediction (``label_images``: all, by name).
-    ``probabilities`` (C, Z, Y, X) and ``entropy`` (Z, Y, X): a segmentation's, or None.
+    ``probabilities`` (C, Z, Y, X) and ``entropy`` (1, Z, Y, X; (Z, Y, X) in the previous layout): a
+    segmentation's, or None.
     ``legacy``: a store of the previous layout (format 1), read as it is.
     """
 
@@ -311,8 +312,8 @@ def upgrade(path: str | os.PathLike) -> bool:
             extra[ome.PROBABILITIES] = ome.create_level(w.group, ome.level0_path(ome.PROBABILITIES),
                                                         old.probabilities.shape, old.probabilities.dtype, lay)
         if old.entropy is not None:
-            extra[ome.ENTROPY] = ome.create_level(w.group, ome.level0_path(ome.ENTROPY), old.entropy.shape,
-                                                  old.entropy.dtype, lay)
+            extra[ome.ENTROPY] = ome.create_level(w.group, ome.level0_path(ome.ENTROPY), (1, *old.entropy.shape),
+                                                  old.entropy.dtype, lay)  # the OME layout's channel axis
         for sl in w.slabs(old.shape[0]):
             image[sl] = src[sl]
             for name, arr in labels.items():
@@ -320,7 +321,7 @@ def upgrade(path: str | os.PathLike) -> bool:
             if ome.PROBABILITIES in extra:
                 extra[ome.PROBABILITIES][:, sl] = old.probabilities[:, sl]  # type: ignore[index]
             if ome.ENTROPY in extra:
-                extra[ome.ENTROPY][sl] = old.entropy[sl]  # type: ignore[index]
+                extra[ome.ENTROPY][0, sl] = old.entropy[sl]  # type: ignore[index]
         w.info = StoreInfo.from_dict({**old.info.to_dict(), "format": FORMAT_VERSION})
     log.info("upgraded %s to the OME-Zarr 0.5 layout (format %d)", path, FORMAT_VERSION)
     return True

@@ -8,7 +8,7 @@ While a segmentation runs, everything lives in a work folder beside OUT:
                     attributes ``xtrain.complete = false``:
                       labels/prediction/0  (Z, Y, X)    uint8 class ids
                       probabilities/0      (K, Z, Y, X) float16 softmax       (--probabilities)
-                      entropy/0            (Z, Y, X)    float16, nats in [0, ln K] (--probabilities)
+                      entropy/0            (1, Z, Y, X) float16, nats in [0, ln K] (--probabilities)
       blocks/       one empty file per finished block, created *after* its data is written
 
 A block's marker exists only if all of its shards were written, and a block owns whole
@@ -95,7 +95,7 @@ class ZarrSink:
         if probabilities:
             # one class per chunk, all classes in one shard: a block still owns whole shards
             ome.create_level(group, ome.level0_path(ome.PROBABILITIES), (num_classes, *shape), np.float16, layout)
-            ome.create_level(group, ome.level0_path(ome.ENTROPY), shape, np.float16, layout)
+            ome.create_level(group, ome.level0_path(ome.ENTROPY), (1, *shape), np.float16, layout)  # a channel axis
         group.attrs.update(attrs)
         return ZarrSink(group_path)
 
@@ -114,7 +114,7 @@ class ZarrSink:
                 # entropy in nats: 0 = certain, ln K = uniform; 0 * log 0 counts as 0
                 p = probs[:, z]
                 entropy[z] = np.maximum(-(p * np.log(np.maximum(p, np.float32(1e-12)))).sum(axis=0), 0)
-            self.entropy[sl] = entropy
+            self.entropy[(slice(0, 1), *sl)] = entropy[None]
 
 
 def segmentation_attrs(name: str, info: dict[str, Any], voxel_size_nm: float | None) -> dict[str, Any]:
