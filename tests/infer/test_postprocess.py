@@ -121,7 +121,7 @@ def test_segment_clean_is_the_filter_of_the_whole_volume_prediction_for_any_bloc
     # independently: predict the whole volume in memory, filter, argmax
     ckpt = load_checkpoint(model)
     kw = ckpt["model_kwargs"]
-    vol = open_volume(store)
+    vol = open_volume(store, train_stats=ckpt.get("stats"))  # the normalisation segment chooses (auto)
     full = ((0, 21), (0, 37), (0, 33))
     probs = Predictor(build_model(ckpt, model), kw["in_channels"], kw["num_classes"], tile=32, halo=4).predict(vol, full)
     want = majority_filter(probs, full, full, vol.shape).argmax(0)
