@@ -258,7 +258,10 @@ def fit_trainer(trainer, run_dir: Path, **status: Any) -> dict[str, Any]:
             cause = runtime.disk_full_error(exc, run_dir, "the run")
         error = str(cause) if cause is not None else f"{type(exc).__name__}: {exc}"
         try:
-            write_status(run_dir, state="failed", error=error[:2000])
+            # a Tune trial that the sweep already settled (ended by its scheduler: the training died
+            # with its placement group) keeps the sweep's verdict; a plain run is "running" here
+            if read_status(run_dir).get("state") not in ("finished", "early-stopped"):
+                write_status(run_dir, state="failed", error=error[:2000])
         except DiskFullError:
             log.error("could not record the failure in %s: the disk is full", run_dir / STATUS)
         if cause is not None:

@@ -468,16 +468,30 @@ def collect_results(grid, tune_dir: Path, cfg: Config, params: list[Param]) -> l
     return rows
 
 
+SETTLE_WATCH_S = 10.0  # how long settle_statuses guards a settled trial against a late write from its process
+
+
 def settle_statuses(rows: list[dict[str, Any]], tune_dir: Path) -> None:
     """Tune ends a trial that ASHA stops - early, or at max_t right after its last report - by
     removing its placement group, so the trial's training dies mid-call and its status.json
     says "running" or "failed" (ActorDiedError), which a later look or ``xtrain train
     --resume`` would take for a crash.  Tune's verdict is what happened: write it down."""
+    settled: dict[Path, dict[str, Any]] = {}
     for row in rows:
         run_dir = tune_dir / TRIALS / row["trial_id"]
         state = read_status(run_dir).get("state")
         if row["status"] in ("early-stopped", "finished") and state in ("running", "failed"):
-            write_status(run_dir, state=row["status"], epochs=row["epochs"], error=None)
+            settled[run_dir] = {"state": row["status"], "epochs": row["epochs"], "error": None}
+            write_status(run_dir, **settled[run_dir])
+    # Tuner.fit can return before such a trial's own process has written its ActorDiedError
+    # ("failed") on the way out: watch the settled ones for a few seconds and write the verdict
+    # again over a late write.  Bounded, and only when a trial needed settling.
+    deadline = time.monotonic() + (SETTLE_WATCH_S if settled else 0)
+    while time.monotonic() < deadline:
+        time.sleep(0.5)
+        for run_dir, verdict in settled.items():
+            if read_status(run_dir).get("state") != verdict["state"]:
+                write_status(run_dir, **verdict)
 
 
 def _trial_yaml(run_dir: Path) -> dict[str, Any]:
