@@ -19,14 +19,13 @@ handle per thread: h5py serialises calls internally, so concurrent Dask reads ar
 from __future__ import annotations
 
 import logging
-import threading
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from ..errors import CorruptFileError, InputNotFoundError, InvalidInputError
-from .volumes import Reader, Volume, check_dtype, decode_error, make_volume, select_axes, z_chunks
+from .volumes import HandleReader, Volume, check_dtype, decode_error, make_volume, select_axes, z_chunks
 
 log = logging.getLogger(__name__)
 
@@ -115,19 +114,12 @@ def _axes(dset, ndim: int, where: str) -> str:
                             "time); write one 3-D (Z, Y, X) dataset, or name its axes")
 
 
-class Hdf5Reader(Reader):
+class Hdf5Reader(HandleReader):
     """One dataset of one file, (Z, Y, X) after ``index``; picklable (path + names only)."""
 
     def __init__(self, path: Path, name: str, index: tuple, zaxis: int, shape: tuple[int, int, int], dtype: np.dtype):
         self.path, self.name, self.index, self.zaxis, self.shape, self.dtype = path, name, index, zaxis, shape, dtype
-        self._local = threading.local()
-
-    def __getstate__(self) -> dict[str, Any]:
-        return {k: v for k, v in self.__dict__.items() if k != "_local"}
-
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__dict__.update(state)
-        self._local = threading.local()
+        super().__init__()
 
     def _dataset(self):
         dset = getattr(self._local, "dset", None)

@@ -23,16 +23,14 @@ import contextlib
 import logging
 import os
 import re
-import threading
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import tifffile
 
 from ..errors import CorruptFileError, InputNotFoundError, InvalidInputError, ShapeMismatchError
-from .volumes import (TIFF_SUFFIXES, Reader, Volume, check_dtype, decode_error, glob_files, make_volume,
+from .volumes import (TIFF_SUFFIXES, HandleReader, Reader, Volume, check_dtype, decode_error, glob_files, make_volume,
                       natural_key, select_axes, unit_to_nm)
 
 log = logging.getLogger(__name__)
@@ -141,19 +139,12 @@ def _voxel_size(tif: tifffile.TiffFile, page) -> tuple[float, float, float] | No
     return None
 
 
-class TiffFileReader(Reader):
+class TiffFileReader(HandleReader):
     """Pages of one file's first series: slice z is the page at ``pages[z]`` (paths only: picklable)."""
 
     def __init__(self, path: Path, pages: list[int], shape: tuple[int, int, int], dtype: np.dtype):
         self.path, self.pages, self.shape, self.dtype = path, pages, shape, dtype
-        self._local = threading.local()
-
-    def __getstate__(self) -> dict[str, Any]:
-        return {k: v for k, v in self.__dict__.items() if k != "_local"}
-
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__dict__.update(state)
-        self._local = threading.local()
+        super().__init__()
 
     def __getitem__(self, key) -> np.ndarray:
         zs, ys, xs = key

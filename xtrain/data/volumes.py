@@ -44,6 +44,7 @@ import glob as globlib
 import logging
 import os
 import re
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -377,6 +378,22 @@ class Reader:
 
     def __getitem__(self, key) -> np.ndarray:  # pragma: no cover - implemented by the backends
         raise NotImplementedError
+
+
+class HandleReader(Reader):
+    """A ``Reader`` that keeps an open file handle per thread in ``self._local`` (Dask reads
+    from several threads; h5py and tifffile handles are not shared).  Pickles without the
+    handles (Ray workers, Dask-on-Ray) and opens new ones where it is unpickled."""
+
+    def __init__(self) -> None:
+        self._local = threading.local()
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {k: v for k, v in self.__dict__.items() if k != "_local"}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._local = threading.local()
 
 
 def z_chunks(shape: tuple[int, int, int], itemsize: int, native_z: int = 1) -> tuple[int, int, int]:
