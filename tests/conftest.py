@@ -193,3 +193,14 @@ def overfit_losses(model: torch.nn.Module, x: torch.Tensor, labels: torch.Tensor
         opt.step()
         losses.append(loss.item())
     return losses
+
+
+class StopAfter:
+    """A ``should_stop()`` that fires once it has been asked more than ``n`` times (mid-epoch stops)."""
+
+    def __init__(self, n: int):
+        self.n, self.calls = n, 0
+
+    def __call__(self) -> bool:
+        self.calls += 1
+        return self.calls > self.n

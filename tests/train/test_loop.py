@@ -7,7 +7,7 @@ import csv
 import pytest
 import torch
 
-from conftest import tiny_config
+from conftest import StopAfter, tiny_config
 from xtrain.errors import ConfigError, InvalidInputError, UnknownNameError
 from xtrain.train.checkpoint import load_checkpoint
 from xtrain.train.loop import WorkerContext, fit, preflight
@@ -42,16 +42,6 @@ def test_checkpoints_hold_what_inference_and_resume_need(train_store, tmp_path):
     model.load_state_dict(best["model_state"])
     assert model(torch.zeros(1, 1, 37, 41)).shape == (1, 3, 37, 41)
 
-
-class StopAfter:
-    """should_stop() that fires once a given number of steps has been asked about."""
-
-    def __init__(self, n: int):
-        self.n, self.calls = n, 0
-
-    def __call__(self) -> bool:
-        self.calls += 1
-        return self.calls > self.n
 
 
 @pytest.mark.parametrize("model", ["unet", "pix2pix"])

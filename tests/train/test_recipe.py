@@ -14,7 +14,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from torch import nn
 
-from conftest import tiny_config
+from conftest import StopAfter, tiny_config
 from xtrain.config import load_config
 from xtrain.errors import ConfigError
 from xtrain.train.checkpoint import load_checkpoint
@@ -22,16 +22,6 @@ from xtrain.train.loop import WorkerContext, fit
 from xtrain.train.recipe import GlobalBatchNorm2d, make_ema, make_schedulers
 
 
-
-class StopAfter:
-    """should_stop() that fires once it has been asked ``n`` times (as in test_loop.py)."""
-
-    def __init__(self, n: int):
-        self.n, self.calls = n, 0
-
-    def __call__(self) -> bool:
-        self.calls += 1
-        return self.calls > self.n
 
 
 def rows(run_dir):
