@@ -103,6 +103,7 @@ class TrainConfig:
     max_failures: int = 2  # worker deaths Ray Train recovers from by restarting
     ema_decay: float = 0.0  # EMA of the weights (0: off): ema = d * ema + (1 - d) * w after each step;
     #                         validation and model.pt use the EMA weights
+    ema_warmup: bool = True  # decay min(d, (1 + n) / (10 + n)) at update n (TensorFlow's EMA warm-up)
     sync_bn: bool = True  # DDP with > 1 worker: BatchNorm statistics over the global batch (recipe.py)
     select: str = "dice"  # model.pt selection: dice, or dice+tpb (needs data.val_mode=slab)
     select_tpb_weight: float = 0.1  # dice+tpb score = mean Dice - weight * |TPB ratio - 1|

@@ -112,14 +112,15 @@ def test_schedule_and_ema_resume_exactly(train_store, tmp_path):
 # ----------------------------------------------------------------------------- EMA
 
 
-def test_ema_is_the_decayed_average_of_the_weights():
+@pytest.mark.parametrize("warmup", [False, True])
+def test_ema_is_the_decayed_average_of_the_weights(warmup):
     from xtrain.models import create_model
 
     torch.manual_seed(0)
     model = create_model("unet", in_channels=1, num_classes=3, width=4, depth=1)
     opt = torch.optim.Adam(model.parameters(), lr=1e-2)
     d = 0.8
-    ema = make_ema(model, d)
+    ema = make_ema(model, d, warmup=warmup)
     x, y = torch.randn(4, 1, 16, 16), torch.randint(0, 3, (4, 16, 16))
     history = []
     for _ in range(6):
@@ -128,12 +129,17 @@ def test_ema_is_the_decayed_average_of_the_weights():
         opt.step()
         ema.update_parameters(model)
         history.append({k: v.detach().clone().double() for k, v in model.state_dict().items()})
-    t = len(history)
+    # independent recursion: w_ema = w_1, then w_ema = d_n w_ema + (1 - d_n) w_{n+1}, with
+    # d_n = min(d, (1 + n) / (10 + n)) under warm-up (TensorFlow's ExponentialMovingAverage)
+    decays = [min(d, (1 + n) / (10 + n)) if warmup else d for n in range(1, len(history))]
+    if warmup:
+        assert decays[0] == pytest.approx(2 / 11) and max(decays) < d  # the warm-up is active in 6 steps
     for k, v in ema.module.state_dict().items():
         if not v.is_floating_point():
             continue
-        # w_ema = d^(T-1) w_1 + sum_{t=2..T} (1-d) d^(T-t) w_t
-        want = d ** (t - 1) * history[0][k] + sum((1 - d) * d ** (t - i) * history[i - 1][k] for i in range(2, t + 1))
+        want = history[0][k]
+        for dn, w in zip(decays, history[1:]):
+            want = dn * want + (1 - dn) * w[k]
         assert torch.allclose(v.double(), want, rtol=1e-5, atol=1e-6), k
     raw = model.state_dict()
     assert any(not torch.equal(raw[k], v) for k, v in ema.module.state_dict().items() if v.is_floating_point())

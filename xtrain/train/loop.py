@@ -306,7 +306,7 @@ def fit(cfg: Config, run_dir: str | Path, ctx: WorkerContext | None = None,
     if cfg.train.sync_bn and distributed and has_batchnorm(model):
         model = convert_sync_batchnorm(model, ctx.device)  # BN statistics of the global batch
     nets = make_nets(model, ctx.device)
-    ema = make_ema(nets.model, cfg.train.ema_decay)
+    ema = make_ema(nets.model, cfg.train.ema_decay, cfg.train.ema_warmup)
     if ema is not None and resume is not None:
         if "ema_state" not in resume:
             raise ConfigError("the checkpoint has no EMA weights but train.ema_decay > 0; resume with the "

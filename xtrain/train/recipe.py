@@ -21,10 +21,14 @@ with W = round(optim.warmup * S) warm-up steps:
 Schedulers step once per optimiser step and their state goes into last.pt, so a run resumed
 mid-epoch continues the exact lr sequence.
 
-EMA (``train.ema_decay`` = d > 0): ``torch.optim.swa_utils.AveragedModel`` with
-``get_ema_multi_avg_fn(d)`` over parameters *and* buffers (BatchNorm running statistics):
-w_ema <- w after the first step, then w_ema <- d * w_ema + (1 - d) * w (Polyak averaging, as in
-timm's ModelEmaV3 without its warm-up).  Validation and model.pt use the EMA weights.
+EMA (``train.ema_decay`` = d > 0): ``torch.optim.swa_utils.AveragedModel`` over parameters
+*and* buffers (BatchNorm running statistics): w_ema <- w after the first step, then
+w_ema <- d_n * w_ema + (1 - d_n) * w at the n-th update after it (Polyak averaging).  With
+``train.ema_warmup`` (default) d_n = min(d, (1 + n) / (10 + n)), the warm-up of TensorFlow's
+``tf.train.ExponentialMovingAverage(num_updates=...)``: without it a run shorter than ~1 / (1 - d)
+steps validates weights that are mostly the random initialisation (a 32-step run at d = 0.995
+predicted one class everywhere).  Without warm-up d_n = d.  Validation and model.pt use the EMA
+weights.
 
 SyncBatchNorm: ``torch.nn.SyncBatchNorm`` refuses CPU tensors (torch 2.13: "expected input
 tensor to be on GPU"), and xtrain trains with gloo on CPU nodes.  ``GlobalBatchNorm2d`` is the
@@ -45,14 +49,14 @@ import torch
 import torch.distributed as dist
 from torch import nn
 from torch.optim.lr_scheduler import LambdaLR, LRScheduler, OneCycleLR
-from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+from torch.optim.swa_utils import AveragedModel
 
 from ..config import SCHEDULES, OptimConfig
 from ..errors import ConfigError
 
 log = logging.getLogger(__name__)
 
-__all__ = ["SCHEDULES", "GlobalBatchNorm2d", "convert_sync_batchnorm", "cosine_factor", "make_ema",
+__all__ = ["SCHEDULES", "GlobalBatchNorm2d", "convert_sync_batchnorm", "cosine_factor", "ema_decay_at", "make_ema",
            "make_schedulers", "warmup_steps"]
 
 
@@ -123,11 +127,33 @@ def load_scheduler_states(schedulers: dict[str, LRScheduler], states: dict[str, 
 # ----------------------------------------------------------------------------- EMA
 
 
-def make_ema(model: nn.Module, decay: float) -> AveragedModel | None:
+def ema_decay_at(n: int, decay: float, warmup: bool) -> float:
+    """The EMA decay d_n of the n-th update after the first (n >= 1; see the module docstring)."""
+    return min(decay, (1.0 + n) / (10.0 + n)) if warmup else decay
+
+
+class _EMAUpdate:
+    """AveragedModel's ``multi_avg_fn``: w_ema <- lerp(w_ema, w, 1 - d_n).  A class, not a closure,
+    so that the EMA pickles into Ray workers."""
+
+    def __init__(self, decay: float, warmup: bool):
+        self.decay, self.warmup = decay, warmup
+
+    @torch.no_grad()
+    def __call__(self, ema_params: list[torch.Tensor], params: list[torch.Tensor], n_averaged: torch.Tensor) -> None:
+        weight = 1.0 - ema_decay_at(int(n_averaged), self.decay, self.warmup)
+        for p_ema, p in zip(ema_params, params, strict=True):
+            if p_ema.is_floating_point():
+                p_ema.lerp_(p, weight)
+            else:  # num_batches_tracked: AveragedModel averages every buffer; keep it an integer
+                p_ema.copy_(p)
+
+
+def make_ema(model: nn.Module, decay: float, warmup: bool = True) -> AveragedModel | None:
     """An EMA copy of ``model`` (unwrapped, not DDP) over parameters and buffers; None if decay == 0."""
     if decay <= 0.0:
         return None
-    return AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True)
+    return AveragedModel(model, multi_avg_fn=_EMAUpdate(decay, warmup), use_buffers=True)
 
 
 # ----------------------------------------------------------------------------- global-batch BatchNorm
