@@ -3,6 +3,7 @@
     python bench/quality.py --data soc.zarr                      # trains configs/soc_unet_cpu.yaml (~30 min)
     python bench/quality.py --data soc.zarr --model RUN/model.pt # evaluate an existing model only
     python bench/quality.py --data soc.zarr --set train.epochs=6 # a shorter training (--set passes through)
+    python bench/quality.py --data soc.zarr --model RUN/model.pt --suspects  # + one change each (below)
 
 Every step is the CLI a user runs, timed end to end:
 
@@ -11,6 +12,11 @@ Every step is the CLI a user runs, timed end to end:
 2. ``xtrain segment WORK/run/model.pt soc.zarr WORK/<variant>.zarr --axes z`` / ``--axes zyx`` /
    ``--axes zyx --clean`` (the whole volume; segment times are compared side by side);
 3. ``xtrain evaluate WORK/<variant>.zarr soc.zarr --z 205,250 --json --no-percolation``.
+
+``--suspects`` adds variants with one change each: ``--normalisation own`` / ``train``, 256²
+tiles (3x3 blended tiles per 501² plane instead of one), ``--clean`` after the z pass, and
+``--axes zyx`` on 64x512x512 blocks (the y/x passes then see planes only 64 + halo deep instead
+of the whole volume).
 
 Prints one table row per variant (mean Dice, per-phase Dice, TPB density / labels', largest
 phase-fraction error in percentage points, segment time) and ends with
@@ -33,6 +39,14 @@ from pathlib import Path
 log = logging.getLogger("bench.quality")
 REPO = Path(__file__).resolve().parents[1]
 VARIANTS = {"z": ["--axes", "z"], "zyx": ["--axes", "zyx"], "zyx_clean": ["--axes", "zyx", "--clean"]}
+# --suspects: one change each against "z" / "zyx", for issue 11's list of suspects
+SUSPECTS = {
+    "z_own": ["--axes", "z", "--normalisation", "own"],  # the volume's own percentiles
+    "z_train": ["--axes", "z", "--normalisation", "train"],  # the training statistics
+    "z_tile256": ["--axes", "z", "--tile", "256"],  # 3x3 Gaussian-blended 256^2 tiles per 501^2 plane
+    "z_clean": ["--axes", "z", "--clean"],
+    "zyx_block64": ["--axes", "zyx", "--block", "64,512,512"],  # y/x planes only 64 (+halo) deep
+}
 
 
 def xtrain(*args: str) -> tuple[float, str]:
@@ -67,6 +81,8 @@ def main() -> None:
     ap.add_argument("--workers", type=int, default=2, help="training workers (segment runs in-process)")
     ap.add_argument("--z", default="205,250", help="evaluated slices Z0,Z1 (default the validation slab)")
     ap.add_argument("--workdir", type=Path, default=None, help="keep outputs here (default: a temporary folder)")
+    ap.add_argument("--suspects", action="store_true",
+                    help=f"also segment + evaluate {', '.join(SUSPECTS)} (one change each)")
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     work = args.workdir or Path(tempfile.mkdtemp(prefix="bench_quality_"))
@@ -84,7 +100,7 @@ def main() -> None:
             model = run / "model.pt"
             log.info("trained in %.1f min", train_min)
         rows: dict[str, dict[str, float]] = {}
-        for name, flags in VARIANTS.items():
+        for name, flags in {**VARIANTS, **(SUSPECTS if args.suspects else {})}.items():
             out = work / f"{name}.zarr"
             dt, _ = xtrain("segment", str(model), data, str(out), *flags, "--overwrite")
             _, text = xtrain("evaluate", str(out), data, "--z", args.z, "--json", "--no-percolation")
@@ -95,10 +111,12 @@ def main() -> None:
                      r.get("dice_ysz", float("nan")), r.get("dice_ni", float("nan")), r["tpb"], r["frac_pp"],
                      r["seconds"])
         z, zyx, zc = rows["z"], rows["zyx"], rows["zyx_clean"]
+        extra = " ".join(f"dice_{n}={r['dice']:.4f} tpb_{n}={r['tpb']:.3f} frac_pp_{n}={r['frac_pp']:.2f}"
+                         for n, r in rows.items() if n in SUSPECTS)
         print(f"RESULT dice_z={z['dice']:.4f} tpb_z={z['tpb']:.3f} dice_zyx={zyx['dice']:.4f} tpb_zyx={zyx['tpb']:.3f} "
               f"dice_zyx_clean={zc['dice']:.4f} tpb_zyx_clean={zc['tpb']:.3f} frac_pp_z={z['frac_pp']:.2f} "
               f"frac_pp_zyx={zyx['frac_pp']:.2f} frac_pp_zyx_clean={zc['frac_pp']:.2f} "
-              f"zyx_vs_z_time={zyx['seconds'] / z['seconds']:.2f} train_min={train_min:.1f}")
+              f"zyx_vs_z_time={zyx['seconds'] / z['seconds']:.2f} train_min={train_min:.1f}" + (" " + extra if extra else ""))
     finally:
         if args.workdir is None:
             shutil.rmtree(work, ignore_errors=True)
