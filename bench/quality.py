@@ -83,6 +83,7 @@ def main() -> None:
     ap.add_argument("--workdir", type=Path, default=None, help="keep outputs here (default: a temporary folder)")
     ap.add_argument("--suspects", action="store_true",
                     help=f"also segment + evaluate {', '.join(SUSPECTS)} (one change each)")
+    ap.add_argument("--only", default="", help="comma-separated variants to run (default: all asked for)")
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     work = args.workdir or Path(tempfile.mkdtemp(prefix="bench_quality_"))
@@ -100,7 +101,10 @@ def main() -> None:
             model = run / "model.pt"
             log.info("trained in %.1f min", train_min)
         rows: dict[str, dict[str, float]] = {}
-        for name, flags in {**VARIANTS, **(SUSPECTS if args.suspects else {})}.items():
+        variants = {**VARIANTS, **(SUSPECTS if args.suspects else {})}
+        if args.only:
+            variants = {n: variants[n] for n in args.only.split(",")}
+        for name, flags in variants.items():
             out = work / f"{name}.zarr"
             dt, _ = xtrain("segment", str(model), data, str(out), *flags, "--overwrite")
             _, text = xtrain("evaluate", str(out), data, "--z", args.z, "--json", "--no-percolation")
@@ -110,6 +114,10 @@ def main() -> None:
                      "  segment %.0f s", name, r["dice"], r.get("dice_pore", float("nan")),
                      r.get("dice_ysz", float("nan")), r.get("dice_ni", float("nan")), r["tpb"], r["frac_pp"],
                      r["seconds"])
+        if not set(VARIANTS) <= set(rows):
+            print("RESULT " + " ".join(f"dice_{n}={r['dice']:.4f} tpb_{n}={r['tpb']:.3f} frac_pp_{n}={r['frac_pp']:.2f} "
+                                        f"seconds_{n}={r['seconds']:.0f}" for n, r in rows.items()))
+            return
         z, zyx, zc = rows["z"], rows["zyx"], rows["zyx_clean"]
         extra = " ".join(f"dice_{n}={r['dice']:.4f} tpb_{n}={r['tpb']:.3f} frac_pp_{n}={r['frac_pp']:.2f}"
                          for n, r in rows.items() if n in SUSPECTS)
