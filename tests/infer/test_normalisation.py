@@ -193,4 +193,4 @@ def test_peaks_refuse_a_volume_without_three_phases(tiny_model, tmp_path):
     # the same two phases on another grey scale: the peaks cannot tell which phases they are: uncertain
     moved = (image * 1.3 + 400).astype(np.uint16)
     m = choose_mapping(stats_of(moved), train)
-    assert m["uncertain"] and "cannot tell" in m["reason"]
+    assert m["mode"] == "own" and m["uncertain"] and "cannot tell" in m["reason"]

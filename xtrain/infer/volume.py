@@ -6,18 +6,19 @@
 
 Normalisation (``choose_mapping``).  A model was trained on x_norm = (x - p0.5) / (p99.5 - p0.5)
 with the training volume's percentiles.  A new volume's own percentiles depend on what is
-around the sample: a crop with almost no nickel has its p99.5 on YSZ, so YSZ would be read
-as nickel.  So a new volume *on the training scale* (same dtype, and its own p0.5..p99.5
-lies mostly inside the training range) is normalised with the training statistics; any
-other volume (another detector, phase values instead of counts) with its own.  Measured on
-the synthetic volumes of ``tests/infer/test_normalisation.py``: with training statistics a
-crop without nickel keeps its classes; with its own percentiles its YSZ becomes nickel.
+in it: a crop with almost no nickel has its p99.5 on YSZ, so YSZ drifts towards nickel.  The
+training statistics are wrong for the same material on another grey scale (another
+detector or flux).  The phase peaks of the histogram tell the two apart: where they lie on
+the training peaks, the volume is on the training scale (train); where three of them lie on
+a line with the training peaks, it is the same material on another scale (peaks: that line
+maps them back); otherwise the choice is uncertain and says so.  Measured on the real
+volume's held-out slab (``bench/normalisation_choice.py``, README).
 
 Voxels that are not sample never enter the statistics (``xtrain.data.stats.volume_stats``:
 NaN or a detected constant fill such as the zeros outside the reconstruction circle, or a
 ``--mask``), and are given the normalised median of the sample at read time, so the
 network sees no artificial edge at the circle.  The mapping is recorded in the output's
-attributes; a choice near the threshold logs a warning.
+attributes; an uncertain choice logs a warning.
 
 ``distribution_shift`` says how far the new volume's normalised histogram is from the
 training one; segment logs a warning above ``SHIFT_WARN``.
@@ -48,6 +49,7 @@ log = logging.getLogger(__name__)
 SHIFT_WARN = 0.1
 _GRID = np.linspace(-0.5, 1.5, 513)  # common normalised-intensity bins for the comparison
 TRAIN_SCALE_OVERLAP = 0.5  # fraction of the new p0.5..p99.5 inside the training range: "on the training scale"
+UNCERTAIN = (0.35, 0.75)  # without phase peaks, overlaps in this band log a warning: the choice could go either way
 # Phase peaks (xtrain.data.stats.histogram_peaks), distances in units of the training p0.5..p99.5 range:
 PEAK_MATCH = 0.05  # a peak this close to a training peak lies where it lay in training: half the default
 #                    training augmentation's intensity shift (data.intensity_shift = 0.1), so the model has
@@ -92,16 +94,22 @@ def choose_mapping(own: dict[str, Any], train: dict[str, Any] | None, mode: str 
     ``own``: the volume's ``volume_stats``; ``train``: the model's statistics (None: own).
     ``mode``: "train" (the training p0.5/p99.5), "own" (the volume's), "peaks" (the volume's
     three phase peaks mapped by least squares onto the training peaks, ``peak_fit``; raises
-    ``InvalidInputError`` when they cannot be found), or "auto", measured on the real volume
-    (README, bench/normalisation_choice.py):
+    ``InvalidInputError`` when they cannot be found or fitted), or "auto", set from the
+    measurements on the real volume (README "Sample statistics and normalisation",
+    ``bench/normalisation_choice.py``):
 
     * no training statistics, or another dtype: own;
-    * three peaks, each within ``PEAK_MATCH`` of a training peak: train (the training scale);
-    * three peaks that a linear map puts on the training ones (``PEAK_FIT``): peaks (the same
+    * three peaks, each within ``PEAK_MATCH`` of a training peak: train (the training scale;
+      a mask, hot pixels or a slab of other slices change nothing);
+    * three peaks that a line maps onto the training ones (``PEAK_FIT``): peaks (the same
       material on another grey scale: another detector, flux or beamtime);
-    * fewer peaks (another phase composition), each on a training peak (two at least): train;
-    * otherwise the peaks cannot tell: train when at least ``TRAIN_SCALE_OVERLAP`` of the
-      volume's p0.5..p99.5 lies in the training range, else own, and ``uncertain`` (a warning).
+    * fewer peaks (another phase composition, e.g. a crop without nickel), each on a training
+      peak: train (``uncertain`` with a single peak);
+    * peaks off the training ones that cannot be mapped: own, ``uncertain`` (not the training
+      scale, and the volume's own percentiles move with its phase composition);
+    * no histogram peaks to go by (statistics without ``hist``): train when at least
+      ``TRAIN_SCALE_OVERLAP`` of the volume's p0.5..p99.5 lies in the training range, else own;
+      ``uncertain`` for an overlap in ``UNCERTAIN``.
     """
     if mode not in MAPPINGS:
         raise InvalidInputError(f"normalisation '{mode}' is not one of {', '.join(MAPPINGS)}")
@@ -121,19 +129,24 @@ def choose_mapping(own: dict[str, Any], train: dict[str, Any] | None, mode: str 
             chosen, reason = "own", "the model has no training statistics"
         elif train.get("dtype") and train["dtype"] != own["dtype"]:
             chosen, reason = "own", f"dtype {own['dtype']} differs from the training data's {train['dtype']}"
+        elif len(fit["train_peaks"]) < 3 or not fit["peaks"]:  # no peaks to go by: the grey-range overlap
+            chosen = "train" if overlap >= TRAIN_SCALE_OVERLAP else "own"
+            reason = f"{fit['why']}; {overlap:.0%} of the volume's grey range lies in the training range"
+            uncertain = UNCERTAIN[0] <= overlap <= UNCERTAIN[1]
         elif not fit["why"] and max(fit["offsets"]) <= PEAK_MATCH:
             chosen, reason = "train", (f"its 3 phase peaks lie on the training ones (largest offset "
                                        f"{max(fit['offsets']):.3f} of the training range)")
         elif not fit["why"]:
             chosen, reason = "peaks", (f"its 3 phase peaks are the training ones on another grey scale (gain "
                                        f"{fit['gain']:.3f}, offset {fit['offset']:.6g})")
-        elif len(fit["peaks"]) >= 2 and len(fit["train_peaks"]) >= 3 and max(fit["offsets"]) <= PEAK_MATCH:
+        elif len(fit["peaks"]) < 3 and max(fit["offsets"]) <= PEAK_MATCH:
             chosen, reason = "train", (f"{fit['why']}, each on a training peak (largest offset "
                                        f"{max(fit['offsets']):.3f}): another phase composition on the training scale")
+            uncertain = len(fit["peaks"]) < 2  # one peak: which phase is it?
         else:
-            chosen = "train" if overlap >= TRAIN_SCALE_OVERLAP else "own"
-            reason = (f"the phase peaks cannot tell the grey scale ({fit['why'] or 'they lie off the training peaks'}); "
-                      f"{overlap:.0%} of the volume's grey range lies in the training range")
+            chosen, reason = "own", (f"the phase peaks cannot tell the grey scale ({fit['why']}; largest offset "
+                                     f"from a training peak {max(fit['offsets']):.3f}): not the training scale, and "
+                                     "its own percentiles depend on its phase composition")
             uncertain = True
     else:
         chosen, reason = mode, "asked for"
