@@ -119,6 +119,8 @@ def main() -> None:
     ap.add_argument("--crop", type=int, default=96, help="edge of the low-nickel y/x window (pixels)")
     ap.add_argument("--only", default=None, help="comma-separated variants (default: all)")
     ap.add_argument("--work", type=Path, default=None, help="keep variants and segmentations here (reused)")
+    ap.add_argument("--cached", action="store_true", help="score only the segmentations already in --work "
+                    "(others: 'not run')")
     args = ap.parse_args()
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     log.setLevel(logging.INFO)
@@ -168,6 +170,9 @@ def main() -> None:
             else:
                 out = work / f"{name}_{mode}.zarr"
                 start = time.perf_counter()
+                if args.cached and not out.exists():
+                    row[mode] = {"not_run": True}
+                    continue
                 if not out.exists():
                     segment(args.model, tif, out, normalisation=mode)
                 pred = np.asarray(open_segmentation(out).labels[:])
@@ -180,7 +185,9 @@ def main() -> None:
 
     def cell(row, mode):
         e = row.get(mode, {})
-        return "refused" if "refused" in e else f"{e['dice']:.3f} / {e['frac_pp']:.1f}"
+        if "refused" in e or "not_run" in e:
+            return "refused" if "refused" in e else "not run"
+        return f"{e['dice']:.3f} / {e['frac_pp']:.1f}"
 
     print(f"training peaks {[round(p) for p in tpeaks]}; cells: mean Dice / largest phase-fraction error (pp)")
     print("| variant | pore/YSZ/Ni | train | own | peaks | auto |")
@@ -198,7 +205,8 @@ def main() -> None:
                 res[f"dice_{name}_{mode}"] = f"{row[mode]['dice']:.4f}"
         res[f"auto_{name}"] = auto["mode"]
         best = max(row[m]["dice"] for m in MODES if "dice" in row.get(m, {}))
-        regret.append(best - row[auto["mode"]]["dice"])
+        if "dice" in row.get(auto["mode"], {}):
+            regret.append(best - row[auto["mode"]]["dice"])
     res["auto_regret_max"] = f"{max(regret):.4f}"
     res["uncertain"] = ",".join(n for n, r in table.items() if r["auto"]["uncertain"]) or "none"
     print("RESULT " + " ".join(f"{k}={v}" for k, v in res.items()))
