@@ -204,10 +204,11 @@ def main() -> None:
             if "dice" in row.get(mode, {}):
                 res[f"dice_{name}_{mode}"] = f"{row[mode]['dice']:.4f}"
         res[f"auto_{name}"] = auto["mode"]
-        best = max(row[m]["dice"] for m in MODES if "dice" in row.get(m, {}))
-        if "dice" in row.get(auto["mode"], {}):
+        measured = [row[m]["dice"] for m in MODES if "dice" in row.get(m, {})]
+        if measured and "dice" in row.get(auto["mode"], {}):
+            best = max(measured)
             regret.append(best - row[auto["mode"]]["dice"])
-    res["auto_regret_max"] = f"{max(regret):.4f}"
+    res["auto_regret_max"] = f"{max(regret):.4f}" if regret else "nan"
     res["uncertain"] = ",".join(n for n, r in table.items() if r["auto"]["uncertain"]) or "none"
     print("RESULT " + " ".join(f"{k}={v}" for k, v in res.items()))
 
