@@ -409,10 +409,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true", help="continue an interrupted run into OUT: redo only missing blocks")
     p.add_argument("--overwrite", action="store_true", help="replace OUT (or an interrupted run) if it exists")
     _volume_options(p)
-    p.add_argument("--normalisation", choices=("auto", "train", "own"), default="auto",
+    p.add_argument("--normalisation", choices=("auto", "train", "own", "peaks"), default="auto",
                    help="intensity mapping: the training statistics (train), the volume's own percentiles (own), "
-                        "or auto: train when the volume is on the training scale (same dtype, grey range mostly "
-                        "inside the training one), else own; recorded in the output")
+                        "its three phase peaks mapped onto the training ones (peaks; refused when they are not "
+                        "found), or auto: train when its phase peaks lie on the training ones, peaks when they "
+                        "are the training ones on another grey scale, else train/own by grey-range overlap with a "
+                        "warning; recorded in the output")
     p.add_argument("--clean", action="store_true", help=CLEAN_HELP)
     p.set_defaults(func=cmd_segment)
 

@@ -370,7 +370,7 @@ def segment(
     ``chunks``/``shard``: output layout as ``default_layout``.  ``on_block(block)`` is called
     after each finished block (progress hooks; tests raise from it to simulate a crash).
     ``dataset``/``channel``/``time``: which volume of the input (``xtrain.data.volumes.open_volume``);
-    ``mask``: a volume of the same shape, non-zero = sample; ``normalisation``: auto, train or own
+    ``mask``: a volume of the same shape, non-zero = sample; ``normalisation``: auto, train, own or peaks
     (``xtrain.infer.volume.choose_mapping``; recorded in the output's attributes).
     ``on_actors(actors)``: the Ray worker actors, whenever the pool changes (tests).
     ``clean``: a 3D majority filter over the probabilities (postprocess.py); --probabilities
