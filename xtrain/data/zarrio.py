@@ -35,6 +35,11 @@ class ZarrReader:
         self.array, self.index, self.zaxis, self.shape = array, index, zaxis, shape
         self.dtype = np.dtype(array.dtype)
 
+    @property
+    def direct(self) -> Any:
+        """The zarr array itself when it is (Z, Y, X) already (``Volume.source``), else this reader."""
+        return self.array if self.index == (None, None, None) else self
+
     def __getitem__(self, key) -> np.ndarray:
         zs, ys, xs = key
         if self.index == (None, None, None):
