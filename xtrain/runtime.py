@@ -207,18 +207,18 @@ def volume_scheduler() -> Iterator[Any]:
     """Decide, once, where volume-wide Dask graphs run while the block runs; yields the scheduler.
 
     Only for the CLI and ``jobs/`` (the edges).  When ``dask_on_ray_wanted()``: join the
-    cluster (``ray_session``: RAY_ADDRESS, left connected to the end of the block) and set
-    Ray's ``ray.util.dask.ray_dask_get`` as Dask's scheduler (``dask.config.set``, which
-    ``xtrain.data.volumes.compute`` reads), so a volume-wide pass spreads over the nodes.
+    cluster (``ray_session``: RAY_ADDRESS, left connected to the end of the block) and give
+    Ray's ``ray.util.dask.ray_dask_get`` to ``xtrain.data.volumes.compute``
+    (``volumes.use_scheduler``), so a volume-wide pass spreads over the nodes.
     Otherwise nothing changes: Dask's threaded scheduler.  Asked for but unusable (an
     unreachable cluster, a Dask that ``ray.util.dask`` cannot drive): one warning naming the
     error and how to silence it, and the graphs run on local threads.
     """
+    from .data.volumes import use_scheduler
+
     if not dask_on_ray_wanted():
         yield "threads"
         return
-    import dask
-
     with contextlib.ExitStack() as stack:
         sched: Any = "threads"
         try:
@@ -229,7 +229,7 @@ def volume_scheduler() -> Iterator[Any]:
         except Exception as exc:  # noqa: BLE001 - said once, then the graphs run where they can
             log.warning("Dask-on-Ray unavailable (%s: %s); volume-wide work runs on local threads (set %s=0 to "
                         "choose that without this warning)", type(exc).__name__, exc, DASK_ON_RAY_ENV)
-        stack.enter_context(dask.config.set(scheduler=sched))
+        stack.enter_context(use_scheduler(sched))
         yield sched
 
 

@@ -40,12 +40,14 @@ line naming the file and the fix.
 
 from __future__ import annotations
 
+import contextlib
 import glob as globlib
 import json
 import logging
 import os
 import re
 import threading
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -519,17 +521,29 @@ def decode_error(exc: BaseException, where: str, package: str) -> Exception:
 # ----------------------------------------------------------------------------- running the graphs
 
 
+_schedulers: list[Any] = []  # pushed and popped by use_scheduler only (the edges decide)
+
+
+@contextlib.contextmanager
+def use_scheduler(sched: Any) -> Iterator[Any]:
+    """Run the volume-wide graphs of ``compute`` with the Dask scheduler ``sched`` while the block runs.
+
+    For the edges (``xtrain.runtime.volume_scheduler``: the CLI and ``jobs/``), not for library
+    code.  Only ``compute`` reads it: other Dask calls (``da.store`` of a pyramid) keep Dask's
+    own default, so a zarr array, which ``ray.util.dask`` cannot rebuild as a task argument, is
+    never handed to Ray.  Nested blocks restore the outer choice."""
+    _schedulers.append(sched)
+    try:
+        yield sched
+    finally:
+        _schedulers.pop()
+
+
 def scheduler() -> Any:
-    """The Dask scheduler volume-wide graphs run with: the one the caller configured through Dask's own
-    setting (``dask.config.set(scheduler=...)``), else ``"threads"`` (Dask's threaded scheduler).
-
-    Library code joins no cluster and changes no setting: the edges decide.  The CLI (and
-    ``jobs/``, which call it) sets Ray's ``ray.util.dask.ray_dask_get`` inside a Ray cluster,
-    once at start (``xtrain.runtime.volume_scheduler``)."""
-    import dask
-
-    sched = dask.config.get("scheduler", None)
-    return "threads" if sched in (None, "threads", "threading") else sched
+    """The Dask scheduler volume-wide graphs run with: the innermost ``use_scheduler``'s, else
+    ``"threads"`` (Dask's threaded scheduler).  Library code joins no cluster and sets nothing:
+    the CLI sets Ray's ``ray.util.dask.ray_dask_get`` inside a Ray cluster, once at start."""
+    return _schedulers[-1] if _schedulers else "threads"
 
 
 _configured_scheduler = scheduler  # compute's ``scheduler`` argument shadows the name
