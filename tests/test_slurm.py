@@ -189,7 +189,7 @@ def requeued_train(store, tmp_path_factory):
     job = submit("train.sh", {"XTRAIN_CONFIG": "configs/tiny.yaml", "XTRAIN_DATA": str(store),
                               "XTRAIN_OUT": str(run)}, out,
                  *TINY, "--set", "data.samples_per_epoch=128", "--set", f"train.epochs={EPOCHS}")
-    watch = RayProcesses(f"/tmp/xray-{job}/")  # started before Ray can be: the job first has to be scheduled
+    watch = RayProcesses(f"/tmp/xray-{job}")  # started before Ray can be: the job first has to be scheduled
     watch.start()
     t0 = time.time()
     while time.time() - t0 < 150 and not rows(run) and job_info(job).get("JobState") in ("PENDING", "RUNNING"):
@@ -198,7 +198,9 @@ def requeued_train(store, tmp_path_factory):
     if signalled:
         subprocess.run(["scancel", "--signal=TERM", "--batch", job], check=True)
     info, log, left = end_job(job, watch, out, 240)
-    return {"job": job, "run": run, "info": info, "log": log, "left": left, "signalled": signalled}
+    raylets = [c for _, cmds in watch.seen.values() for c in cmds if "raylet" in c.split()[0]]
+    return {"job": job, "run": run, "info": info, "log": log, "left": left, "signalled": signalled,
+            "raylets": raylets}
 
 
 @requires_slurm
@@ -208,6 +210,7 @@ def test_train_job_completes_writes_the_model_and_leaves_no_ray_behind(requeued_
     assert (run / "model.pt").exists() and len(rows(run)) == EPOCHS, log
     assert "1 node(s) up" in log, log
     assert not Path(f"/tmp/xray-{job}").exists(), "the job's Ray temp dir was not removed"
+    assert requeued_train["raylets"], "the watcher saw no Ray process of the job (so it could check none)"
     assert requeued_train["left"] == [], f"Ray processes of job {job} outlived it: {requeued_train['left']}"
 
 
