@@ -185,7 +185,9 @@ ReturnToService=2
 JobRequeue=1
 KillWait=30
 MinJobAge=600
-SchedulerParameters=nohold_on_prolog_fail
+# bf_interval: a requeued job is eligible again after cred_expire, then waits for the next backfill
+# pass (default every 30 s: up to 30 s idle per requeue test); a test cluster this small can pass every 2 s
+SchedulerParameters=nohold_on_prolog_fail,bf_interval=2
 $nodes
 PartitionName=debug Nodes=$part_nodes Default=YES MaxTime=INFINITE State=UP
 CONF

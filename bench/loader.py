@@ -61,7 +61,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from xtrain.config import DataConfig  # noqa: E402
 from xtrain.data.sampler import RandomPatches, patch_loader, split_regions  # noqa: E402
-from xtrain.data.store import Store, open_store  # noqa: E402
+from xtrain.data.store import open_store  # noqa: E402
 from xtrain.malloc import keep_freed_memory  # noqa: E402
 
 SHAPE = (256, 501, 501)
@@ -101,11 +101,10 @@ class InMemory(RandomPatches):
     """The same sampler over numpy copies of the volume (the baseline)."""
 
     def __init__(self, path, cfg, region, image: np.ndarray, labels: np.ndarray, **kwargs):
-        self._memory = Store(Path(path), image, labels, open_store(path).info)  # type: ignore[arg-type]
+        self._memory = (image, labels)
         super().__init__(path, cfg, region, **kwargs)
 
-    @property
-    def store(self) -> Store:
+    def sources(self):
         return self._memory
 
 

@@ -1,7 +1,8 @@
 """Shared by the ``ray job submit`` entry points: make xtrain importable, forward to the CLI.
 
 Inside a Ray job RAY_ADDRESS is set, so xtrain joins the job's cluster (``ray.init()`` without
-``num_cpus``) instead of starting a local Ray.
+``num_cpus``) instead of starting a local Ray, and the CLI runs volume-wide Dask graphs on it
+(``xtrain.runtime.volume_scheduler``; ``XTRAIN_DASK_ON_RAY=0`` keeps them on local threads).
 """
 
 from __future__ import annotations

@@ -250,7 +250,7 @@ ray_cluster_stop() {
         local step
         step=$(squeue -s -h -j "${SLURM_JOB_ID:-0}" -o "%i %j" 2>/dev/null | awk '$2 == "xtrain-ray-workers" {print $1; exit}')
         if [[ -n "$step" ]]; then scancel --signal=TERM "$step" 2>/dev/null || true; fi
-        for _ in $(seq 30); do kill -0 "$RAY_WORKERS_PID" 2>/dev/null || break; sleep 1; done
+        for _ in $(seq 150); do kill -0 "$RAY_WORKERS_PID" 2>/dev/null || break; sleep 0.2; done
         kill "$RAY_WORKERS_PID" 2>/dev/null || true
         wait "$RAY_WORKERS_PID" 2>/dev/null || true
         RAY_WORKERS_PID=""
@@ -259,17 +259,23 @@ ray_cluster_stop() {
     rm -rf "$RAY_TMP" 2>/dev/null || true
 }
 
-# stop_session SID: end every process of session SID (TERM three times, then KILL)
+# stop_session SID: end every process of session SID (TERM three times 2 s apart, then KILL),
+# returning as soon as none is left (Ray's processes usually go within a second of the first TERM)
 stop_session() {
     local pids sig
     for sig in TERM TERM TERM KILL; do
-        pids=$(ps -eo pid=,sid= | awk -v s="$1" '$2 == s {print $1}')
-        [[ -z "$pids" ]] && break
+        pids=$(_session_pids "$1")
+        [[ -z "$pids" ]] && return 0
         # shellcheck disable=SC2086
         kill -s "$sig" $pids 2>/dev/null || true
-        sleep 2
+        for _ in 1 2 3 4 5 6 7 8 9 10; do
+            sleep 0.2
+            [[ -z "$(_session_pids "$1")" ]] && return 0
+        done
     done
 }
+
+_session_pids() { ps -eo pid=,sid= | awk -v s="$1" '$2 == s {print $1}'; }
 
 _forward_signal() {
     echo "ray_cluster.sh: got SIG$1: asking xtrain to checkpoint and stop" >&2

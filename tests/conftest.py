@@ -15,6 +15,11 @@ from xtrain.runtime import quiet_ray
 # Ray reads some settings (RAY_AUTH_MODE: token auth once ~/.ray/auth_token exists) when it is
 # first imported: set them before any test module imports ray.
 quiet_ray()
+# Ray Train's controller polls its workers every RAY_TRAIN_HEALTH_CHECK_INTERVAL_S (2 s by default), so
+# a finished run, a stop and a dead worker are noticed up to that much later.  Every Ray process of
+# the test session (the ray_cluster fixture, CLI subprocesses, Slurm jobs: they inherit it) polls
+# more often: the tiny runs of the tests last seconds.
+os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.5")
 
 REPO = Path(__file__).resolve().parents[1]
 REAL_DATA = Path(os.environ.get("XTRAIN_REAL_DATA", REPO.parent / "shared" / "data" / "soc_pxct"))

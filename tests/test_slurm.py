@@ -11,8 +11,10 @@ import json
 import os
 import re
 import shutil
+import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -48,7 +50,7 @@ def wait_job(job_id: str, timeout: float) -> dict[str, str]:
         info = job_info(job_id)
         if info.get("JobState") in ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY"):
             return info
-        time.sleep(1)
+        time.sleep(0.5)
     subprocess.run(["scancel", job_id])
     raise AssertionError(f"job {job_id} still {job_info(job_id).get('JobState')} after {timeout} s")
 
@@ -73,48 +75,156 @@ def rows(run: Path) -> list[dict[str, str]]:
 TINY = ["--set", "data.patch=32", "--set", "data.val_patches=16", "--set", "train.workers=1"]
 
 
+def _netns(pid: int | str) -> str:
+    return os.readlink(f"/proc/{pid}/ns/net")
+
+
+def _node_of_netns() -> dict[str, str]:
+    """Network namespace -> node name: this process's is this node, each other slurmd's is its node."""
+    names = {_netns("self"): socket.gethostname()}
+    for pidfile in Path("/run").glob("slurmd-*.pid"):
+        try:
+            names.setdefault(_netns(pidfile.read_text().strip()), pidfile.stem.removeprefix("slurmd-"))
+        except (OSError, ValueError):
+            pass
+    return names
+
+
+def _stat(pid: int) -> tuple[int, int] | None:
+    """(parent pid, start time) of a live process, None if it is gone."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return int(fields[1]), int(fields[19])
+
+
+class RayProcesses(threading.Thread):
+    """Watches /proc while a job runs: its Ray processes (command line names the job's Ray temp
+    dir) and the Ray workers they fork, with the node each runs on and its start time (a pid
+    reused later is not mistaken for a survivor)."""
+
+    def __init__(self, temp_dir: str):
+        super().__init__(daemon=True)
+        self.temp_dir, self.done = temp_dir, threading.Event()
+        self.nodes = _node_of_netns()
+        self.seen: dict[tuple[int, int], tuple[str, list[str]]] = {}  # (pid, start) -> (node, command lines)
+
+    def scan(self) -> None:
+        ours = {pid for pid, _ in self.seen}
+        for d in Path("/proc").iterdir():
+            if not d.name.isdigit():
+                continue
+            try:
+                cmd = (d / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace").strip()
+                st = _stat(int(d.name))
+                node = self.nodes.get(_netns(d.name), "?")
+            except OSError:
+                continue
+            if st is None or not cmd:
+                continue
+            key = (int(d.name), st[1])
+            # Ray's own processes name the temp dir; its workers (ray::Actor titles) are their children
+            if key in self.seen or self.temp_dir in cmd or (cmd.startswith("ray::") and st[0] in ours):
+                cmds = self.seen.setdefault(key, (node, []))[1]
+                if cmd not in cmds:
+                    cmds.append(cmd)  # a Ray worker retitles itself (ray::BlockRunner) once it runs an actor
+
+    def run(self) -> None:
+        while not self.done.wait(0.5):
+            self.scan()
+            self.scan()  # twice: children of processes found in the first pass
+
+    def stop(self) -> None:
+        self.done.set()
+        self.join()
+
+    def on(self, node: str, prefix: str = "") -> list[str]:
+        """The command lines (one per process, the first with ``prefix``) seen on ``node``."""
+        found = [next((c for c in cmds if c.startswith(prefix)), None) for n, cmds in self.seen.values() if n == node]
+        return [c for c in found if c is not None]
+
+    def alive(self) -> list[str]:
+        return [f"{pid} on {node}: {cmds[-1][:120]}" for (pid, start), (node, cmds) in self.seen.items()
+                if (_stat(pid) or (0, -1))[1] == start]
+
+
+def ray_temp(tmp_path: Path) -> str:
+    """A short Ray temp dir for XTRAIN_RAY_TMP (Ray's socket paths must fit 107 bytes)."""
+    return f"/tmp/xr-{os.getpid()}-{tmp_path.name[-12:]}"
+
+
+def end_job(job: str, watch: RayProcesses, out: Path, timeout: float) -> tuple[dict[str, str], str, list[str]]:
+    """(job info, job log, the watched Ray processes still alive) once ``job`` has ended."""
+    info = wait_job(job, timeout)
+    left = watch.alive()  # at once: the job is over, so must be every Ray process it started
+    watch.stop()
+    return info, out.read_text(), left
+
+
+def finish(job: str, watch: RayProcesses, out: Path, timeout: float) -> tuple[dict[str, str], str]:
+    info, log, left = end_job(job, watch, out, timeout)
+    assert not left, f"Ray processes of job {job} outlived it:\n" + "\n".join(left) + "\n" + log
+    return info, log
+
+
 @pytest.fixture(scope="module")
 def store(tmp_path_factory):
     return make_store(tmp_path_factory.mktemp("slurm") / "s.zarr", shape=(33, 50, 47))
 
 
-@requires_slurm
-def test_train_job_completes_and_writes_the_model(store, tmp_path):
-    run = tmp_path / "run"
+# SIGTERM once epoch 1 is written (~2-4 s each): the epochs after it leave time for a busy test
+# process to notice and signal mid-run (4 were too few under load: the run ended first)
+EPOCHS = 8
+
+
+@pytest.fixture(scope="module")
+def requeued_train(store, tmp_path_factory):
+    """One slurm/train.sh job that the module's training tests look at from different sides: the
+    time-limit warning (SIGTERM to the batch shell) once epoch 1 is written; xtrain checkpoints
+    and exits 3, the job requeues itself and the second run resumes to the end.  The job's Ray
+    processes (Ray's default temp dir of the job, /tmp/xray-JOBID) are watched by pid throughout."""
+    tmp_path = tmp_path_factory.mktemp("train_job")
+    run, out = tmp_path / "run", tmp_path / "job.out"
     job = submit("train.sh", {"XTRAIN_CONFIG": "configs/tiny.yaml", "XTRAIN_DATA": str(store),
-                              "XTRAIN_OUT": str(run)}, tmp_path / "job.out",
-                 *TINY, "--set", "data.samples_per_epoch=64", "--set", "train.epochs=1")
-    info = wait_job(job, 180)
-    log = (tmp_path / "job.out").read_text()
-    assert info["JobState"] == "COMPLETED" and info["ExitCode"] == "0:0", log
-    assert (run / "model.pt").exists() and len(rows(run)) == 1, log
-    assert "1 node(s) up" in log
-    assert not list(Path("/tmp").glob(f"xray-{job}")), "the job's Ray temp dir was not removed"
-    ray_left = subprocess.run(["pgrep", "-f", f"/tmp/xray-{job}/"], capture_output=True, text=True).stdout
-    assert not ray_left.strip(), f"Ray processes of job {job} still running: {ray_left}"
+                              "XTRAIN_OUT": str(run)}, out,
+                 *TINY, "--set", "data.samples_per_epoch=128", "--set", f"train.epochs={EPOCHS}")
+    watch = RayProcesses(f"/tmp/xray-{job}")  # started before Ray can be: the job first has to be scheduled
+    watch.start()
+    t0 = time.time()
+    while time.time() - t0 < 150 and not rows(run) and job_info(job).get("JobState") in ("PENDING", "RUNNING"):
+        time.sleep(0.3)
+    signalled = bool(rows(run))
+    if signalled:
+        subprocess.run(["scancel", "--signal=TERM", "--batch", job], check=True)
+    info, log, left = end_job(job, watch, out, 240)
+    raylets = [c for _, cmds in watch.seen.values() for c in cmds if "raylet" in c.split()[0]]
+    return {"job": job, "run": run, "info": info, "log": log, "left": left, "signalled": signalled,
+            "raylets": raylets}
 
 
 @requires_slurm
-def test_sigterm_checkpoints_requeues_and_resumes_to_the_end(store, tmp_path):
+def test_train_job_completes_writes_the_model_and_leaves_no_ray_behind(requeued_train):
+    job, run, info, log = (requeued_train[k] for k in ("job", "run", "info", "log"))
+    assert info["JobState"] == "COMPLETED" and info["ExitCode"] == "0:0", log
+    assert (run / "model.pt").exists() and len(rows(run)) == EPOCHS, log
+    assert "1 node(s) up" in log, log
+    assert not Path(f"/tmp/xray-{job}").exists(), "the job's Ray temp dir was not removed"
+    assert requeued_train["raylets"], "the watcher saw no Ray process of the job (so it could check none)"
+    assert requeued_train["left"] == [], f"Ray processes of job {job} outlived it: {requeued_train['left']}"
+
+
+@requires_slurm
+def test_sigterm_checkpoints_requeues_and_resumes_to_the_end(requeued_train):
     """The time-limit warning (SIGTERM to the batch shell): xtrain checkpoints and exits 3, the job
     requeues itself, and the second run resumes from last.pt and finishes every epoch."""
-    run = tmp_path / "run"
-    epochs = 12
-    job = submit("train.sh", {"XTRAIN_CONFIG": "configs/tiny.yaml", "XTRAIN_DATA": str(store),
-                              "XTRAIN_OUT": str(run)}, tmp_path / "job.out",
-                 *TINY, "--set", "data.samples_per_epoch=128", "--set", f"train.epochs={epochs}")
-    t0 = time.time()
-    while time.time() - t0 < 150 and not rows(run):
-        time.sleep(0.3)
-    assert rows(run), (tmp_path / "job.out").read_text()
-    subprocess.run(["scancel", "--signal=TERM", "--batch", job], check=True)
-    info = wait_job(job, 240)
-    log = (tmp_path / "job.out").read_text()
+    run, info, log = requeued_train["run"], requeued_train["info"], requeued_train["log"]
+    assert requeued_train["signalled"], log
     assert info["JobState"] == "COMPLETED", log
     assert int(info["Restarts"]) >= 1, log
     assert "xtrain exited with 3" in log and "requeueing job" in log, log
     assert "--resume" in log.split("restart 1")[-1], log
-    assert [int(r["epoch"]) for r in rows(run)] == list(range(1, epochs + 1)), log
+    assert [int(r["epoch"]) for r in rows(run)] == list(range(1, EPOCHS + 1)), log
     assert json.loads((run / "status.json").read_text())["state"] == "finished"
     assert (run / "model.pt").exists()
 

@@ -12,11 +12,9 @@ temp dir and its node by its network namespace; none may be left once the job is
 from __future__ import annotations
 
 import json
-import os
 import re
 import socket
 import subprocess
-import threading
 import time
 from pathlib import Path
 
@@ -24,7 +22,7 @@ import numpy as np
 import pytest
 
 from conftest import make_store
-from test_slurm import job_info, rows, submit, wait_job
+from test_slurm import RayProcesses, finish, job_info, ray_temp, rows, submit, wait_job
 
 pytestmark = pytest.mark.slow
 
@@ -49,94 +47,6 @@ def _skip_reason() -> str:
 
 NODES = _up_nodes()
 requires_two_nodes = pytest.mark.skipif(len(NODES) < 2, reason=_skip_reason())
-
-
-def _netns(pid: int | str) -> str:
-    return os.readlink(f"/proc/{pid}/ns/net")
-
-
-def _node_of_netns() -> dict[str, str]:
-    """Network namespace -> node name: this process's is this node, each other slurmd's is its node."""
-    names = {_netns("self"): socket.gethostname()}
-    for pidfile in Path("/run").glob("slurmd-*.pid"):
-        try:
-            names.setdefault(_netns(pidfile.read_text().strip()), pidfile.stem.removeprefix("slurmd-"))
-        except (OSError, ValueError):
-            pass
-    return names
-
-
-def _stat(pid: int) -> tuple[int, int] | None:
-    """(parent pid, start time) of a live process, None if it is gone."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return None
-    return int(fields[1]), int(fields[19])
-
-
-class RayProcesses(threading.Thread):
-    """Watches /proc while a job runs: its Ray processes (command line names the job's Ray temp
-    dir) and the Ray workers they fork, with the node each runs on and its start time (a pid
-    reused later is not mistaken for a survivor)."""
-
-    def __init__(self, temp_dir: str):
-        super().__init__(daemon=True)
-        self.temp_dir, self.done = temp_dir, threading.Event()
-        self.nodes = _node_of_netns()
-        self.seen: dict[tuple[int, int], tuple[str, list[str]]] = {}  # (pid, start) -> (node, command lines)
-
-    def scan(self) -> None:
-        ours = {pid for pid, _ in self.seen}
-        for d in Path("/proc").iterdir():
-            if not d.name.isdigit():
-                continue
-            try:
-                cmd = (d / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace").strip()
-                st = _stat(int(d.name))
-                node = self.nodes.get(_netns(d.name), "?")
-            except OSError:
-                continue
-            if st is None or not cmd:
-                continue
-            key = (int(d.name), st[1])
-            # Ray's own processes name the temp dir; its workers (ray::Actor titles) are their children
-            if key in self.seen or self.temp_dir in cmd or (cmd.startswith("ray::") and st[0] in ours):
-                cmds = self.seen.setdefault(key, (node, []))[1]
-                if cmd not in cmds:
-                    cmds.append(cmd)  # a Ray worker retitles itself (ray::BlockRunner) once it runs an actor
-
-    def run(self) -> None:
-        while not self.done.wait(0.5):
-            self.scan()
-            self.scan()  # twice: children of processes found in the first pass
-
-    def stop(self) -> None:
-        self.done.set()
-        self.join()
-
-    def on(self, node: str, prefix: str = "") -> list[str]:
-        """The command lines (one per process, the first with ``prefix``) seen on ``node``."""
-        found = [next((c for c in cmds if c.startswith(prefix)), None) for n, cmds in self.seen.values() if n == node]
-        return [c for c in found if c is not None]
-
-    def alive(self) -> list[str]:
-        return [f"{pid} on {node}: {cmds[-1][:120]}" for (pid, start), (node, cmds) in self.seen.items()
-                if (_stat(pid) or (0, -1))[1] == start]
-
-
-def ray_temp(tmp_path: Path) -> str:
-    """A short Ray temp dir for XTRAIN_RAY_TMP (Ray's socket paths must fit 107 bytes)."""
-    return f"/tmp/xr-{os.getpid()}-{tmp_path.name[-12:]}"
-
-
-def finish(job: str, watch: RayProcesses, out: Path, timeout: float) -> tuple[dict[str, str], str]:
-    info = wait_job(job, timeout)
-    left = watch.alive()  # at once: the job is over, so must be every Ray process it started
-    watch.stop()
-    log = out.read_text()
-    assert not left, f"Ray processes of job {job} outlived it:\n" + "\n".join(left) + "\n" + log
-    return info, log
 
 
 def assert_both_nodes_ran_ray(watch: RayProcesses, log: str) -> None:

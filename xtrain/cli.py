@@ -4,7 +4,10 @@ Each function parses nothing itself: ``argparse`` has done it. It calls the libr
 returns an exit code.  ``main`` maps every ``XtrainError`` to one line on stderr and exit
 code 2, so bad input never produces a traceback.
 
-Signals live here (and in jobs/, which call ``main``), nowhere else: during the long commands
+Signals and the Ray session of volume-wide Dask graphs live here (and in jobs/, which call
+``main``), nowhere else.  Inside a Ray cluster (RAY_ADDRESS set) the commands that run
+volume-wide Dask graphs (``VOLUME_GRAPHS``) join it at start and run them on Ray, unless
+XTRAIN_DASK_ON_RAY=0 (``runtime.volume_scheduler``).  Signals: during the long commands
 (train, tune, segment, nightly) SIGTERM and SIGUSR1 (Slurm's time-limit warning, preemption)
 set ``args.should_stop``; the command checkpoints and exits 3 ("interrupted, resume me with
 --resume").  A full disk (ENOSPC, EDQUOT, EFBIG) is one line naming the path: exit 3 for
@@ -14,6 +17,7 @@ those resumable commands, 2 for the others.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import sys
 from pathlib import Path
@@ -25,6 +29,8 @@ log = logging.getLogger("xtrain")
 
 PRESET_NAMES = ("easy", "medium", "hard")  # xtrain.data.synth.PRESETS (not imported: keeps --help fast)
 RESUMABLE = ("train", "tune", "segment", "nightly")  # stop on SIGTERM/SIGUSR1, exit 3, continue with --resume
+# run volume-wide Dask graphs: on Ray inside a Ray cluster (runtime.volume_scheduler, decided once here)
+VOLUME_GRAPHS = ("ingest", "evaluate", "baseline", "segment", "nightly", "compare")
 EXIT_INTERRUPTED = 3
 
 
@@ -484,7 +490,7 @@ def setup_logging(verbose: bool = False, quiet: bool = False) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from .runtime import StopRequest, disk_full_cause, disk_full_error, stop_on_signals
+    from .runtime import StopRequest, disk_full_cause, disk_full_error, stop_on_signals, volume_scheduler
 
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -492,10 +498,12 @@ def main(argv: list[str] | None = None) -> int:
     resumable = args.command in RESUMABLE
     args.should_stop = StopRequest()
     try:
-        if resumable:
-            with stop_on_signals(args.should_stop):
-                return int(args.func(args) or 0)
-        return int(args.func(args) or 0)
+        with contextlib.ExitStack() as edges:
+            if resumable:
+                edges.enter_context(stop_on_signals(args.should_stop))
+            if args.command in VOLUME_GRAPHS:
+                edges.enter_context(volume_scheduler())  # joins RAY_ADDRESS's cluster only when Dask runs on Ray
+            return int(args.func(args) or 0)
     except RunInterrupted as exc:
         print(f"xtrain {args.command}: interrupted: {exc}", file=sys.stderr)
         return EXIT_INTERRUPTED

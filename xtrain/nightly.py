@@ -305,16 +305,16 @@ def quality_summary(volume: Path, labels: Path, model: Path) -> dict[str, Any]:
     from .train.checkpoint import load_checkpoint
 
     import dask
-    import dask.array as da
 
     from .data.volumes import compute
+    from .data.zarrio import zarr_dask
 
     seg = open_segmentation(labels)
-    lab = da.from_zarr(seg.labels)
+    lab = zarr_dask(seg.labels, f"{labels} labels")  # not da.from_zarr: the graph may run on Ray (zarr_dask)
     parts = [dask.delayed(lambda b: np.bincount(b.ravel(), minlength=256))(b) for b in lab.to_delayed().ravel()]
     graphs: list[Any] = [dask.delayed(sum)(parts)]
     if seg.entropy is not None:
-        graphs.append(da.from_zarr(seg.entropy).astype(np.float64).sum())
+        graphs.append(zarr_dask(seg.entropy, f"{labels} entropy").astype(np.float64).sum())
     results = compute(*graphs)  # one Dask graph over the labels (and entropy) chunks
     counts = np.asarray(results[0])
     entropy_sum = float(results[1]) if len(results) > 1 else 0.0

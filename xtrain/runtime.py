@@ -4,12 +4,17 @@
     with stop_on_signals(stop):                  # the CLI / jobs/ only: SIGTERM, SIGUSR1
         with ray_session():                      # starts Ray only if none is connected
             train(cfg, "runs/unet", should_stop=stop)
+    with volume_scheduler():                     # the CLI: Dask graphs on Ray inside a Ray cluster
+        evaluate(pred, truth)
 
 Library functions take a ``should_stop`` callable (``StopRequest`` is one) and install no
 signal handler, so they run on any thread.  ``ray_session`` starts Ray only when this
 process is not connected to one, stops exactly what it started, and puts back the SIGTERM /
 SIGUSR1 / SIGINT handlers that ``ray.init`` replaces on the main thread (Ray 2.60
 ``ray._private.worker.init`` sets SIGTERM to ``sys.exit``).
+
+``volume_scheduler`` is the edges' one decision where volume-wide Dask graphs run (Ray
+inside a Ray cluster, else threads); library code only reads it (``xtrain.data.volumes.scheduler``).
 
 ``atomic_write`` is the one way small files (csv, status.json, job.json, qc.json,
 checkpoints, best.yaml, compare reports) reach the disk: a temporary sibling renamed over the
@@ -186,6 +191,46 @@ def ray_session(num_cpus: int | None = None, dashboard: bool = False) -> Iterato
                 os.environ.pop(API_SERVER_ENV, None)
             else:
                 os.environ[API_SERVER_ENV] = previous_api
+
+
+DASK_ON_RAY_ENV = "XTRAIN_DASK_ON_RAY"  # "0": volume-wide Dask graphs stay on local threads inside a Ray cluster
+
+
+def dask_on_ray_wanted() -> bool:
+    """Whether volume-wide Dask graphs should run on Ray: inside a Ray cluster (``RAY_ADDRESS`` set:
+    Slurm jobs, ``ray job submit``) unless ``XTRAIN_DASK_ON_RAY=0``."""
+    return bool(os.environ.get("RAY_ADDRESS")) and os.environ.get(DASK_ON_RAY_ENV, "1") != "0"
+
+
+@contextlib.contextmanager
+def volume_scheduler() -> Iterator[Any]:
+    """Decide, once, where volume-wide Dask graphs run while the block runs; yields the scheduler.
+
+    Only for the CLI and ``jobs/`` (the edges).  When ``dask_on_ray_wanted()``: join the
+    cluster (``ray_session``: RAY_ADDRESS, left connected to the end of the block) and give
+    Ray's ``ray.util.dask.ray_dask_get`` to ``xtrain.data.volumes.compute``
+    (``volumes.use_scheduler``), so a volume-wide pass spreads over the nodes.
+    Otherwise nothing changes: Dask's threaded scheduler.  Asked for but unusable (an
+    unreachable cluster, a Dask that ``ray.util.dask`` cannot drive): one warning naming the
+    error and how to silence it, and the graphs run on local threads.
+    """
+    from .data.volumes import use_scheduler
+
+    if not dask_on_ray_wanted():
+        yield "threads"
+        return
+    with contextlib.ExitStack() as stack:
+        sched: Any = "threads"
+        try:
+            stack.enter_context(ray_session())
+            from ray.util.dask import ray_dask_get
+
+            sched = ray_dask_get
+        except Exception as exc:  # noqa: BLE001 - said once, then the graphs run where they can
+            log.warning("Dask-on-Ray unavailable (%s: %s); volume-wide work runs on local threads (set %s=0 to "
+                        "choose that without this warning)", type(exc).__name__, exc, DASK_ON_RAY_ENV)
+        stack.enter_context(use_scheduler(sched))
+        yield sched
 
 
 def free_port() -> int:

@@ -210,8 +210,46 @@ def test_pickle_drops_the_store_handle(tiny_store):
     ds = RandomPatches(tiny_store, DataConfig(patch=16), (0, 30))
     first = ds[5]
     copy = pickle.loads(pickle.dumps(ds))
-    assert copy._store is None
+    assert copy._arrays is None and all(v._reader is None and v._array is None for v in copy._volumes)
     assert torch.equal(copy[5][0], first[0])
+
+
+def test_the_store_is_opened_through_the_volume_layer(tiny_store):
+    """Patches come from the layer's Volume (its source array, its statistics), equal to what its
+    Dask array holds; a worker reopens that Volume and refuses a store written again meanwhile
+    (same path, other data and statistics) instead of reading it with the old normalisation."""
+    import shutil
+
+    import zarr
+
+    from conftest import make_store
+    from xtrain.data.volumes import open_volume
+    from xtrain.errors import InvalidInputError
+
+    cfg = DataConfig(patch=32, slices=3, val_patches=10_000)
+    ds = GridPatches(tiny_store, cfg, (30, 37))
+    image, labels = open_volume(tiny_store), open_volume(tiny_store, dataset="labels")
+    assert ds.stats == image.stats and ds.classes == image.classes == ["pore", "ysz", "ni"]
+    z, y, x = ds.position(len(ds) - 1)
+    _, label = ds[len(ds) - 1]
+    assert np.array_equal(label.numpy(), labels.array[z, y:y + 32, x:x + 32].compute())
+    assert isinstance(ds.arrays[0].array, zarr.Array)  # read directly (cached chunks), not a Dask graph per patch
+
+    worker = pickle.dumps(ds)  # what a spawned DataLoader worker or a Ray worker receives
+    shutil.rmtree(tiny_store)
+    make_store(tiny_store, seed=5)  # same shape, other voxels and statistics
+    with pytest.raises(InvalidInputError, match="changed since it was opened"):
+        pickle.loads(worker)[0]
+
+
+def test_training_refuses_a_volume_that_is_not_a_labelled_store(tmp_path):
+    import tifffile
+
+    from xtrain.errors import InvalidInputError
+
+    tifffile.imwrite(tmp_path / "scan.tif", np.zeros((9, 40, 40), np.uint16))
+    with pytest.raises(InvalidInputError, match="is not an xtrain store .*xtrain ingest"):
+        RandomPatches(tmp_path / "scan.tif", DataConfig(patch=16), (0, 9))
 
 
 @pytest.mark.parametrize("patch", [32, 64])

@@ -10,12 +10,16 @@
 
 Why it looks like this:
 
-* Patches index the ``zarr.Array`` directly.  A patch is a few thin chunks; building a
-  Dask graph and calling ``.compute()`` per patch costs more than the read itself.  Dask
-  is for volume-wide work elsewhere.
-* A dataset keeps the store *path* and opens the store on first use in each process (and
-  again after a fork or unpickling, detected by the process id), so every DataLoader worker
-  and every Ray worker has its own handle and its own zarr IO loop.
+* The image and labels are opened through the volume layer (``open_volume``: the one place
+  that opens files; statistics and classes are the layer's ``Volume.stats`` / ``classes``),
+  but patches index the source ``zarr.Array`` (``Volume.source``) through a chunk cache, not
+  the Dask array: a patch is a few thin chunks, and building a Dask graph and calling
+  ``.compute()`` per patch costs more than the read itself (bench/loader.py).  Dask is for
+  volume-wide work elsewhere.
+* A dataset keeps its ``Volume`` s (which pickle as spec and options) and reopens them on first
+  use in each process (after a fork or unpickling, detected by the process id:
+  ``Volume.reopened``), so every DataLoader worker and every Ray worker has its own handle and
+  its own zarr IO loop, and refuses a store written again since the dataset was made.
 * Splits are contiguous z-slabs separated by ``gap`` slices: neighbouring slices are
   nearly identical, so a random per-slice split would leak validation data into training.
   No patch ever reads a slice outside its region (2.5D neighbours and y/x-plane patches
@@ -48,7 +52,7 @@ from ..config import DataConfig
 from ..errors import ConfigError, InvalidInputError
 from .chunkcache import CachedArray, read_unit
 from .stats import normalize
-from .store import Store, open_store
+from .volumes import Volume, open_volume
 
 log = logging.getLogger(__name__)
 
@@ -169,52 +173,63 @@ def _check_sampling(cfg: DataConfig) -> None:
 
 
 class _StorePatches(Dataset):
-    """Common part: lazy per-process store handle, region checks, the patch read."""
+    """Common part: the store's image and labels through the volume layer, reopened per process,
+    region checks, the patch read."""
 
     def __init__(self, store_path: str | os.PathLike, cfg: DataConfig, region: tuple[int, int]):
         _check_sampling(cfg)
         self.store_path = str(store_path)
         self.cfg = cfg
-        self._store: Store | None = None
-        self._arrays: tuple[CachedArray, CachedArray] | None = None
-        self._pid = -1
-        store = self.store  # validate now, in the constructing process (metadata only)
-        if store.labels is None:
-            raise InvalidInputError(f"store '{store_path}' has no labels; training and validation need a labelled store")
-        if "p0_5" not in store.info.stats:
+        # validated now, in the constructing process (metadata only): a labelled xtrain store
+        image = open_volume(self.store_path)
+        if image.kind != "store":
+            raise InvalidInputError(f"'{store_path}' is not an xtrain store (it is {image.kind}); training reads a "
+                                    "labelled store: make one with 'xtrain ingest IMAGES OUT.zarr --labels LABELS'")
+        labels = open_volume(self.store_path, dataset="labels")  # InvalidInputError: the store has no labels
+        if "p0_5" not in image.stats:
             raise InvalidInputError(f"store '{store_path}' has no intensity stats; recreate it with 'xtrain ingest'")
-        self.shape: tuple[int, int, int] = store.shape
+        self._volumes: tuple[Volume, Volume] = (image, labels)
+        self._arrays: tuple[CachedArray, CachedArray] | None = None
+        self._pid = os.getpid()
+        self.stats: dict[str, Any] = image.stats  # the normalisation the patches get (``normalize``)
+        self.classes = image.classes
+        self.shape: tuple[int, int, int] = image.shape
         z0, z1 = int(region[0]), int(region[1])
         if not 0 <= z0 < z1 <= self.shape[0]:
             raise ConfigError(f"region z={[z0, z1]} is empty or outside the volume's z range [0, {self.shape[0]})")
         self.region = (z0, z1)
 
     @property
-    def store(self) -> Store:
-        # Open on first use in *this* process: a handle inherited through fork or pickle is
-        # dropped, so each DataLoader/Ray worker owns its handle and zarr IO loop.
-        if self._store is None or self._pid != os.getpid():
-            self._store = open_store(self.store_path)
+    def volumes(self) -> tuple[Volume, Volume]:
+        """(image, labels) ``Volume`` s opened by *this* process: handles inherited through fork or
+        pickle are dropped, so each DataLoader/Ray worker owns its handles and zarr IO loop."""
+        if self._pid != os.getpid():
+            self._volumes = tuple(v.reopened() for v in self._volumes)  # type: ignore[assignment]
             self._pid = os.getpid()
             self._arrays = None
-        return self._store
+        return self._volumes
+
+    def sources(self) -> tuple[Any, Any]:
+        """(image, labels) as the array-likes patches are read from directly (``Volume.source``)."""
+        image, labels = self.volumes
+        return image.source, labels.source
 
     @property
     def arrays(self) -> tuple[CachedArray, CachedArray]:
         """(image, labels) behind this process's chunk cache (image gets 2/3 of cache_mb)."""
-        store = self.store
+        sources = self.sources()
         if self._arrays is None:
             budget = self.cfg.cache_mb << 20
             self._arrays = tuple(  # type: ignore[assignment]
                 CachedArray(a, b, read_unit(a, self.region, b))
-                for a, b in ((store.image, budget * 2 // 3), (store.labels, budget // 3))
+                for a, b in ((sources[0], budget * 2 // 3), (sources[1], budget // 3))
             )
         return self._arrays
 
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
-        state["_store"] = None
         state["_arrays"] = None
+        state["_pid"] = -1  # reopened where it is unpickled
         return state
 
     def _bounds(self, axis: int) -> tuple[int, int]:
@@ -308,7 +323,7 @@ class RandomPatches(_StorePatches):
         centre = int(rng.integers(*self._bounds(axis)))
         starts = tuple(_window_start(rng, *self._bounds(a), cfg.patch) for a in range(3) if a != axis)
         raw, labels = self._patch(axis, centre, starts)  # (C, P, P), (P, P)
-        image = normalize(raw, self.store.info.stats)
+        image = normalize(raw, self.stats)
         if self.train:
             image, labels = self._augment(rng, image, labels)
         return self._tensors(image, labels)
@@ -383,7 +398,7 @@ class GridPatches(_StorePatches):
             raise IndexError(f"index {i} out of range for {len(self.positions)} tiles")
         z, y, x = self.position(i)
         raw, labels = self._patch(0, z, (y, x))
-        return self._tensors(normalize(raw, self.store.info.stats), labels)
+        return self._tensors(normalize(raw, self.stats), labels)
 
 
 def _tile_starts(size: int, p: int) -> list[int]:

@@ -40,11 +40,14 @@ line naming the file and the fix.
 
 from __future__ import annotations
 
+import contextlib
 import glob as globlib
+import json
 import logging
 import os
 import re
 import threading
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -108,15 +111,46 @@ class Volume:
         if self._array is None:
             if self._reader is not None:  # an in-memory volume (``array_volume``)
                 raise InvalidInputError(f"'{self.spec}' is an in-memory volume and cannot be reopened")
-            fresh = open_volume(self.spec, **self.options)
-            if fresh.shape[1:] != self.shape[1:] or fresh.shape[0] < self.z_offset + self.shape[0] \
-                    or fresh.dtype != self.dtype:
-                raise InvalidInputError(f"'{self.spec}' changed since it was opened ({self.shape} {self.dtype} -> "
-                                        f"{fresh.shape} {fresh.dtype}); run again")
+            fresh = self._check_unchanged(open_volume(self.spec, **self.options))
             self._array, self._reader = fresh._array, fresh._reader
         if self.z_offset or self._array.shape[0] != self.shape[0]:
             return self._array[self.z_offset:self.z_offset + self.shape[0]]
         return self._array
+
+    def _check_unchanged(self, fresh: "Volume") -> "Volume":
+        if fresh.shape[1:] != self.shape[1:] or fresh.shape[0] < self.z_offset + self.shape[0] \
+                or fresh.dtype != self.dtype:
+            raise InvalidInputError(f"'{self.spec}' changed since it was opened ({self.shape} {self.dtype} -> "
+                                    f"{fresh.shape} {fresh.dtype}); run again")
+        return fresh
+
+    @property
+    def source(self) -> Any:
+        """The source read without Dask, for many small box reads (a Dask graph per box costs more
+        than the read: the training sampler's patches).  ``source[z0:z1, y0:y1, x0:x1]`` is numpy in
+        the source's dtype, indexed like the uncropped source (add ``z_offset``).  A Zarr (Z, Y, X)
+        array (xtrain stores, plain Zarr) is returned itself, so a chunk cache sees its ``chunks``
+        and ``shards`` (``xtrain.data.chunkcache``); other formats give their reader, an in-memory
+        volume its array."""
+        self.array  # noqa: B018  (reopens the source after unpickling)
+        if self._reader is None:
+            return self._array
+        return getattr(self._reader, "direct", self._reader)
+
+    def reopened(self) -> "Volume":
+        """This volume opened again by the calling process (a forked DataLoader worker, a Ray
+        worker: own file handles and zarr IO loop, none shared with the parent), checked to be the
+        same shape, dtype and xtrain attributes (statistics, classes) as when it was first opened
+        (``InvalidInputError``: it was written again meanwhile; run again).  An in-memory volume (``array_volume``) is returned as it is."""
+        if self.kind == "array":
+            return self
+        fresh = self._check_unchanged(open_volume(self.spec, **self.options))
+        if json.dumps(fresh.info, sort_keys=True, default=str) != json.dumps(self.info, sort_keys=True, default=str):
+            raise InvalidInputError(f"'{self.spec}' changed since it was opened (its xtrain attributes differ: "
+                                    "written again?); run again")
+        out = Volume(**{k: getattr(self, k) for k in self.__dataclass_fields__ if not k.startswith("_")})
+        out._array, out._reader = fresh._array, fresh._reader
+        return out
 
     def crop(self, z0: int, z1: int) -> "Volume":
         """The view of slices z0 .. z1 - 1 (a ``z_range``); nothing is read."""
@@ -487,28 +521,36 @@ def decode_error(exc: BaseException, where: str, package: str) -> Exception:
 # ----------------------------------------------------------------------------- running the graphs
 
 
+_schedulers: list[Any] = []  # pushed and popped by use_scheduler only (the edges decide)
+
+
+@contextlib.contextmanager
+def use_scheduler(sched: Any) -> Iterator[Any]:
+    """Run the volume-wide graphs of ``compute`` with the Dask scheduler ``sched`` while the block runs.
+
+    For the edges (``xtrain.runtime.volume_scheduler``: the CLI and ``jobs/``), not for library
+    code.  Only ``compute`` reads it: other Dask calls (``da.store`` of a pyramid) keep Dask's
+    own default, so a zarr array, which ``ray.util.dask`` cannot rebuild as a task argument, is
+    never handed to Ray.  Nested blocks restore the outer choice."""
+    _schedulers.append(sched)
+    try:
+        yield sched
+    finally:
+        _schedulers.pop()
+
+
 def scheduler() -> Any:
-    """The Dask scheduler for volume-wide graphs: Ray's (``ray.util.dask.ray_dask_get``) inside a
-    Ray cluster (``RAY_ADDRESS`` set: Slurm jobs, ``ray job submit``; this process joins it),
-    else Dask's threaded scheduler.  ``XTRAIN_DASK_ON_RAY=0`` keeps the threads."""
-    if os.environ.get("RAY_ADDRESS") and os.environ.get("XTRAIN_DASK_ON_RAY", "1") != "0":
-        try:
-            import ray
-            from ray.util.dask import ray_dask_get
-
-            if not ray.is_initialized():
-                from ..train.ray_trainer import init_ray
-
-                init_ray()  # joins RAY_ADDRESS; never starts a cluster here
-            return ray_dask_get
-        except Exception as exc:  # an incompatible Dask or an unreachable cluster: threads, said once
-            log.warning("Dask-on-Ray unavailable (%s: %s); volume-wide work runs on local threads",
-                        type(exc).__name__, exc)
-    return "threads"
+    """The Dask scheduler volume-wide graphs run with: the innermost ``use_scheduler``'s, else
+    ``"threads"`` (Dask's threaded scheduler).  Library code joins no cluster and sets nothing:
+    the CLI sets Ray's ``ray.util.dask.ray_dask_get`` inside a Ray cluster, once at start."""
+    return _schedulers[-1] if _schedulers else "threads"
 
 
-def compute(*graphs: Any) -> tuple[Any, ...]:
-    """``dask.compute`` of ``graphs`` with ``scheduler()``.
+_configured_scheduler = scheduler  # compute's ``scheduler`` argument shadows the name
+
+
+def compute(*graphs: Any, scheduler: Any = None) -> tuple[Any, ...]:
+    """``dask.compute`` of ``graphs`` with ``scheduler`` (default: the configured one, ``scheduler()``).
 
     On threads, the pool is this call's own and is joined before returning or raising: when
     one task fails, Dask raises at once while its siblings still run, and a caller that then
@@ -516,8 +558,8 @@ def compute(*graphs: Any) -> tuple[Any, ...]:
     """
     import dask
 
-    sched = scheduler()
-    if sched != "threads":
+    sched = _configured_scheduler() if scheduler is None else scheduler
+    if sched not in ("threads", "threading"):
         return dask.compute(*graphs, scheduler=sched)
     from concurrent.futures import ThreadPoolExecutor
 

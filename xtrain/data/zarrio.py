@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import CorruptFileError, InputNotFoundError, InvalidInputError
-from .volumes import Volume, check_dtype, make_volume, select_axes, unit_to_nm, z_chunks
+from .volumes import Volume, as_dask, check_dtype, make_volume, select_axes, unit_to_nm, z_chunks
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +35,11 @@ class ZarrReader:
         self.array, self.index, self.zaxis, self.shape = array, index, zaxis, shape
         self.dtype = np.dtype(array.dtype)
 
+    @property
+    def direct(self) -> Any:
+        """The zarr array itself when it is (Z, Y, X) already (``Volume.source``), else this reader."""
+        return self.array if self.index == (None, None, None) else self
+
     def __getitem__(self, key) -> np.ndarray:
         zs, ys, xs = key
         if self.index == (None, None, None):
@@ -42,6 +47,24 @@ class ZarrReader:
         spatial = iter((zs, ys, xs) if self.zaxis >= 0 else (ys, xs))
         data = np.asarray(self.array[tuple(next(spatial) if i is None else i for i in self.index)])
         return data[np.newaxis][zs] if self.zaxis < 0 else data
+
+
+def zarr_dask(array: Any, name: str):
+    """A lazy dask.array (Z, Y, X) over an open zarr array of shape (Z, Y, X) or (1, Z, Y, X) (a
+    segmentation's entropy), in its own dtype, read through ``ZarrReader``.
+
+    Graphs over zarr data are built this way (``as_dask``), never with ``da.from_zarr``: a
+    ``zarr.Array`` is a dataclass, and ``ray.util.dask`` rebuilds dataclass task arguments from
+    their fields, which zarr's codecs refuse (TypeError: BloscCodec.__init__() got an unexpected
+    keyword argument '_tunable_attrs'; Ray 2.60, zarr 3.1), so such a graph fails on Ray."""
+    if array.ndim == 3:
+        index, zaxis, shape = (None, None, None), 0, tuple(int(s) for s in array.shape)
+    elif array.ndim == 4 and array.shape[0] == 1:
+        index, zaxis, shape = (0, None, None, None), 1, tuple(int(s) for s in array.shape[1:])
+    else:
+        raise InvalidInputError(f"{name}: expected a (Z, Y, X) or (1, Z, Y, X) array, got shape {tuple(array.shape)}")
+    reader = ZarrReader(array, index, zaxis, shape)  # type: ignore[arg-type]
+    return as_dask(reader, z_chunks(shape, np.dtype(array.dtype).itemsize, _native_z(array, zaxis)), name)
 
 
 def _native_z(array: Any, zaxis: int) -> int:
