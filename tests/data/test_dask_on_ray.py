@@ -11,7 +11,7 @@ import tifffile
 
 from xtrain.data.stats import volume_stats
 from xtrain.data.volumes import compute, open_volume, scheduler
-from xtrain.evaluate import evaluate
+from xtrain.evaluate.core import evaluate
 
 pytestmark = pytest.mark.slow
 

@@ -51,7 +51,7 @@ import numpy as np
 from scipy import ndimage, sparse
 from scipy.sparse.csgraph import connected_components
 
-from .errors import InvalidInputError, LabelValueError
+from ..errors import InvalidInputError, LabelValueError
 
 log = logging.getLogger(__name__)
 
@@ -73,7 +73,7 @@ def as_volume(volume: Any) -> Volume:
     """A ``Volume`` as it is; a (Z, Y, X) array through ``xtrain.data.volumes.array_volume``."""
     if hasattr(volume, "read"):
         return volume
-    from .data.volumes import array_volume
+    from ..data.volumes import array_volume
 
     return array_volume(np.asarray(volume))
 

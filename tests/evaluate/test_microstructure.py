@@ -11,7 +11,7 @@ import pytest
 from scipy import ndimage
 
 from xtrain.errors import InvalidInputError, LabelValueError
-from xtrain.microstructure import STAIRCASE, analyze
+from xtrain.evaluate.microstructure import STAIRCASE, analyze
 
 PORE, YSZ, NI = 0, 1, 2
 
