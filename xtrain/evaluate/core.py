@@ -6,10 +6,11 @@
     result["overlap"]["per_class"]["ni"]["dice"], result["microstructure"]["ratio"]["tpb"]["density"]
     print(to_json(result))                                                # NaN -> null
 
-Everything is streamed in z-slabs: one (K, K) confusion matrix (whole-volume scores) plus
-one small matrix per slice (per-slice Dice, mean +- std along z, as earlier studies quote
-it), then ``xtrain.evaluate.microstructure.analyze`` on each volume.  No volume is ever held whole,
-so volumes larger than memory work.
+Everything is streamed: one (K, K) confusion matrix (whole-volume scores) plus one small
+matrix per slice (per-slice Dice, mean +- std along z, as earlier studies quote it), as a
+Dask graph over z-slabs, then ``xtrain.evaluate.microstructure.analyze`` on each volume (a
+Dask graph over chunks, and slab-wise percolation).  No volume is ever held whole, so
+volumes larger than memory work.
 
 Inputs (``open_label_volume``): anything ``xtrain.data.volumes.open_volume`` reads: an
 xtrain store or a segmentation output (their ``labels`` array), a TIFF stack / folder /
