@@ -28,9 +28,9 @@ import time
 import tracemalloc
 from pathlib import Path
 
-from xtrain.baselines import BASELINES, fit_baseline, segment_baseline
-from xtrain.evaluate import evaluate
-from xtrain.report import table
+from xtrain.evaluate.baselines import BASELINES, fit_baseline, segment_baseline
+from xtrain.evaluate.core import evaluate
+from xtrain.evaluate.report import table
 
 
 def main() -> None:

@@ -99,7 +99,7 @@ def variants(image: np.ndarray, labels: np.ndarray, crop: int) -> dict[str, tupl
 
 
 def score(pred: np.ndarray, truth: np.ndarray) -> dict[str, float]:
-    from xtrain.metrics import confusion_matrix, scores
+    from xtrain.evaluate.metrics import confusion_matrix, scores
 
     m = confusion_matrix(pred, truth, 3, ignore_index=IGNORE)
     s = scores(m, NAMES)

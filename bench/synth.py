@@ -3,7 +3,7 @@
     python bench/synth.py                      # 64x256x256 per preset, then one 256^3 volume
     python bench/synth.py --shape 32,128,128 --skip-big
 
-For each preset: generation time, multi-Otsu (xtrain.baselines.otsu_segment) Dice per
+For each preset: generation time, multi-Otsu (xtrain.evaluate.baselines.otsu_segment) Dice per
 class against the exact labels, and their mean.  The last line is machine-readable:
 
     RESULT easy_dice=... medium_dice=... hard_dice=... seconds_256=...
@@ -18,7 +18,7 @@ import time
 
 import numpy as np
 
-from xtrain.baselines import otsu_segment
+from xtrain.evaluate.baselines import otsu_segment
 from xtrain.data.synth import CLASSES, PRESETS, generate
 
 

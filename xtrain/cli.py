@@ -152,8 +152,8 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from .evaluate import evaluate, open_image_volume, open_label_volume, to_json
-    from .report import format_tables, write_report
+    from .evaluate.core import evaluate, open_image_volume, open_label_volume, to_json
+    from .evaluate.report import format_tables, write_report
 
     pred = open_label_volume(args.pred, label_map=args.pred_label_map)
     truth = open_label_volume(args.labels, label_map=args.label_map)
@@ -179,7 +179,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_baseline(args: argparse.Namespace) -> int:
-    from .baselines import fit_baseline, segment_baseline
+    from .evaluate.baselines import fit_baseline, segment_baseline
     from .data.store import check_output
 
     check_output(args.out, args.overwrite)  # fail before the (slow) fit
@@ -236,7 +236,7 @@ def cmd_nightly(args: argparse.Namespace) -> int:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    from .compare import compare, summary_table
+    from .evaluate.compare import compare, summary_table
 
     result = compare(args.entries, args.labels, args.report, image=args.image, z_range=args.z,
                      label_map=args.label_map, baselines=args.baselines or (), fit=args.fit, fit_z=args.fit_z,
@@ -258,7 +258,7 @@ def cmd_upgrade(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from .compare import summary_table
+    from .evaluate.compare import summary_table
     from .demo import run_demo
 
     result = run_demo(args.out, workers=args.workers, epochs=args.epochs, overwrite=args.overwrite)

@@ -39,7 +39,7 @@ DEMO_CONFIG: dict[str, Any] = {
 def run_demo(out: str | Path = "xtrain-demo", *, workers: int = 2, epochs: int | None = None,
              overwrite: bool = False) -> dict[str, Any]:
     """Run the pipeline into ``out``; returns the comparison summary and where the report is."""
-    from .compare import compare
+    from .evaluate.compare import compare
     from .data.synth import synthesize
     from .train.ray_trainer import train
 

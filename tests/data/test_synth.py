@@ -9,11 +9,11 @@ import pytest
 import zarr
 from scipy import ndimage
 
-from xtrain.baselines import otsu_segment
+from xtrain.evaluate.baselines import otsu_segment
 from xtrain.data.store import open_store
 from xtrain.data.synth import CLASSES, PRESETS, generate, phase_levels, synthesize
 from xtrain.errors import InvalidInputError, OutputExistsError, UnknownNameError
-from xtrain.metrics import confusion_matrix, scores
+from xtrain.evaluate.metrics import confusion_matrix, scores
 
 ODD = (37, 61, 53)  # odd sizes catch padding and chunk-edge bugs
 MID = (32, 96, 96)

@@ -10,7 +10,7 @@ import zarr
 
 from conftest import make_store
 from xtrain.data.store import open_store
-from xtrain.evaluate import evaluate
+from xtrain.evaluate.core import evaluate
 from xtrain.infer import open_segmentation, segment
 
 SHAPE = (13, 41, 37)

@@ -219,7 +219,7 @@ def test_global_batchnorm_on_two_gloo_ranks_equals_batchnorm_of_the_whole_batch(
 def test_slab_validation_records_tpb_ratio_and_fraction_error(train_store, tmp_path):
     from xtrain.data.stats import normalize
     from xtrain.data.store import open_store
-    from xtrain.microstructure import analyze
+    from xtrain.evaluate.microstructure import analyze
     from xtrain.models import create_model
 
     cfg = tiny_config(train_store, "train.epochs=1", "data.val_mode=slab", "train.select=dice+tpb")

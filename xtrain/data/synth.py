@@ -20,7 +20,7 @@ Two parts, both deterministic functions of ``seed``:
    pore/YSZ/Ni average about 22400/35000/40800 counts).
 
 Presets (``PRESETS``) keep the microstructure and change only the scanner, so the same
-seed gives the same labels in every preset.  Multi-Otsu (``xtrain.baselines.otsu_segment``)
+seed gives the same labels in every preset.  Multi-Otsu (``xtrain.evaluate.baselines.otsu_segment``)
 Dice against the exact labels, 64x256x256, seed 0, measured with ``python bench/synth.py``
 (generator version 1):
 

@@ -35,7 +35,7 @@ from ..data.store import open_store
 from ..errors import ConfigError, InvalidInputError
 from ..losses import create_loss
 from ..malloc import keep_freed_memory
-from ..metrics import ConfusionMatrix, allreduce_confusion, scores
+from ..evaluate.metrics import ConfusionMatrix, allreduce_confusion, scores
 from ..models import create_model, model_kwargs
 from .checkpoint import base_checkpoint, inference_checkpoint, rng_states, save_checkpoint
 from .recipe import convert_sync_batchnorm, has_batchnorm, load_scheduler_states, make_ema, make_schedulers

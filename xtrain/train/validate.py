@@ -10,8 +10,8 @@ normalisation (the store's statistics).  2.5D neighbours are mirrored inside the
 the training sampler's (no slice outside the validation region is read).  Ranks predict
 disjoint z-ranges; the label planes are gathered, so every rank gets the same scores:
 
-* the confusion matrix (Dice etc., xtrain.metrics);
-* the TPB density of the prediction over that of the labels (xtrain.microstructure.analyze);
+* the confusion matrix (Dice etc., xtrain.evaluate.metrics);
+* the TPB density of the prediction over that of the labels (xtrain.evaluate.microstructure.analyze);
 * the largest absolute phase-fraction difference, in percentage points.
 
 Those two need contiguous 3D labels, which the patch grid of ``GridPatches`` cannot give.
@@ -32,8 +32,8 @@ from torch import nn
 from ..data.stats import normalize
 from ..data.store import open_store
 from ..infer.predict import Predictor
-from ..metrics import confusion_matrix
-from ..microstructure import analyze
+from ..evaluate.metrics import confusion_matrix
+from ..evaluate.microstructure import analyze
 
 log = logging.getLogger(__name__)
 

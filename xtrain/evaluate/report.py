@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from .errors import InputNotFoundError, OutputExistsError
+from ..errors import InputNotFoundError, OutputExistsError
 from .microstructure import AXES
 
 log = logging.getLogger(__name__)
@@ -210,7 +210,7 @@ def write_report(result: dict[str, Any], out_dir: str | os.PathLike, pred=None, 
     import matplotlib
 
     matplotlib.use("Agg")  # files only, never a display
-    from .evaluate import to_json
+    from .core import to_json
 
     out = Path(out_dir)
     if not out.parent.exists():
@@ -237,7 +237,7 @@ def write_report(result: dict[str, Any], out_dir: str | os.PathLike, pred=None, 
     md += ["", "Definitions: TPB = voxel edges whose 4 voxels hold pore, YSZ and Ni, ×2/3 for the staircase; "
            "interfacial areas = voxel faces between two phases ×2/3; percolating = in a face-connected cluster "
            "touching both volume faces along the axis; active TPB = TPB edges touching percolating clusters of "
-           "all three phases (see xtrain/microstructure.py). All numbers are in metrics.json.", ""]
+           "all three phases (see xtrain/evaluate/microstructure.py). All numbers are in metrics.json.", ""]
     for name, caption in figures:
         md += [f"## {caption}", "", f"![{caption}]({name})", ""]
     path = out / "report.md"

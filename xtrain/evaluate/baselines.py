@@ -49,7 +49,7 @@ import numpy as np
 from scipy import ndimage
 from skimage.filters import threshold_multiotsu
 
-from .errors import InvalidInputError, UnknownNameError
+from ..errors import InvalidInputError, UnknownNameError
 
 log = logging.getLogger(__name__)
 
@@ -170,8 +170,8 @@ def _fit_histogram(volume, z_range: tuple[int, int], baseline: Baseline):
     import dask
     import dask.array as da
 
-    from .data.stats import volume_stats
-    from .data.volumes import array_volume, compute
+    from ..data.stats import volume_stats
+    from ..data.volumes import array_volume, compute
 
     region = filtered(volume, baseline)[z_range[0]:z_range[1]]
     dtype = np.dtype(volume.dtype)
@@ -226,7 +226,7 @@ def fit_baseline(name: str, store: Any, z_range: tuple[int, int] | None = None, 
 
     ``store``: any volume ``xtrain.data.volumes.open_volume`` reads, or an open ``Volume``.
     """
-    from .data.volumes import open_volume as open_image_volume
+    from ..data.volumes import open_volume as open_image_volume
 
     if name not in BASELINES:
         raise UnknownNameError("baseline", name, BASELINES)
@@ -262,13 +262,13 @@ def segment_baseline(baseline: Baseline, volume: Any, out: str | os.PathLike, sl
     across slabs (each slab's labels are computed with one more slice of halo).
     Raises InvalidInputError for another suffix, OutputExistsError for an existing ``out``.
     """
-    from .data.layout import PREDICTION
-    from .data.stats import volume_stats
-    from .infer.postprocess import CLEAN_HALO, majority_labels
-    from .data.store import DEFAULT_CLASSES, check_output, default_layout, write_store
-    from .data.volumes import compute
-    from .data.volumes import open_volume as open_image_volume
-    from .infer.write import HDF5_SUFFIXES, TIFF_SUFFIXES, write_labels_file
+    from ..data.layout import PREDICTION
+    from ..data.stats import volume_stats
+    from ..infer.postprocess import CLEAN_HALO, majority_labels
+    from ..data.store import DEFAULT_CLASSES, check_output, default_layout, write_store
+    from ..data.volumes import compute
+    from ..data.volumes import open_volume as open_image_volume
+    from ..infer.write import HDF5_SUFFIXES, TIFF_SUFFIXES, write_labels_file
 
     suffix = Path(out).suffix.lower()
     if suffix not in (".zarr", *TIFF_SUFFIXES, *HDF5_SUFFIXES):

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from xtrain.errors import LabelValueError, ShapeMismatchError
-from xtrain.metrics import ConfusionMatrix, allreduce_confusion, confusion_matrix, scores
+from xtrain.evaluate.metrics import ConfusionMatrix, allreduce_confusion, confusion_matrix, scores
 
 
 def _dense_reference(pred, truth, k, ignore=None):

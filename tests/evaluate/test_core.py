@@ -10,8 +10,8 @@ import pytest
 import tifffile
 
 from xtrain.errors import InputNotFoundError, LabelValueError, ShapeMismatchError
-from xtrain.evaluate import evaluate, open_label_volume, ratio, to_json
-from xtrain.metrics import confusion_matrix, scores
+from xtrain.evaluate.core import evaluate, open_label_volume, ratio, to_json
+from xtrain.evaluate.metrics import confusion_matrix, scores
 
 
 def random_labels(shape=(9, 13, 11), seed=0):

@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from xtrain.baselines import apply_thresholds, multi_otsu_thresholds, otsu_segment
+from xtrain.evaluate.baselines import apply_thresholds, multi_otsu_thresholds, otsu_segment
 from xtrain.errors import InvalidInputError
 
 
@@ -77,7 +77,7 @@ def easy_store(tmp_path_factory):
 
 @pytest.mark.parametrize("name", ["otsu", "kmeans", "median-otsu"])
 def test_fitted_baselines_separate_an_easy_volume(easy_store, tmp_path, name):
-    from xtrain.baselines import fit_baseline, segment_baseline
+    from xtrain.evaluate.baselines import fit_baseline, segment_baseline
     from xtrain.data.store import open_store
 
     b = fit_baseline(name, easy_store, z_range=(0, 20))
@@ -97,7 +97,7 @@ def test_fitted_baselines_separate_an_easy_volume(easy_store, tmp_path, name):
 
 @pytest.mark.parametrize("name", ["median-otsu", "kmeans"])
 def test_baseline_output_independent_of_slab_size(easy_store, tmp_path, name):
-    from xtrain.baselines import fit_baseline, segment_baseline
+    from xtrain.evaluate.baselines import fit_baseline, segment_baseline
     from xtrain.data.store import open_store
 
     b = fit_baseline(name, easy_store, z_range=(0, 16))
@@ -109,7 +109,7 @@ def test_baseline_output_independent_of_slab_size(easy_store, tmp_path, name):
 
 
 def test_kmeans_1d_recovers_centres():
-    from xtrain.baselines import kmeans_1d
+    from xtrain.evaluate.baselines import kmeans_1d
 
     rng = np.random.default_rng(0)
     values = np.concatenate([rng.normal(m, 1.0, n) for m, n in ((50.0, 3000), (10.0, 5000), (30.0, 2000))])
@@ -117,7 +117,7 @@ def test_kmeans_1d_recovers_centres():
 
 
 def test_baseline_errors(easy_store, tmp_path):
-    from xtrain.baselines import fit_baseline
+    from xtrain.evaluate.baselines import fit_baseline
     from xtrain.errors import UnknownNameError
 
     with pytest.raises(UnknownNameError, match="otsu"):
@@ -132,7 +132,7 @@ def test_baseline_writes_ome_zarr_imagej_tiff_and_nexus(easy_store, tmp_path, ca
     import zarr
     from ome_zarr_models.v05.image import Image
 
-    from xtrain.baselines import fit_baseline, segment_baseline
+    from xtrain.evaluate.baselines import fit_baseline, segment_baseline
     from xtrain.cli import main
     from xtrain.data.store import open_store
 

@@ -43,7 +43,7 @@ def test_report_files_and_numbers_match_json(pair, tmp_path, capsys):
 
 
 def test_table_alignment():
-    from xtrain.report import table
+    from xtrain.evaluate.report import table
 
     text = table(["a", "long header"], [["x", 1.5], ["yy", float("nan")]])
     lines = text.splitlines()
@@ -53,8 +53,8 @@ def test_table_alignment():
 
 
 def test_report_without_image_uses_three_columns(tmp_path):
-    from xtrain.evaluate import evaluate, open_label_volume
-    from xtrain.report import write_report
+    from xtrain.evaluate.core import evaluate, open_label_volume
+    from xtrain.evaluate.report import write_report
 
     rng = np.random.default_rng(0)
     t = rng.integers(0, 3, (5, 8, 9)).astype(np.uint8)

@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from .errors import LabelValueError, ShapeMismatchError
+from ..errors import LabelValueError, ShapeMismatchError
 
 
 def _to_numpy(a: Any) -> np.ndarray:

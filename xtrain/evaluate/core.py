@@ -6,10 +6,11 @@
     result["overlap"]["per_class"]["ni"]["dice"], result["microstructure"]["ratio"]["tpb"]["density"]
     print(to_json(result))                                                # NaN -> null
 
-Everything is streamed in z-slabs: one (K, K) confusion matrix (whole-volume scores) plus
-one small matrix per slice (per-slice Dice, mean +- std along z, as earlier studies quote
-it), then ``xtrain.microstructure.analyze`` on each volume.  No volume is ever held whole,
-so volumes larger than memory work.
+Everything is streamed: one (K, K) confusion matrix (whole-volume scores) plus one small
+matrix per slice (per-slice Dice, mean +- std along z, as earlier studies quote it), as a
+Dask graph over z-slabs, then ``xtrain.evaluate.microstructure.analyze`` on each volume (a
+Dask graph over chunks, and slab-wise percolation).  No volume is ever held whole, so
+volumes larger than memory work.
 
 Inputs (``open_label_volume``): anything ``xtrain.data.volumes.open_volume`` reads: an
 xtrain store or a segmentation output (their ``labels`` array), a TIFF stack / folder /
@@ -30,9 +31,9 @@ from typing import Any
 
 import numpy as np
 
-from .data.store import DEFAULT_CLASSES
-from .data.volumes import Volume, array_volume, label_lut, map_labels, open_volume
-from .errors import ShapeMismatchError
+from ..data.store import DEFAULT_CLASSES
+from ..data.volumes import Volume, array_volume, label_lut, map_labels, open_volume
+from ..errors import ShapeMismatchError
 from .metrics import ConfusionMatrix, confusion_per_slice, dice_per_class, scores
 from .microstructure import DEFAULT_SLAB, analyze
 
@@ -91,7 +92,7 @@ def _store_roles(path: Path) -> tuple[bool, bool]:
     """(has labels, has image) of an xtrain store or segmentation in either layout; (False, False) otherwise."""
     import zarr
 
-    from .data.store import open_store
+    from ..data.store import open_store
 
     try:
         is_xtrain = path.is_dir() and "xtrain" in dict(zarr.open_group(str(path), mode="r").attrs)
@@ -215,7 +216,7 @@ def _per_slice_confusion(pred: LabelVolume, truth: LabelVolume, k: int, slab: in
     """(n, K, K) confusion matrices of every slice, as one Dask graph over z-slabs of both volumes."""
     import dask
 
-    from .data.volumes import compute
+    from ..data.volumes import compute
 
     depth = truth.shape[0]
     p, t = pred.array, truth.array

@@ -22,10 +22,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .csvio import read_csv, write_csv
-from .runtime import atomic_write
-from .errors import InputNotFoundError, OutputExistsError
-from .evaluate import evaluate, open_label_volume, to_json
+from ..csvio import read_csv, write_csv
+from ..runtime import atomic_write
+from ..errors import InputNotFoundError, OutputExistsError
+from .core import evaluate, open_label_volume, to_json
 from .report import table
 
 log = logging.getLogger(__name__)
@@ -88,7 +88,7 @@ def compare(entries: Sequence[str], labels: str, report_dir: str | os.PathLike, 
             overwrite: bool = False) -> dict[str, Any]:
     """Segment (where needed), evaluate and tabulate; writes REPORT_DIR/compare.{md,json,csv,png}."""
     from .baselines import fit_baseline, segment_baseline
-    from .infer import segment
+    from ..infer import segment
 
     out = Path(report_dir)
     if (out / "compare.md").exists() and not overwrite:

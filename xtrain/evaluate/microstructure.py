@@ -1,13 +1,21 @@
-"""Microstructure of a three-phase label volume, streamed slab by slab.
+"""Microstructure of a three-phase label volume: a Dask graph over chunks, plus slab-wise percolation.
 
-    m = analyze(volume, voxel_size_nm=10)     # volume: .shape (Z, Y, X) and .read(z0, z1)
+    m = analyze(volume, voxel_size_nm=10)     # a Volume (open_volume, LabelVolume) or a (Z, Y, X) array
     m["fractions"]["ni"], m["tpb"]["density"], m["percolation"]["pore"]["z"]
 
-Phases are class ids 0, 1, 2 = pore, YSZ, Ni (``classes`` only names them).  The volume is
-read in z-slabs; each slab after the first also gets the previous slab's last slice, so
-every pair of neighbouring slices is seen exactly once and quantities that straddle a slab
-boundary (z-faces, edges along x and y) are counted exactly once: results do not depend on
-the slab size (tested with slabs of 1, 2, 7 and the whole volume).
+Phases are class ids 0, 1, 2 = pore, YSZ, Ni (``classes`` only names them).
+
+Fractions, interfacial faces and TPB edges are local: one Dask graph over the volume's lazy
+array (``Volume.array``) counts them per chunk and sums the counts.  Each chunk gets a
+one-voxel overlap on its high side along z, y and x (``dask.array.overlap.overlap`` with
+depth (0, 1) and boundary 'none'), and counts exactly the faces and edges whose lowest
+voxel (smallest z, y, x) lies in the chunk; so a face or an edge that straddles a chunk
+boundary is counted once, by the chunk of its lowest voxel, and the sums do not depend on the
+chunking (tested against a loop over every voxel for odd chunk shapes).  An in-memory numpy
+array is the one-chunk case of the same count, without Dask (training validation).
+
+Percolation needs whole-volume connectivity and stays a slab loop over ``read(z0, z1)``:
+clusters are labelled slab by slab and joined across slab boundaries (see below).
 
 Definitions (all on the voxel grid, only interior faces/edges: the outer surface of the
 volume is not an interface):
@@ -36,8 +44,9 @@ volume is not an interface):
   the current collector).  Needs a second pass over the volume (the labels are recomputed:
   cheaper than storing them).
 
-Memory: one slab (+1 slice) of labels and of its cluster labels, plus a few bytes per
-cluster.  Values are NaN where undefined (e.g. the percolation of an absent phase).
+Memory: per Dask task one chunk (+1 voxel per axis) and a few boolean maps of its size;
+percolation holds one slab (+1 slice) of labels and of its cluster labels, plus a few bytes
+per cluster.  Values are NaN where undefined (e.g. the percolation of an absent phase).
 """
 
 from __future__ import annotations
@@ -51,7 +60,7 @@ import numpy as np
 from scipy import ndimage, sparse
 from scipy.sparse.csgraph import connected_components
 
-from .errors import InvalidInputError, LabelValueError
+from ..errors import InvalidInputError, LabelValueError
 
 log = logging.getLogger(__name__)
 
@@ -62,9 +71,12 @@ DEFAULT_SLAB = 32
 
 
 class Volume(Protocol):
-    """Anything sliceable in z-slabs: ``shape`` (Z, Y, X) and ``read(z0, z1)`` -> (z1 - z0, Y, X)."""
+    """A label volume: ``shape`` (Z, Y, X), ``array`` (the voxels as a lazy dask.array, for the
+    Dask graph of the local counts) and ``read(z0, z1)`` -> (z1 - z0, Y, X) (percolation's
+    slabs), as ``xtrain.data.volumes.Volume`` and ``xtrain.evaluate.core.LabelVolume`` have."""
 
     shape: tuple[int, int, int]
+    array: Any
 
     def read(self, z0: int, z1: int) -> np.ndarray: ...
 
@@ -73,40 +85,24 @@ def as_volume(volume: Any) -> Volume:
     """A ``Volume`` as it is; a (Z, Y, X) array through ``xtrain.data.volumes.array_volume``."""
     if hasattr(volume, "read"):
         return volume
-    from .data.volumes import array_volume
+    from ..data.volumes import array_volume
 
-    return array_volume(np.asarray(volume))
-
-
-def slabs_with_overlap(volume: Volume, slab: int):
-    """Yield (z0, block, fresh): block = slices z0 - overlap .. z1 - 1, fresh = index of slice z0 in it.
-
-    The overlap is the previous slab's last slice (kept, not re-read), so neighbouring
-    slice pairs are block[i], block[i + 1] and every pair of the volume occurs exactly once.
-    """
-    if slab < 1:
-        raise InvalidInputError(f"slab depth must be >= 1, got {slab}")
-    prev = None
-    depth = volume.shape[0]
-    for z0 in range(0, depth, slab):
-        new = np.asarray(volume.read(z0, min(z0 + slab, depth)))
-        block = new if prev is None else np.concatenate([prev, new], axis=0)
-        yield z0, block, 0 if prev is None else 1
-        prev = new[-1:]
+    return array_volume(volume if hasattr(volume, "chunks") else np.asarray(volume))
 
 
 # ----------------------------------------------------------------------------- local counts
 
 
-def _check_labels(block: np.ndarray, num_classes: int, z0: int) -> np.ndarray:
+def _check_labels(block: np.ndarray, num_classes: int, origin: Sequence[int] = (0, 0, 0)) -> np.ndarray:
+    """``block`` as uint8 class ids; ``LabelValueError`` naming the first bad voxel (``origin``: block's (z, y, x))."""
     if block.dtype.kind not in "ui":
         raise InvalidInputError(f"labels must be integer class ids, got dtype {block.dtype}")
     if block.size and (block.min() < 0 or block.max() >= num_classes):
         bad = (block < 0) | (block >= num_classes)
         z, y, x = (int(v[0]) for v in np.nonzero(bad))
         raise LabelValueError(
-            f"label value {block[z, y, x]} at z={z0 + z} y={y} x={x} is not a class id 0..{num_classes - 1}; "
-            "map raw values with --label-map"
+            f"label value {block[z, y, x]} at z={origin[0] + z} y={origin[1] + y} x={origin[2] + x} is not a "
+            f"class id 0..{num_classes - 1}; map raw values with --label-map"
         )
     return block.astype(np.uint8, copy=False)
 
@@ -116,33 +112,97 @@ def _bits(labels: np.ndarray) -> np.ndarray:
     return np.left_shift(np.uint8(1), labels, dtype=np.uint8)
 
 
-def edge_counts(bits: np.ndarray, fresh: int) -> np.ndarray:
-    """TPB-style edge counts of a (n, Y, X) block of phase bits: [edges along z, along y, along x].
+def edge_maps(bits: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The TPB edges of a (n, Y, X) block of phase bits: bool maps along z, y and x.
 
-    An edge counts when the OR of its 4 voxels' bits has all of bits 0, 1, 2 set.  Edges along
-    z lie within one slice (fresh slices only); edges along y and x join slices i and i + 1
-    (every pair in the block: the overlap slice is only the first member of a pair).
+    An edge counts when the OR of its 4 voxels' bits has all of bits 0, 1, 2 set.  Each map
+    is indexed by the edge's lowest voxel: along z (n, Y-1, X-1) (voxels y..y+1, x..x+1 of
+    one slice); along y (n-1, Y, X-1) (spans z and x); along x (n-1, Y-1, X) (spans z and y).
     """
     full = np.uint8(0b111)
-    a, b = bits[:-1], bits[1:]  # neighbouring slices (pairs, Y, X)
-    s = bits[fresh:]
-    along_z = (s[:, :-1, :-1] | s[:, 1:, :-1] | s[:, :-1, 1:] | s[:, 1:, 1:]) & full == full
-    along_y = (a[:, :, :-1] | a[:, :, 1:] | b[:, :, :-1] | b[:, :, 1:]) & full == full  # spans z and x
-    along_x = (a[:, :-1, :] | a[:, 1:, :] | b[:, :-1, :] | b[:, 1:, :]) & full == full  # spans z and y
-    return np.array([np.count_nonzero(along_z), np.count_nonzero(along_y), np.count_nonzero(along_x)], dtype=np.int64)
+    along_z = (bits[:, :-1, :-1] | bits[:, 1:, :-1] | bits[:, :-1, 1:] | bits[:, 1:, 1:]) & full == full
+    along_y = (bits[:-1, :, :-1] | bits[:-1, :, 1:] | bits[1:, :, :-1] | bits[1:, :, 1:]) & full == full
+    along_x = (bits[:-1, :-1, :] | bits[:-1, 1:, :] | bits[1:, :-1, :] | bits[1:, 1:, :]) & full == full
+    return along_z, along_y, along_x
 
 
-def face_counts(labels: np.ndarray, fresh: int, num_classes: int) -> np.ndarray:
-    """(K, K) symmetric counts of voxel faces between phases i != j (diagonal 0) in a block."""
+def edge_counts(bits: np.ndarray, fresh: int) -> np.ndarray:
+    """TPB edge counts [along z, along y, along x] of a z-slab whose first ``fresh`` slices are overlap.
+
+    Edges along z lie within one slice (fresh slices only); edges along y and x join slices
+    i and i + 1 (every pair in the block: the overlap slice is only the first member of a pair).
+    """
+    along_z, along_y, along_x = edge_maps(bits)
+    return np.array([np.count_nonzero(along_z[fresh:]), np.count_nonzero(along_y), np.count_nonzero(along_x)],
+                    dtype=np.int64)
+
+
+def local_counts(labels: np.ndarray, owned: Sequence[int], num_classes: int) -> np.ndarray:
+    """Voxels, faces and TPB edges of a block, counted by their lowest voxel within ``owned``.
+
+    ``labels``: (Z, Y, X) class ids of a chunk plus, where the volume goes on, one voxel
+    more on the high side of each axis; ``owned`` (nz, ny, nx): the chunk's own extent (the
+    whole shape for a whole volume).  A face or edge counts when its lowest voxel is in
+    ``[0, nz) x [0, ny) x [0, nx)``, so summing over chunks counts each exactly once.
+    Returns int64 [K voxel counts, K*K face counts (i, j) with i != j (both orders, i.e.
+    symmetric), TPB edges along z, y, x].
+    """
     k = num_classes
-    total = np.zeros(k * k, dtype=np.int64)
-    s = labels[fresh:]
-    pairs = [(labels[:-1], labels[1:]), (s[:, :-1], s[:, 1:]), (s[:, :, :-1], s[:, :, 1:])]  # z, y, x faces
-    for u, v in pairs:
+    own = tuple(slice(0, int(n)) for n in owned)
+    phase = np.bincount(labels[own].ravel(), minlength=k)[:k]
+    faces = np.zeros(k * k, dtype=np.int64)
+    for axis in range(3):  # faces normal to z, y, x: voxel i and i + 1 along the axis
+        lo = [slice(None)] * 3
+        hi = [slice(None)] * 3
+        lo[axis], hi[axis] = slice(None, -1), slice(1, None)
+        u, v = labels[tuple(lo)][own], labels[tuple(hi)][own]
         differ = u != v
-        total += np.bincount(u[differ].astype(np.int64) * k + v[differ], minlength=k * k)
-    m = total.reshape(k, k)
-    return m + m.T  # a face i|j may appear as (i, j) or (j, i)
+        faces += np.bincount(u[differ].astype(np.int64) * k + v[differ], minlength=k * k)
+    m = faces.reshape(k, k)
+    faces = (m + m.T).ravel()  # a face i|j may appear as (i, j) or (j, i)
+    edges = [np.count_nonzero(e[own]) for e in edge_maps(_bits(labels))]
+    return np.concatenate([phase, faces, np.array(edges, dtype=np.int64)])
+
+
+def _chunk_counts(block: np.ndarray, num_classes: int, block_info=None) -> np.ndarray:
+    """``local_counts`` of one chunk of the high-side overlapped array, as a (1, 1, 1, L) block."""
+    info = block_info[0]
+    owned, origin = [], []
+    for axis, (loc, n) in enumerate(zip(info["chunk-location"], info["num-chunks"])):
+        ghost = 1 if loc < n - 1 else 0  # the last chunk along an axis has no neighbour above
+        owned.append(block.shape[axis] - ghost)
+        origin.append(info["array-location"][axis][0] - loc)  # every chunk before it carries one ghost voxel
+    labels = _check_labels(block, num_classes, origin)
+    return local_counts(labels, owned, num_classes)[None, None, None, :]
+
+
+def count_graph(array: Any, num_classes: int):
+    """Dask graph of ``local_counts`` summed over all chunks of a lazy (Z, Y, X) label array -> (L,) int64."""
+    import dask.array as da
+
+    ext = da.overlap.overlap(array, depth={0: (0, 1), 1: (0, 1), 2: (0, 1)}, boundary="none")
+    length = num_classes + num_classes**2 + 3
+    per_chunk = da.map_blocks(_chunk_counts, ext, num_classes, dtype=np.int64, new_axis=3,
+                              meta=np.empty((0, 0, 0, 0), np.int64),
+                              chunks=tuple((1,) * len(c) for c in ext.chunks) + ((length,),))
+    return per_chunk.sum(axis=(0, 1, 2))
+
+
+def counts(volume: Any, num_classes: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(voxels per phase (K,), faces (K, K), TPB edges along z, y, x (3,)) of a volume.
+
+    A numpy array is counted whole; anything else through ``count_graph`` over its lazy
+    array (``.array``, or the dask array itself), computed by ``xtrain.data.volumes.compute``.
+    """
+    k = num_classes
+    if isinstance(volume, np.ndarray):
+        total = local_counts(_check_labels(volume, k), volume.shape, k)
+    else:
+        from ..data.volumes import compute
+
+        array = as_volume(volume).array
+        (total,) = compute(count_graph(array, k))
+    return total[:k], total[k:k + k * k].reshape(k, k), total[k + k * k:]
 
 
 # ----------------------------------------------------------------------------- percolation
@@ -234,35 +294,27 @@ def analyze(volume: Any, voxel_size_nm: float | None = None, classes: Sequence[s
             slab: int = DEFAULT_SLAB, percolation: bool = True) -> dict[str, Any]:
     """Fractions, interfacial areas, TPB density, percolation and active TPB of a label volume.
 
-    ``volume``: a ``Volume`` (``shape``, ``read``) or a (Z, Y, X) array of class ids 0..2.
-    Returns plain JSON-able numbers; see the module docstring for the definitions and
-    ``units`` in the result for the units.
+    ``volume``: a ``Volume`` (``shape``, ``read``; with ``array``, a lazy dask.array: the
+    local counts run as a Dask graph over its chunks), a (Z, Y, X) dask array, or a (Z, Y, X)
+    numpy array of class ids 0..2 (counted whole).  ``slab``: z-slab depth of the percolation
+    passes.  Returns plain JSON-able numbers; see the module docstring for the definitions
+    and ``units`` in the result for the units.  Raises ``LabelValueError`` for a value that
+    is not a class id, ``InvalidInputError`` for other than 3 classes.
     """
-    volume = as_volume(volume)
     classes = tuple(classes)
     k = len(classes)
     if k != 3:
         raise InvalidInputError(f"microstructure needs exactly 3 phases (pore, YSZ, Ni), got {k}: {', '.join(classes)}")
+    if slab < 1:
+        raise InvalidInputError(f"slab depth must be >= 1, got {slab}")
     shape = tuple(int(s) for s in volume.shape)
-    phase = np.zeros(k, dtype=np.int64)
-    faces = np.zeros((k, k), dtype=np.int64)
-    tpb = np.zeros(3, dtype=np.int64)
-    clusters = [_Clusters(shape) for _ in range(k)] if percolation else []
-
-    for z0, block, fresh in slabs_with_overlap(volume, slab):
-        block = _check_labels(block, k, z0 - fresh)
-        new = block[fresh:]
-        phase += np.bincount(new.ravel(), minlength=k)[:k]
-        faces += face_counts(block, fresh, k)
-        tpb += edge_counts(_bits(block), fresh)
-        for c, cl in enumerate(clusters):
-            cl.add(new == c, z0)
+    phase, faces, tpb = counts(volume, k)
 
     active = np.zeros((3, 3), dtype=np.int64)  # [percolation axis, edge orientation]
     perc_fractions: dict[str, dict[str, float]] = {}
     if percolation:
-        for cl in clusters:
-            cl.finish()
+        volume = as_volume(volume)
+        clusters = _clusters(volume, slab, k)
         perc_fractions = {name: dict(zip(AXES, cl.fractions())) for name, cl in zip(classes, clusters)}
         active = _active_edges(volume, slab, clusters)
 
@@ -309,6 +361,19 @@ def analyze(volume: Any, voxel_size_nm: float | None = None, classes: Sequence[s
                                            for i, a in enumerate(AXES)}
     log.debug("microstructure of %s: TPB edges %s, fractions %s", shape, tpb.tolist(), result["fractions"])
     return result
+
+
+def _clusters(volume: Volume, slab: int, num_classes: int) -> list[_Clusters]:
+    """Pass 1 of percolation: every phase's clusters, labelled slab by slab and joined."""
+    shape = tuple(int(s) for s in volume.shape)
+    clusters = [_Clusters(shape) for _ in range(num_classes)]
+    for z0 in range(0, shape[0], slab):
+        new = _check_labels(np.asarray(volume.read(z0, min(z0 + slab, shape[0]))), num_classes, (z0, 0, 0))
+        for c, cl in enumerate(clusters):
+            cl.add(new == c, z0)
+    for cl in clusters:
+        cl.finish()
+    return clusters
 
 
 def _active_edges(volume: Volume, slab: int, clusters: list[_Clusters]) -> np.ndarray:
