@@ -2,6 +2,7 @@
 
     python bench/segment.py                 # 256^3, tiny U-Net (width 8, depth 2), CPU
     python bench/segment.py --size 128 --rss-size 512
+    python bench/segment.py --width 16 --depth 4 --norm group --rss-size 0 --zyx
 
 Measures on a synthetic store (a 32 x 256 x 256 synthetic electrode block repeated, so big
 volumes are cheap to make):
@@ -66,12 +67,12 @@ def make_store(path: Path, size: int) -> Path:
     return path
 
 
-def make_model(path: Path, width: int, depth: int) -> Path:
+def make_model(path: Path, width: int, depth: int, norm: str = "batch") -> Path:
     from xtrain.models import create_model, model_kwargs
     from xtrain.train.checkpoint import save_checkpoint
 
     torch.manual_seed(0)
-    kw = model_kwargs("unet", in_channels=1, num_classes=3, width=width, depth=depth, norm="batch")
+    kw = model_kwargs("unet", in_channels=1, num_classes=3, width=width, depth=depth, norm=norm)
     model = create_model("unet", **kw)
     save_checkpoint({"model_name": "unet", "model_kwargs": kw, "model_state": model.state_dict(), "stats": {},
                      "classes": ["pore", "ysz", "ni"], "config": {}}, path)
@@ -193,6 +194,8 @@ def main() -> None:
     ap.add_argument("--block", default="", help="Z,Y,X block of xtrain segment (default: its own)")
     ap.add_argument("--width", type=int, default=8)
     ap.add_argument("--depth", type=int, default=2)
+    ap.add_argument("--norm", default="batch", help="the U-Net's norm: batch (folded into the convolutions for "
+                    "prediction) or group (configs/soc_unet_cpu.yaml)")
     ap.add_argument("--rounds", type=int, default=2, help="interleaved rounds; the best of each is kept")
     ap.add_argument("--workdir", type=Path, default=None)
     ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
@@ -213,7 +216,7 @@ def main() -> None:
     root = args.workdir or Path(tempfile.mkdtemp(prefix="bench_segment_"))
     root.mkdir(parents=True, exist_ok=True)
     try:
-        model = make_model(root / "model.pt", args.width, args.depth)
+        model = make_model(root / "model.pt", args.width, args.depth, args.norm)
         store = make_store(root / f"vol{args.size}.zarr", args.size)
         log.info("torch %s threads, %s^3 volume, unet width %d depth %d, tile %d halo %d", torch.get_num_threads(),
                  args.size, args.width, args.depth, args.tile, args.halo)
