@@ -80,6 +80,57 @@ def test_should_stop_checkpoints_between_blocks_and_resume_is_bit_identical(data
     assert same_as(out, data["ref"])
 
 
+def no_markers(out):
+    markers = work_dir(out) / MARKERS
+    return work_dir(out).is_dir() and not (markers.exists() and any(markers.iterdir()))
+
+
+ONE_BLOCK = dict(block=(48, 64, 64), probabilities=True, **FAST)  # the whole 37 x 61 x 53 volume
+
+
+def test_should_stop_inside_a_block_abandons_it_unwritten_and_resume_is_bit_identical(data, tmp_path):
+    """A stop that arrives while the only block is being predicted ends the run at the next
+    tile batch (not at the end of the block), writes nothing of the block, and --resume redoes it."""
+    out = tmp_path / "seg.zarr"
+    asked = []
+
+    def stop():  # false when the block starts, true from its first batch of tiles on
+        asked.append(1)
+        return len(asked) > 1
+
+    with pytest.raises(RunInterrupted, match="1 of 1 blocks.*--resume"):
+        segment(data["model"], data["store"], out, threads=1, should_stop=stop, **ONE_BLOCK)
+    assert len(asked) == 3  # before the block, before its first tile batch (stopped there), and segment's last look
+    assert not out.exists() and no_markers(out)
+    segment(data["model"], data["store"], out, threads=1, resume=True, **ONE_BLOCK)
+    assert same_as(out, data["ref"])
+
+
+def test_should_stop_cancels_a_block_running_on_a_ray_worker(data, tmp_path, ray_cluster):
+    """The Ray driver cancels the task in flight (``ray.cancel``); the actor sees it before its
+    next tile batch.  Without that, the block would finish and be marked, and the run would end
+    complete.  The one block (--axes zyx, 4 TTA flips, 16-voxel tiles one per batch) takes ~10 s;
+    the stop comes 1 s after the worker is up and the driver waits for the block."""
+    import ray
+
+    out = tmp_path / "seg.zarr"
+    kw = dict(block=(48, 64, 64), tile=16, halo=2, batch_size=1, axes="zyx", tta=True, chunks=(8, 16, 16),
+              shard=False)
+    start: list[float] = []
+
+    def stop():
+        if not start:
+            start.append(time.monotonic())
+        return time.monotonic() - start[0] > 1.0
+
+    def ready(actors):  # the worker is up (model loaded) before the block is submitted
+        ray.get([a.pid.remote() for a in actors])
+
+    with pytest.raises(RunInterrupted, match="1 of 1 blocks"):
+        segment(data["model"], data["store"], out, threads=1, workers=2, should_stop=stop, on_actors=ready, **kw)
+    assert not out.exists() and no_markers(out)
+
+
 @pytest.fixture(scope="module")
 def tall(data):
     """A 160-slice volume: 5 blocks of one 32-deep shard each with the CLI's default layout."""

@@ -31,12 +31,14 @@ from __future__ import annotations
 
 import copy
 import logging
+from collections.abc import Callable
 
 import numpy as np
 import torch
 from torch import nn
 from torch.nn.utils import fuse_conv_bn_eval
 
+from ..runtime import never
 from .blocks import Box, plan_tiles, read_box, reflect, tiles_touching
 from .volume import Volume
 
@@ -63,6 +65,11 @@ def window_1d(n: int, kind: str) -> np.ndarray:
 def window_2d(nu: int, nv: int, kind: str) -> np.ndarray:
     """(nu, nv) float32 separable window."""
     return np.outer(window_1d(nu, kind), window_1d(nv, kind)).astype(np.float32)
+
+
+class PredictionStopped(Exception):
+    """``should_stop()`` turned true while a block was being predicted: the block is abandoned
+    (nothing of it is written) and runs again on ``--resume``."""
 
 
 def inference_model(model: nn.Module, device: str | torch.device = "cpu") -> nn.Module:
@@ -129,19 +136,23 @@ class Predictor:
     def read_box(self, core: Box, shape: tuple[int, int, int]) -> Box:
         return read_box(core, shape, self.axes, self.tile, self.stride, self.context)
 
-    def predict(self, volume: Volume, core: Box) -> np.ndarray:
-        """Probabilities (K, z, y, x) float32 of the block ``core`` (reads only its read box)."""
+    def predict(self, volume: Volume, core: Box, should_stop: Callable[[], bool] = never) -> np.ndarray:
+        """Probabilities (K, z, y, x) float32 of the block ``core`` (reads only its read box).
+
+        ``should_stop`` is asked before every batch of tiles; once it is true the block is
+        abandoned with ``PredictionStopped`` (a 250x501x501 ``--axes zyx`` block takes minutes
+        on a CPU, longer than Slurm's warning before SIGKILL)."""
         box = self.read_box(core, volume.shape)
         data = volume.read(box)  # (z, y, x) normalised, the core plus its tiles and 2.5D slices
         out = np.zeros((self.num_classes, *(b - a for a, b in core)), np.float32)
         for axis in self.axes:
-            self._axis_pass(data, box, core, volume.shape, axis, out)  # adds the pass into out
+            self._axis_pass(data, box, core, volume.shape, axis, out, should_stop)  # adds the pass into out
         if len(self.axes) > 1:
             out /= len(self.axes)
         return out
 
     def _axis_pass(self, data: np.ndarray, box: Box, core: Box, shape: tuple[int, int, int],
-                   axis: int, out: np.ndarray) -> None:
+                   axis: int, out: np.ndarray, should_stop: Callable[[], bool] = never) -> None:
         """Add the blended probabilities of the core from the planes normal to ``axis`` into
         ``out`` (K, z, y, x)."""
         u, v = (d for d in range(3) if d != axis)
@@ -173,6 +184,8 @@ class Predictor:
         batch = self.batch_for(tu, tv)
         h = self.context
         for start in range(0, len(items), batch):
+            if should_stop():
+                raise PredictionStopped(f"stopped at tile batch {start // batch} of the axis-{axis} pass")
             chunk = items[start:start + batch]
             x = np.zeros((batch, self.in_channels, tu, tv), np.float32)  # zero rows pad the last batch
             for i, (p, t) in enumerate(chunk):
