@@ -1,21 +1,23 @@
 """Which parts of the CPU recipe help: short trainings with one change each, scored on the validation slab.
 
     python bench/recipe_ablation.py --data soc.zarr                       # all variants, ~5 min each
-    python bench/recipe_ablation.py --data soc.zarr --only recipe,no_sync_bn --epochs 6
+    python bench/recipe_ablation.py --data soc.zarr --only recipe,batch_norm_sync --epochs 6
 
 Every variant is ``xtrain train --config configs/soc_unet_cpu.yaml`` with the same shortened
 budget (``--epochs`` x ``--samples`` patches, same seed) and one change:
 
-=============  ====================================================================
-recipe         the config as it is (cosine + warm-up, EMA, global-batch BatchNorm, patches on
-               all three axes, one slice)
-no_sync_bn     BatchNorm statistics of each worker's own 8 patches (``train.sync_bn=false``)
-group_norm     GroupNorm instead of BatchNorm (``model.kwargs.norm=group``)
-no_ema         no weight EMA (``train.ema_decay=0``)
-constant_lr    no schedule (``optim.schedule=constant``)
-axis_z         patches normal to z only (``data.axis=z``)
-slices_3       2.5D: three neighbouring slices as channels (``data.slices=3``)
-=============  ====================================================================
+================  ==================================================================================
+recipe            the config as it is (cosine + warm-up, EMA, GroupNorm, patches on all three axes,
+                  one slice)
+batch_norm_sync   BatchNorm over the global batch of all workers (``norm=batch``,
+                  ``train.sync_bn=true``)
+batch_norm        BatchNorm statistics of each worker's own 8 patches (``norm=batch``,
+                  ``train.sync_bn=false``)
+no_ema            no weight EMA (``train.ema_decay=0``)
+constant_lr       no schedule (``optim.schedule=constant``)
+axis_z            patches normal to z only (``data.axis=z``)
+slices_3          2.5D: three neighbouring slices as channels (``data.slices=3``)
+================  ==================================================================================
 
 The scores are those of model.pt's epoch in ``metrics.csv`` (selected by the config's
 ``train.select``): whole validation planes z 205-249 along z, exactly as ``segment --axes z``
@@ -42,8 +44,8 @@ from quality import xtrain  # bench/quality.py: run the CLI, timed
 log = logging.getLogger("bench.recipe_ablation")
 VARIANTS: dict[str, list[str]] = {
     "recipe": [],
-    "no_sync_bn": ["train.sync_bn=false"],
-    "group_norm": ["model.kwargs={width: 16, depth: 4, norm: group, dropout: 0.0}"],
+    "batch_norm_sync": ["model.kwargs={width: 16, depth: 4, norm: batch, dropout: 0.0}", "train.sync_bn=true"],
+    "batch_norm": ["model.kwargs={width: 16, depth: 4, norm: batch, dropout: 0.0}", "train.sync_bn=false"],
     "no_ema": ["train.ema_decay=0"],
     "constant_lr": ["optim.schedule=constant"],
     "axis_z": ["data.axis=z"],
