@@ -22,7 +22,7 @@ import numpy as np
 import pytest
 
 from conftest import make_store
-from test_slurm import RayProcesses, finish, job_info, ray_temp, rows, submit, wait_job
+from test_slurm import RayProcesses, finish, job_info, ray_temp, release_requeued, rows, submit, wait_job
 
 pytestmark = pytest.mark.slow
 
@@ -73,6 +73,7 @@ def test_train_ddp_one_worker_per_node_sigterm_requeues_and_resumes(train_store,
         time.sleep(0.5)
     assert rows(run), out.read_text()
     subprocess.run(["scancel", "--signal=TERM", "--batch", job], check=True)
+    release_requeued(job)
     info, log = finish(job, watch, out, 420)
 
     assert info["JobState"] == "COMPLETED" and int(info["Restarts"]) >= 1, log
