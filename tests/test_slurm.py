@@ -55,20 +55,25 @@ def wait_job(job_id: str, timeout: float) -> dict[str, str]:
     raise AssertionError(f"job {job_id} still {job_info(job_id).get('JobState')} after {timeout} s")
 
 
-def release_requeued(job: str, timeout: float = 240) -> None:
-    """Start a requeued job now instead of after Slurm's hold.
+def release_requeued(job: str, timeout: float = 240, settle: float = 12) -> None:
+    """Start a requeued job ~``settle`` s after it requeued instead of after Slurm's hold.
 
     A batch job that requeues itself waits about a minute (PENDING, reason BeginTime) before
-    it may start again: harmless on a cluster, dead time in a test.  Once the job waits for
-    its begin time, ``scontrol update StartTime=now`` lets it go (the requeue itself, by the
-    job script, is what the tests check).  Returns at once if the job ends instead."""
-    t0 = time.time()
+    it may start again: harmless on a cluster, dead time in a test.  Once the job has waited
+    ``settle`` seconds, ``scontrol update StartTime=now`` lets it go (the requeue itself, by the
+    job script, is what the tests check).  Not at once: slurmd revokes the old run's job
+    credential, and a run started within the same second is killed ("Job credential
+    revoked"); the CI Slurm's credentials live 10 s (AuthInfo=cred_expire=10), so 12 s is
+    past both.  Returns at once if the job ends instead."""
+    t0, pending_since = time.time(), None
     while time.time() - t0 < timeout:
         info = job_info(job)
         if info.get("JobState") == "PENDING" and info.get("Reason") == "BeginTime" and int(info.get("Restarts", 0)):
-            subprocess.run(["scontrol", "update", f"JobId={job}", "StartTime=now"], check=True)
-            return
-        if info.get("JobState") in ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY"):
+            pending_since = pending_since or time.time()
+            if time.time() - pending_since >= settle:
+                subprocess.run(["scontrol", "update", f"JobId={job}", "StartTime=now"], check=True)
+                return
+        elif info.get("JobState") in ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY"):
             return
         time.sleep(0.3)
 
