@@ -44,11 +44,14 @@ def job_info(job_id: str) -> dict[str, str]:
     return dict(re.findall(r"(\w+)=(\S*)", out))
 
 
+ENDED = ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY")  # a job's final states
+
+
 def wait_job(job_id: str, timeout: float) -> dict[str, str]:
     t0 = time.time()
     while time.time() - t0 < timeout:
         info = job_info(job_id)
-        if info.get("JobState") in ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY"):
+        if info.get("JobState") in ENDED:
             return info
         time.sleep(0.5)
     subprocess.run(["scancel", job_id])
@@ -73,7 +76,7 @@ def release_requeued(job: str, timeout: float = 240, settle: float = 12) -> None
             if time.time() - pending_since >= settle:
                 subprocess.run(["scontrol", "update", f"JobId={job}", "StartTime=now"], check=True)
                 return
-        elif info.get("JobState") in ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY"):
+        elif info.get("JobState") in ENDED:
             return
         time.sleep(0.3)
 

@@ -88,8 +88,8 @@ def inference_model(model: nn.Module, device: str | torch.device = "cpu") -> nn.
         if isinstance(seq, nn.Sequential):
             for i in range(len(seq) - 1):
                 conv, norm = seq[i], seq[i + 1]
-                if (isinstance(conv, nn.Conv2d) and isinstance(norm, nn.BatchNorm2d)
-                        and norm.track_running_stats and norm.running_mean is not None):
+                # without running statistics eval-mode BatchNorm normalises by the batch: not foldable
+                if isinstance(conv, nn.Conv2d) and isinstance(norm, nn.BatchNorm2d) and norm.running_mean is not None:
                     seq[i], seq[i + 1] = fuse_conv_bn_eval(conv, norm), nn.Identity()
     return model.to(device=device, memory_format=torch.channels_last)
 
