@@ -24,7 +24,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import shutil
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -37,6 +36,7 @@ import zarr
 from . import layout as ome
 from .layout import DEFAULT_CHUNKS, DEFAULT_SHARD_DEPTH, DEFAULT_SHARD_EDGE, Layout, compressor, default_layout  # noqa: F401
 from ..errors import CorruptFileError, InputNotFoundError, InvalidInputError, OutputExistsError
+from ..io import remove_path, replace_into_place
 
 log = logging.getLogger(__name__)
 
@@ -221,25 +221,6 @@ class StoreWriter:
         step = self.layout.slab
         for z0 in range(0, depth, step):
             yield slice(z0, min(z0 + step, depth))
-
-
-def remove_path(path: Path) -> None:
-    """Delete a file or a folder tree (a store, a partial output)."""
-    if path.is_dir() and not path.is_symlink():
-        shutil.rmtree(path, ignore_errors=True)
-    elif path.exists() or path.is_symlink():
-        path.unlink()
-
-
-def replace_into_place(src: Path, dst: Path) -> None:
-    """Rename a finished ``src`` to ``dst``; an existing ``dst`` (an --overwrite) is replaced only now."""
-    if dst.exists():
-        old = dst.parent / f".{dst.name}.old-{uuid.uuid4().hex[:8]}"
-        os.replace(dst, old)
-        os.replace(src, dst)
-        remove_path(old)
-    else:
-        os.replace(src, dst)
 
 
 def check_output(path: str | os.PathLike, overwrite: bool) -> Path:
