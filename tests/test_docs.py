@@ -116,3 +116,33 @@ def test_readme_test_command_is_the_ci_command():
     block = readme.split("## Run the tests", 1)[1].split("```bash\n", 1)[1].split("\n```", 1)[0]
     ci = REPO.joinpath(".ci", "run").read_text().rstrip().splitlines()[-1]
     assert block == ci
+
+
+CODE_PATH = re.compile(r"(?<![\w/.-])((?:xtrain|bench|configs|slurm|jobs|tests|docs|\.ci)/[\w./-]*\w/?)")
+DOTTED = re.compile(r"(?<![\w.])xtrain(?:\.\w+)+")
+ATTRIBUTE_KEYS = ("xtrain.source.",)  # keys of the outputs' "xtrain" attributes, not Python names
+
+
+def python_name_exists(dotted: str) -> bool:
+    """'xtrain.a.b.name': the longest prefix that is a module file of this tree, then the rest defined in it
+    (read as text, not imported: a package's lazy __init__ names what it exports)."""
+    parts = dotted.split(".")
+    for i in range(len(parts), 0, -1):
+        base = REPO.joinpath(*parts[:i])
+        source = base.with_suffix(".py") if base.with_suffix(".py").is_file() else base / "__init__.py"
+        if source.is_file():
+            rest = parts[i:]
+            return not rest or re.search(rf"\b{re.escape(rest[0])}\b", source.read_text()) is not None
+    return False
+
+
+def test_the_files_and_python_names_the_docs_mention_exist():
+    """Docs that name a module, a function, a config or a script that moved or went away fail here."""
+    missing = []
+    for page in PAGES:
+        text = page.read_text()
+        missing += [f"{page.name}: {path}" for path in sorted(set(CODE_PATH.findall(text)))
+                    if not (REPO / path).exists() and path != "docs/cli.md"]
+        missing += [f"{page.name}: {name}" for name in sorted(set(DOTTED.findall(text)))
+                    if not name.startswith(ATTRIBUTE_KEYS) and not python_name_exists(name)]
+    assert not missing, missing
