@@ -30,10 +30,10 @@ def render(parser: argparse.ArgumentParser) -> str:
     """The Markdown page: the top-level help, then one section per subcommand (``## xtrain NAME``)."""
     commands = parser.get_default("subcommands")
     lines = ["# CLI reference", "",
-             "Generated from the argparse parser (`xtrain.cli.build_parser()`) when these docs are built; "
+             ("Generated from the argparse parser (`xtrain.cli.build_parser()`) when these docs are built; "
              "`xtrain COMMAND --help` prints the same text. Exit codes: 0 done, 2 bad input (one line on "
              "stderr naming the value and the fix), 3 interrupted or disk full during a resumable command "
-             "(train, tune, segment, nightly: rerun with `--resume`).", "",
+             "(train, tune, segment, nightly: rerun with `--resume`)."), "",
              " · ".join(f"[{name}](#xtrain-{name})" for name in commands), "",
              "```text", help_text(parser), "```"]
     for name, sub in commands.items():
