@@ -290,6 +290,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
     parser.add_argument("-q", "--quiet", action="store_true", help="log warnings and errors only")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    # a public handle on every subcommand's parser, by name (parser.get_default("subcommands")):
+    # the CLI reference the docs build generates (docs/hooks/cli_reference.py) lists them
+    parser.set_defaults(subcommands=sub.choices)
 
     p = _add(sub, "ingest", "Convert a raw TIFF stack (and optional labels) into a chunked, compressed Zarr v3 store.",
              "xtrain ingest ../shared/data/soc_pxct/images soc.zarr --labels ../shared/data/soc_pxct/labels "

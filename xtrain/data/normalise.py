@@ -13,7 +13,7 @@ detector or flux).  The phase peaks of the histogram tell the two apart: where t
 the training peaks, the volume is on the training scale (train); where three of them lie on
 a line with the training peaks, it is the same material on another scale (peaks: that line
 maps them back); otherwise the choice is uncertain and says so.  Measured on the real
-volume's held-out slab (``bench/normalisation_choice.py``, README).
+volume's held-out slab (``bench/normalisation_choice.py``, docs/measurements.md).
 
 Voxels that are not sample never enter the statistics (``xtrain.data.stats.volume_stats``:
 NaN or a detected constant fill such as the zeros outside the reconstruction circle, or a
@@ -89,7 +89,7 @@ def choose_mapping(own: dict[str, Any], train: dict[str, Any] | None, mode: str 
     ``mode``: "train" (the training p0.5/p99.5), "own" (the volume's), "peaks" (the volume's
     three phase peaks mapped by least squares onto the training peaks, ``peak_fit``; raises
     ``InvalidInputError`` when they cannot be found or fitted), or "auto", set from the
-    measurements on the real volume (README "Sample statistics and normalisation",
+    measurements on the real volume (docs/measurements.md "Normalisation on the real volume",
     ``bench/normalisation_choice.py``):
 
     * no training statistics, or another dtype: own;
