@@ -52,6 +52,7 @@ class StoreInfo:
     voxel_size_nm: float | None = None
     source: dict[str, Any] = field(default_factory=dict)  # files, label map, generator preset ...
     stats: dict[str, Any] = field(default_factory=dict)  # see xtrain.data.stats.IntensityStats.to_dict
+    labels: dict[str, Any] = field(default_factory=dict)  # label census (xtrain.data.labels.LabelCensus.to_dict); {}: none
     complete: bool = False
     format: int = FORMAT_VERSION
 
@@ -63,6 +64,7 @@ class StoreInfo:
             "voxel_size_nm": self.voxel_size_nm,
             "source": self.source,
             "stats": self.stats,
+            **({"labels": self.labels} if self.labels else {}),
         }
 
     @classmethod
@@ -72,6 +74,7 @@ class StoreInfo:
             voxel_size_nm=d.get("voxel_size_nm"),
             source=dict(d.get("source", {})),
             stats=dict(d.get("stats", {})),
+            labels=dict(d.get("labels", {})),
             complete=bool(d.get("complete", False)),
             format=int(d.get("format", FORMAT_VERSION)),
         )
