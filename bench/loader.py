@@ -12,7 +12,7 @@
     the same loop fed from memory (in-process numpy sampling, 1/2 threads).  Configurations
     are interleaved over ``--rounds`` rounds and the best round is kept, because this machine
     is shared and other jobs come and go (single runs vary by +-8 %).  Every configuration
-    calls ``keep_freed_memory()`` as xtrain's ``fit()`` does (xtrain/malloc.py); the 1-thread
+    calls ``keep_freed_memory()`` as xtrain's training worker does (xtrain/malloc.py); the 1-thread
     pair also runs with glibc's default thresholds ("glibc"), which page-fault the
     activations in again every step.
 
@@ -257,7 +257,7 @@ def one(path: Path, args) -> None:
         ds = RandomPatches(path, cfg, region, seed=0)
     ds.set_epoch(int(rnd))
     if malloc == "kept":
-        # what xtrain's fit() does; after the in-memory copy is made, so that the buffers of that
+        # what xtrain's training worker does (before fit); after the in-memory copy is made, so that the buffers of that
         # one-off whole-volume read are not kept in the baseline's heap.  "glibc": the defaults
         keep_freed_memory()
     rate, rss, pss = train_rate(ds, args.batch, int(w), int(t), args.steps, args.warmup)
@@ -313,7 +313,7 @@ def main() -> None:
 
     # (2) training: each configuration in its own interpreter, rounds interleaved
     # 2 threads only with 0/1 workers: with 2 cores, 2 threads + 2 workers is oversubscribed by construction
-    # "kept": keep_freed_memory() as xtrain's fit() calls it; "glibc": glibc's default thresholds,
+    # "kept": keep_freed_memory() as xtrain's training worker calls it; "glibc": glibc's default thresholds,
     # shown for the 1-thread in-process pair (they page-fault the activations in every step)
     configs = [("memory", 0, 1, "kept"), ("memory", 0, 2, "kept"), ("lazy", 0, 1, "kept"), ("lazy", 1, 1, "kept"),
                ("lazy", 0, 2, "kept"), ("lazy", 1, 2, "kept"),

@@ -33,8 +33,10 @@ import torch
 from xtrain.config import load_config
 from xtrain.data.synth import synthesize
 from xtrain.runtime import ray_session
-from xtrain.train.loop import METRICS, WorkerContext, fit, read_metrics
-from xtrain.train.ray_trainer import fit_trainer, make_trainer, prepare_run_dir
+from xtrain.malloc import keep_freed_memory
+from xtrain.train.loop import WorkerContext, fit
+from xtrain.train.ray_trainer import fit_trainer, make_trainer
+from xtrain.train.run_dir import METRICS, prepare_run_dir, read_metrics
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -73,6 +75,7 @@ def main() -> int:
         for r in range(args.rounds):  # interleaved, best of each: a shared machine's load drifts
             plain_dir = root / f"plain-{r}"
             plain_dir.mkdir()
+            keep_freed_memory()  # as the Ray Train worker does (train_loop_per_worker)
             fit(config(1), plain_dir, WorkerContext())
             rates["plain"].append(throughput(plain_dir))
             print(f"round {r + 1}: plain torch loop, {per_worker(1)} threads: {rates['plain'][-1]:.1f} samples/s",

@@ -158,8 +158,10 @@ def tiny_model(tmp_path_factory) -> Path:
     """model.pt of a 2.5D (3-slice) tiny U-Net trained in-process for a few seconds (no Ray).
 
     Trained once per test session and shared by the inference, nightly and demo tests."""
+    from xtrain.malloc import keep_freed_memory
     from xtrain.train.loop import fit
 
+    keep_freed_memory()  # as the Ray Train worker does: the pages of each step's activations are reused
     root = tmp_path_factory.mktemp("tiny_model")
     train = make_store(root / "train.zarr", shape=(33, 50, 47), seed=1)
     cfg = tiny_config(train, "train.epochs=6", "data.slices=3")

@@ -34,6 +34,11 @@ class AugmentConfig:
     noise_std: float = 0.0  # Gaussian noise (in normalised units) ...
     noise_fraction: float = 0.0  # ... applied to this fraction of training samples (noise study)
 
+    def __post_init__(self):
+        if not 0.0 <= self.noise_fraction <= 1.0 or self.noise_std < 0:
+            raise ConfigError(f"data.augment.noise_fraction={self.noise_fraction} must be in [0, 1] and "
+                              f"noise_std={self.noise_std} >= 0")
+
 
 @dataclass
 class DataConfig:
@@ -57,6 +62,54 @@ class DataConfig:
 
     def __post_init__(self):
         _check_choice("data.val_mode", self.val_mode, VAL_MODES)
+        if self.patch < 1:
+            raise ConfigError(f"data.patch={self.patch} must be a positive number of pixels; e.g. --set data.patch=64")
+        if self.slices < 1 or self.slices % 2 == 0:
+            raise ConfigError(f"data.slices={self.slices} must be odd (centre slice plus neighbours); "
+                              "e.g. --set data.slices=3")
+        if self.axis not in AXIS_CHOICES:
+            raise ConfigError(f"data.axis='{self.axis}' is not one of {', '.join(AXIS_CHOICES)}; e.g. --set data.axis=z")
+        if self.samples_per_epoch < 1:
+            raise ConfigError(f"data.samples_per_epoch={self.samples_per_epoch} must be >= 1; "
+                              "e.g. --set data.samples_per_epoch=2048")
+        if self.val_patches < 1:
+            raise ConfigError(f"data.val_patches={self.val_patches} must be >= 1; e.g. --set data.val_patches=256")
+        _check_range("data.loader_workers", self.loader_workers, 0, None)
+        _check_range("data.cache_mb", self.cache_mb, 0, None)
+        self._check_slabs()
+
+    def _check_slabs(self) -> None:
+        """The z-slab settings that need no volume (split_regions checks them against its depth)."""
+        if not 0.0 < self.fraction <= 1.0:
+            raise ConfigError(f"data.fraction={self.fraction} must be in (0, 1]; e.g. --set data.fraction=0.25")
+        if self.gap < 0:
+            raise ConfigError(f"data.gap={self.gap} must be >= 0; e.g. --set data.gap=4")
+        if self.val_z is None and not 0.0 < self.val_fraction < 1.0:
+            raise ConfigError(f"data.val_fraction={self.val_fraction} must be in (0, 1); "
+                              "e.g. --set data.val_fraction=0.2")
+        for key in ("train_z", "val_z"):
+            value = getattr(self, key)
+            if value is None:
+                continue
+            if len(value) != 2:
+                raise ConfigError(f"data.{key}={list(value)} must be [start, stop); e.g. --set data.{key}=[0,200]")
+            if value[0] >= value[1]:
+                raise ConfigError(f"data.{key}={list(value)} is empty; give [start, stop) with start < stop")
+            if value[0] < 0:
+                raise ConfigError(f"data.{key}={list(value)} is outside the volume's z range, which starts at 0; "
+                                  "set it within")
+        if self.train_z is not None and self.val_z is not None:
+            check_slabs_apart(tuple(self.train_z), tuple(self.val_z), self.gap)
+
+
+def check_slabs_apart(train: tuple[int, int], val: tuple[int, int], gap: int) -> None:
+    """Refuse training and validation z-slabs [z0, z1) that overlap or lie closer than ``gap`` slices."""
+    if train[0] < val[1] and val[0] < train[1]:
+        raise ConfigError(f"data.train_z={list(train)} and data.val_z={list(val)} overlap; make them disjoint")
+    apart = val[0] - train[1] if train[1] <= val[0] else train[0] - val[1]
+    if apart < gap:
+        raise ConfigError(f"data.train_z={list(train)} and data.val_z={list(val)} are {apart} slices apart but "
+                          f"data.gap={gap}; move them apart or lower data.gap")
 
 
 @dataclass
@@ -81,6 +134,8 @@ class OptimConfig:
     def __post_init__(self):
         _check_choice("optim.schedule", self.schedule, SCHEDULES)
         _check_range("optim.lr", self.lr, 0.0, None, low_open=True)
+        if self.d_lr is not None:
+            _check_range("optim.d_lr", self.d_lr, 0.0, None)
         _check_range("optim.warmup", self.warmup, 0.0, 1.0, high_open=True)
         _check_range("optim.min_lr_ratio", self.min_lr_ratio, 0.0, 1.0)
 
@@ -90,6 +145,9 @@ class LossConfig:
     name: str = "ce+dice"  # ce, dice, or ce+dice
     class_weights: list[float] | None = None
     adversarial_weight: float = 0.05  # Pix2Pix: lambda in seg_loss + lambda * adversarial
+
+    def __post_init__(self):  # the name and class weights are checked by create_loss (train/losses.py)
+        _check_range("loss.adversarial_weight", self.adversarial_weight, 0.0, None)
 
 
 @dataclass
@@ -109,6 +167,10 @@ class TrainConfig:
     select_tpb_weight: float = 0.1  # dice+tpb score = mean Dice - weight * |TPB ratio - 1|
 
     def __post_init__(self):
+        if self.workers < 1 or self.batch_size < 1 or self.epochs < 1:
+            raise ConfigError("train.workers, train.batch_size and train.epochs must be >= 1; "
+                              f"got {self.workers}, {self.batch_size}, {self.epochs}")
+        _check_range("train.max_failures", self.max_failures, 0, None)
         _check_choice("train.select", self.select, SELECT)
         _check_range("train.ema_decay", self.ema_decay, 0.0, 1.0, high_open=True)
         _check_range("train.select_tpb_weight", self.select_tpb_weight, 0.0, None)
@@ -128,6 +190,19 @@ class TuneConfig:
     max_concurrent: int = 0  # 0: as many trials at once as the cluster's CPUs (GPUs) hold
     seed: int | None = None  # seed of the random search (None: different samples each sweep)
 
+    def __post_init__(self):
+        if self.scheduler not in TUNE_SCHEDULERS:
+            raise UnknownNameError("tune scheduler", self.scheduler, TUNE_SCHEDULERS, where="tune.scheduler")
+        if self.mode not in ("max", "min"):
+            raise UnknownNameError("tune mode", self.mode, ("max", "min"), where="tune.mode")
+        if self.num_samples < 1 or self.grace_period < 1 or self.reduction_factor < 2 or self.max_concurrent < 0:
+            raise ConfigError("tune.num_samples and tune.grace_period must be >= 1, tune.reduction_factor >= 2 and "
+                              f"tune.max_concurrent >= 0; got {self.num_samples}, {self.grace_period}, "
+                              f"{self.reduction_factor}, {self.max_concurrent}")
+        metrics = ("val_mean_dice", "val_accuracy", "val_mean_iou", "train_loss", "best_mean_dice")
+        if not (self.metric.startswith("val_") or self.metric.startswith("train_") or self.metric in metrics):
+            raise UnknownNameError("tune metric", self.metric, metrics, where="tune.metric")
+
 
 @dataclass
 class Config:
@@ -145,6 +220,8 @@ class Config:
 
 
 SCHEDULES = ("constant", "cosine", "onecycle")
+TUNE_SCHEDULERS = ("asha", "fifo")
+AXIS_CHOICES = ("z", "y", "x", "any")  # data.axis: the slicing axis of training patches, or any
 SELECT = ("dice", "dice+tpb")
 VAL_MODES = ("patches", "slab")
 
@@ -291,7 +368,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     try:
         return config_from_dict(values, cls)
     except UnknownNameError as exc:
-        if path is not None:
+        if path is not None and exc.kind == "config key":
             raise UnknownNameError("config key", exc.name, exc.valid, where=str(path)) from None
         raise
 

@@ -54,7 +54,7 @@ class UnknownNameError(XtrainError, ValueError):
 
     def __init__(self, kind: str, name: str, valid: Iterable[str], where: str = ""):
         valid = sorted(valid)
-        self.name, self.valid = name, valid
+        self.kind, self.name, self.valid = kind, name, valid
         close = difflib.get_close_matches(name, valid, n=1, cutoff=0.5)
         hint = f"did you mean '{close[0]}'?" if close else f"valid: {', '.join(valid)}"
         loc = f" in {where}" if where else ""

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from xtrain.errors import LabelValueError, ShapeMismatchError
-from xtrain.evaluate.metrics import ConfusionMatrix, allreduce_confusion, confusion_matrix, scores
+from xtrain.evaluate.metrics import ConfusionMatrix, confusion_matrix, scores
 
 
 def _dense_reference(pred, truth, k, ignore=None):
@@ -113,24 +113,3 @@ def test_bad_inputs():
         confusion_matrix(np.array([0, 1]), np.array([0, 255]), 3)  # 255 not declared ignored
     with pytest.raises(ShapeMismatchError):
         scores(np.zeros((3, 3)), ["a", "b"])
-
-
-def test_allreduce_without_process_group_is_identity():
-    m = np.arange(9).reshape(3, 3)
-    assert np.array_equal(allreduce_confusion(m), m)
-
-
-def test_allreduce_in_a_process_group(tmp_path):
-    # one gloo worker in this process (a 2-process spawn costs ~10 s of torch imports):
-    # checks the collective path (tensor round trip, dtype); summing is all_reduce's job
-    import torch.distributed as dist
-
-    assert not dist.is_initialized()
-    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'pg'}", rank=0, world_size=1)
-    try:
-        m = np.arange(9, dtype=np.int32).reshape(3, 3)
-        out = allreduce_confusion(m)
-        assert out.dtype == np.int64 and np.array_equal(out, m)
-        assert m[2, 2] == 8  # the input is not modified in place
-    finally:
-        dist.destroy_process_group()

@@ -21,7 +21,8 @@ from xtrain.cli import main
 from xtrain.errors import RunStateError, SettingsMismatchError
 from xtrain.runtime import StopRequest
 from xtrain.models.checkpoint import load_checkpoint
-from xtrain.train.ray_trainer import PIDS, read_status, train
+from xtrain.train.ray_trainer import train
+from xtrain.train.run_dir import PIDS, read_status
 
 pytestmark = pytest.mark.slow
 

@@ -21,7 +21,7 @@ from xtrain.cli import main
 from xtrain.config import load_config
 from xtrain.errors import RunStateError
 from xtrain.runtime import StopRequest
-from xtrain.train.ray_trainer import read_status
+from xtrain.train.run_dir import read_status
 from xtrain.tune.sweep import sweep
 
 pytestmark = pytest.mark.slow

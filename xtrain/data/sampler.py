@@ -48,7 +48,7 @@ import numpy as np
 import torch
 from torch.utils.data import BatchSampler, DataLoader, Dataset, Sampler
 
-from ..config import DataConfig
+from ..config import DataConfig, check_slabs_apart
 from ..errors import ConfigError, InvalidInputError
 from .chunkcache import CachedArray, read_unit
 from ..geometry import reflect
@@ -58,7 +58,6 @@ from .volumes import Volume, open_volume
 log = logging.getLogger(__name__)
 
 AXES = ("z", "y", "x")
-AXIS_CHOICES = AXES + ("any",)
 
 # Start method of DataLoader workers.  fork, forkserver and spawn all gave identical items
 # with zarr 3.1 (zarr resets its IO loop and locks in a forked child, and the dataset reopens
@@ -81,14 +80,6 @@ class Split:
     val: tuple[int, int]
 
 
-def _slab(value: list[int] | None, key: str) -> tuple[int, int] | None:
-    if value is None:
-        return None
-    if len(value) != 2:
-        raise ConfigError(f"data.{key}={list(value)} must be [start, stop); e.g. --set data.{key}=[0,200]")
-    return int(value[0]), int(value[1])
-
-
 def split_regions(depth: int, cfg: DataConfig) -> Split:
     """Training and validation z-slabs of a volume ``depth`` slices deep.
 
@@ -98,15 +89,11 @@ def split_regions(depth: int, cfg: DataConfig) -> Split:
     sub-slab rather than scattered slices, because scattered slices would be near-copies of
     their left-out neighbours (a "25 %" subset that is really most of the information), and
     because the subsets nest (0.25 inside 0.5 inside 1.0), so data-size studies add data.
+    The settings themselves are checked by ``DataConfig``; here only what needs ``depth``.
     """
-    if not 0.0 < cfg.fraction <= 1.0:
-        raise ConfigError(f"data.fraction={cfg.fraction} must be in (0, 1]; e.g. --set data.fraction=0.25")
-    if cfg.gap < 0:
-        raise ConfigError(f"data.gap={cfg.gap} must be >= 0; e.g. --set data.gap=4")
-    train, val = _slab(cfg.train_z, "train_z"), _slab(cfg.val_z, "val_z")
+    train = (int(cfg.train_z[0]), int(cfg.train_z[1])) if cfg.train_z is not None else None
+    val = (int(cfg.val_z[0]), int(cfg.val_z[1])) if cfg.val_z is not None else None
     if val is None:
-        if not 0.0 < cfg.val_fraction < 1.0:
-            raise ConfigError(f"data.val_fraction={cfg.val_fraction} must be in (0, 1); e.g. --set data.val_fraction=0.2")
         n_val = max(1, int(round(depth * cfg.val_fraction)))
         val = (depth - n_val, depth)
     if train is None:
@@ -117,18 +104,9 @@ def split_regions(depth: int, cfg: DataConfig) -> Split:
                 f"training slices; lower data.val_fraction or data.gap, or set data.train_z/data.val_z"
             )
     for name, (z0, z1) in (("train_z", train), ("val_z", val)):
-        if z0 >= z1:
-            raise ConfigError(f"data.{name}={[z0, z1]} is empty; give [start, stop) with start < stop")
         if z0 < 0 or z1 > depth:
             raise ConfigError(f"data.{name}={[z0, z1]} is outside the volume's z range [0, {depth}); set it within")
-    if train[0] < val[1] and val[0] < train[1]:
-        raise ConfigError(f"data.train_z={list(train)} and data.val_z={list(val)} overlap; make them disjoint")
-    apart = val[0] - train[1] if train[1] <= val[0] else train[0] - val[1]
-    if apart < cfg.gap:
-        raise ConfigError(
-            f"data.train_z={list(train)} and data.val_z={list(val)} are {apart} slices apart but data.gap={cfg.gap}; "
-            f"move them apart or lower data.gap"
-        )
+    check_slabs_apart(train, val, cfg.gap)
     if cfg.fraction < 1.0:
         keep = max(1, int(round((train[1] - train[0]) * cfg.fraction)))
         train = (train[0], train[0] + keep)
@@ -154,21 +132,11 @@ def _read(array: Any, index: list[np.ndarray]) -> np.ndarray:
     return block[np.ix_(*local)]
 
 
-def _check_sampling(cfg: DataConfig) -> None:
-    if cfg.patch < 1:
-        raise ConfigError(f"data.patch={cfg.patch} must be a positive number of pixels; e.g. --set data.patch=64")
-    if cfg.slices < 1 or cfg.slices % 2 == 0:
-        raise ConfigError(f"data.slices={cfg.slices} must be odd (centre slice plus neighbours); e.g. --set data.slices=3")
-    if cfg.axis not in AXIS_CHOICES:
-        raise ConfigError(f"data.axis='{cfg.axis}' is not one of {', '.join(AXIS_CHOICES)}; e.g. --set data.axis=z")
-
-
 class _StorePatches(Dataset):
     """Common part: the store's image and labels through the volume layer, reopened per process,
     region checks, the patch read."""
 
     def __init__(self, store_path: str | os.PathLike, cfg: DataConfig, region: tuple[int, int]):
-        _check_sampling(cfg)
         self.store_path = str(store_path)
         self.cfg = cfg
         # validated now, in the constructing process (metadata only): a labelled xtrain store
@@ -281,11 +249,6 @@ class RandomPatches(_StorePatches):
                 f"data.samples_per_epoch={cfg.samples_per_epoch} is less than one per worker ({world_size} workers); "
                 f"raise data.samples_per_epoch"
             )
-        aug = cfg.augment
-        if not 0.0 <= aug.noise_fraction <= 1.0 or aug.noise_std < 0:
-            raise ConfigError(
-                f"data.augment.noise_fraction={aug.noise_fraction} must be in [0, 1] and noise_std={aug.noise_std} >= 0"
-            )
 
     def set_epoch(self, epoch: int, start: int = 0) -> None:
         """Select the epoch's samples; call before ``iter(loader)`` (``EpochSampler`` reads it then).
@@ -307,17 +270,21 @@ class RandomPatches(_StorePatches):
         if not 0 <= i < self.length:
             raise IndexError(f"index {i} out of range for {self.length} samples")
         rng = np.random.default_rng([self.seed, epoch, self.global_index(i)])
-        cfg = self.cfg
-        # geometry: slicing axis, centre slice, window starts in the patch plane
-        drawn_axis = int(rng.integers(3))
-        axis = drawn_axis if cfg.axis == "any" else AXES.index(cfg.axis)
-        centre = int(rng.integers(*self._bounds(axis)))
-        starts = tuple(_window_start(rng, *self._bounds(a), cfg.patch) for a in range(3) if a != axis)
+        axis, centre, starts = self._geometry(rng)
         raw, labels = self._patch(axis, centre, starts)  # (C, P, P), (P, P)
         image = normalize(raw, self.stats)
         if self.train:
             image, labels = self._augment(rng, image, labels)
         return self._tensors(image, labels)
+
+    def _geometry(self, rng: np.random.Generator) -> tuple[int, int, tuple[int, int]]:
+        """Dense labels: slicing axis, centre slice and in-plane window starts, uniformly in the region."""
+        cfg = self.cfg
+        drawn_axis = int(rng.integers(3))
+        axis = drawn_axis if cfg.axis == "any" else AXES.index(cfg.axis)
+        centre = int(rng.integers(*self._bounds(axis)))
+        starts = tuple(_window_start(rng, *self._bounds(a), cfg.patch) for a in range(3) if a != axis)
+        return axis, centre, starts  # type: ignore[return-value]
 
     def _augment(self, rng: np.random.Generator, image: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         aug = self.cfg.augment
@@ -359,8 +326,6 @@ class GridPatches(_StorePatches):
         super().__init__(store_path, cfg, region)
         if not 0 <= rank < world_size:
             raise ConfigError(f"rank {rank} is not in [0, world_size={world_size})")
-        if cfg.val_patches < 1:
-            raise ConfigError(f"data.val_patches={cfg.val_patches} must be >= 1; e.g. --set data.val_patches=256")
         self.rank, self.world_size = rank, world_size
         z0, z1 = self.region
         ys, xs = _tile_starts(self.shape[1], cfg.patch), _tile_starts(self.shape[2], cfg.patch)

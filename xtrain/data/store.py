@@ -125,13 +125,6 @@ class Store:
         """The root group's attributes ("ome", "xtrain")."""
         return dict(zarr.open_group(str(self.path), mode="r").attrs)
 
-    def dask_labels(self):
-        import dask.array as da
-
-        if self.labels is None:
-            return None
-        return da.from_zarr(self.labels, chunks=self.labels.shards or self.labels.chunks)
-
 
 def _open_group(path: Path, mode: str, what: str) -> tuple[zarr.Group, StoreInfo]:
     if not path.exists():

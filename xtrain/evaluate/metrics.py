@@ -3,14 +3,13 @@
     cm = ConfusionMatrix(num_classes=3, ignore_index=255)
     for pred, truth in batches:              # label arrays (numpy or torch), any equal shapes
         cm.update(pred, truth)
-    matrix = allreduce_confusion(cm.matrix)  # sum over DDP workers (no-op when not distributed)
-    s = scores(matrix, ["pore", "ysz", "ni"])
+    s = scores(cm.matrix, ["pore", "ysz", "ni"])
     s["mean_dice"], s["per_class"]["ni"]["iou"]
 
 Rows of the (K, K) matrix are the true class, columns the predicted class.  Every score
 is a function of the matrix alone, so summing matrices (over batches, slabs or workers)
 and scoring once gives exactly the scores of the whole volume -- unlike averaging
-per-batch scores.
+per-batch scores (DDP workers sum theirs with ``xtrain.train.distributed.allreduce_confusion``).
 
 Absent classes: a per-class score whose denominator is 0 (e.g. the Dice of a class that
 is neither in the truth nor in the prediction, or the recall of a class missing from
@@ -134,25 +133,6 @@ def scores(matrix: np.ndarray, class_names: Sequence[str] | None = None) -> dict
         "mean_iou": _nanmean([c["iou"] for c in per_class.values()]),
         "per_class": per_class,
     }
-
-
-def allreduce_confusion(matrix: np.ndarray) -> np.ndarray:
-    """Sum ``matrix`` over all workers of the default torch.distributed process group.
-
-    Returns it unchanged (as int64) when torch.distributed is not initialised, so the same
-    code runs in a single process.  Every worker must call it (it is a collective).
-    """
-    import torch
-    import torch.distributed as dist
-
-    matrix = np.asarray(matrix, dtype=np.int64)
-    if not (dist.is_available() and dist.is_initialized()):
-        return matrix
-    t = torch.from_numpy(matrix.copy())
-    if dist.get_backend() == "nccl":  # NCCL reduces only GPU tensors
-        t = t.to(torch.device("cuda", torch.cuda.current_device()))
-    dist.all_reduce(t, op=dist.ReduceOp.SUM)
-    return t.cpu().numpy().astype(np.int64)
 
 
 # ----------------------------------------------------------------------------- per-slice scores

@@ -1,7 +1,8 @@
 """Checkpoints: one dict of states, written atomically, and the network they hold.
 
     last.pt   everything needed to continue training (model + optimiser states, epoch,
-              step, RNG states, resolved config, normalisation statistics, classes)
+              step, resolved config, normalisation statistics, classes; no RNG states: resume
+              reseeds every step from (seed, epoch, rank, step), train/distributed.seed_step)
     model.pt  everything inference needs and nothing else: model name + kwargs + weights,
               normalisation statistics, classes, config and validation metrics
 
@@ -18,12 +19,10 @@ from __future__ import annotations
 import hashlib
 import io
 import os
-import random
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 from .. import __version__
@@ -34,10 +33,6 @@ from .registry import create_model
 FORMAT = 1
 INFERENCE_KEYS = ("format", "kind", "model_name", "model_kwargs", "model_state", "config", "stats", "classes",
                   "epoch", "metrics", "xtrain_version")
-
-
-def rng_states() -> dict[str, Any]:
-    return {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
 
 
 def save_checkpoint(ckpt: dict[str, Any], path: str | os.PathLike) -> Path:
@@ -63,7 +58,7 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     if not path.is_file():
         raise InputNotFoundError(f"checkpoint '{path}' does not exist; train a model first with 'xtrain train'")
     try:
-        # weights_only=False: our own files hold numpy RNG states and config dicts.
+        # weights_only=False: older last.pt files hold numpy RNG states (no longer written)
         ckpt = torch.load(path, map_location=map_location, weights_only=False)
     except Exception as exc:
         raise CorruptFileError(f"checkpoint '{path}' cannot be read ({type(exc).__name__}: {exc}); "

@@ -1,15 +1,23 @@
-"""The training loop, without Ray: build, train_one_epoch, evaluate, fit.
+"""The training loop, without Ray: build a run, then train_one_epoch and evaluate, epoch by epoch.
 
-``fit`` is what every Ray Train worker runs (see ray_trainer.py), and what the tests run
-in-process with world_size=1.  Distributed behaviour comes only from torch.distributed:
-when a process group is initialised the model is wrapped in DistributedDataParallel and
-the validation confusion matrix is summed across ranks.
+    run = build_run(cfg, ctx, resume)          # nets, optimisers, schedulers, EMA, loss, loaders, validation
+    for epoch in range(run.start_epoch, cfg.train.epochs):
+        result = train_one_epoch(run, ctx, epoch, start_step)
+        matrix, extra = validate(run, ctx)
+        ...                                    # metrics row, model.pt, last.pt (rank 0)
+
+The shape of torchvision's references/classification/train.py: ``main`` builds everything,
+then loops over ``train_one_epoch`` and ``evaluate``; no closure holds state.  ``fit`` is what
+every Ray Train worker runs (see ray_trainer.py), and what the tests run in-process with
+world_size=1.  Distributed behaviour comes only from torch.distributed (distributed.py): when a
+process group is initialised the model is wrapped in DistributedDataParallel and the
+validation confusion matrix is summed across ranks.  What RUN_DIR holds: run_dir.py.
 
 Determinism: the data of every step is a pure function of (seed, epoch, global sample
 index) (see data/sampler.py), and the torch RNG (dropout) is reseeded from
 (seed, epoch, rank, step) before every step.  A run stopped at any step boundary and
 resumed from its checkpoint therefore takes exactly the same steps as one that never
-stopped.
+stopped, and no RNG state needs saving.
 """
 
 from __future__ import annotations
@@ -22,30 +30,27 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
-import torch.distributed as dist
-import torch.nn.functional as F
 from torch import nn
+from torch.optim.lr_scheduler import LRScheduler
+from torch.optim.swa_utils import AveragedModel
+from torch.utils.data import DataLoader
 
 from ..config import Config, config_to_dict
-from ..data.sampler import GridPatches, RandomPatches, patch_loader, split_regions
-from ..io import read_csv, write_csv
+from ..data.sampler import GridPatches, RandomPatches, Split, patch_loader, split_regions
 from ..data.store import open_store
 from ..errors import ConfigError, InvalidInputError
-from .losses import create_loss
-from ..malloc import keep_freed_memory
-from ..evaluate.metrics import ConfusionMatrix, allreduce_confusion, scores
+from ..evaluate.metrics import ConfusionMatrix, scores
 from ..models import create_model, model_kwargs
-from ..models.checkpoint import base_checkpoint, inference_checkpoint, rng_states, save_checkpoint
-from .recipe import convert_sync_batchnorm, has_batchnorm, load_scheduler_states, make_ema, make_schedulers
+from ..models.checkpoint import base_checkpoint, inference_checkpoint, save_checkpoint
+from .distributed import allreduce_confusion, any_rank, convert_sync_batchnorm, has_batchnorm, is_distributed, \
+    seed_step, unwrap, wrap
+from .losses import create_loss, one_hot
+from .recipe import load_scheduler_states, make_ema, make_schedulers
+from .run_dir import BEST, LAST, write_metrics_row
 from .validate import ValidationSlab, selection_score
 
 log = logging.getLogger(__name__)
-
-LAST = "last.pt"
-BEST = "model.pt"
-METRICS = "metrics.csv"
 
 
 @dataclass
@@ -81,46 +86,17 @@ def resolved_model_kwargs(cfg: Config, in_channels: int, num_classes: int) -> di
 
 
 def build_optimizers(model: nn.Module, cfg: Config) -> dict[str, torch.optim.Optimizer]:
-    """One Adam per trained network: Pix2Pix gets separate generator/discriminator optimisers."""
+    """One Adam per trained network: Pix2Pix gets separate generator/discriminator optimisers
+    (``optim.d_lr`` for the discriminator; None: ``optim.lr``, and 0.0 means 0.0)."""
     o = cfg.optim
 
     def adam(params, lr: float) -> torch.optim.Optimizer:
         return torch.optim.Adam(params, lr=lr, betas=(o.beta1, o.beta2), weight_decay=o.weight_decay)
 
     if is_gan(model):
-        return {
-            "generator": adam(model.generator.parameters(), o.lr),
-            "discriminator": adam(model.discriminator.parameters(), o.d_lr or o.lr),
-        }
+        return {"generator": adam(model.generator.parameters(), o.lr),
+                "discriminator": adam(model.discriminator.parameters(), o.lr if o.d_lr is None else o.d_lr)}
     return {"model": adam(model.parameters(), o.lr)}
-
-
-def wrap_distributed(module: nn.Module, device: torch.device) -> nn.Module:
-    if not (dist.is_available() and dist.is_initialized()):
-        return module
-    ids = [device.index] if device.type == "cuda" else None
-    return nn.parallel.DistributedDataParallel(module, device_ids=ids)
-
-
-def unwrap(module: nn.Module) -> nn.Module:
-    return module.module if isinstance(module, nn.parallel.DistributedDataParallel) else module
-
-
-def seed_step(seed: int, epoch: int, rank: int, step: int) -> None:
-    """Reseed torch's RNG (dropout, etc.) from the step's coordinates: resume is exact."""
-    torch.manual_seed(int(np.random.SeedSequence([seed, epoch, rank, step]).generate_state(1)[0]))
-
-
-def any_rank(flag: bool, device: torch.device) -> bool:
-    """True on every rank if ``flag`` is true on any rank (keeps DDP ranks in lockstep)."""
-    if not (dist.is_available() and dist.is_initialized()):
-        return flag
-    t = torch.tensor([1.0 if flag else 0.0], device=device)
-    dist.all_reduce(t, op=dist.ReduceOp.MAX)
-    return bool(t.item() > 0)
-
-
-# ----------------------------------------------------------------------------- one epoch
 
 
 @dataclass
@@ -135,8 +111,100 @@ class Nets:
 def make_nets(model: nn.Module, device: torch.device) -> Nets:
     model.to(device)
     if is_gan(model):
-        return Nets(model, wrap_distributed(model.generator, device), wrap_distributed(model.discriminator, device))
-    return Nets(model, wrap_distributed(model, device), None)
+        return Nets(model, wrap(model.generator, device), wrap(model.discriminator, device))
+    return Nets(model, wrap(model, device), None)
+
+
+@dataclass
+class Run:
+    """Everything one worker trains with (``build_run``), and where the run stands."""
+
+    cfg: Config
+    nets: Nets
+    optimizers: dict[str, torch.optim.Optimizer]
+    schedulers: dict[str, LRScheduler]
+    ema: AveragedModel | None
+    loss_fn: nn.Module
+    train_set: RandomPatches
+    train_loader: DataLoader
+    val_loader: DataLoader | None  # data.val_mode "patches": the z-plane patch grid
+    val_slab: ValidationSlab | None  # data.val_mode "slab": whole planes
+    split: Split
+    classes: list[str]
+    stats: dict[str, Any]  # the normalisation the patches get (the store's statistics)
+    model_kwargs: dict[str, Any]
+    start_epoch: int = 0
+    start_step: int = 0  # steps of start_epoch done before a resume
+    global_step: int = 0
+    best: float = -math.inf  # best selection score so far (validate.selection_score)
+    best_dice: float = -1.0
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+
+def build_validation(cfg: Config, split: Split, stats: dict[str, Any], ctx: WorkerContext) -> dict[str, Any]:
+    """The Run fields of validation: the z-plane patch grid or the whole-plane slab."""
+    out: dict[str, Any] = {"val_loader": None, "val_slab": None}
+    if cfg.data.val_mode == "slab":
+        out["val_slab"] = ValidationSlab(cfg.data.store, split.val, stats)
+    else:
+        val_set = GridPatches(cfg.data.store, cfg.data, split.val, rank=ctx.rank, world_size=ctx.world_size)
+        out["val_loader"] = patch_loader(val_set, cfg.train.batch_size, cfg.data.loader_workers)
+    return out
+
+
+def build_run(cfg: Config, ctx: WorkerContext, resume: dict[str, Any] | None = None) -> Run:
+    """Build the run of ``cfg`` on this worker, from ``resume`` (a last.pt dict) when given."""
+    store = open_store(cfg.data.store)
+    classes = list(store.info.classes)
+    split = split_regions(store.shape[0], cfg.data)
+    torch.manual_seed(cfg.train.seed)  # same initial weights on every rank (DDP also broadcasts)
+    model = build_model(cfg, cfg.data.slices, len(classes))
+    optimizers = build_optimizers(model, cfg)
+    if resume is not None:
+        model.load_state_dict(resume["model_state"])
+        for name, opt in optimizers.items():
+            opt.load_state_dict(resume["optimizer_states"][name])
+    if cfg.train.sync_bn and ctx.world_size > 1 and is_distributed() and has_batchnorm(model):
+        model = convert_sync_batchnorm(model, ctx.device)  # BN statistics of the global batch
+    nets = make_nets(model, ctx.device)
+    train_set = RandomPatches(cfg.data.store, cfg.data, split.train, rank=ctx.rank, world_size=ctx.world_size,
+                              seed=cfg.train.seed, train=True)
+    total_steps = cfg.train.epochs * math.ceil(len(train_set) / cfg.train.batch_size)
+    run = Run(cfg=cfg, nets=nets, optimizers=optimizers, schedulers=make_schedulers(optimizers, cfg.optim, total_steps),
+              ema=make_ema(nets.model, cfg.train.ema_decay, cfg.train.ema_warmup),
+              loss_fn=create_loss(cfg.loss.name, class_weights=cfg.loss.class_weights).to(ctx.device),
+              train_set=train_set, train_loader=patch_loader(train_set, cfg.train.batch_size, cfg.data.loader_workers),
+              **build_validation(cfg, split, store.info.stats, ctx), split=split, classes=classes,
+              stats=store.info.stats, model_kwargs=resolved_model_kwargs(cfg, cfg.data.slices, len(classes)))
+    if resume is not None:
+        restore_progress(run, resume, total_steps)
+    return run
+
+
+def restore_progress(run: Run, resume: dict[str, Any], total_steps: int) -> None:
+    """EMA, schedulers and counters of a last.pt (the weights and optimisers are loaded by build_run)."""
+    if run.ema is not None:
+        if "ema_state" not in resume:
+            raise ConfigError("the checkpoint has no EMA weights but train.ema_decay > 0; resume with the "
+                              "train.ema_decay the run started with")
+        run.ema.load_state_dict(resume["ema_state"])
+    load_scheduler_states(run.schedulers, resume.get("scheduler_states"), total_steps)
+    run.start_epoch, run.start_step = int(resume["epoch"]), int(resume.get("epoch_step", 0))
+    run.global_step, run.best_dice = int(resume["step"]), float(resume.get("best_mean_dice", -1.0))
+    run.best = float(resume.get("best_score", run.best_dice))
+
+
+def eval_network(run: Run) -> nn.Module:
+    """The network validation and model.pt use: the EMA weights when on (never DDP-wrapped), the
+    generator of a Pix2Pix."""
+    net = run.ema.module if run.ema is not None else run.nets.model
+    return net.generator if is_gan(net) else net
+
+
+# ----------------------------------------------------------------------------- one step, one epoch
 
 
 def _autocast(device: torch.device, enabled: bool):
@@ -144,8 +212,12 @@ def _autocast(device: torch.device, enabled: bool):
 
 
 def train_step(nets: Nets, optimizers: dict[str, torch.optim.Optimizer], loss_fn: nn.Module, image: torch.Tensor,
-               label: torch.Tensor, cfg: Config, amp: bool) -> dict[str, float]:
-    """One optimisation step on a batch: image (B, C, P, P) float32, label (B, P, P) int64."""
+               label: torch.Tensor, adversarial_weight: float, amp: bool) -> dict[str, float]:
+    """One optimisation step on a batch: image (B, C, P, P) float32, label (B, P, P) int64.
+
+    Pix2Pix: the discriminator sees (image, one-hot truth) against (image, generated
+    probabilities); at unlabelled pixels (``IGNORE``) both are all-zero, so no term treats
+    an unlabelled pixel as a class."""
     device = image.device
     if nets.discriminator is None:
         opt = optimizers["model"]
@@ -162,23 +234,31 @@ def train_step(nets: Nets, optimizers: dict[str, torch.optim.Optimizer], loss_fn
     g_opt, d_opt = optimizers["generator"], optimizers["discriminator"]
     with _autocast(device, amp):
         logits = nets.segmenter(image)  # generator, (B, K, P, P)
-    probs = torch.softmax(logits.float(), dim=1)
-    real = F.one_hot(label.clamp(0, probs.shape[1] - 1), probs.shape[1]).permute(0, 3, 1, 2).float()
+    real, valid = one_hot(label, logits.shape[1])  # (B, K, P, P), (B, 1, P, P): unlabelled pixels all-zero
+    fake = torch.softmax(logits.float(), dim=1) * valid
     # Discriminator: real (image, true mask) pairs against (image, generated probabilities).
     d_opt.zero_grad(set_to_none=True)
     with _autocast(device, amp):
-        d_loss = discriminator_loss(nets.discriminator, image, real, probs.detach())
+        d_loss = discriminator_loss(nets.discriminator, image, real, fake.detach())
     d_loss.float().backward()
     d_opt.step()
     # Generator: segmentation loss + lambda * fool the (unwrapped: no gradient all-reduce) discriminator.
     g_opt.zero_grad(set_to_none=True)
     with _autocast(device, amp):
-        adv = generator_adversarial_loss(unwrap(nets.discriminator), image, probs)
+        adv = generator_adversarial_loss(unwrap(nets.discriminator), image, fake)
     seg = loss_fn(logits.float(), label)
-    g_loss = seg + cfg.loss.adversarial_weight * adv.float()
+    g_loss = seg + adversarial_weight * adv.float()
     g_loss.backward()
     g_opt.step()
     return {"loss": float(seg.detach()), "g_adv": float(adv.detach()), "d_loss": float(d_loss.detach())}
+
+
+def after_step(run: Run) -> None:
+    """What follows every optimiser step: the lr schedulers and the weight EMA."""
+    for sched in run.schedulers.values():
+        sched.step()
+    if run.ema is not None:
+        run.ema.update_parameters(run.nets.model)
 
 
 @dataclass
@@ -189,34 +269,35 @@ class EpochResult:
     stopped: bool  # a stop was requested: the epoch is incomplete
 
 
-def train_one_epoch(nets: Nets, optimizers: dict[str, torch.optim.Optimizer], loss_fn: nn.Module,
-                    loader: torch.utils.data.DataLoader, cfg: Config, ctx: WorkerContext, epoch: int,
-                    start_step: int = 0, after_step: Callable[[], None] | None = None) -> EpochResult:
-    """Train over ``loader`` (which already skips the first ``start_step`` batches on resume).
-
-    ``after_step()`` runs after every optimiser step (lr schedulers, the weight EMA)."""
-    nets.model.train()
+def train_one_epoch(run: Run, ctx: WorkerContext, epoch: int, start_step: int = 0) -> EpochResult:
+    """Train one epoch from its step ``start_step`` (> 0 on a resume: the loader skips those batches)."""
+    cfg = run.cfg
+    run.train_set.set_epoch(epoch, start=start_step * cfg.train.batch_size)
+    run.nets.model.train()
     sums: dict[str, float] = {}
     n_steps, n_samples = 0, 0
     t0 = time.perf_counter()
-    step = start_step
-    for image, label in loader:
+    step, stopped = start_step, False
+    for image, label in run.train_loader:
         if any_rank(ctx.should_stop(), ctx.device):
-            return EpochResult(step, _rate(n_samples, t0, ctx), _means(sums, n_steps), stopped=True)
+            stopped = True
+            break
         seed_step(cfg.train.seed, epoch, ctx.rank, step)
         image = image.to(ctx.device, non_blocking=True)
         label = label.to(ctx.device, non_blocking=True)
-        for k, v in train_step(nets, optimizers, loss_fn, image, label, cfg, cfg.train.amp).items():
+        losses = train_step(run.nets, run.optimizers, run.loss_fn, image, label, cfg.loss.adversarial_weight,
+                            cfg.train.amp)
+        for k, v in losses.items():
             if not math.isfinite(v):
                 raise FloatingPointError(f"training loss '{k}' became {v} at epoch {epoch + 1}, step {step}; "
                                          "lower optim.lr or check the input data")
             sums[k] = sums.get(k, 0.0) + v
-        if after_step is not None:
-            after_step()
+        after_step(run)
         n_steps += 1
         n_samples += image.shape[0]
         step += 1
-    return EpochResult(step, _rate(n_samples, t0, ctx), _means(sums, n_steps), stopped=False)
+    run.global_step += step - start_step
+    return EpochResult(step, _rate(n_samples, t0, ctx), _means(sums, n_steps), stopped=stopped)
 
 
 def _rate(n_samples: int, t0: float, ctx: WorkerContext) -> float:
@@ -227,9 +308,12 @@ def _means(sums: dict[str, float], n: int) -> dict[str, float]:
     return {k: v / max(n, 1) for k, v in sums.items()}
 
 
+# ----------------------------------------------------------------------------- validation
+
+
 @torch.no_grad()
-def evaluate(segmenter: nn.Module, loader: torch.utils.data.DataLoader, num_classes: int,
-             device: torch.device, amp: bool = True) -> ConfusionMatrix:
+def evaluate(segmenter: nn.Module, loader: DataLoader, num_classes: int, device: torch.device,
+             amp: bool = True) -> ConfusionMatrix:
     """This rank's confusion matrix over its shard of the validation grid (sum it across ranks)."""
     segmenter.eval()
     cm = ConfusionMatrix(num_classes)
@@ -240,18 +324,88 @@ def evaluate(segmenter: nn.Module, loader: torch.utils.data.DataLoader, num_clas
     return cm
 
 
-# ----------------------------------------------------------------------------- metrics file
+def validate(run: Run, ctx: WorkerContext) -> tuple[Any, dict[str, float]]:
+    """The validation confusion matrix (K, K) of all ranks, and the slab's extra scores (TPB ratio,
+    phase-fraction error) in ``val_mode: slab``."""
+    if run.val_slab is not None:  # whole planes; ranks share the planes and gather the labels
+        slab = run.val_slab.evaluate(eval_network(run), run.cfg.data.slices, run.num_classes, run.classes,
+                                     ctx.rank, ctx.world_size, ctx.device)
+        return slab.matrix, {"val_tpb_ratio": slab.tpb_ratio, "val_fraction_error_pp": slab.fraction_error_pp}
+    segmenter = run.nets.segmenter if run.ema is None else eval_network(run)
+    cm = evaluate(segmenter, run.val_loader, run.num_classes, ctx.device, run.cfg.train.amp)
+    return allreduce_confusion(cm.matrix), {}
 
 
-def write_metrics_row(run_dir: Path, row: dict[str, Any]) -> None:
-    """Append an epoch's row (replacing rows of that epoch or later: a resumed run redoes them)."""
-    path = run_dir / METRICS
-    rows = [r for r in read_csv(path) if int(r["epoch"]) < int(row["epoch"])] + [row]
-    write_csv(path, rows)
+def epoch_metrics(run: Run, epoch: int, result: EpochResult, matrix: Any,
+                  extra: dict[str, float]) -> tuple[dict[str, Any], bool]:
+    """The epoch's metrics row, and whether it improved the run's best score (``train.select``;
+    the run's best is updated)."""
+    cfg = run.cfg
+    lr = next(iter(run.optimizers.values())).param_groups[0]["lr"]
+    metrics = {"epoch": epoch + 1, "step": run.global_step, "samples_per_s": round(result.samples_per_s, 2),
+               "lr": lr, **{f"train_{k}": v for k, v in result.losses.items()},
+               **{f"val_{k}": v for k, v in _flat_scores(scores(matrix, run.classes)).items()}, **extra}
+    score = selection_score(metrics, cfg.train.select, cfg.train.select_tpb_weight)
+    improved = score > run.best
+    if improved:
+        run.best, run.best_dice = score, metrics["val_mean_dice"]
+    metrics.update(val_score=score, best_score=run.best, best_mean_dice=run.best_dice)
+    return metrics, improved
 
 
-def read_metrics(path: Path) -> list[dict[str, Any]]:
-    return read_csv(path)
+def _flat_scores(val: dict[str, Any]) -> dict[str, float]:
+    """scores() -> flat {"mean_dice": .., "dice_pore": .., ...} for CSV columns and Ray metrics."""
+    flat = {k: float(v) for k, v in val.items() if k != "per_class"}
+    for cls, values in val["per_class"].items():
+        flat.update({f"{k}_{cls}": float(v) for k, v in values.items() if k != "support"})
+    return flat
+
+
+# ----------------------------------------------------------------------------- checkpoints
+
+
+def make_checkpoint(run: Run, epoch_done: int, epoch_step: int, metrics: dict[str, Any]) -> dict[str, Any]:
+    """last.pt: the weights, optimiser/scheduler/EMA states and where the run stands (no RNG states:
+    every step reseeds from its coordinates)."""
+    cfg = run.cfg
+    return base_checkpoint(
+        model_name=cfg.model.name, model_kwargs=run.model_kwargs, model_state=run.nets.model.state_dict(),
+        optimizer_states={k: o.state_dict() for k, o in run.optimizers.items()},
+        scheduler_states={k: s.state_dict() for k, s in run.schedulers.items()},
+        **({"ema_state": run.ema.state_dict()} if run.ema is not None else {}),
+        epoch=epoch_done, epoch_step=epoch_step, step=run.global_step, config=config_to_dict(cfg),
+        stats=run.stats, classes=run.classes, metrics=metrics, best_mean_dice=run.best_dice, best_score=run.best,
+        split={"train": list(run.split.train), "val": list(run.split.val)}, store=str(cfg.data.store),
+    )
+
+
+def save_epoch(run: Run, run_dir: Path, metrics: dict[str, Any], improved: bool) -> Path:
+    """Rank 0 after an epoch: the metrics row, model.pt when the score improved, last.pt."""
+    ckpt = make_checkpoint(run, metrics["epoch"], 0, metrics)
+    write_metrics_row(run_dir, metrics)
+    if improved:
+        weights = {"model_state": run.ema.module.state_dict()} if run.ema is not None else {}
+        save_checkpoint(inference_checkpoint({**ckpt, **weights}), run_dir / BEST)
+    return save_checkpoint(ckpt, run_dir / LAST)
+
+
+def checkpoint_stop(run: Run, run_dir: Path, ctx: WorkerContext, epoch: int, result: EpochResult) -> dict[str, Any]:
+    """A stop request mid-epoch: rank 0 writes last.pt at the step reached; every rank reports."""
+    metrics = {"epoch": epoch, "step": run.global_step, "stopped": True}
+    path = None
+    if ctx.rank == 0:
+        path = save_checkpoint(make_checkpoint(run, epoch, result.steps, metrics), run_dir / LAST)
+        log.info("stop requested: checkpointed epoch %d step %d to %s", epoch + 1, result.steps, path)
+    if ctx.report:
+        ctx.report(metrics, path)
+    return metrics
+
+
+def log_epoch(run: Run, metrics: dict[str, Any], result: EpochResult, extra: dict[str, float]) -> None:
+    log.info("epoch %d/%d  loss %.4f  val mean Dice %.4f  %s%s  %.1f samples/s", metrics["epoch"],
+             run.cfg.train.epochs, result.losses.get("loss", float("nan")), metrics["val_mean_dice"],
+             "  ".join(f"{c} {metrics.get(f'val_dice_{c}', float('nan')):.3f}" for c in run.classes),
+             "".join(f"  {k[4:]} {v:.3f}" for k, v in extra.items()), result.samples_per_s)
 
 
 # ----------------------------------------------------------------------------- fit
@@ -259,7 +413,8 @@ def read_metrics(path: Path) -> list[dict[str, Any]]:
 
 def preflight(cfg: Config) -> None:
     """Check the data and the model config in the driver, before any worker starts,
-    so that bad input is one clear line instead of a failed worker group."""
+    so that bad input is one clear line instead of a failed worker group.  (The ranges of
+    single settings are checked when the config is built: config.py.)"""
     store = open_store(cfg.data.store)
     if store.labels is None:
         raise InvalidInputError(f"store '{cfg.data.store}' has no labels; training needs a store ingested with "
@@ -267,9 +422,6 @@ def preflight(cfg: Config) -> None:
     split_regions(store.shape[0], cfg.data)
     build_model(cfg, cfg.data.slices, len(store.info.classes))
     create_loss(cfg.loss.name, class_weights=cfg.loss.class_weights)
-    if cfg.train.workers < 1 or cfg.train.batch_size < 1 or cfg.train.epochs < 1:
-        raise ConfigError("train.workers, train.batch_size and train.epochs must be >= 1; "
-                          f"got {cfg.train.workers}, {cfg.train.batch_size}, {cfg.train.epochs}")
 
 
 def fit(cfg: Config, run_dir: str | Path, ctx: WorkerContext | None = None,
@@ -284,132 +436,19 @@ def fit(cfg: Config, run_dir: str | Path, ctx: WorkerContext | None = None,
     """
     ctx = ctx or WorkerContext()
     run_dir = Path(run_dir)
-    keep_freed_memory()  # activations reuse their pages each step instead of faulting them in (malloc.py)
-    store = open_store(cfg.data.store)
-    classes = list(store.info.classes)
-    num_classes = len(classes)
-    split = split_regions(store.shape[0], cfg.data)
-
-    torch.manual_seed(cfg.train.seed)  # same initial weights on every rank (DDP also broadcasts)
-    model = build_model(cfg, cfg.data.slices, num_classes)
-    optimizers = build_optimizers(model, cfg)
-    start_epoch, start_step, global_step = 0, 0, 0
-    best, best_dice = -math.inf, -1.0
-    if resume is not None:
-        model.load_state_dict(resume["model_state"])
-        for name, opt in optimizers.items():
-            opt.load_state_dict(resume["optimizer_states"][name])
-        start_epoch, start_step = int(resume["epoch"]), int(resume.get("epoch_step", 0))
-        global_step, best_dice = int(resume["step"]), float(resume.get("best_mean_dice", -1.0))
-        best = float(resume.get("best_score", best_dice))
-    distributed = ctx.world_size > 1 and dist.is_available() and dist.is_initialized()
-    if cfg.train.sync_bn and distributed and has_batchnorm(model):
-        model = convert_sync_batchnorm(model, ctx.device)  # BN statistics of the global batch
-    nets = make_nets(model, ctx.device)
-    ema = make_ema(nets.model, cfg.train.ema_decay, cfg.train.ema_warmup)
-    if ema is not None and resume is not None:
-        if "ema_state" not in resume:
-            raise ConfigError("the checkpoint has no EMA weights but train.ema_decay > 0; resume with the "
-                              "train.ema_decay the run started with")
-        ema.load_state_dict(resume["ema_state"])
-    loss_fn = create_loss(cfg.loss.name, class_weights=cfg.loss.class_weights).to(ctx.device)
-
-    train_set = RandomPatches(cfg.data.store, cfg.data, split.train, rank=ctx.rank, world_size=ctx.world_size,
-                              seed=cfg.train.seed, train=True)
-    val_set = GridPatches(cfg.data.store, cfg.data, split.val, rank=ctx.rank, world_size=ctx.world_size)
-    train_loader = patch_loader(train_set, cfg.train.batch_size, cfg.data.loader_workers)
-    val_loader = patch_loader(val_set, cfg.train.batch_size, cfg.data.loader_workers)
-    val_slab = ValidationSlab(cfg.data.store, split.val, store.info.stats) if cfg.data.val_mode == "slab" else None
-    total_steps = cfg.train.epochs * math.ceil(len(train_set) / cfg.train.batch_size)
-    schedulers = make_schedulers(optimizers, cfg.optim, total_steps)
-    if resume is not None:
-        load_scheduler_states(schedulers, resume.get("scheduler_states"), total_steps)
-
-    def after_step() -> None:
-        for sched in schedulers.values():
-            sched.step()
-        if ema is not None:
-            ema.update_parameters(nets.model)
-
-    def eval_segmenter() -> nn.Module:
-        """The network validation and model.pt use: the EMA weights when on (never DDP-wrapped)."""
-        net = ema.module if ema is not None else nets.model
-        return net.generator if is_gan(net) else net
-    resolved = config_to_dict(cfg)
-    kwargs = resolved_model_kwargs(cfg, cfg.data.slices, num_classes)
-
-    def checkpoint(epoch_done: int, epoch_step: int, metrics: dict[str, Any]) -> dict[str, Any]:
-        return base_checkpoint(
-            model_name=cfg.model.name, model_kwargs=kwargs, model_state=nets.model.state_dict(),
-            optimizer_states={k: o.state_dict() for k, o in optimizers.items()},
-            scheduler_states={k: s.state_dict() for k, s in schedulers.items()},
-            **({"ema_state": ema.state_dict()} if ema is not None else {}),
-            epoch=epoch_done, epoch_step=epoch_step, step=global_step, rng=rng_states(), config=resolved,
-            stats=store.info.stats, classes=classes, metrics=metrics, best_mean_dice=best_dice, best_score=best,
-            split={"train": list(split.train), "val": list(split.val)}, store=str(cfg.data.store),
-        )
-
+    run = build_run(cfg, ctx, resume)
     metrics: dict[str, Any] = {}
-    for epoch in range(start_epoch, cfg.train.epochs):
-        skip = start_step if epoch == start_epoch else 0  # steps already done before a resume
-        train_set.set_epoch(epoch, start=skip * cfg.train.batch_size)
-        result = train_one_epoch(nets, optimizers, loss_fn, train_loader, cfg, ctx, epoch, start_step=skip,
-                                 after_step=after_step)
-        global_step += result.steps - skip
+    for epoch in range(run.start_epoch, cfg.train.epochs):
+        result = train_one_epoch(run, ctx, epoch, run.start_step if epoch == run.start_epoch else 0)
         if result.stopped:
-            metrics = {"epoch": epoch, "step": global_step, "stopped": True}
-            path = None
-            if ctx.rank == 0:
-                path = save_checkpoint(checkpoint(epoch, result.steps, metrics), run_dir / LAST)
-                log.info("stop requested: checkpointed epoch %d step %d to %s", epoch + 1, result.steps, path)
-            if ctx.report:
-                ctx.report(metrics, path)
-            return metrics
-
-        extra: dict[str, float] = {}
-        if val_slab is not None:  # whole planes; ranks share the planes and gather the labels
-            slab = val_slab.evaluate(eval_segmenter(), cfg.data.slices, num_classes, classes, ctx.rank,
-                                     ctx.world_size, ctx.device)
-            matrix = slab.matrix
-            extra = {"val_tpb_ratio": slab.tpb_ratio, "val_fraction_error_pp": slab.fraction_error_pp}
-        else:
-            segmenter = nets.segmenter if ema is None else eval_segmenter()
-            matrix = allreduce_confusion(evaluate(segmenter, val_loader, num_classes, ctx.device,
-                                                  cfg.train.amp).matrix)
-        val = scores(matrix, classes)
-        lr = next(iter(optimizers.values())).param_groups[0]["lr"]
-        metrics = {"epoch": epoch + 1, "step": global_step, "samples_per_s": round(result.samples_per_s, 2),
-                   "lr": lr, **{f"train_{k}": v for k, v in result.losses.items()},
-                   **{f"val_{k}": v for k, v in _flat_scores(val).items()}, **extra}
-        score = selection_score(metrics, cfg.train.select, cfg.train.select_tpb_weight)
-        improved = score > best
-        if improved:
-            best, best_dice = score, metrics["val_mean_dice"]
-        metrics["val_score"] = score
-        metrics["best_score"] = best
-        metrics["best_mean_dice"] = best_dice
-        path = None
+            return checkpoint_stop(run, run_dir, ctx, epoch, result)
+        matrix, extra = validate(run, ctx)
+        metrics, improved = epoch_metrics(run, epoch, result, matrix, extra)
+        path = save_epoch(run, run_dir, metrics, improved) if ctx.rank == 0 else None
         if ctx.rank == 0:
-            ckpt = checkpoint(epoch + 1, 0, metrics)
-            write_metrics_row(run_dir, metrics)
-            if improved:
-                weights = {"model_state": ema.module.state_dict()} if ema is not None else {}
-                save_checkpoint(inference_checkpoint({**ckpt, **weights}), run_dir / BEST)
-            path = save_checkpoint(ckpt, run_dir / LAST)
-            log.info("epoch %d/%d  loss %.4f  val mean Dice %.4f  %s%s  %.1f samples/s", epoch + 1,
-                     cfg.train.epochs, result.losses.get("loss", float("nan")), metrics["val_mean_dice"],
-                     "  ".join(f"{c} {metrics.get(f'val_dice_{c}', float('nan')):.3f}" for c in classes),
-                     "".join(f"  {k[4:]} {v:.3f}" for k, v in extra.items()), result.samples_per_s)
+            log_epoch(run, metrics, result, extra)
         if ctx.report:
             ctx.report(metrics, path)
         if epoch + 1 < cfg.train.epochs and any_rank(ctx.should_stop(), ctx.device):
             return {**metrics, "stopped": True}  # epoch finished and checkpointed: stop here
     return metrics
-
-
-def _flat_scores(val: dict[str, Any]) -> dict[str, float]:
-    """scores() -> flat {"mean_dice": .., "dice_pore": .., ...} for CSV columns and Ray metrics."""
-    flat = {k: float(v) for k, v in val.items() if k != "per_class"}
-    for cls, values in val["per_class"].items():
-        flat.update({f"{k}_{cls}": float(v) for k, v in values.items() if k != "support"})
-    return flat

@@ -2,8 +2,8 @@
 
     xtrain train --config configs/unet.yaml --data soc.zarr --out runs/unet --workers 2
 
-Everything that is not Ray lives in loop.py.  This module only
-  * prepares RUN_DIR (refusing to clobber a finished run; ``--resume`` must be explicit),
+Everything that is not Ray lives in loop.py, and the run directory's rules in run_dir.py.  This module only
+  * prepares RUN_DIR (``run_dir.prepare_run_dir``: refusing to clobber a run; ``--resume`` must be explicit),
   * joins the connected Ray or starts one for the run (``runtime.ray_session``),
   * builds a ``TorchTrainer`` (gloo on CPU, NCCL on GPU) with a ``FailureConfig`` so a dead
     worker is restarted from the last reported checkpoint,
@@ -19,7 +19,6 @@ deprecated; with ``FailureConfig(max_failures=0)`` ``fit()`` raises ``WorkerGrou
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import socket
@@ -31,89 +30,20 @@ from collections.abc import Callable
 from typing import Any
 
 from .. import runtime
-from ..io import atomic_write, disk_full_cause, disk_full_error
-from ..config import Config, config_from_dict, config_to_dict, describe_differences, differences, save_config
-from ..errors import DiskFullError, RunStateError, SettingsMismatchError, XtrainError
+from ..io import disk_full_cause, disk_full_error
+from ..config import Config, config_from_dict, config_to_dict
+from ..errors import DiskFullError, XtrainError
+from ..malloc import keep_freed_memory
 from ..models.checkpoint import load_checkpoint
-from .loop import LAST, WorkerContext, fit, preflight
+from .distributed import all_gather
+from .loop import WorkerContext, fit, preflight
+from .run_dir import LAST, STOP, TRAIN_LOG, AlreadyComplete, last_metrics, log_to_run, prepare_run_dir, read_status, \
+    record_worker, write_status
 
 log = logging.getLogger(__name__)
 
-STOP = "STOP"
-TRAIN_LOG = "train.log"
-STATUS = "status.json"
-CHECKPOINT_FILE = "last.pt"
-PIDS = ".pids"  # RUN_DIR/.pids/rank-N: the process id of each training worker (latest attempt)
-
 QUIET_RAY_ENV = runtime.QUIET_RAY_ENV
 quiet_ray = runtime.quiet_ray  # re-exported: tests and older callers import it from here
-
-
-# ----------------------------------------------------------------------------- run directory
-
-
-def read_status(run_dir: Path) -> dict[str, Any]:
-    try:
-        return json.loads((run_dir / STATUS).read_text())
-    except (FileNotFoundError, json.JSONDecodeError):
-        return {}
-
-
-def write_status(run_dir: Path, **fields: Any) -> None:
-    status = {**read_status(run_dir), **fields, "updated": time.strftime("%Y-%m-%dT%H:%M:%S")}
-    atomic_write(run_dir / STATUS, json.dumps(status, indent=2), what="the run status")
-
-
-class AlreadyComplete(Exception):
-    """Raised by ``prepare_run_dir`` for ``--resume`` of a finished run with the same settings."""
-
-
-# Keys that change where or how fast a run computes, not what it computes: a rerun may differ in them.
-RUN_ONLY_KEYS = ("train.workers", "train.use_gpu", "train.max_failures", "data.loader_workers")
-
-
-def check_same_config(run_dir: Path, cfg: Config, what: str = "run") -> None:
-    """Refuse (naming the key) a ``cfg`` that differs from RUN_DIR/config.yaml."""
-    import yaml
-
-    try:
-        saved = yaml.safe_load((run_dir / "config.yaml").read_text()) or {}
-    except FileNotFoundError:
-        return
-    new = json.loads(json.dumps(config_to_dict(cfg), default=str))
-    saved = json.loads(json.dumps(saved, default=str))
-    keys = [k for k in differences(saved, new) if k not in RUN_ONLY_KEYS]
-    if keys:
-        raise SettingsMismatchError(f"{what} '{run_dir}' was made with other settings: "
-                                    f"{describe_differences(saved, new, keys)}; rerun with the same settings "
-                                    "or choose a new --out")
-
-
-def prepare_run_dir(run_dir: str | Path, cfg: Config, resume: bool) -> tuple[Path, Path | None]:
-    """Create RUN_DIR or check it may be resumed. Returns (absolute run dir, checkpoint to resume).
-
-    ``--resume`` of a finished run raises ``AlreadyComplete`` when the settings are the same,
-    ``SettingsMismatchError`` (naming the key) when they are not."""
-    run_dir = Path(run_dir).resolve()
-    last = run_dir / LAST
-    state = read_status(run_dir).get("state")
-    if resume:
-        if state == "finished":
-            check_same_config(run_dir, cfg)
-            raise AlreadyComplete(str(run_dir))
-        if not last.exists():
-            if not state:
-                raise RunStateError(f"cannot resume '{run_dir}': it has no {LAST}; start it without --resume")
-            check_same_config(run_dir, cfg)
-            log.warning("run '%s' stopped (%s) before its first checkpoint; starting it from epoch 1", run_dir, state)
-            resume = False
-    elif run_dir.exists() and any(run_dir.iterdir()):
-        hint = "pass --resume to continue it" if last.exists() and state != "finished" else "choose a new --out"
-        raise RunStateError(f"run directory '{run_dir}' already exists and is not empty; {hint}")
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / STOP).unlink(missing_ok=True)
-    save_config(cfg, run_dir / "config.yaml")
-    return run_dir, (last if resume else None)
 
 
 # ----------------------------------------------------------------------------- the worker
@@ -122,33 +52,25 @@ def prepare_run_dir(run_dir: str | Path, cfg: Config, resume: bool) -> tuple[Pat
 def log_rank_hosts(rank: int, world_size: int) -> None:
     """Rank 0 logs which host every rank runs on (``ranks on hosts: 0=a 1=b``), so a multi-node
     run's log shows where its workers landed.  Collective: every rank calls it."""
-    import torch.distributed as dist
-
-    hosts = [socket.gethostname()]
-    if world_size > 1 and dist.is_available() and dist.is_initialized():
-        hosts = [None] * world_size
-        dist.all_gather_object(hosts, socket.gethostname())
+    hosts = all_gather(socket.gethostname(), world_size)
     if rank == 0:
         log.info("ranks on hosts: %s", " ".join(f"{r}={h}" for r, h in enumerate(hosts)))
 
 
 def train_loop_per_worker(config: dict[str, Any]) -> None:
-    """Runs on every Ray Train worker: plain xtrain ``fit`` plus ``ray.train.report``."""
+    """Runs on every Ray Train worker: plain xtrain ``fit`` plus ``ray.train.report``.  Sets this
+    process's allocator thresholds (``keep_freed_memory``: process state belongs to the edges)."""
     import ray.train
     import ray.train.torch
 
+    keep_freed_memory()  # activations reuse their pages each step instead of faulting them in (malloc.py)
     cfg = config_from_dict(config["config"])
     run_dir = Path(config["run_dir"])
     context = ray.train.get_context()
     rank = context.get_world_rank()
-    (run_dir / PIDS).mkdir(exist_ok=True)  # which process is which rank (operators, tests killing one)
-    atomic_write(run_dir / PIDS / f"rank-{rank}", f"{os.getpid()}\n", what="a worker pid file")
-    xlog = logging.getLogger("xtrain")
-    xlog.setLevel(logging.INFO)
-    if rank == 0 and not any(isinstance(h, logging.FileHandler) for h in xlog.handlers):
-        handler = logging.FileHandler(run_dir / TRAIN_LOG)
-        handler.setFormatter(logging.Formatter("%(message)s"))
-        xlog.addHandler(handler)
+    record_worker(run_dir, rank)
+    if rank == 0:
+        log_to_run(run_dir)
     log_rank_hosts(rank, context.get_world_size())
 
     # A restarted worker group (FailureConfig) resumes from Ray's latest checkpoint;
@@ -157,7 +79,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     ray_ckpt = ray.train.get_checkpoint()
     if ray_ckpt is not None:
         with ray_ckpt.as_directory() as d:
-            resume = load_checkpoint(Path(d) / CHECKPOINT_FILE)
+            resume = load_checkpoint(Path(d) / LAST)
     elif config.get("resume"):
         resume = load_checkpoint(config["resume"])
 
@@ -166,7 +88,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             ray.train.report(metrics)
             return
         with tempfile.TemporaryDirectory(dir=run_dir, prefix=".ckpt-") as tmp:
-            os.link(path, Path(tmp) / CHECKPOINT_FILE)  # no copy: Ray persists it into storage_path
+            os.link(path, Path(tmp) / LAST)  # no copy: Ray persists it into storage_path
             ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
 
     ctx = WorkerContext(rank=rank, world_size=context.get_world_size(), device=ray.train.torch.get_device(),
@@ -264,7 +186,7 @@ def fit_trainer(trainer, run_dir: Path, **status: Any) -> dict[str, Any]:
             if read_status(run_dir).get("state") not in ("finished", "early-stopped"):
                 write_status(run_dir, state="failed", error=error[:2000])
         except DiskFullError:
-            log.error("could not record the failure in %s: the disk is full", run_dir / STATUS)
+            log.error("could not record the failure in %s: the disk is full", run_dir / "status.json")
         if cause is not None:
             raise cause from None
         raise
@@ -289,7 +211,7 @@ def train(cfg: Config, run_dir: str | Path, resume: bool = False,
         run_dir, resume_from = prepare_run_dir(run_dir, cfg, resume)
     except AlreadyComplete:
         run_dir = Path(run_dir).resolve()
-        return {**_last_metrics(run_dir), "stopped": False, "already_complete": True}
+        return {**last_metrics(run_dir), "stopped": False, "already_complete": True}
 
     def request_stop() -> None:  # Slurm time limit / preemption: every worker checkpoints and stops
         log.warning("stop requested: asking workers to checkpoint and stop")
@@ -304,16 +226,3 @@ def train(cfg: Config, run_dir: str | Path, resume: bool = False,
                 return fit_trainer(trainer, run_dir, attempt=attempt, pid=os.getpid())
         finally:
             tail.stop()
-
-
-def _last_metrics(run_dir: Path) -> dict[str, Any]:
-    from .loop import METRICS, read_metrics
-
-    rows = read_metrics(run_dir / METRICS)
-    out: dict[str, Any] = {}
-    for k, v in (rows[-1] if rows else {}).items():
-        try:
-            out[k] = int(v) if k in ("epoch", "step") else float(v)
-        except (TypeError, ValueError):
-            pass
-    return out

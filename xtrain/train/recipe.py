@@ -1,10 +1,9 @@
-"""The training recipe around the loop: learning-rate schedules, an EMA of the weights, and
-BatchNorm statistics over the global batch under DDP.
+"""The training recipe around the loop: learning-rate schedules and an EMA of the weights
+(BatchNorm statistics over the global batch under DDP: ``distributed.convert_sync_batchnorm``).
 
     schedulers = make_schedulers(optimizers, cfg.optim, total_steps)   # stepped after every step
     ema = make_ema(model, cfg.train.ema_decay)                         # None when off
     ema.update_parameters(model)                                        # after every step
-    model = convert_sync_batchnorm(model, device)                       # before DDP wrapping
 
 Schedules (``optim.schedule``), as a factor of ``optim.lr`` at step s of S in total,
 with W = round(optim.warmup * S) warm-up steps:
@@ -29,15 +28,6 @@ w_ema <- d_n * w_ema + (1 - d_n) * w at the n-th update after it (Polyak averagi
 steps validates weights that are mostly the random initialisation (a 32-step run at d = 0.995
 predicted one class everywhere).  Without warm-up d_n = d.  Validation and model.pt use the EMA
 weights.
-
-SyncBatchNorm: ``torch.nn.SyncBatchNorm`` refuses CPU tensors (torch 2.13: "expected input
-tensor to be on GPU"), and xtrain trains with gloo on CPU nodes.  ``GlobalBatchNorm2d`` is the
-same computation for any device: the batch mean and variance of every channel are summed over
-all ranks with a differentiable all-reduce (whose backward all-reduces the gradients, as
-SyncBatchNorm's backward does), so every rank
-normalises with, and tracks running statistics of, the global batch.  On CUDA torch's own
-SyncBatchNorm is used.  Both keep BatchNorm2d's state-dict keys: model.pt loads into a plain
-U-Net.
 """
 
 from __future__ import annotations
@@ -46,7 +36,6 @@ import logging
 import math
 
 import torch
-import torch.distributed as dist
 from torch import nn
 from torch.optim.lr_scheduler import LambdaLR, LRScheduler, OneCycleLR
 from torch.optim.swa_utils import AveragedModel
@@ -56,8 +45,7 @@ from ..errors import ConfigError
 
 log = logging.getLogger(__name__)
 
-__all__ = ["SCHEDULES", "GlobalBatchNorm2d", "convert_sync_batchnorm", "cosine_factor", "ema_decay_at", "make_ema",
-           "make_schedulers", "warmup_steps"]
+__all__ = ["SCHEDULES", "cosine_factor", "ema_decay_at", "make_ema", "make_schedulers", "warmup_steps"]
 
 
 # ----------------------------------------------------------------------------- schedules
@@ -154,73 +142,3 @@ def make_ema(model: nn.Module, decay: float, warmup: bool = True) -> AveragedMod
     if decay <= 0.0:
         return None
     return AveragedModel(model, multi_avg_fn=_EMAUpdate(decay, warmup), use_buffers=True)
-
-
-# ----------------------------------------------------------------------------- global-batch BatchNorm
-
-
-class _AllReduceSum(torch.autograd.Function):
-    """Sum over ranks, differentiable: the gradient of a sum over ranks is the sum of the
-    ranks' output gradients (what torch.distributed.nn's deprecated all_reduce does)."""
-
-    @staticmethod
-    def forward(ctx, t: torch.Tensor) -> torch.Tensor:
-        out = t.clone()
-        dist.all_reduce(out, op=dist.ReduceOp.SUM)
-        return out
-
-    @staticmethod
-    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
-        out = grad.clone()
-        dist.all_reduce(out, op=dist.ReduceOp.SUM)
-        return out
-
-
-class GlobalBatchNorm2d(nn.BatchNorm2d):
-    """BatchNorm2d whose training statistics are those of the batch of all DDP ranks (any device).
-
-    Outside training, or without an initialised process group of more than one rank, it is a
-    plain BatchNorm2d.  Input (B, C, Y, X); every rank must call it the same number of times
-    (DDP's lockstep guarantees that in training).
-    """
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not (self.training and dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
-            return super().forward(x)
-        c = x.shape[1]
-        n = torch.tensor([x.numel() // c], dtype=x.dtype, device=x.device)
-        total = _AllReduceSum.apply(n)  # voxels per channel, all ranks
-        mean = _AllReduceSum.apply(x.sum(dim=(0, 2, 3))) / total  # (C,)
-        centred = x - mean.view(1, c, 1, 1)
-        var = _AllReduceSum.apply((centred * centred).sum(dim=(0, 2, 3))) / total  # biased, as BatchNorm normalises
-        if self.track_running_stats:
-            with torch.no_grad():
-                self.num_batches_tracked.add_(1)
-                m = self.momentum if self.momentum is not None else 1.0 / float(self.num_batches_tracked)
-                unbiased = var.detach() * (total / (total - 1).clamp(min=1))
-                self.running_mean.lerp_(mean.detach(), m)
-                self.running_var.lerp_(unbiased, m)
-        y = centred * torch.rsqrt(var + self.eps).view(1, c, 1, 1)
-        if self.affine:
-            y = y * self.weight.view(1, c, 1, 1) + self.bias.view(1, c, 1, 1)
-        return y
-
-
-def convert_sync_batchnorm(module: nn.Module, device: torch.device) -> nn.Module:
-    """Replace every BatchNorm2d by a global-batch one: torch's SyncBatchNorm on CUDA,
-    ``GlobalBatchNorm2d`` elsewhere.  Parameters and running statistics are kept."""
-    if device.type == "cuda":
-        return nn.SyncBatchNorm.convert_sync_batchnorm(module)
-    if isinstance(module, nn.BatchNorm2d) and not isinstance(module, GlobalBatchNorm2d):
-        new = GlobalBatchNorm2d(module.num_features, module.eps, module.momentum, module.affine,
-                                module.track_running_stats)
-        new.load_state_dict(module.state_dict())
-        new.train(module.training)
-        return new
-    for name, child in module.named_children():
-        module.add_module(name, convert_sync_batchnorm(child, device))
-    return module
-
-
-def has_batchnorm(module: nn.Module) -> bool:
-    return any(isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)) for m in module.modules())

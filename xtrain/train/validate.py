@@ -26,7 +26,6 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.distributed as dist
 from torch import nn
 
 from ..data.normalise import normalize
@@ -35,6 +34,7 @@ from ..data.store import open_store
 from ..infer.predict import Predictor
 from ..evaluate.metrics import confusion_matrix
 from ..evaluate.microstructure import analyze
+from .distributed import all_gather
 
 log = logging.getLogger(__name__)
 
@@ -75,11 +75,7 @@ class ValidationSlab:
             core = ((int(mine[0]), int(mine[-1]) + 1), (0, ny), (0, nx))
             local = predictor.predict(self.image, core).argmax(axis=0).astype(np.uint8)
         model.train(was_training)
-        if world_size == 1 or not (dist.is_available() and dist.is_initialized()):
-            return local
-        gathered: list[Any] = [None] * world_size
-        dist.all_gather_object(gathered, local)
-        return np.concatenate(gathered, axis=0)
+        return np.concatenate(all_gather(local, world_size), axis=0)
 
     def evaluate(self, model: nn.Module, in_channels: int, num_classes: int, classes: list[str], rank: int = 0,
                  world_size: int = 1, device: str | torch.device = "cpu") -> SlabScores:

@@ -50,7 +50,6 @@ import json
 import logging
 import math
 import os
-import shutil
 import threading
 import time
 from collections.abc import Callable
@@ -60,11 +59,12 @@ from typing import Any
 from .. import runtime
 from ..io import atomic_write
 from ..io import write_csv
-from ..config import Config, config_from_dict, config_to_dict, describe_differences, differences, load_config, \
-    save_config
-from ..errors import ConfigError, RunStateError, SettingsMismatchError, UnknownNameError
-from ..train.loop import BEST, LAST, METRICS, preflight, read_metrics
-from ..train.ray_trainer import STOP, fit_trainer, make_trainer, quiet_ray, read_status, write_status
+from ..config import Config, config_from_dict, config_to_dict, load_config, save_config
+from ..errors import RunStateError
+from ..train.loop import preflight
+from ..train.ray_trainer import fit_trainer, make_trainer, quiet_ray
+from ..train.run_dir import BEST, CONFIG, METRICS, STOP, check_same_config, failed_start, numeric, prepare_trial_dir, \
+    read_metrics, read_status, write_status
 from .space import Param, apply_params, grid_size, parse_space, to_ray
 
 log = logging.getLogger(__name__)
@@ -73,7 +73,6 @@ EXPERIMENT = "experiment"
 TRIALS = "trials"
 RESULTS = "results.csv"
 BEST_YAML = "best.yaml"
-SCHEDULERS = ("asha", "fifo")
 TRIAL_MEMORY = 1 << 20  # what the Tune function asks for instead of a CPU (see the module docstring)
 
 # Tune's own terminal output off (one line per finished trial comes from ProgressLog instead).
@@ -123,19 +122,9 @@ def check_state_api(wait_s: float = 30.0) -> None:
 
 
 def check_tune_config(cfg: Config) -> list[Param]:
-    """Everything that can be checked before Ray starts: space, scheduler, metric, data, model."""
+    """Everything that can be checked before Ray starts: the space, and the data and model of every value a
+    trial can get (scheduler, mode, metric and counts are checked by ``TuneConfig`` itself)."""
     t = cfg.tune
-    if t.scheduler not in SCHEDULERS:
-        raise UnknownNameError("tune scheduler", t.scheduler, SCHEDULERS, where="tune.scheduler")
-    if t.mode not in ("max", "min"):
-        raise UnknownNameError("tune mode", t.mode, ("max", "min"), where="tune.mode")
-    if t.num_samples < 1 or t.grace_period < 1 or t.reduction_factor < 2 or t.max_concurrent < 0:
-        raise ConfigError("tune.num_samples and tune.grace_period must be >= 1, tune.reduction_factor >= 2 and "
-                          f"tune.max_concurrent >= 0; got {t.num_samples}, {t.grace_period}, {t.reduction_factor}, "
-                          f"{t.max_concurrent}")
-    metrics = ("val_mean_dice", "val_accuracy", "val_mean_iou", "train_loss", "best_mean_dice")
-    if not (t.metric.startswith("val_") or t.metric.startswith("train_") or t.metric in metrics):
-        raise UnknownNameError("tune metric", t.metric, metrics, where="tune.metric")
     params = parse_space(t.space, config_to_dict(cfg))
     for p in params:  # every value a trial can get must pass the same checks as `xtrain train`
         for v in p.values or []:
@@ -170,34 +159,18 @@ def run_trial(config: dict[str, Any], base: dict[str, Any], tune_dir: str) -> No
     state = read_status(run_dir).get("state")
     if state == "finished":  # finished before the sweep was interrupted: report, do not rerun
         rows = read_metrics(run_dir / METRICS)
-        ray.tune.report(_numeric(rows[-1]) if rows else {"done_before_resume": 1})
+        ray.tune.report(numeric(rows[-1]) if rows else {"done_before_resume": 1})
         return
-    resume = (run_dir / LAST).exists()
-    if not resume and run_dir.exists():
-        shutil.rmtree(run_dir)  # started but never checkpointed: start again
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / STOP).unlink(missing_ok=True)
-    save_config(cfg, run_dir / "config.yaml")
+    resume = prepare_trial_dir(run_dir, cfg)
     atomic_write(run_dir / "params.json", json.dumps(params, indent=2, default=str), what="trial parameters")
 
-    trainer, attempt = make_trainer(cfg, run_dir, run_dir / LAST if resume else None,
-                                    callbacks=[TuneReportCallback()])
+    trainer, attempt = make_trainer(cfg, run_dir, resume, callbacks=[TuneReportCallback()])
     if (tune_root / STOP).exists():  # SIGTERM arrived between the check above and the launch
         (run_dir / STOP).touch()
-    metrics = fit_trainer(trainer, run_dir, attempt=attempt, trial_id=trial_id, resumed=resume)
+    metrics = fit_trainer(trainer, run_dir, attempt=attempt, trial_id=trial_id, resumed=resume is not None)
     if metrics["stopped"]:
         raise TrialInterrupted(f"trial {trial_id} stopped at epoch {metrics.get('epoch')} and checkpointed; "
                                "--resume continues it")
-
-
-def _numeric(row: dict[str, Any]) -> dict[str, Any]:
-    out = {}
-    for k, v in row.items():
-        try:
-            out[k] = int(v) if k in ("epoch", "step") else float(v)
-        except (TypeError, ValueError):
-            pass
-    return out
 
 
 # ----------------------------------------------------------------------------- the sweep (driver)
@@ -265,39 +238,36 @@ def sweep_finished(tune_dir: Path) -> bool:
     return bool(rows) and all(r.get("status") in ("finished", "early-stopped") for r in rows)
 
 
-def prepare_tune_dir(tune_dir: str | Path, cfg: Config, resume: bool) -> tuple[Path, Config]:
-    """Create TUNE_DIR (refusing a non-empty one) or check it can be resumed; returns the base config.
+def prepare_tune_dir(tune_dir: str | Path, cfg: Config, resume: bool) -> tuple[Path, Config, bool]:
+    """Create TUNE_DIR or check it can be resumed, by the run directory's rules (train/run_dir.py):
+    returns (TUNE_DIR, the base config, whether Tune's state is restored).
 
-    ``resume`` of a finished sweep raises ``SweepComplete`` with the same settings and
-    ``SettingsMismatchError`` (naming the key) with others."""
+    A folder holding only what a failed start left (config.yaml, an empty trials/) blocks neither a
+    fresh start nor ``resume`` (a fresh start then).  ``resume`` with settings other than the sweep's
+    (beyond ``RUN_ONLY_KEYS``) raises ``SettingsMismatchError`` naming the key; of a finished sweep with
+    the same settings, ``SweepComplete``."""
     tune_dir = Path(tune_dir).resolve()
     exp = tune_dir / EXPERIMENT
-    if resume:
+    empty = failed_start(tune_dir, frozenset({TRIALS}))
+    if resume and tune_dir.exists() and empty:
+        log.info("nothing to resume in '%s' (a start that failed left only %s); starting the sweep", tune_dir,
+                 CONFIG)
+    elif resume:
         from ray.tune import Tuner
 
-        if sweep_finished(tune_dir) and (tune_dir / "config.yaml").exists():
-            saved = json.loads(json.dumps(config_to_dict(load_config(tune_dir / "config.yaml")), default=str))
-            new = json.loads(json.dumps(config_to_dict(cfg), default=str))
-            keys = [k for k in differences(saved, new) if k not in ("train.workers", "train.use_gpu")]
-            if keys:
-                raise SettingsMismatchError(f"sweep '{tune_dir}' finished with other settings: "
-                                            f"{describe_differences(saved, new, keys)}; rerun with the same "
-                                            "settings or choose a new --out")
+        check_same_config(tune_dir, cfg, what="sweep")
+        if sweep_finished(tune_dir) and (tune_dir / CONFIG).exists():
             raise SweepComplete(str(tune_dir))
-        if not (tune_dir / "config.yaml").exists() or not Tuner.can_restore(str(exp)):
+        if not (tune_dir / CONFIG).exists() or not Tuner.can_restore(str(exp)):
             raise RunStateError(f"cannot resume '{tune_dir}': it holds no sweep state; start it without --resume")
-        saved = load_config(tune_dir / "config.yaml")
-        if config_to_dict(saved) != config_to_dict(cfg):
-            log.warning("resuming with the sweep's own config %s (the --config/--set given now are ignored)",
-                        tune_dir / "config.yaml")
         (tune_dir / STOP).unlink(missing_ok=True)
-        return tune_dir, saved
-    if tune_dir.exists() and any(tune_dir.iterdir()):
+        return tune_dir, load_config(tune_dir / CONFIG), True
+    elif not empty:
         hint = "pass --resume to continue it" if exp.exists() and not sweep_finished(tune_dir) else "choose a new --out"
         raise RunStateError(f"tune directory '{tune_dir}' already exists and is not empty; {hint}")
     (tune_dir / TRIALS).mkdir(parents=True, exist_ok=True)
-    save_config(cfg, tune_dir / "config.yaml")
-    return tune_dir, cfg
+    save_config(cfg, tune_dir / CONFIG)
+    return tune_dir, cfg, False
 
 
 def fit_without_tune_signal_handlers(tuner, should_stop: Callable[[], bool]):
@@ -340,7 +310,7 @@ def sweep(cfg: Config, tune_dir: str | Path, resume: bool = False,
     outer = should_stop or runtime.never
     params = check_tune_config(cfg)
     try:
-        tune_dir, cfg = prepare_tune_dir(tune_dir, cfg, resume)
+        tune_dir, cfg, resume = prepare_tune_dir(tune_dir, cfg, resume)
     except SweepComplete:
         from ..io import read_csv
 
