@@ -174,3 +174,18 @@ def test_sigusr1_to_xtrain_tune_interrupts_and_resume_runs_trials_to_full_length
     assert main([*args, "--resume", "--set", "train.epochs=5"]) == 2
     err = capsys.readouterr().err.strip()
     assert "train.epochs was 4, now 5" in err and "\n" not in err, err
+
+
+def test_a_tune_folder_from_a_failed_start_blocks_nothing_and_resume_checks_the_settings(train_store, tmp_path):
+    from xtrain.errors import SettingsMismatchError
+    from xtrain.tune.sweep import prepare_tune_dir
+
+    out = tmp_path / "tune"
+    cfg = tiny(train_store, "tune.space={optim.lr: {grid: [0.001]}}")
+    prepare_tune_dir(out, cfg, resume=False)  # config.yaml and an empty trials/: a start that failed after this
+    assert prepare_tune_dir(out, cfg, resume=False)[2] is False
+    assert prepare_tune_dir(out, cfg, resume=True)[2] is False  # nothing to restore: a fresh start
+    (out / "results.csv").write_text("trial_id,status,epochs\nt1,finished,2\n")
+    with pytest.raises(SettingsMismatchError, match="train.epochs was 2, now 3"):
+        prepare_tune_dir(out, tiny(train_store, "tune.space={optim.lr: {grid: [0.001]}}", "train.epochs=3"),
+                         resume=True)
