@@ -56,14 +56,22 @@ def real_data() -> Path:
     return REAL_DATA
 
 
-def make_store(path: Path, shape=(37, 61, 53), seed: int = 0, dtype=np.uint16, classes=("pore", "ysz", "ni")) -> Path:
-    """A small store with a known pattern: image = 1000 * label + noise, z-dependent offset."""
+def make_store(path: Path, shape=(37, 61, 53), seed: int = 0, dtype=np.uint16, classes=("pore", "ysz", "ni"),
+               labelled=None) -> Path:
+    """A small store with a known pattern: image = 1000 * label + noise, z-dependent offset.
+
+    ``labelled``: a boolean (Z, Y, X) mask, or a function of the dense labels giving one: a sparse
+    store, IGNORE outside it, with its label census (as ingest of sparse labels records it)."""
+    from xtrain.data.labels import IGNORE, census
     from xtrain.data.stats import IntensityStats
     from xtrain.data.store import write_store
 
     rng = np.random.default_rng(seed)
     labels = rng.integers(0, len(classes), size=shape, dtype=np.uint8)
     image = (labels.astype(np.float64) * 1000 + 1000 + rng.normal(0, 50, size=shape)).astype(dtype)
+    if labelled is not None:
+        mask = labelled(labels) if callable(labelled) else labelled
+        labels = np.where(mask, labels, np.uint8(IGNORE)).astype(np.uint8)
     with write_store(path, shape) as w:
         img = w.create("image", shape, dtype)
         lab = w.create("labels", shape, np.uint8)
@@ -75,7 +83,18 @@ def make_store(path: Path, shape=(37, 61, 53), seed: int = 0, dtype=np.uint16, c
         w.info.classes = list(classes)
         w.info.stats = stats.to_dict()
         w.info.source = {"kind": "test", "seed": seed}
+        if labelled is not None:
+            w.info.labels = census(labels).to_dict()
     return path
+
+
+def planes(shape, axis: str = "z", at=(5,)):
+    """A ``make_store(labelled=...)`` mask: whole planes normal to ``axis`` at the indices ``at``."""
+    mask = np.zeros(shape, bool)
+    index = [slice(None)] * 3
+    index["zyx".index(axis)] = list(at)
+    mask[tuple(index)] = True
+    return mask
 
 
 def tiny_config(store, *overrides: str):

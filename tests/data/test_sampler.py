@@ -13,7 +13,7 @@ import torch
 from xtrain.config import AugmentConfig, DataConfig
 from xtrain.data.sampler import GridPatches, RandomPatches, Split, patch_loader, reflect, split_regions
 from xtrain.data.store import open_store, write_store
-from xtrain.errors import ConfigError
+from xtrain.errors import ConfigError, InvalidInputError
 
 TINY = (37, 61, 53)
 NO_AUG = AugmentConfig(flips=False, rot90=False, intensity_scale=0.0, intensity_shift=0.0)
@@ -301,3 +301,131 @@ def test_noise_reaches_the_requested_fraction_of_samples(tiny_store):
     assert 0.4 <= flags.mean() <= 0.6
     # which samples get noise depends only on the item RNG, not on the noise strength
     assert np.array_equal(noisy(0.5, 100), flags[:100])
+
+
+# --------------------------------------------------------------------------- sparse labels
+
+
+def index_store(path: Path, labelled: np.ndarray, shape=TINY, seed: int = 0) -> tuple[Path, np.ndarray]:
+    """image = the voxel's flat index (exact in float32), labels random classes where ``labelled``, IGNORE
+    elsewhere, with the census; stats make normalisation the identity.  Returns (path, dense labels)."""
+    from xtrain.data.labels import IGNORE, census
+
+    dense = np.random.default_rng(seed).integers(0, 3, size=shape, dtype=np.uint8)
+    labels = np.where(labelled, dense, IGNORE).astype(np.uint8)
+    with write_store(path, shape) as w:
+        w.create("image", shape, np.float32)[:] = np.arange(np.prod(shape), dtype=np.float32).reshape(shape)
+        w.create("labels", shape, np.uint8)[:] = labels
+        w.info.stats = {"p0_5": 0.0, "p99_5": 1.0}
+        w.info.labels = census(labels).to_dict()
+    return path, labels
+
+
+def voxels(image: torch.Tensor, shape=TINY) -> np.ndarray:
+    """(P, P, 3) voxel coordinates of the centre channel of an index_store patch."""
+    flat = image[image.shape[0] // 2].numpy().astype(np.int64)
+    return np.stack(np.unravel_index(flat, shape), axis=-1)
+
+
+def test_sparse_patches_lie_where_the_labels_are_and_agree_with_the_store(tmp_path):
+    from conftest import planes
+    from xtrain.data.labels import IGNORE
+
+    mask = planes(TINY, "z", at=(4, 19)) | planes(TINY, "x", at=(40,))
+    path, labels = index_store(tmp_path / "s.zarr", mask)
+    cfg = DataConfig(patch=16, slices=3, axis="any", samples_per_epoch=120, augment=GEOMETRY_AUG)
+    ds = RandomPatches(path, cfg, (0, 30), seed=2)
+    assert len(ds.index) == mask[:30].sum()  # labelled voxels of the region only
+    normals = set()
+    for image, label in items(ds):
+        v = voxels(image)
+        known = label.numpy() != IGNORE
+        assert known.any()  # the drawn labelled voxel is in its patch
+        assert set(np.unique(label.numpy())) <= {0, 1, 2, IGNORE}
+        z, y, x = v[known].T
+        assert np.array_equal(label.numpy()[known], labels[z, y, x])  # labelled pixels are the store's labels
+        assert np.array_equal(known, labels[tuple(v.reshape(-1, 3).T)].reshape(known.shape) != IGNORE)
+        assert (v[..., 0] < 30).all()  # never outside the region
+        normals.add(next(a for a in range(3) if len(np.unique(v[..., a])) == 1))  # the plane's normal
+        on_z = np.isin(v[known][:, 0], [4, 19]).all()
+        on_x = (v[known][:, 2] == 40).all()
+        assert on_z or on_x
+    assert normals == {0, 2}  # painted z-planes give z-normal patches, the painted x-plane x-normal ones
+
+
+def test_sparse_items_are_pure_functions_of_seed_epoch_and_global_index(tmp_path):
+    from conftest import planes
+
+    path, _ = index_store(tmp_path / "s.zarr", planes(TINY, "z", at=(7,)))
+    cfg = DataConfig(patch=16, samples_per_epoch=12)
+    single = RandomPatches(path, cfg, (0, 30), seed=3)
+    for rank in range(2):
+        ds = RandomPatches(path, cfg, (0, 30), rank=rank, world_size=2, seed=3)
+        for i in range(len(ds)):
+            assert torch.equal(ds[i][0], single[ds.global_index(i)][0])
+            assert torch.equal(ds[i][1], single[ds.global_index(i)][1])
+    copy = pickle.loads(pickle.dumps(single))
+    assert all(torch.equal(a, b) for a, b in zip(copy[5], single[5]))
+
+
+def test_held_out_planes_never_reach_a_training_patch(tmp_path):
+    from conftest import planes
+    from xtrain.data.labels import IGNORE
+
+    mask = planes(TINY, "z", at=(3, 9, 15)) | planes(TINY, "y", at=(30,))
+    path, _ = index_store(tmp_path / "s.zarr", mask)
+    cfg = DataConfig(patch=32, axis="any", samples_per_epoch=80, augment=GEOMETRY_AUG)
+    ds = RandomPatches(path, cfg, (0, 30), hidden={"z": frozenset({9}), "y": frozenset({30}), "x": frozenset()})
+    crossed = 0
+    for image, label in items(ds):
+        v = voxels(image)
+        known = label.numpy() != IGNORE
+        assert not (v[known][:, 0] == 9).any() and not (v[known][:, 1] == 30).any()
+        crossed += (v[..., 1] == 30).any()  # z-normal patches over the held-out y-plane
+    assert crossed > 10  # the rows were there and were hidden
+
+
+def test_the_label_index_reads_slabs_and_equals_the_labelled_voxels(tmp_path):
+    from xtrain.data.labels import census
+    from xtrain.data.label_index import label_index
+    from xtrain.data.volumes import open_volume
+
+    rng = np.random.default_rng(4)
+    mask = np.zeros(TINY, bool)
+    mask[rng.integers(0, 37, 300), rng.integers(0, 61, 300), rng.integers(0, 53, 300)] = True  # scribble-like dots
+    path, labels = index_store(tmp_path / "s.zarr", mask)
+    index = label_index(open_volume(path, dataset="labels"), census(labels), (2, 35))
+    assert np.array_equal(index.coords, np.argwhere(mask[2:35]) + [2, 0, 0])
+    assert index.coords.dtype == np.int32
+    with pytest.raises(InvalidInputError, match="no labelled voxel in the training region"):
+        label_index(open_volume(path, dataset="labels"), census(np.full(TINY, 255, np.uint8)), (0, 37))
+
+
+@pytest.mark.parametrize("painted, held, words", [
+    ((5,), (), "1 labelled plane: no validation hold-out (it needs 6 whole labelled planes); training runs its fixed "
+               "schedule and model.pt is the last epoch's EMA weights"),
+    ((2, 7, 12, 17, 22), (), "5 labelled planes: no validation hold-out"),
+    ((2, 6, 10, 14, 18, 22), (("z", 14),), "6 labelled planes: validating on 1 held out whole (z 14), training on "
+                                           "the other 5; model.pt is the best epoch"),
+    ((0, 3, 6, 9, 12, 15, 18, 21, 24, 27), (("z", 6), ("z", 21)), "validating on 2 held out whole (z 6, z 21)"),
+])
+def test_the_validation_rule_for_few_labelled_planes(painted, held, words):
+    from conftest import planes
+    from xtrain.data.labels import census
+    from xtrain.data.label_index import hold_out
+
+    labels = np.where(planes(TINY, "z", at=painted), 1, 255).astype(np.uint8)
+    hold = hold_out(census(labels), (0, 30), 0.2)
+    assert hold.planes == held and words in hold.message
+
+
+def test_scribbles_are_not_held_out():
+    from xtrain.data.labels import census
+    from xtrain.data.label_index import hold_out
+
+    labels = np.full(TINY, 255, np.uint8)
+    for k, z in enumerate((3, 8, 13, 18, 23, 28)):  # a stroke on each of six z-planes: no plane is painted
+        labels[z, 5:50, 4 + 8 * k:8 + 8 * k] = 1
+    hold = hold_out(census(labels), (0, 30), 0.2, ema=False)
+    assert hold.planes == () and hold.message.startswith("partial labels (scribbles) on 6 z-planes: no validation")
+    assert hold.message.endswith("model.pt is the last epoch's weights")

@@ -29,6 +29,13 @@ Why it looks like this:
   on the number of DataLoader workers or on which worker reads which item, ranks get
   disjoint shards, and a run is reproducible.  The epoch travels with every index through
   ``EpochSampler``, so ``set_epoch`` also reaches persistent workers.
+* Sparse labels (a store whose label census, ``StoreInfo.labels``, is not dense;
+  ``xtrain.data.label_index``): a training item is drawn around a labelled voxel (uniform over the
+  labelled voxels of the region), in the plane normal to the axis whose plane through that voxel
+  holds the most labels (a painted z-plane gives z-normal patches, a painted y-plane y-normal
+  ones), at a uniform offset inside the patch.  Unlabelled pixels keep ``IGNORE`` (the losses'
+  ``ignore_index``: never a class), and the rows of held-out validation planes are ``IGNORE`` too.
+  Same determinism: item i of rank r in epoch e still uses only ``default_rng([seed, e, r + i * w])``.
 * Edges: every index outside the volume (patch larger than the volume, 2.5D neighbours at
   the ends, y/x patches taller than the region) is *reflected* back inside the region
   (mirror without repeating the edge: -1 -> 1, like ``np.pad(mode="reflect")``).  Labels
@@ -52,7 +59,9 @@ from ..config import DataConfig, check_slabs_apart
 from ..errors import ConfigError, InvalidInputError
 from .chunkcache import CachedArray, read_unit
 from ..geometry import reflect
+from .labels import IGNORE
 from .normalise import normalize
+from .label_index import LabelIndex, label_index, store_census
 from .volumes import Volume, open_volume
 
 log = logging.getLogger(__name__)
@@ -77,7 +86,7 @@ class Split:
     """Half-open z ranges [z0, z1) of the training and validation slabs."""
 
     train: tuple[int, int]
-    val: tuple[int, int]
+    val: tuple[int, int] | None  # None: sparse labels validate on held-out planes, or not at all (data/label_index.py)
 
 
 def split_regions(depth: int, cfg: DataConfig) -> Split:
@@ -111,6 +120,17 @@ def split_regions(depth: int, cfg: DataConfig) -> Split:
         keep = max(1, int(round((train[1] - train[0]) * cfg.fraction)))
         train = (train[0], train[0] + keep)
     return Split(train=train, val=val)
+
+
+def sparse_split(depth: int, cfg: DataConfig) -> Split:
+    """The training region of a sparse store validated on held-out planes (no validation slab):
+    ``data.train_z``, or the whole volume; ``data.fraction`` keeps its first part as in ``split_regions``."""
+    train = (int(cfg.train_z[0]), int(cfg.train_z[1])) if cfg.train_z is not None else (0, depth)
+    if train[1] > depth:
+        raise ConfigError(f"data.train_z={list(train)} is outside the volume's z range [0, {depth}); set it within")
+    if cfg.fraction < 1.0:
+        train = (train[0], train[0] + max(1, int(round((train[1] - train[0]) * cfg.fraction))))
+    return Split(train=train, val=None)
 
 
 # --------------------------------------------------------------------------- reading
@@ -236,11 +256,17 @@ class RandomPatches(_StorePatches):
     """
 
     def __init__(self, store_path: str | os.PathLike, cfg: DataConfig, region: tuple[int, int], *,
-                 rank: int = 0, world_size: int = 1, seed: int = 0, train: bool = True):
+                 rank: int = 0, world_size: int = 1, seed: int = 0, train: bool = True,
+                 hidden: dict[str, frozenset[int]] | None = None):
         super().__init__(store_path, cfg, region)
         if not 0 <= rank < world_size:
             raise ConfigError(f"rank {rank} is not in [0, world_size={world_size})")
         self.rank, self.world_size, self.seed, self.train = rank, world_size, seed, train
+        census = store_census(self._volumes[0].info.get("labels"))
+        # sparse labels: patches around labelled voxels, in the plane that holds them (module docstring)
+        self.index: LabelIndex | None = None
+        if census is not None:
+            self.index = label_index(self._volumes[1], census, self.region, hidden)
         self.epoch = 0
         self.start = 0  # items of the epoch already trained on (mid-epoch resume)
         self.length = cfg.samples_per_epoch // world_size
@@ -270,8 +296,10 @@ class RandomPatches(_StorePatches):
         if not 0 <= i < self.length:
             raise IndexError(f"index {i} out of range for {self.length} samples")
         rng = np.random.default_rng([self.seed, epoch, self.global_index(i)])
-        axis, centre, starts = self._geometry(rng)
+        axis, centre, starts = self._geometry(rng) if self.index is None else self._sparse_geometry(rng)
         raw, labels = self._patch(axis, centre, starts)  # (C, P, P), (P, P)
+        if self.index is not None:
+            labels = self._hide(axis, starts, labels)
         image = normalize(raw, self.stats)
         if self.train:
             image, labels = self._augment(rng, image, labels)
@@ -285,6 +313,44 @@ class RandomPatches(_StorePatches):
         centre = int(rng.integers(*self._bounds(axis)))
         starts = tuple(_window_start(rng, *self._bounds(a), cfg.patch) for a in range(3) if a != axis)
         return axis, centre, starts  # type: ignore[return-value]
+
+    def _sparse_geometry(self, rng: np.random.Generator) -> tuple[int, int, tuple[int, int]]:
+        """Sparse labels: a labelled voxel uniformly from the index; the slicing axis whose plane through
+        the voxel holds the most labelled voxels (a painted z-plane: z-normal patches; ties drawn at
+        random; ``data.axis`` other than any fixes it); the window around the voxel at a uniform offset,
+        kept inside the bounds where the patch fits (the voxel stays inside the patch)."""
+        assert self.index is not None
+        p = self.cfg.patch
+        voxel = self.index.coords[int(rng.integers(len(self.index)))]
+        weights = self.index.axis_weights(voxel)
+        tie = rng.random(3)  # drawn whatever the axis setting: the draws that follow stay in step
+        if self.cfg.axis != "any":
+            axis = AXES.index(self.cfg.axis)
+        else:
+            axis = int(np.lexsort((tie, weights))[-1])  # most labels, then the larger random key
+        starts = []
+        for a in (a for a in range(3) if a != axis):
+            lo, hi = self._bounds(a)
+            start = int(voxel[a]) - int(rng.integers(p))
+            starts.append(min(max(start, lo), max(lo, hi - p)) if hi - lo >= p else lo - (p - (hi - lo)) // 2)
+        return axis, int(voxel[axis]), tuple(starts)  # type: ignore[return-value]
+
+    def _hide(self, axis: int, starts: tuple[int, int], labels: np.ndarray) -> np.ndarray:
+        """``IGNORE`` on the rows/columns of a (P, P) label patch that lie in held-out planes."""
+        assert self.index is not None
+        plane = [a for a in range(3) if a != axis]
+        for k, (a, s) in enumerate(zip(plane, starts)):
+            held = self.index.hidden.get(AXES[a])
+            if not held:
+                continue
+            rows = np.isin(reflect(np.arange(s, s + self.cfg.patch), *self._bounds(a)), sorted(held))
+            if rows.any():
+                labels = labels.copy()
+                if k == 0:
+                    labels[rows, :] = IGNORE
+                else:
+                    labels[:, rows] = IGNORE
+        return labels
 
     def _augment(self, rng: np.random.Generator, image: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         aug = self.cfg.augment

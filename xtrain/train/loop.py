@@ -37,7 +37,9 @@ from torch.optim.swa_utils import AveragedModel
 from torch.utils.data import DataLoader
 
 from ..config import Config, config_to_dict
-from ..data.sampler import GridPatches, RandomPatches, Split, patch_loader, split_regions
+from ..data.labels import LabelCensus
+from ..data.sampler import GridPatches, RandomPatches, Split, patch_loader, sparse_split, split_regions
+from ..data.label_index import HoldOut, check_dense_slab, hold_out, store_census
 from ..data.store import open_store
 from ..errors import ConfigError, InvalidInputError
 from ..evaluate.metrics import ConfusionMatrix, scores
@@ -48,7 +50,7 @@ from .distributed import allreduce_confusion, any_rank, convert_sync_batchnorm, 
 from .losses import create_loss, one_hot
 from .recipe import load_scheduler_states, make_ema, make_schedulers
 from .run_dir import BEST, LAST, write_metrics_row
-from .validate import ValidationSlab, selection_score
+from .validate import PlaneValidation, ValidationSlab, selection_score
 
 log = logging.getLogger(__name__)
 
@@ -129,6 +131,7 @@ class Run:
     train_loader: DataLoader
     val_loader: DataLoader | None  # data.val_mode "patches": the z-plane patch grid
     val_slab: ValidationSlab | None  # data.val_mode "slab": whole planes
+    val_planes: PlaneValidation | None  # sparse labels: held-out labelled planes (none of the three: no validation)
     split: Split
     classes: list[str]
     stats: dict[str, Any]  # the normalisation the patches get (the store's statistics)
@@ -144,13 +147,40 @@ class Run:
         return len(self.classes)
 
 
-def build_validation(cfg: Config, split: Split, stats: dict[str, Any], ctx: WorkerContext) -> dict[str, Any]:
-    """The Run fields of validation: the z-plane patch grid or the whole-plane slab."""
-    out: dict[str, Any] = {"val_loader": None, "val_slab": None}
-    if cfg.data.val_mode == "slab":
-        out["val_slab"] = ValidationSlab(cfg.data.store, split.val, stats)
+@dataclass(frozen=True)
+class DataPlan:
+    """Where a run trains and validates: the z-slabs, and for sparse labels the census and held-out planes."""
+
+    split: Split
+    census: LabelCensus | None  # None: dense labels
+    hold: HoldOut | None  # sparse labels without a validation slab (data/label_index.py's rule)
+
+
+def plan_data(cfg: Config, store: Any) -> DataPlan:
+    """Dense labels, or sparse ones with a (dense) ``data.val_z`` slab: the z-slabs of ``split_regions``.
+    Other sparse labels: the training region and the hold-out rule of ``xtrain.data.label_index``."""
+    census = store_census(store.info.labels)
+    if census is None or cfg.data.val_z is not None:
+        split = split_regions(store.shape[0], cfg.data)
+        if census is not None:
+            check_dense_slab(census, split.val)
+        return DataPlan(split, census, None)
+    split = sparse_split(store.shape[0], cfg.data)
+    return DataPlan(split, census, hold_out(census, split.train, cfg.data.val_fraction, cfg.train.ema_decay > 0))
+
+
+def build_validation(cfg: Config, plan: DataPlan, stats: dict[str, Any], ctx: WorkerContext) -> dict[str, Any]:
+    """The Run fields of validation: the patch grid, the slab, held-out planes, or none (said in the log)."""
+    out: dict[str, Any] = {"val_loader": None, "val_slab": None, "val_planes": None}
+    if plan.hold is not None:
+        if ctx.rank == 0:
+            log.info("%s", plan.hold.message)
+        if plan.hold.planes:
+            out["val_planes"] = PlaneValidation(cfg.data.store, plan.hold.planes, stats, cfg.data.slices)
+    elif cfg.data.val_mode == "slab":
+        out["val_slab"] = ValidationSlab(cfg.data.store, plan.split.val, stats)
     else:
-        val_set = GridPatches(cfg.data.store, cfg.data, split.val, rank=ctx.rank, world_size=ctx.world_size)
+        val_set = GridPatches(cfg.data.store, cfg.data, plan.split.val, rank=ctx.rank, world_size=ctx.world_size)
         out["val_loader"] = patch_loader(val_set, cfg.train.batch_size, cfg.data.loader_workers)
     return out
 
@@ -159,7 +189,7 @@ def build_run(cfg: Config, ctx: WorkerContext, resume: dict[str, Any] | None = N
     """Build the run of ``cfg`` on this worker, from ``resume`` (a last.pt dict) when given."""
     store = open_store(cfg.data.store)
     classes = list(store.info.classes)
-    split = split_regions(store.shape[0], cfg.data)
+    plan = plan_data(cfg, store)
     torch.manual_seed(cfg.train.seed)  # same initial weights on every rank (DDP also broadcasts)
     model = build_model(cfg, cfg.data.slices, len(classes))
     optimizers = build_optimizers(model, cfg)
@@ -170,14 +200,14 @@ def build_run(cfg: Config, ctx: WorkerContext, resume: dict[str, Any] | None = N
     if cfg.train.sync_bn and ctx.world_size > 1 and is_distributed() and has_batchnorm(model):
         model = convert_sync_batchnorm(model, ctx.device)  # BN statistics of the global batch
     nets = make_nets(model, ctx.device)
-    train_set = RandomPatches(cfg.data.store, cfg.data, split.train, rank=ctx.rank, world_size=ctx.world_size,
-                              seed=cfg.train.seed, train=True)
+    train_set = RandomPatches(cfg.data.store, cfg.data, plan.split.train, rank=ctx.rank, world_size=ctx.world_size,
+                              seed=cfg.train.seed, train=True, hidden=plan.hold.hidden if plan.hold else None)
     total_steps = cfg.train.epochs * math.ceil(len(train_set) / cfg.train.batch_size)
     run = Run(cfg=cfg, nets=nets, optimizers=optimizers, schedulers=make_schedulers(optimizers, cfg.optim, total_steps),
               ema=make_ema(nets.model, cfg.train.ema_decay, cfg.train.ema_warmup),
               loss_fn=create_loss(cfg.loss.name, class_weights=cfg.loss.class_weights).to(ctx.device),
               train_set=train_set, train_loader=patch_loader(train_set, cfg.train.batch_size, cfg.data.loader_workers),
-              **build_validation(cfg, split, store.info.stats, ctx), split=split, classes=classes,
+              **build_validation(cfg, plan, store.info.stats, ctx), split=plan.split, classes=classes,
               stats=store.info.stats, model_kwargs=resolved_model_kwargs(cfg, cfg.data.slices, len(classes)))
     if resume is not None:
         restore_progress(run, resume, total_steps)
@@ -234,8 +264,7 @@ def train_step(nets: Nets, optimizers: dict[str, torch.optim.Optimizer], loss_fn
     g_opt, d_opt = optimizers["generator"], optimizers["discriminator"]
     with _autocast(device, amp):
         logits = nets.segmenter(image)  # generator, (B, K, P, P)
-    real, valid = one_hot(label, logits.shape[1])  # (B, K, P, P), (B, 1, P, P): unlabelled pixels all-zero
-    fake = torch.softmax(logits.float(), dim=1) * valid
+    real, fake = discriminator_masks(logits, label)
     # Discriminator: real (image, true mask) pairs against (image, generated probabilities).
     d_opt.zero_grad(set_to_none=True)
     with _autocast(device, amp):
@@ -251,6 +280,13 @@ def train_step(nets: Nets, optimizers: dict[str, torch.optim.Optimizer], loss_fn
     g_loss.backward()
     g_opt.step()
     return {"loss": float(seg.detach()), "g_adv": float(adv.detach()), "d_loss": float(d_loss.detach())}
+
+
+def discriminator_masks(logits: torch.Tensor, label: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """What the Pix2Pix discriminator compares: the one-hot truth and the generated probabilities, both
+    (B, K, P, P) and all-zero at unlabelled (``IGNORE``) pixels, so neither shows them as a class."""
+    real, valid = one_hot(label, logits.shape[1])  # (B, K, P, P), (B, 1, P, P)
+    return real, torch.softmax(logits.float(), dim=1) * valid
 
 
 def after_step(run: Run) -> None:
@@ -325,12 +361,17 @@ def evaluate(segmenter: nn.Module, loader: DataLoader, num_classes: int, device:
 
 
 def validate(run: Run, ctx: WorkerContext) -> tuple[Any, dict[str, float]]:
-    """The validation confusion matrix (K, K) of all ranks, and the slab's extra scores (TPB ratio,
-    phase-fraction error) in ``val_mode: slab``."""
+    """The validation confusion matrix (K, K) of all ranks (None without validation), and the slab's
+    extra scores (TPB ratio, phase-fraction error) in ``val_mode: slab``."""
     if run.val_slab is not None:  # whole planes; ranks share the planes and gather the labels
         slab = run.val_slab.evaluate(eval_network(run), run.cfg.data.slices, run.num_classes, run.classes,
                                      ctx.rank, ctx.world_size, ctx.device)
         return slab.matrix, {"val_tpb_ratio": slab.tpb_ratio, "val_fraction_error_pp": slab.fraction_error_pp}
+    if run.val_planes is not None:  # sparse labels: held-out whole planes, labelled voxels only
+        return run.val_planes.evaluate(eval_network(run), run.cfg.data.slices, run.num_classes, ctx.rank,
+                                       ctx.world_size, ctx.device), {}
+    if run.val_loader is None:
+        return None, {}
     segmenter = run.nets.segmenter if run.ema is None else eval_network(run)
     cm = evaluate(segmenter, run.val_loader, run.num_classes, ctx.device, run.cfg.train.amp)
     return allreduce_confusion(cm.matrix), {}
@@ -339,12 +380,16 @@ def validate(run: Run, ctx: WorkerContext) -> tuple[Any, dict[str, float]]:
 def epoch_metrics(run: Run, epoch: int, result: EpochResult, matrix: Any,
                   extra: dict[str, float]) -> tuple[dict[str, Any], bool]:
     """The epoch's metrics row, and whether it improved the run's best score (``train.select``;
-    the run's best is updated)."""
+    the run's best is updated).  Without validation (``matrix`` None) every epoch "improves":
+    model.pt is the last epoch's."""
     cfg = run.cfg
     lr = next(iter(run.optimizers.values())).param_groups[0]["lr"]
     metrics = {"epoch": epoch + 1, "step": run.global_step, "samples_per_s": round(result.samples_per_s, 2),
-               "lr": lr, **{f"train_{k}": v for k, v in result.losses.items()},
-               **{f"val_{k}": v for k, v in _flat_scores(scores(matrix, run.classes)).items()}, **extra}
+               "lr": lr, **{f"train_{k}": v for k, v in result.losses.items()}}
+    if matrix is None:
+        metrics.update(best_mean_dice=float("nan"))
+        return metrics, True
+    metrics.update({f"val_{k}": v for k, v in _flat_scores(scores(matrix, run.classes)).items()}, **extra)
     score = selection_score(metrics, cfg.train.select, cfg.train.select_tpb_weight)
     improved = score > run.best
     if improved:
@@ -375,7 +420,8 @@ def make_checkpoint(run: Run, epoch_done: int, epoch_step: int, metrics: dict[st
         **({"ema_state": run.ema.state_dict()} if run.ema is not None else {}),
         epoch=epoch_done, epoch_step=epoch_step, step=run.global_step, config=config_to_dict(cfg),
         stats=run.stats, classes=run.classes, metrics=metrics, best_mean_dice=run.best_dice, best_score=run.best,
-        split={"train": list(run.split.train), "val": list(run.split.val)}, store=str(cfg.data.store),
+        split={"train": list(run.split.train), "val": list(run.split.val) if run.split.val else None},
+        store=str(cfg.data.store),
     )
 
 
@@ -402,6 +448,10 @@ def checkpoint_stop(run: Run, run_dir: Path, ctx: WorkerContext, epoch: int, res
 
 
 def log_epoch(run: Run, metrics: dict[str, Any], result: EpochResult, extra: dict[str, float]) -> None:
+    if "val_mean_dice" not in metrics:
+        log.info("epoch %d/%d  loss %.4f  (no validation)  %.1f samples/s", metrics["epoch"], run.cfg.train.epochs,
+                 result.losses.get("loss", float("nan")), result.samples_per_s)
+        return
     log.info("epoch %d/%d  loss %.4f  val mean Dice %.4f  %s%s  %.1f samples/s", metrics["epoch"],
              run.cfg.train.epochs, result.losses.get("loss", float("nan")), metrics["val_mean_dice"],
              "  ".join(f"{c} {metrics.get(f'val_dice_{c}', float('nan')):.3f}" for c in run.classes),
@@ -419,7 +469,12 @@ def preflight(cfg: Config) -> None:
     if store.labels is None:
         raise InvalidInputError(f"store '{cfg.data.store}' has no labels; training needs a store ingested with "
                                 "--labels (or made by 'xtrain synth')")
-    split_regions(store.shape[0], cfg.data)
+    plan = plan_data(cfg, store)
+    if plan.census is not None:
+        z0, z1 = plan.split.train
+        if not sum(plan.census.per_plane["z"][z0:z1]):
+            raise InvalidInputError(f"store '{cfg.data.store}' has no labelled voxel in the training region z "
+                                    f"{[z0, z1]}; label some there, or set data.train_z where the labels are")
     build_model(cfg, cfg.data.slices, len(store.info.classes))
     create_loss(cfg.loss.name, class_weights=cfg.loss.class_weights)
 

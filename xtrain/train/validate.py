@@ -15,6 +15,10 @@ disjoint z-ranges; the label planes are gathered, so every rank gets the same sc
 * the largest absolute phase-fraction difference, in percentage points.
 
 Those two need contiguous 3D labels, which the patch grid of ``GridPatches`` cannot give.
+
+Sparse labels (``xtrain.data.label_index``): ``PlaneValidation`` predicts whole held-out labelled
+planes, normal to any axis, each as one tile, and scores their labelled voxels (no TPB: it
+is a 3D measure).
 """
 
 from __future__ import annotations
@@ -28,13 +32,15 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..data.labels import AXES, IGNORE
 from ..data.normalise import normalize
-from ..data.volumes import array_volume
+from ..data.volumes import array_volume, open_volume
+from ..geometry import reflect
 from ..data.store import open_store
 from ..infer.predict import Predictor
 from ..evaluate.metrics import confusion_matrix
 from ..evaluate.microstructure import analyze
-from .distributed import all_gather
+from .distributed import all_gather, allreduce_confusion
 
 log = logging.getLogger(__name__)
 
@@ -88,6 +94,42 @@ class ValidationSlab:
         ratio = got["tpb"]["density"] / t_tpb if t_tpb > 0 else float("nan")
         err = max(abs(got["fractions"][c] - truth["fractions"][c]) for c in classes) * 100.0
         return SlabScores(matrix, float(ratio), float(err))
+
+
+class PlaneValidation:
+    """Whole held-out planes ``(axis, index)`` of a sparse store, normalised with ``stats``: each plane
+    with its 2.5D neighbours along its axis (mirrored at the volume's border, as in training)."""
+
+    def __init__(self, store_path: str | os.PathLike, planes: tuple[tuple[str, int], ...], stats: dict[str, Any],
+                 slices: int):
+        image, labels = open_volume(store_path), open_volume(store_path, dataset="labels")
+        h = slices // 2
+        self.planes = planes
+        self.items: list[tuple[np.ndarray, np.ndarray]] = []  # (image (C, U, V) float32, labels (U, V) uint8)
+        for axis_name, i in planes:
+            a = AXES.index(axis_name)
+            idx = reflect(np.arange(i - h, i + h + 1), 0, image.shape[a])
+            box = [(0, n) for n in image.shape]
+            box[a] = (int(idx.min()), int(idx.max()) + 1)
+            stack = np.take(image.read(tuple(box)), idx - box[a][0], axis=a)
+            box[a] = (i, i + 1)
+            plane = np.moveaxis(labels.read(tuple(box)), a, 0)[0]
+            self.items.append((normalize(np.moveaxis(stack, a, 0), stats), plane.astype(np.uint8)))
+
+    @torch.no_grad()
+    def evaluate(self, model: nn.Module, in_channels: int, num_classes: int, rank: int = 0, world_size: int = 1,
+                 device: str | torch.device = "cpu") -> np.ndarray:
+        """(K, K) confusion matrix of the labelled voxels of all planes (rank r predicts planes r::world_size)."""
+        was_training = model.training
+        matrix = np.zeros((num_classes, num_classes), np.int64)
+        for stack, truth in self.items[rank::world_size]:
+            c, nu, nv = stack.shape
+            predictor = Predictor(model, in_channels, num_classes, tile=max(nu, nv), halo=0, axes="z", device=device)
+            probs = predictor.predict(array_volume(stack), ((c // 2, c // 2 + 1), (0, nu), (0, nv)))
+            matrix += confusion_matrix(probs.argmax(axis=0)[0].astype(np.uint8), truth, num_classes,
+                                       ignore_index=IGNORE)
+        model.train(was_training)
+        return allreduce_confusion(matrix)
 
 
 def selection_score(metrics: dict[str, Any], select: str, tpb_weight: float) -> float:
