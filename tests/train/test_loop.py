@@ -89,3 +89,84 @@ def test_preflight_rejects_bad_config(train_store, tmp_path):
         w.create("image", (5, 8, 8), np.uint16)
     with pytest.raises(InvalidInputError, match="no labels"):
         preflight(tiny_config(unlabelled))
+
+
+# --------------------------------------------------------------------------- sparse labels
+
+
+class _Shifted(torch.nn.Module):
+    """``net`` with a fixed ``delta`` (B, K, P, P) added to its logits: no parameter, no change to any gradient
+    path; what changes is only the prediction where ``delta`` is non-zero."""
+
+    def __init__(self, net: torch.nn.Module, delta: torch.Tensor):
+        super().__init__()
+        self.net, self.delta = net, delta
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x) + self.delta
+
+
+SPARSE_MODELS = {"unet": {"width": 8, "depth": 2}, "mlp": {"patch": 32, "hidden": 16},
+                 "pix2pix": {"width": 8, "depth": 2, "disc_width": 8, "disc_layers": 2}}
+
+
+def _one_step(model_name: str, image: torch.Tensor, label: torch.Tensor, delta: torch.Tensor, class_weights=None):
+    """One ``train_step`` of a freshly seeded network whose logits get ``delta``: its losses and every
+    parameter's gradient."""
+    from xtrain.config import config_from_dict
+    from xtrain.models import create_model
+    from xtrain.train.loop import Nets, build_optimizers, train_step
+    from xtrain.train.losses import create_loss
+
+    torch.manual_seed(0)
+    model = create_model(model_name, in_channels=1, num_classes=3, **SPARSE_MODELS[model_name])
+    gan = model_name == "pix2pix"
+    nets = Nets(model, _Shifted(model.generator if gan else model, delta), model.discriminator if gan else None)
+    optimizers = build_optimizers(model, config_from_dict({"model": {"name": model_name}}))
+    losses = train_step(nets, optimizers, create_loss("ce+dice", class_weights=class_weights), image, label,
+                        adversarial_weight=1.0, amp=False)
+    return losses, {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+
+@pytest.mark.parametrize("model_name, class_weights", [("unet", None), ("unet", [1.0, 0.5, 3.0]), ("pix2pix", None),
+                                                       ("mlp", None)])
+def test_unlabelled_pixels_change_no_loss_and_no_gradient(model_name, class_weights):
+    """Flip the prediction at every unlabelled (IGNORE) pixel of a batch to another class (a logit of +30): no
+    loss term (cross-entropy, soft Dice, class weights; both Pix2Pix networks' adversarial terms: the
+    discriminator sees neither truth nor prediction there) and no gradient may change.  The same flip at
+    labelled pixels changes both (the test can fail)."""
+    from xtrain.data.labels import IGNORE
+
+    gen = torch.Generator().manual_seed(1)
+    image = torch.randn(4, 1, 32, 32, generator=gen)
+    label = torch.randint(0, 3, (4, 32, 32), generator=gen)
+    label[:, :, 5:27] = IGNORE  # most of each patch unlabelled, as around a scribble
+    label[1] = IGNORE  # and one patch without a label
+    base_losses, base_grads = _one_step(model_name, image, label, torch.zeros(4, 3, 32, 32), class_weights)
+    if model_name == "pix2pix":
+        assert {n.split(".")[0] for n in base_grads} == {"generator", "discriminator"}
+    for cls in range(3):
+        flip = torch.zeros(4, 3, 32, 32)
+        flip[:, cls] = 30.0 * (label == IGNORE)
+        losses, grads = _one_step(model_name, image, label, flip, class_weights)
+        assert losses.keys() == base_losses.keys()
+        for key in losses:
+            assert losses[key] == pytest.approx(base_losses[key], rel=1e-6, abs=1e-7), (cls, key)
+        for name in base_grads:
+            assert torch.allclose(grads[name], base_grads[name], rtol=1e-5, atol=1e-7), (cls, name)
+    wrong = torch.zeros(4, 3, 32, 32)
+    wrong[:, 0] = 30.0 * (label != IGNORE)  # the same flip where labels are: it must show
+    losses, grads = _one_step(model_name, image, label, wrong, class_weights)
+    assert losses["loss"] != pytest.approx(base_losses["loss"], rel=1e-3)
+
+
+def test_the_discriminator_sees_no_unlabelled_pixel():
+    from xtrain.data.labels import IGNORE
+    from xtrain.train.loop import discriminator_masks
+
+    label = torch.tensor([[[0, 1, IGNORE], [2, IGNORE, 1]]])
+    real, fake = discriminator_masks(torch.randn(1, 3, 2, 3), label)
+    unlabelled = (label == IGNORE).unsqueeze(1).expand_as(real)
+    assert (real[unlabelled] == 0).all() and (fake[unlabelled] == 0).all()
+    assert torch.equal(real.argmax(1)[label != IGNORE], label[label != IGNORE])
+    assert torch.allclose(fake.sum(1)[label != IGNORE], torch.ones(4))
