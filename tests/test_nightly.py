@@ -96,7 +96,7 @@ def test_one_instance_at_a_time(tiny_model, tmp_path):
     incoming, results = tmp_path / "incoming", tmp_path / "results"
     incoming.mkdir()
     results.mkdir()
-    with exclusive_lock(results / ".nightly.lock"):
+    with exclusive_lock(results / ".nightly.lock", "held by the test"):
         with pytest.raises(LockedError, match="another 'xtrain nightly' is running"):
             run_nightly(incoming, tiny_model, results, once=True)
 

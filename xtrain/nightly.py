@@ -34,7 +34,6 @@ Safety rules, in the order they matter at 3 a.m.:
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
 import logging
 import os
@@ -49,7 +48,8 @@ from typing import Any
 import numpy as np
 
 from . import runtime
-from .errors import DiskFullError, InputNotFoundError, RunInterrupted, XtrainError
+from .errors import DiskFullError, InputNotFoundError, LockedError, RunInterrupted, XtrainError  # noqa: F401
+from .runtime import exclusive_lock  # noqa: F401  (re-exported: the registry's lock)
 
 log = logging.getLogger(__name__)
 
@@ -85,10 +85,6 @@ CREATE TABLE IF NOT EXISTS versions (
 # columns added after the first release: added to older registries when opened
 CHANGED_DURING_RUN = "changed-during-run"  # a fingerprint no scan has: the next pass sees a change
 SCAN_COLUMNS = {"fingerprint": "TEXT", "version": "INTEGER NOT NULL DEFAULT 1"}
-
-
-class LockedError(XtrainError, RuntimeError):
-    """Another nightly instance holds the lock."""
 
 
 @dataclass
@@ -233,27 +229,6 @@ def _now() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%S")
 
 
-@contextlib.contextmanager
-def exclusive_lock(path: Path) -> Iterator[None]:
-    """Hold ``path`` exclusively (released by the OS if the process dies)."""
-    with open(path, "a+") as f:
-        try:
-            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            f.seek(0)
-            holder = f.read().strip() or "unknown"
-            raise LockedError(f"another 'xtrain nightly' is running on '{path.parent}' (pid {holder}); "
-                              "wait for it to finish") from None
-        f.seek(0)
-        f.truncate()
-        f.write(str(os.getpid()))
-        f.flush()
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
-
-
 # ----------------------------------------------------------------------------- one scan
 
 
@@ -361,7 +336,7 @@ def run_nightly(incoming: str | Path, model: str | Path, results: str | Path, *,
     results.mkdir(parents=True, exist_ok=True)
     model_sha = file_checksum(model)
     totals = {"done": 0, "failed": 0, "skipped": 0, "waiting": 0}
-    with exclusive_lock(results / LOCK):
+    with exclusive_lock(results / LOCK, f"another 'xtrain nightly' is running on '{results}'"):
         registry = Registry(results / REGISTRY)
         try:
             for name in redo or []:

@@ -16,6 +16,10 @@ SIGUSR1 / SIGINT handlers that ``ray.init`` replaces on the main thread (Ray 2.6
 ``volume_scheduler`` is the edges' one decision where volume-wide Dask graphs run (Ray
 inside a Ray cluster, else threads); library code only reads it (``xtrain.data.volumes.scheduler``).
 
+``exclusive_lock`` / ``output_lock``: one writer per output (nightly's results folder, a
+segmentation, a training run, a sweep): a second process refuses in one line naming the pid
+that holds the lock.
+
 ``atomic_write`` is the one way small files (csv, status.json, job.json, qc.json,
 checkpoints, best.yaml, compare reports) reach the disk: a temporary sibling renamed over the
 target, so a reader never sees half a file.  A full disk (ENOSPC, EDQUOT, EFBIG) anywhere
@@ -26,6 +30,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import fcntl
 import io
 import logging
 import os
@@ -36,7 +41,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from .errors import DiskFullError
+from .errors import DiskFullError, LockedError
 
 log = logging.getLogger(__name__)
 
@@ -240,6 +245,64 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+# ----------------------------------------------------------------------------- one writer per output
+
+
+@contextlib.contextmanager
+def exclusive_lock(path: str | os.PathLike, what: str, remove: bool = False) -> Iterator[None]:
+    """Hold the lock file ``path`` exclusively while the block runs (``flock``: the OS releases it
+    when the process dies, so a crash never leaves a stale lock).
+
+    The holder writes "PID on HOST" into the file; a second process raises ``LockedError``
+    "``what`` (pid PID on HOST); wait for it to finish", e.g. ``what`` = "another 'xtrain
+    segment' is writing 'out.zarr'".  ``remove``: delete the file at the end, still holding the
+    lock; a process that opened it meanwhile sees that the path no longer names the file it
+    locked (inode check) and locks the new one instead, so two processes never both hold "the" lock.
+    """
+    import socket
+
+    path = Path(path)
+    while True:
+        f = open(path, "a+")
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.seek(0)
+            holder = f.read().strip() or "unknown"
+            f.close()
+            raise LockedError(f"{what} (pid {holder}); wait for it to finish, or stop that process") from None
+        try:
+            current = os.stat(path).st_ino == os.fstat(f.fileno()).st_ino
+        except FileNotFoundError:
+            current = False
+        if current:
+            break
+        f.close()  # removed by the previous holder between our open and flock: lock the new file
+    try:
+        f.seek(0)
+        f.truncate()
+        f.write(f"{os.getpid()} on {socket.gethostname()}")
+        f.flush()
+        yield
+    finally:
+        if remove:
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
+        fcntl.flock(f, fcntl.LOCK_UN)
+        f.close()
+
+
+def lock_path(out: str | os.PathLike) -> Path:
+    """The lock file of output ``out`` (a file or folder): the hidden sibling ``.NAME.lock``."""
+    out = Path(out).absolute()
+    return out.parent / f".{out.name}.lock"
+
+
+def output_lock(out: str | os.PathLike, command: str) -> contextlib.AbstractContextManager[None]:
+    """``exclusive_lock`` on ``lock_path(out)`` for ``xtrain COMMAND`` writing ``out`` (removed at the end)."""
+    return exclusive_lock(lock_path(out), f"another 'xtrain {command}' is writing '{out}'", remove=True)
 
 
 # ----------------------------------------------------------------------------- writes and full disks

@@ -52,6 +52,7 @@ def ingest(
     channel: int | None = None,
     time: int | None = None,
     mask: str | os.PathLike | None = None,
+    allow_missing: bool = False,
 ) -> Path:
     """Convert a volume (+ optional labels) into the store ``out``; returns its path.
 
@@ -60,19 +61,23 @@ def ingest(
     pick the image volume inside it.  ``mask``: non-zero = sample, for the statistics only.
     ``label_map``: raw label value -> class id, e.g. {0: 0, 128: 1, 255: 2}.
     ``chunks``: chunk shape (Z, Y, X); default thin chunks inside shards (``default_layout``).
+    ``allow_missing``: as ``open_volume`` (a foreign Zarr's absent chunks become its fill value in the
+    store, a slice folder's number gaps are stacked over; recorded in the store's provenance).
+    Missing or damaged input is refused (``MissingDataError`` / ``CorruptFileError``) before
+    anything is written.
     """
     out = check_output(out, overwrite)  # before reading any data
     classes = list(classes) if classes else list(DEFAULT_CLASSES)
     if label_map and labels is None:
         raise InvalidInputError("--label-map was given without --labels; add --labels LABELS or drop the map")
 
-    stack = open_volume(images, dataset=dataset, channel=channel, time=time)  # headers only
+    stack = open_volume(images, dataset=dataset, channel=channel, time=time, allow_missing=allow_missing)  # headers
     shape = stack.shape  # (Z, Y, X)
     lab_stack: Volume | None = None
     lut = None
     mask_vol = open_volume(mask) if mask is not None else None
     if labels is not None:
-        lab_stack = open_volume(labels, dataset="labels" if _is_store(labels) else None)
+        lab_stack = open_volume(labels, dataset="labels" if _is_store(labels) else None, allow_missing=allow_missing)
         if lab_stack.shape != shape:
             raise ShapeMismatchError(
                 f"labels '{labels}' have shape {lab_stack.shape} (Z, Y, X) but images '{images}' have {shape}; "

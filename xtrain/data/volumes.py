@@ -54,7 +54,7 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import CorruptFileError, InputNotFoundError, InvalidInputError
+from ..errors import CorruptFileError, InputNotFoundError, InvalidInputError, MissingDataError  # noqa: F401
 
 log = logging.getLogger(__name__)
 
@@ -202,7 +202,7 @@ class Volume:
 
 
 def open_volume(spec: str | os.PathLike | Volume, *, dataset: str | None = None, channel: int | None = None,
-                time: int | None = None) -> Volume:
+                time: int | None = None, allow_missing: bool = False) -> Volume:
     """Open any supported volume lazily (headers only); see the module docstring for the formats.
 
     ``dataset``: the HDF5 dataset / Zarr array path inside the file (also ``file.h5:/path``),
@@ -210,12 +210,20 @@ def open_volume(spec: str | os.PathLike | Volume, *, dataset: str | None = None,
     axis of a TIFF hyperstack or a 4-D/5-D array (required when that axis has more than one
     entry).  Raises ``InputNotFoundError``, ``InvalidInputError`` (shape, dtype, axes),
     ``CorruptFileError`` or ``CodecError``: one line naming the file and the fix.
+
+    Missing data is refused, never filled in (``MissingDataError``, naming the part and its z
+    range): absent or truncated Zarr shards/chunks, HDF5 virtual-dataset sources and external
+    links whose files are not there, gaps in a numbered slice folder.  ``allow_missing``
+    (``--allow-missing``) accepts what may be meant: a foreign Zarr's absent chunks (never written:
+    read as the fill value), a virtual dataset's absent sources (HDF5's fill value), a slice
+    folder's number gaps (the slices present, in order), each with a warning; damage to an xtrain
+    store is refused all the same.  What is checked at open and at read: the backends' docstrings.
     """
     if isinstance(spec, Volume):
         return spec
     text = os.fspath(spec)
     path = Path(text).expanduser()
-    options = {"dataset": dataset, "channel": channel, "time": time}
+    options = {"dataset": dataset, "channel": channel, "time": time, "allow_missing": allow_missing or None}
     m = _HDF5_SPEC.match(text)
     if m and not path.exists():
         if dataset is not None and dataset != m["path"]:
@@ -226,18 +234,18 @@ def open_volume(spec: str | os.PathLike | Volume, *, dataset: str | None = None,
         if _is_zarr_dir(path):
             from .zarrio import open_zarr
 
-            vol = open_zarr(text, path, dataset, channel, time)
+            vol = open_zarr(text, path, dataset, channel, time, allow_missing)
         elif dataset is not None:
             raise InvalidInputError(f"dataset={dataset} was given but '{path}' is a folder of TIFF slices")
         else:
             from .tiff import open_tiff
 
-            vol = open_tiff(text, channel, time)
+            vol = open_tiff(text, channel, time, allow_missing)
     elif path.is_file():
         if _is_hdf5(path):
             from .hdf5 import open_hdf5
 
-            vol = open_hdf5(text, path, dataset, channel, time)
+            vol = open_hdf5(text, path, dataset, channel, time, allow_missing)
         elif path.suffix.lower() in TIFF_SUFFIXES or _is_tiff(path):
             if dataset is not None:
                 raise InvalidInputError(f"dataset={dataset} was given but '{path}' is a TIFF file; drop it")
@@ -249,7 +257,7 @@ def open_volume(spec: str | os.PathLike | Volume, *, dataset: str | None = None,
     elif _GLOB_CHARS.search(text):
         from .tiff import open_tiff
 
-        vol = open_tiff(text, channel, time)
+        vol = open_tiff(text, channel, time, allow_missing)
     elif path.suffix == ".zarr":
         raise InputNotFoundError(f"'{path}' does not exist; give a Zarr store or an OME-Zarr image")
     else:

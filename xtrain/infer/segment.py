@@ -391,6 +391,7 @@ def segment(
     should_stop: Callable[[], bool] = runtime.never,
     on_actors: Callable[[list[Any]], None] | None = None,
     clean: bool = False,
+    allow_missing: bool = False,
 ) -> Path:
     """Segment ``volume`` (store or TIFF stack) with ``model`` (model.pt) into ``out`` (.zarr / .tif / .h5).
 
@@ -407,7 +408,8 @@ def segment(
     (``xtrain.infer.volume.choose_mapping``; recorded in the output's attributes).
     ``on_actors(actors)``: the Ray worker actors, whenever the pool changes (tests).
     ``clean``: a 3D majority filter over the probabilities (postprocess.py); --probabilities
-    then writes the filtered ones.
+    then writes the filtered ones.  ``allow_missing``: as ``open_volume`` (absent chunks of a
+    foreign Zarr read as its fill value, a slice folder's number gaps accepted), with a warning.
 
     Raises ``RunInterrupted`` once ``should_stop()`` is true (after the blocks in flight are
     written; ``resume=True`` continues), ``SettingsMismatchError`` for ``resume`` of an
@@ -421,12 +423,12 @@ def segment(
         return _segment(model, volume, out, block, tile, halo, axes, tta, probabilities, workers, gpu, resume,
                         overwrite, window, batch_size, threads, chunks, shard, on_block, should_stop, on_actors,
                         dataset=dataset, channel=channel, time=time, mask=mask, normalisation=normalisation,
-                        clean=clean)
+                        clean=clean, allow_missing=allow_missing)
 
 
 def _segment(model, volume, out: Path, block, tile, halo, axes, tta, probabilities, workers, gpu, resume, overwrite,
              window, batch_size, threads, chunks, shard, on_block, should_stop, on_actors, *, dataset, channel, time,
-             mask, normalisation, clean) -> Path:
+             mask, normalisation, clean, allow_missing) -> Path:
     given = tuple(int(b) for b in block) if block else None
     _check_args(out, given or (1, 1, 1), tile, halo, axes, window, workers, probabilities, batch_size, threads)
     work, continuing = _prepare_output(out, resume, overwrite)
@@ -442,7 +444,8 @@ def _segment(model, volume, out: Path, block, tile, halo, axes, tta, probabiliti
     _, num_classes, classes = model_channels(ckpt, model)
     train_stats = ckpt.get("stats") or {}
     vol = open_volume(volume, stats=previous.get("stats") if previous else None, dataset=dataset, channel=channel,
-                      time=time, mask=mask, train_stats=train_stats, normalisation=normalisation)
+                      time=time, mask=mask, train_stats=train_stats, normalisation=normalisation,
+                      allow_missing=allow_missing)
     block = given or default_block(axes, vol.shape)
     m = vol.mapping
     log.info("normalisation: %s statistics, p0.5 %.6g -> 0, p99.5 %.6g -> 1 (%s)%s", m["mode"], m["lo"], m["hi"],

@@ -226,14 +226,16 @@ class Volume:
 
 def open_volume(spec: str | os.PathLike, stats: dict[str, Any] | None = None, *, dataset: str | None = None,
                 channel: int | None = None, time: int | None = None, mask: str | os.PathLike | None = None,
-                train_stats: dict[str, Any] | None = None, normalisation: str = "auto") -> Volume:
-    """Open any volume (``xtrain.data.volumes.open_volume``) for segmentation and choose its normalisation.
+                train_stats: dict[str, Any] | None = None, normalisation: str = "auto",
+                allow_missing: bool = False) -> Volume:
+    """Open any volume (``xtrain.data.volumes.open_volume``, ``allow_missing`` as there) for segmentation
+    and choose its normalisation.
 
     ``stats``: the sample statistics of an earlier run (resume: no statistics pass); else
     they are computed (``volume_stats``, a Dask graph; a store's ingest statistics are
     reused when they already exclude a fill value and no mask is given).
     """
-    source = open_source(spec, dataset=dataset, channel=channel, time=time)
+    source = open_source(spec, dataset=dataset, channel=channel, time=time, allow_missing=allow_missing)
     mask_vol = open_source(mask) if mask is not None else None
     if stats is None:
         stored = source.stats
