@@ -301,8 +301,13 @@ def lock_path(out: str | os.PathLike) -> Path:
 
 
 def output_lock(out: str | os.PathLike, command: str) -> contextlib.AbstractContextManager[None]:
-    """``exclusive_lock`` on ``lock_path(out)`` for ``xtrain COMMAND`` writing ``out`` (removed at the end)."""
-    return exclusive_lock(lock_path(out), f"another 'xtrain {command}' is writing '{out}'", remove=True)
+    """``exclusive_lock`` on ``lock_path(out)`` for ``xtrain COMMAND`` writing ``out`` (removed at the end).
+
+    A missing parent folder takes no lock: nothing can be written there, and the command says so."""
+    path = lock_path(out)
+    if not path.parent.is_dir():
+        return contextlib.nullcontext()
+    return exclusive_lock(path, f"another 'xtrain {command}' is writing '{out}'", remove=True)
 
 
 # ----------------------------------------------------------------------------- writes and full disks

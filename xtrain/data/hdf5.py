@@ -98,6 +98,17 @@ def resolve_linked(name: str, parent: Path, env: str) -> Path | None:
     return next((c for c in candidates if c.is_file()), None)
 
 
+def _external_raw_file(name: str, path: Path) -> Path:
+    """Where HDF5 reads a dataset's external raw-data file ``name`` from: as given when absolute, else under
+    ``HDF5_EXTFILE_PREFIX`` (``${ORIGIN}``: the folder of ``path``), else the working directory."""
+    if Path(name).is_absolute():
+        return Path(name)
+    prefix = os.environ.get("HDF5_EXTFILE_PREFIX")
+    if prefix:
+        return Path(prefix.replace("${ORIGIN}", str(path.resolve().parent))) / name
+    return Path.cwd() / name
+
+
 def _external_links(f, broken: bool) -> list[tuple[str, str]]:
     """(link path, file it names) of every external link in ``f`` whose file is (``broken``) or is not missing."""
     h5py = _h5py()
@@ -234,12 +245,15 @@ def _check_sources(dset, path: Path, where: str, zaxis: int, allow_missing: bool
                 z = f"z {lo[zaxis]}..{hi[zaxis]}" if zaxis >= 0 else "z 0..0"
                 missing.append((f"its source '{name}' {problem}", z))
     for name, offset, size in dset.external or ():
-        file = resolve_linked(name if isinstance(name, str) else name.decode(), path.parent, "HDF5_EXTFILE_PREFIX")
+        name = name if isinstance(name, str) else name.decode()
+        file = _external_raw_file(name, path)
         need = offset + size if size != h5py.h5f.UNLIMITED else offset
-        if file is None or file.stat().st_size < need:
-            raise MissingDataError(f"{where} keeps its raw data in '{name}', which "
-                                   f"{'does not exist' if file is None else f'is shorter than {need} bytes'}; copy "
-                                   "that file beside it again")
+        if not file.is_file() or file.stat().st_size < need:
+            why = "is shorter than {need} bytes" if file.is_file() else "does not exist"
+            raise MissingDataError(f"{where} keeps its raw data in '{name}', which {why.format(need=need)} (looked "
+                                   f"for as '{file}': HDF5 reads relative names from the working directory, or under "
+                                   "HDF5_EXTFILE_PREFIX, e.g. '${ORIGIN}' for beside the file); copy it there or set "
+                                   "the variable")
     if not missing:
         return []
     what, z = missing[0]

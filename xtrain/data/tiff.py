@@ -263,6 +263,11 @@ def _open_file(spec: str, path: Path, channel: int | None, time: int | None) -> 
         voxel = _voxel_size(tif, keyframe)
         kind = "ome-tiff" if tif.is_ome else "imagej" if tif.is_imagej else "tiff"
         bigtiff = tif.is_bigtiff
+        images = int((tif.imagej_metadata or {}).get("images") or 0) if tif.is_imagej else 0
+        if images > int(np.prod(outer or (1,))):  # tifffile fell back to the pages it could read (a warning)
+            raise CorruptFileError(f"'{path}' is truncated: its ImageJ metadata says {images} images but "
+                                   f"{int(np.prod(outer or (1,)))} can be read from its {size} bytes; copy or "
+                                   "export the file again")
         truncated = bool(getattr(series, "is_truncated", False))  # ImageJ big stack: fewer IFDs than slices
         if truncated:
             end = int(series.dataoffset or 0) + int(np.prod(shape)) * source_dtype.itemsize

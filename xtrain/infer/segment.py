@@ -413,13 +413,16 @@ def segment(
 
     Raises ``RunInterrupted`` once ``should_stop()`` is true (after the blocks in flight are
     written; ``resume=True`` continues), ``SettingsMismatchError`` for ``resume`` of an
-    output made with other settings, ``DiskFullError`` when OUT's file system is full.
+    output made with other settings, ``DiskFullError`` when OUT's file system is full,
+    ``LockedError`` while another process writes OUT (the lock file ``.OUT.lock`` beside it).
     ``resume`` of a finished OUT with the same settings returns OUT at once.  Uses the
     connected Ray (workers > 1 or gpu) or starts one and stops it before returning.
     """
     out = Path(out)
     use_ray = gpu or (workers or 1) > 1
-    with runtime.writing(out, "the segmentation"), (runtime.ray_session() if use_ray else contextlib.nullcontext()):
+    # one writer per output: a second segment (or --resume) into OUT refuses naming this one's pid
+    with runtime.output_lock(out, "segment"), runtime.writing(out, "the segmentation"), \
+            (runtime.ray_session() if use_ray else contextlib.nullcontext()):
         return _segment(model, volume, out, block, tile, halo, axes, tta, probabilities, workers, gpu, resume,
                         overwrite, window, batch_size, threads, chunks, shard, on_block, should_stop, on_actors,
                         dataset=dataset, channel=channel, time=time, mask=mask, normalisation=normalisation,

@@ -333,11 +333,20 @@ def sweep(cfg: Config, tune_dir: str | Path, resume: bool = False,
 
     ``should_stop()`` true: the running trials checkpoint and end "interrupted" (summary
     ``stopped``), ``resume=True`` runs them to their full length.  ``already_complete``:
-    ``resume`` of a finished sweep with the same settings.  Installs no signal handler."""
+    ``resume`` of a finished sweep with the same settings.  Installs no signal handler.
+    ``LockedError`` while another process sweeps into TUNE_DIR (the lock file ``.TUNE.lock`` beside it)."""
     quiet_tune()
+    params = check_tune_config(cfg)
+    tune_dir = Path(tune_dir).resolve()
+    tune_dir.parent.mkdir(parents=True, exist_ok=True)
+    with runtime.output_lock(tune_dir, "tune"):  # one sweep per folder: a second one names this pid
+        return _sweep(cfg, tune_dir, resume, should_stop, params)
+
+
+def _sweep(cfg: Config, tune_dir: Path, resume: bool, should_stop: Callable[[], bool] | None,
+           params: list[Param]) -> dict[str, Any]:
     stop = runtime.StopRequest()
     outer = should_stop or runtime.never
-    params = check_tune_config(cfg)
     try:
         tune_dir, cfg = prepare_tune_dir(tune_dir, cfg, resume)
     except SweepComplete:
