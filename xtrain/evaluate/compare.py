@@ -15,6 +15,7 @@ the labels.  Sweep studies (``--study TUNE_DIR``: a data-size or noise study mad
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 from collections.abc import Sequence
@@ -86,10 +87,10 @@ def compare(entries: Sequence[str], labels: str, report_dir: str | os.PathLike, 
             baselines: Sequence[str] = (), fit: str | None = None, fit_z: tuple[int, int] | None = None,
             studies: Sequence[str] = (), segment_options: dict[str, Any] | None = None,
             overwrite: bool = False) -> dict[str, Any]:
-    """Segment (where needed), evaluate and tabulate; writes REPORT_DIR/compare.{md,json,csv,png}."""
-    from .baselines import fit_baseline, segment_baseline
-    from ..infer import segment
+    """Segment (where needed), evaluate and tabulate; writes REPORT_DIR/compare.{md,json,csv,png}.
 
+    A comparison refused on the way (a bad model, a prediction of the wrong shape) leaves no empty
+    report folder behind; predictions already made stay (a rerun reuses them)."""
     out = Path(report_dir)
     if (out / "compare.md").exists() and not overwrite:
         raise OutputExistsError(f"comparison '{out / 'compare.md'}' already exists; pass --overwrite or another --report")
@@ -103,7 +104,23 @@ def compare(entries: Sequence[str], labels: str, report_dir: str | os.PathLike, 
     _unique(items)
     source = image or labels
     preds = out / "predictions"
+    created = [d for d in (out, preds) if not d.exists()]
     preds.mkdir(parents=True, exist_ok=True)
+    try:
+        return _compare(items, truth, labels, out, preds, source, fit, fit_z, z_range, studies, segment_options)
+    except BaseException:
+        for folder in reversed(created):  # a refused comparison leaves no empty report folder behind
+            with contextlib.suppress(OSError):
+                folder.rmdir()  # only when empty: predictions made before the error stay for a rerun
+        raise
+
+
+def _compare(items: list[Entry], truth: Any, labels: str, out: Path, preds: Path, source: str, fit: str | None,
+             fit_z: tuple[int, int] | None, z_range: tuple[int, int] | None, studies: Sequence[str],
+             segment_options: dict[str, Any] | None) -> dict[str, Any]:
+    from .baselines import fit_baseline, segment_baseline
+    from ..infer import segment
+
     for item in items:
         if item.kind == "model":
             item.prediction = preds / f"{item.name}.zarr"

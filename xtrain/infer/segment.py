@@ -131,10 +131,21 @@ def build_model(ckpt: dict[str, Any], path: str | os.PathLike) -> nn.Module:
     except XtrainError:
         raise
     except Exception as exc:  # wrong keys / shapes in the state dict
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise CorruptFileError(f"model '{path}' does not load into a {ckpt['model_name']} network ({first}); "
-                               "it is damaged or from another xtrain version, export it again") from exc
+        raise CorruptFileError(f"model '{path}' does not load into a {ckpt['model_name']} network "
+                               f"({state_dict_error(exc)}); it is damaged or from another xtrain version, export "
+                               "it again") from exc
     return model
+
+
+def state_dict_error(exc: BaseException, details: int = 3) -> str:
+    """torch's ``load_state_dict`` error on one line, keeping what differs (the first ``details``):
+    "Error(s) in loading state_dict for UNet: size mismatch for stem.0.weight: copying a param with
+    shape torch.Size([8, 1, 3, 3]) from checkpoint, the shape in current model is torch.Size([16, 1,
+    3, 3]); ...; and 96 more"."""
+    lines = [line.strip().rstrip(".") for line in str(exc).splitlines() if line.strip()] or [type(exc).__name__]
+    head, rest = lines[0], lines[1:]
+    more = f"; and {len(rest) - details} more" if len(rest) > details else ""
+    return " ".join([head, "; ".join(rest[:details])]).strip() + more
 
 
 def model_channels(ckpt: dict[str, Any], path: str | os.PathLike) -> tuple[int, int, list[str]]:

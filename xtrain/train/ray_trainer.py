@@ -88,25 +88,44 @@ def check_same_config(run_dir: Path, cfg: Config, what: str = "run") -> None:
                                     "or choose a new --out")
 
 
+FAILED_START = frozenset({"config.yaml", STOP})  # what a start that failed before training left behind
+
+
+def failed_start(folder: Path, extra: frozenset[str] = frozenset()) -> bool:
+    """``folder`` does not exist, or holds only what a start that failed before any work leaves
+    (``FAILED_START``, ``extra``, empty folders): nothing to keep, nothing to resume."""
+    if not folder.exists():
+        return True
+    return all(p.name in FAILED_START | extra and (p.is_file() or not any(p.iterdir())) for p in folder.iterdir())
+
+
 def prepare_run_dir(run_dir: str | Path, cfg: Config, resume: bool) -> tuple[Path, Path | None]:
     """Create RUN_DIR or check it may be resumed. Returns (absolute run dir, checkpoint to resume).
 
     ``--resume`` of a finished run raises ``AlreadyComplete`` when the settings are the same,
-    ``SettingsMismatchError`` (naming the key) when they are not."""
+    ``SettingsMismatchError`` (naming the key) when they are not.  A folder holding only what a
+    failed start left (``failed_start``: config.yaml) blocks neither a fresh start nor ``--resume``
+    (which then starts from the beginning)."""
     run_dir = Path(run_dir).resolve()
     last = run_dir / LAST
     state = read_status(run_dir).get("state")
+    empty = failed_start(run_dir)
     if resume:
         if state == "finished":
             check_same_config(run_dir, cfg)
             raise AlreadyComplete(str(run_dir))
         if not last.exists():
-            if not state:
+            if empty and run_dir.exists():
+                log.info("nothing to resume in '%s' (a start that failed left only config.yaml); starting from "
+                         "the beginning", run_dir)
+            elif not state:
                 raise RunStateError(f"cannot resume '{run_dir}': it has no {LAST}; start it without --resume")
-            check_same_config(run_dir, cfg)
-            log.warning("run '%s' stopped (%s) before its first checkpoint; starting it from epoch 1", run_dir, state)
+            else:
+                check_same_config(run_dir, cfg)
+                log.warning("run '%s' stopped (%s) before its first checkpoint; starting it from epoch 1", run_dir,
+                            state)
             resume = False
-    elif run_dir.exists() and any(run_dir.iterdir()):
+    elif not empty:
         hint = "pass --resume to continue it" if last.exists() and state != "finished" else "choose a new --out"
         raise RunStateError(f"run directory '{run_dir}' already exists and is not empty; {hint}")
     run_dir.mkdir(parents=True, exist_ok=True)

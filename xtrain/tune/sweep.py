@@ -63,7 +63,7 @@ from ..config import Config, config_from_dict, config_to_dict, describe_differen
     save_config
 from ..errors import ConfigError, RunStateError, SettingsMismatchError, UnknownNameError
 from ..train.loop import BEST, LAST, METRICS, preflight, read_metrics
-from ..train.ray_trainer import STOP, fit_trainer, make_trainer, quiet_ray, read_status, write_status
+from ..train.ray_trainer import STOP, failed_start, fit_trainer, make_trainer, quiet_ray, read_status, write_status
 from .space import Param, apply_params, grid_size, parse_space, to_ray
 
 log = logging.getLogger(__name__)
@@ -264,8 +264,10 @@ def sweep_finished(tune_dir: Path) -> bool:
     return bool(rows) and all(r.get("status") in ("finished", "early-stopped") for r in rows)
 
 
-def prepare_tune_dir(tune_dir: str | Path, cfg: Config, resume: bool) -> tuple[Path, Config]:
-    """Create TUNE_DIR (refusing a non-empty one) or check it can be resumed; returns the base config.
+def prepare_tune_dir(tune_dir: str | Path, cfg: Config, resume: bool) -> tuple[Path, Config, bool]:
+    """Create TUNE_DIR (refusing a non-empty one) or check it can be resumed; returns (TUNE_DIR, the base
+    config, whether Tune's state is restored).  A folder holding only what a failed start left
+    (config.yaml, an empty trials/) blocks neither a fresh start nor ``--resume`` (a fresh start then).
 
     ``resume`` of a finished sweep raises ``SweepComplete`` with the same settings and
     ``SettingsMismatchError`` (naming the key) with others."""
@@ -283,20 +285,25 @@ def prepare_tune_dir(tune_dir: str | Path, cfg: Config, resume: bool) -> tuple[P
                                             f"{describe_differences(saved, new, keys)}; rerun with the same "
                                             "settings or choose a new --out")
             raise SweepComplete(str(tune_dir))
-        if not (tune_dir / "config.yaml").exists() or not Tuner.can_restore(str(exp)):
+        if tune_dir.exists() and failed_start(tune_dir, frozenset({TRIALS})):
+            log.info("nothing to resume in '%s' (a start that failed left only config.yaml); starting the sweep",
+                     tune_dir)
+            resume = False
+        elif not (tune_dir / "config.yaml").exists() or not Tuner.can_restore(str(exp)):
             raise RunStateError(f"cannot resume '{tune_dir}': it holds no sweep state; start it without --resume")
-        saved = load_config(tune_dir / "config.yaml")
-        if config_to_dict(saved) != config_to_dict(cfg):
-            log.warning("resuming with the sweep's own config %s (the --config/--set given now are ignored)",
-                        tune_dir / "config.yaml")
-        (tune_dir / STOP).unlink(missing_ok=True)
-        return tune_dir, saved
-    if tune_dir.exists() and any(tune_dir.iterdir()):
+        else:
+            saved = load_config(tune_dir / "config.yaml")
+            if config_to_dict(saved) != config_to_dict(cfg):
+                log.warning("resuming with the sweep's own config %s (the --config/--set given now are ignored)",
+                            tune_dir / "config.yaml")
+            (tune_dir / STOP).unlink(missing_ok=True)
+            return tune_dir, saved, True
+    if not failed_start(tune_dir, frozenset({TRIALS})):
         hint = "pass --resume to continue it" if exp.exists() and not sweep_finished(tune_dir) else "choose a new --out"
         raise RunStateError(f"tune directory '{tune_dir}' already exists and is not empty; {hint}")
     (tune_dir / TRIALS).mkdir(parents=True, exist_ok=True)
     save_config(cfg, tune_dir / "config.yaml")
-    return tune_dir, cfg
+    return tune_dir, cfg, False
 
 
 def fit_without_tune_signal_handlers(tuner, should_stop: Callable[[], bool]):
@@ -348,7 +355,7 @@ def _sweep(cfg: Config, tune_dir: Path, resume: bool, should_stop: Callable[[], 
     stop = runtime.StopRequest()
     outer = should_stop or runtime.never
     try:
-        tune_dir, cfg = prepare_tune_dir(tune_dir, cfg, resume)
+        tune_dir, cfg, resume = prepare_tune_dir(tune_dir, cfg, resume)
     except SweepComplete:
         from ..csvio import read_csv
 
