@@ -1,4 +1,4 @@
-"""The edges of a run: stop requests from signals, the Ray session, atomic writes, full disks.
+"""The edges of a run: signals turned into stop requests, the Ray session, where Dask graphs run.
 
     stop = StopRequest()
     with stop_on_signals(stop):                  # the CLI / jobs/ only: SIGTERM, SIGUSR1
@@ -7,41 +7,32 @@
     with volume_scheduler():                     # the CLI: Dask graphs on Ray inside a Ray cluster
         evaluate(pred, truth)
 
-Library functions take a ``should_stop`` callable (``StopRequest`` is one) and install no
-signal handler, so they run on any thread.  ``ray_session`` starts Ray only when this
-process is not connected to one, stops exactly what it started, and puts back the SIGTERM /
-SIGUSR1 / SIGINT handlers that ``ray.init`` replaces on the main thread (Ray 2.60
-``ray._private.worker.init`` sets SIGTERM to ``sys.exit``).
+Library functions take a ``should_stop`` callable (``xtrain.stop.StopRequest`` is one) and
+install no signal handler, so they run on any thread.  ``ray_session`` starts Ray only when
+this process is not connected to one, stops exactly what it started, and puts back the
+SIGTERM / SIGUSR1 / SIGINT handlers that ``ray.init`` replaces on the main thread (Ray 2.60
+``ray._private.worker.init`` sets SIGTERM to ``sys.exit``).  A ``$TMPDIR`` too long for Ray's
+socket paths (a Slurm job-scratch path) gives the Ray it starts a short temp root
+(``short_ray_tmpdir``).
 
 ``volume_scheduler`` is the edges' one decision where volume-wide Dask graphs run (Ray
-inside a Ray cluster, else threads); library code only reads it (``xtrain.data.volumes.scheduler``).
-
-``exclusive_lock`` / ``output_lock``: one writer per output (nightly's results folder, a
-segmentation, a training run, a sweep): a second process refuses in one line naming the pid
-that holds the lock.
-
-``atomic_write`` is the one way small files (csv, status.json, job.json, qc.json,
-checkpoints, best.yaml, compare reports) reach the disk: a temporary sibling renamed over the
-target, so a reader never sees half a file.  A full disk (ENOSPC, EDQUOT, EFBIG) anywhere
-becomes ``DiskFullError``: one line naming the path and what was being written.
+inside a Ray cluster, else threads); library code only reads it (``xtrain.data.scheduler``).
+Only the CLI, ``jobs/`` and the Ray edges (train/ray_trainer.py, tune/, infer/pool.py) import
+this module; files and full disks are ``xtrain.io``'s.
 """
 
 from __future__ import annotations
 
 import contextlib
-import errno
-import fcntl
-import io
 import logging
 import os
 import signal
 import threading
-import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from .errors import DiskFullError, LockedError
+from .stop import StopRequest, never  # noqa: F401  (the CLI's stop request; re-exported for the edges)
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +41,6 @@ SOCKET_PATH_MAX = 107  # Linux sockaddr_un.sun_path (108 bytes with the NUL); Ra
 # the longest socket Ray makes under its temp root (session dir name with a 7-digit pid)
 RAY_SOCKET_TAIL = "ray/session_2000-01-01_00-00-00_000000_1234567/sockets/plasma_store"
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)  # Slurm's time-limit warning / preemption, `scancel`
-DISK_FULL_ERRNOS = frozenset(e for e in (errno.ENOSPC, getattr(errno, "EDQUOT", None), errno.EFBIG) if e)
 
 # Keep Ray's own chatter out of the user's terminal (set before ray is imported).
 QUIET_RAY_ENV = {
@@ -63,30 +53,6 @@ QUIET_RAY_ENV = {
 
 
 # ----------------------------------------------------------------------------- stop requests
-
-
-class StopRequest:
-    """A thread-safe "please checkpoint and stop" flag; calling it answers ``should_stop()``."""
-
-    def __init__(self) -> None:
-        self._event = threading.Event()
-        self.reason: str | None = None
-
-    def __call__(self) -> bool:
-        return self._event.is_set()
-
-    def set(self, reason: str = "requested") -> None:
-        if not self._event.is_set():
-            self.reason = reason
-        self._event.set()
-
-    def wait(self, timeout: float | None = None) -> bool:
-        return self._event.wait(timeout)
-
-
-def never() -> bool:
-    """The default ``should_stop``: run to the end."""
-    return False
 
 
 @contextlib.contextmanager
@@ -257,12 +223,12 @@ def volume_scheduler() -> Iterator[Any]:
     Only for the CLI and ``jobs/`` (the edges).  When ``dask_on_ray_wanted()``: join the
     cluster (``ray_session``: RAY_ADDRESS, left connected to the end of the block) and give
     Ray's ``ray.util.dask.ray_dask_get`` to ``xtrain.data.volumes.compute``
-    (``volumes.use_scheduler``), so a volume-wide pass spreads over the nodes.
+    (``xtrain.data.scheduler.use_scheduler``), so a volume-wide pass spreads over the nodes.
     Otherwise nothing changes: Dask's threaded scheduler.  Asked for but unusable (an
     unreachable cluster, a Dask that ``ray.util.dask`` cannot drive): one warning naming the
     error and how to silence it, and the graphs run on local threads.
     """
-    from .data.volumes import use_scheduler
+    from .data.scheduler import use_scheduler
 
     if not dask_on_ray_wanted():
         yield "threads"
@@ -288,133 +254,3 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-# ----------------------------------------------------------------------------- one writer per output
-
-
-@contextlib.contextmanager
-def exclusive_lock(path: str | os.PathLike, what: str, remove: bool = False) -> Iterator[None]:
-    """Hold the lock file ``path`` exclusively while the block runs (``flock``: the OS releases it
-    when the process dies, so a crash never leaves a stale lock).
-
-    The holder writes "PID on HOST" into the file; a second process raises ``LockedError``
-    "``what`` (pid PID on HOST); wait for it to finish", e.g. ``what`` = "another 'xtrain
-    segment' is writing 'out.zarr'".  ``remove``: delete the file at the end, still holding the
-    lock; a process that opened it meanwhile sees that the path no longer names the file it
-    locked (inode check) and locks the new one instead, so two processes never both hold "the" lock.
-    """
-    import socket
-
-    path = Path(path)
-    while True:
-        f = open(path, "a+")
-        try:
-            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            f.seek(0)
-            holder = f.read().strip() or "unknown"
-            f.close()
-            raise LockedError(f"{what} (pid {holder}); wait for it to finish, or stop that process") from None
-        try:
-            current = os.stat(path).st_ino == os.fstat(f.fileno()).st_ino
-        except FileNotFoundError:
-            current = False
-        if current:
-            break
-        f.close()  # removed by the previous holder between our open and flock: lock the new file
-    try:
-        f.seek(0)
-        f.truncate()
-        f.write(f"{os.getpid()} on {socket.gethostname()}")
-        f.flush()
-        yield
-    finally:
-        if remove:
-            with contextlib.suppress(FileNotFoundError):
-                path.unlink()
-        fcntl.flock(f, fcntl.LOCK_UN)
-        f.close()
-
-
-def lock_path(out: str | os.PathLike) -> Path:
-    """The lock file of output ``out`` (a file or folder): the hidden sibling ``.NAME.lock``."""
-    out = Path(out).absolute()
-    return out.parent / f".{out.name}.lock"
-
-
-def output_lock(out: str | os.PathLike, command: str) -> contextlib.AbstractContextManager[None]:
-    """``exclusive_lock`` on ``lock_path(out)`` for ``xtrain COMMAND`` writing ``out`` (removed at the end).
-
-    A missing parent folder takes no lock: nothing can be written there, and the command says so."""
-    path = lock_path(out)
-    if not path.parent.is_dir():
-        return contextlib.nullcontext()
-    return exclusive_lock(path, f"another 'xtrain {command}' is writing '{out}'", remove=True)
-
-
-# ----------------------------------------------------------------------------- writes and full disks
-
-
-def disk_full_cause(exc: BaseException | None) -> OSError | None:
-    """The ENOSPC / EDQUOT / EFBIG ``OSError`` behind ``exc`` (itself, its causes, a group), if any."""
-    seen: set[int] = set()
-    stack = [exc]
-    while stack:
-        e = stack.pop()
-        if e is None or id(e) in seen:
-            continue
-        seen.add(id(e))
-        if isinstance(e, DiskFullError):
-            return e
-        if isinstance(e, OSError) and e.errno in DISK_FULL_ERRNOS:
-            return e
-        if type(e).__name__ == "OperationalError" and "disk is full" in str(e):  # sqlite3 (the nightly registry)
-            return OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-        stack.extend([e.__cause__, e.__context__, getattr(e, "cause", None)])
-        stack.extend(getattr(e, "exceptions", None) or [])
-    return None
-
-
-def disk_full_error(exc: BaseException, path: str | os.PathLike, what: str) -> DiskFullError:
-    cause = disk_full_cause(exc)
-    if isinstance(cause, DiskFullError):
-        return cause
-    reason = os.strerror(cause.errno) if cause is not None and cause.errno else "no space left"
-    return DiskFullError(f"{reason.lower()} while writing {what} '{path}'; free space (or raise the quota) "
-                         "and run the same command again with --resume")
-
-
-@contextlib.contextmanager
-def writing(path: str | os.PathLike, what: str) -> Iterator[None]:
-    """Re-raise a full disk inside the block as one ``DiskFullError`` naming ``path`` and ``what``."""
-    try:
-        yield
-    except DiskFullError:
-        raise
-    except BaseException as exc:
-        if disk_full_cause(exc) is not None:
-            raise disk_full_error(exc, path, what) from exc
-        raise
-
-
-def atomic_write(path: str | os.PathLike, data: str | bytes | Callable[[io.BufferedWriter], None],
-                 what: str = "file") -> Path:
-    """Write ``data`` (text, bytes, or a function writing into a binary file) to a temporary
-    sibling of ``path`` and rename it over ``path``: readers see the old file or the new one,
-    never half of one.  A full disk raises ``DiskFullError`` and leaves no temporary behind."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
-    try:
-        with writing(path, what), open(tmp, "wb") as f:
-            if callable(data):
-                data(f)
-            else:
-                f.write(data.encode() if isinstance(data, str) else data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
-    return path

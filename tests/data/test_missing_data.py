@@ -99,11 +99,11 @@ def test_an_empty_or_truncated_shard_is_refused_at_open(store):
 def test_a_flipped_byte_is_an_error_naming_the_chunk_not_changed_voxels(store):
     flip_byte_in_chunk(store / "0/c/1/0/0", n_inner=32, chunk=5)  # the chunk at z 37
     vol = open_volume(store)  # the headers are fine: caught when the chunk is read
-    np.testing.assert_array_equal(vol.read(0, 32), open_store(store).image[0:32])  # other shards read
+    np.testing.assert_array_equal(vol.read(vol.planes(0, 32)), open_store(store).image[0:32])  # other shards read
     expected = rf"chunk z 37..37, y 0..39, x 0..29 of shard '{store}/0/c/1/0/0' \(z 32..63\) fails to decode " \
                r"\(ValueError: Stored and computed checksum do not match"
     with pytest.raises(CorruptFileError, match=expected):
-        vol.read(30, 40)
+        vol.read(vol.planes(30, 40))
     with pytest.raises(CorruptFileError, match=expected):
         vol.array.compute()  # the Dask graph over the same reader
     with pytest.raises(CorruptFileError, match=expected):
@@ -220,7 +220,8 @@ def test_store_from_before_every_chunk_was_written_is_ambiguous(store):
     (store / "labels/ground_truth/0/c/2/0/0").unlink()  # e.g. an all-pore shard zarr did not write
     with pytest.raises(MissingDataError, match=r"never written because it held only the fill value 0.*--allow-missing"):
         open_volume(store, dataset="labels")
-    labels = open_volume(store, dataset="labels", allow_missing=True).read(64, 70)
+    vol = open_volume(store, dataset="labels", allow_missing=True)
+    labels = vol.read(vol.planes(64, 70))
     assert (labels == 0).all()
 
 
@@ -251,7 +252,7 @@ def test_virtual_dataset_with_a_missing_source_is_refused(tmp_path, monkeypatch,
     with caplog.at_level(logging.WARNING):
         vol = open_volume(scan, allow_missing=True)
     assert "read as the fill value (--allow-missing)" in caplog.text
-    assert (vol.read(2, 4) == 0).all() and (vol.read(0, 2) == data[:2]).all()
+    assert (vol.read(vol.planes(2, 4)) == 0).all() and (vol.read(vol.planes(0, 2)) == data[:2]).all()
     with h5py.File(tmp_path / "part1.h5", "w") as f:
         f["other"] = data[2:4]  # the file is back, but not its dataset
     with pytest.raises(MissingDataError, match=r"its source 'part1.h5' has no dataset 'frames'"):
@@ -288,7 +289,8 @@ def test_external_raw_data_file_missing(tmp_path, monkeypatch):
     with h5py.File(tmp_path / "ext.h5", "w") as f:
         f.create_dataset("data", shape=(3, 4, 5), dtype=np.uint16, external=[("raw.bin", 0, 120)])
     monkeypatch.chdir(tmp_path)  # HDF5 reads relative external files from the working directory
-    assert open_volume(tmp_path / "ext.h5").read(0, 3).ravel().tolist() == list(range(60))
+    vol = open_volume(tmp_path / "ext.h5")
+    assert vol.read(vol.planes(0, 3)).ravel().tolist() == list(range(60))
     raw.write_bytes(raw.read_bytes()[:60])
     with pytest.raises(MissingDataError, match=r"keeps its raw data in 'raw.bin', which is shorter than 120 bytes"):
         open_volume(tmp_path / "ext.h5")
@@ -319,7 +321,7 @@ def test_a_gap_in_the_slice_numbers_is_refused_naming_the_missing_ones(tmp_path,
     with caplog.at_level(logging.WARNING):
         vol = open_volume(tmp_path / "scan", allow_missing=True)
     assert "stacking the 48 slices present in order" in caplog.text
-    assert vol.shape[0] == 48 and int(vol.read(40, 41)[0, 0, 0]) == 42
+    assert vol.shape[0] == 48 and int(vol.read(vol.planes(40, 41))[0, 0, 0]) == 42
     assert vol.provenance["number_gaps"] == [40, 41]
 
 

@@ -260,7 +260,7 @@ def create_level(group: zarr.Group, path: str, shape: Sequence[int], dtype: Any,
     ``codec``: the compressor (default ``compressor(dtype)``), followed by a crc32c checksum of
     every inner chunk (the shard index has one too: zarr's default), so changed bytes fail to
     decode instead of changing voxels.  Every chunk is written, also all-zero ones
-    (``WRITE_CONFIG``), so an absent chunk always means a lost one (``zarrio.check_chunks``).
+    (``WRITE_CONFIG``), so an absent chunk always means a lost one (``chunks.check_chunks``).
     crc32c costs ~1 % of a chunk read (bench/checksum.py).
     """
     from zarr.codecs import Crc32cCodec

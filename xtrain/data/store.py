@@ -13,7 +13,7 @@ complete (``write_store``), so an interrupted ingest never leaves something that
 finished; ``open_store`` refuses a store without the completion mark.  Every chunk is written,
 also all-zero ones (``write_empty_chunks=True``; attribute ``all_chunks_written``), and every inner
 chunk and shard index carries a crc32c: ``open_store`` refuses a store with a lost, empty or
-truncated shard (``zarrio.check_chunks``: the file listing and the shard indices, no chunk data),
+truncated shard (``chunks.check_chunks``: the file listing and the shard indices, no chunk data),
 and a read of a chunk whose bytes changed fails naming it, instead of returning other voxels.  Stores of the
 previous layout (format 1: root arrays ``image`` and ``labels``) still open; ``upgrade``
 (``xtrain upgrade STORE``) rewrites one in the OME layout.
@@ -28,7 +28,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import shutil
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -41,7 +40,8 @@ import zarr
 from . import layout as ome
 from .layout import DEFAULT_CHUNKS, DEFAULT_SHARD_DEPTH, DEFAULT_SHARD_EDGE, Layout, compressor, default_layout  # noqa: F401
 from ..errors import CorruptFileError, InputNotFoundError, InvalidInputError, OutputExistsError
-from .zarrio import check_chunks
+from ..io import remove_path, replace_into_place
+from .chunks import check_chunks
 
 log = logging.getLogger(__name__)
 
@@ -176,7 +176,7 @@ def open_store(path: str | os.PathLike, mode: str = "r", require_image: bool = T
 
     Raises InputNotFoundError (no such path), CorruptFileError (not an xtrain store, an
     interrupted write, no image while ``require_image``, a truncated shard) or MissingDataError
-    (a lost shard or chunk: ``zarrio.check_chunks``; ``allow_missing`` lets absent chunks of a
+    (a lost shard or chunk: ``chunks.check_chunks``; ``allow_missing`` lets absent chunks of a
     store from before ``all_chunks_written`` be read as zeros).
     """
     path = Path(path)
@@ -243,25 +243,6 @@ class StoreWriter:
         step = self.layout.slab
         for z0 in range(0, depth, step):
             yield slice(z0, min(z0 + step, depth))
-
-
-def remove_path(path: Path) -> None:
-    """Delete a file or a folder tree (a store, a partial output)."""
-    if path.is_dir() and not path.is_symlink():
-        shutil.rmtree(path, ignore_errors=True)
-    elif path.exists() or path.is_symlink():
-        path.unlink()
-
-
-def replace_into_place(src: Path, dst: Path) -> None:
-    """Rename a finished ``src`` to ``dst``; an existing ``dst`` (an --overwrite) is replaced only now."""
-    if dst.exists():
-        old = dst.parent / f".{dst.name}.old-{uuid.uuid4().hex[:8]}"
-        os.replace(dst, old)
-        os.replace(src, dst)
-        remove_path(old)
-    else:
-        os.replace(src, dst)
 
 
 def check_output(path: str | os.PathLike, overwrite: bool) -> Path:

@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .errors import ConfigError, ShapeMismatchError, UnknownNameError
+from ..errors import ConfigError, ShapeMismatchError, UnknownNameError
 
 IGNORE_INDEX = 255
 

@@ -1,4 +1,4 @@
-"""Checkpoints: one dict of states, written atomically.
+"""Checkpoints: one dict of states, written atomically, and the network they hold.
 
     last.pt   everything needed to continue training (model + optimiser states, epoch,
               step, resolved config, normalisation statistics, classes)
@@ -12,6 +12,11 @@ anything in it runs).  No RNG states are stored: resume reseeds every step from 
 rank, step) (``loop.seed_step``), so the numpy / Python states earlier versions saved were never
 read back.  Those older last.pt files still load: the numpy array pieces of their RNG states are
 allow-listed for the load (``_legacy_safe_globals``; rebuilding an array runs no code).
+Checkpoints belong to the models: inference (``model_from_checkpoint``) needs nothing of training.
+
+    ckpt = load_checkpoint("runs/unet/model.pt")
+    model, info = model_from_checkpoint(ckpt, "runs/unet/model.pt")   # nn.Module with its weights
+    info.in_channels, info.num_classes, info.classes
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ import hashlib
 import io
 import os
 import pickle
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -27,8 +33,9 @@ import numpy as np
 import torch
 
 from .. import __version__
-from ..errors import CorruptFileError, InputNotFoundError
-from ..runtime import atomic_write
+from ..errors import CorruptFileError, InputNotFoundError, InvalidInputError, XtrainError
+from ..io import atomic_write
+from .registry import create_model
 
 FORMAT = 1
 INFERENCE_KEYS = ("format", "kind", "model_name", "model_kwargs", "model_state", "config", "stats", "classes",
@@ -95,3 +102,54 @@ def file_checksum(path: str | os.PathLike) -> str:
 
 def base_checkpoint(**fields: Any) -> dict[str, Any]:
     return {"format": FORMAT, "kind": "train", "xtrain_version": __version__, **fields}
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """What a model.pt says about its input and output: (in_channels, num_classes, classes)."""
+
+    in_channels: int  # 2.5D: the centre slice and (in_channels - 1) / 2 neighbours on each side
+    num_classes: int
+    classes: list[str]
+
+
+def model_info(ckpt: dict[str, Any], path: str | os.PathLike) -> ModelInfo:
+    """The channels and classes of a checkpoint, checked for consistency (``InvalidInputError`` for an
+    even channel count, ``CorruptFileError`` for class names that do not match the class count)."""
+    kwargs = ckpt.get("model_kwargs", {})
+    c, k = int(kwargs.get("in_channels", 1)), int(kwargs.get("num_classes", 3))
+    classes = list(ckpt.get("classes") or [str(i) for i in range(k)])
+    if c < 1 or c % 2 == 0:
+        raise InvalidInputError(f"model '{path}' expects {c} input channels, but segment feeds a centre slice and "
+                                "equal neighbours on each side (an odd count); retrain with data.slices odd")
+    if len(classes) != k:
+        raise CorruptFileError(f"model '{path}' predicts {k} classes but names {len(classes)} ({classes}); "
+                               "it is inconsistent, export it again")
+    return ModelInfo(c, k, classes)
+
+
+def model_from_checkpoint(ckpt: dict[str, Any], path: str | os.PathLike) -> tuple[torch.nn.Module, ModelInfo]:
+    """The network of a model.pt with its weights, and its ``ModelInfo``; a state dict that does not fit
+    the recorded architecture is a ``CorruptFileError`` naming the file."""
+    info = model_info(ckpt, path)
+    try:
+        model = create_model(ckpt["model_name"], **ckpt.get("model_kwargs", {}))
+        model.load_state_dict(ckpt["model_state"])
+    except XtrainError:
+        raise
+    except Exception as exc:  # wrong keys / shapes in the state dict
+        raise CorruptFileError(f"model '{path}' does not load into a {ckpt['model_name']} network "
+                               f"({state_dict_error(exc)}); it is damaged or from another xtrain version, export "
+                               "it again") from exc
+    return model, info
+
+
+def state_dict_error(exc: BaseException, details: int = 3) -> str:
+    """torch's ``load_state_dict`` error on one line, keeping what differs (the first ``details``):
+    "Error(s) in loading state_dict for UNet: size mismatch for stem.0.weight: copying a param with
+    shape torch.Size([8, 1, 3, 3]) from checkpoint, the shape in current model is torch.Size([16, 1,
+    3, 3]); ...; and 96 more"."""
+    lines = [line.strip().rstrip(".") for line in str(exc).splitlines() if line.strip()] or [type(exc).__name__]
+    head, rest = lines[0], lines[1:]
+    more = f"; and {len(rest) - details} more" if len(rest) > details else ""
+    return " ".join([head, "; ".join(rest[:details])]).strip() + more
