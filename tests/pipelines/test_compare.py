@@ -68,3 +68,14 @@ def test_a_study_is_read_from_the_sweep_results(tmp_path):
         "c,failed,0,1.0,0,,,\n")
     assert read_study(str(tmp_path)) == [{"parameter": "data.fraction", "value": 0.1, "dice": 0.82},
                                          {"parameter": "data.fraction", "value": 0.5, "dice": 0.91}]
+
+
+def test_a_refused_compare_leaves_no_empty_report_folder(tmp_path, capsys):
+    labels = make_store(tmp_path / "truth.zarr", shape=(5, 9, 7))
+    bad = tmp_path / "broken.pt"
+    bad.write_bytes(b"not a checkpoint")  # refused by segment, after the report folder was planned
+    report = tmp_path / "reports" / "r"
+    (tmp_path / "reports").mkdir()
+    assert main(["compare", str(bad), "--labels", str(labels), "--report", str(report)]) == 2
+    assert "broken.pt" in capsys.readouterr().err
+    assert list((tmp_path / "reports").iterdir()) == []  # neither r/ nor r/predictions/ left behind

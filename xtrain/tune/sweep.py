@@ -213,7 +213,11 @@ def _cluster_slots(cfg: Config) -> int:
     return max(1, int(res.get("CPU", 1) // cfg.train.workers))
 
 
-def _progress_callback(total: int, params: list[Param], tune_dir: Path, metric: str):
+def _progress_callback(total: int, params: list[Param], tune_dir: Path, metric: str, done_before: int = 0,
+                       mode: str = "max"):
+    """Tune callback: one line per trial that ends.  ``done_before``: trials a resumed sweep finished
+    before (the count goes on from there); a trial that ended before its first epoch says so instead
+    of "0 epochs, best nan"."""
     from ray.tune import Callback
 
     keys = [p.key for p in params if p.kind != "fixed"]
@@ -222,16 +226,22 @@ def _progress_callback(total: int, params: list[Param], tune_dir: Path, metric: 
         """One line per finished trial instead of Tune's tables."""
 
         def __init__(self):
-            self.done = 0
+            self.done = done_before
 
         def _line(self, trial, what: str) -> None:
             self.done += 1
             rows = read_metrics(tune_dir / TRIALS / trial.trial_id / METRICS)
-            best = max((float(r.get(metric, "nan")) for r in rows if r.get(metric) not in (None, "")),
-                       default=float("nan"))
+            values = [float(r[metric]) for r in rows if r.get(metric) not in (None, "")]
+            values = [v for v in values if not math.isnan(v)]
+            if not rows:
+                result = "before its first epoch"
+            elif values:
+                best = (max if mode == "max" else min)(values)
+                result = f"{len(rows)} epoch{'s' if len(rows) != 1 else ''}, best {metric} {best:.4f}"
+            else:
+                result = f"{len(rows)} epoch{'s' if len(rows) != 1 else ''}, no {metric} yet"
             shown = "  ".join(f"{k}={_fmt(trial.config.get(k))}" for k in keys)
-            log.info("trial %d/%d %s %s: %d epochs, best %s %.4f  %s", self.done, total, trial.trial_id, what,
-                     len(rows), metric, best, shown)
+            log.info("trial %d/%d %s %s: %s  %s", self.done, total, trial.trial_id, what, result, shown)
 
         def on_trial_complete(self, iteration, trials, trial, **info):
             self._line(trial, "finished")
@@ -388,7 +398,9 @@ def _sweep(cfg: Config, tune_dir: Path, resume: bool, should_stop: Callable[[], 
         concurrent = min(t.max_concurrent or slots, slots, n_trials)
         trainable = tune.with_resources(tune.with_parameters(run_trial, base=base, tune_dir=str(tune_dir)),
                                         {"cpu": 0, "memory": TRIAL_MEMORY})
-        progress = _progress_callback(n_trials, params, tune_dir, t.metric)
+        settled = [d for d in (tune_dir / TRIALS).iterdir() if d.is_dir()
+                   and read_status(d).get("state") in ("finished", "early-stopped")] if resume else []
+        progress = _progress_callback(n_trials, params, tune_dir, t.metric, len(settled), t.mode)
         run_config = tune.RunConfig(name=EXPERIMENT, storage_path=str(tune_dir), verbose=0, callbacks=[progress],
                                     failure_config=tune.FailureConfig(max_failures=0))
         if t.scheduler == "asha":
