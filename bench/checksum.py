@@ -1,6 +1,6 @@
 """What the damage checks cost: crc32c per chunk, the reader that names a damaged chunk, the open-time check.
 
-    .venv/bin/python bench/checksum.py [--data ../shared/data/soc_pxct] [--slices N] [--seconds 2] [--rounds 3]
+    .venv/bin/python bench/checksum.py [--data ../shared/data/soc_pxct] [--slices N] [--seconds 2] [--rounds 5]
 
 Loads the image volume once (the real scan's images/, or a synthetic one when --data is absent)
 and writes it twice with the store's default layout (1 x 256 x 256 chunks in 32 x 512 x 512
@@ -16,6 +16,11 @@ shards and compressor but no crc32c (what xtrain wrote before).  Then, in interl
             share is largest here)
   reader    random 64 x 64 patches through ``Volume.source`` (``ZarrReader``, which turns a
             failed decode into an error naming the chunk) against the zarr array itself
+  sampler   random 64 x 64 patches the way the training sampler reads them: through
+            ``Volume.source`` and the chunk cache (``CachedArray`` with the default 256 MB budget's
+            image share, read unit from ``read_unit``), once the cache is warm (one read per
+            shard, what the first patches of an epoch do; a miss costs one ``shard`` read above),
+            crc32c store through the reader against the plain array
 
 and once, outside the rounds (it is a one-off cost per open, median of ``--opens`` opens):
 
@@ -24,10 +29,10 @@ and once, outside the rounds (it is a one-off cost per open, median of ``--opens
 
 The last line is machine-readable:
 
-    RESULT crc_patch=... crc_shard=... reader_patch=... check_ms=... open_ms=... shards=...
+    RESULT crc_patch=... crc_shard=... reader_patch=... crc_sampler=... check_ms=... open_ms=... shards=...
 
-crc_patch / crc_shard: reads per CPU second with crc32c divided by without (1.0 = free);
-reader_patch: through ``ZarrReader`` divided by the zarr array; check_ms: the open-time check,
+crc_patch / crc_shard / crc_sampler: reads per CPU second with crc32c divided by without (1.0 =
+free); reader_patch: through ``ZarrReader`` divided by the zarr array; check_ms: the open-time check,
 open_ms: the rest of ``open_store`` (both ms, median), shards: how many shard files the check read.
 """
 
@@ -47,6 +52,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from xtrain.data import store as store_mod  # noqa: E402
+from xtrain.data.chunkcache import CachedArray, read_unit  # noqa: E402
 from xtrain.data.chunks import check_chunks  # noqa: E402
 from xtrain.data.layout import compressor, default_layout  # noqa: E402
 from xtrain.data.store import open_store, write_store  # noqa: E402
@@ -94,14 +100,24 @@ def cpu_rate(read, n_reads: int, seconds: float) -> float:
 def patch_reader(arr, shape, seed: int):
     rng = np.random.default_rng(seed)
     zs, ys, xs = (rng.integers(0, max(1, n - e + 1), 100_000) for n, e in zip(shape, (1, 64, 64)))
-    return lambda i: arr[int(zs[i]), int(ys[i]):int(ys[i]) + 64, int(xs[i]):int(xs[i]) + 64]
+    return lambda i: arr[int(zs[i % zs.size]), int(ys[i % ys.size]):int(ys[i % ys.size]) + 64,
+                         int(xs[i % xs.size]):int(xs[i % xs.size]) + 64]
 
 
 def reader_patches(source, shape, seed: int):
     """The same patches through a (Z, Y, X) reader (``Volume.source``), which takes slices only."""
     rng = np.random.default_rng(seed)
     zs, ys, xs = (rng.integers(0, max(1, n - e + 1), 100_000) for n, e in zip(shape, (1, 64, 64)))
-    return lambda i: source[int(zs[i]):int(zs[i]) + 1, int(ys[i]):int(ys[i]) + 64, int(xs[i]):int(xs[i]) + 64]
+    return lambda i: source[int(zs[i % zs.size]):int(zs[i % zs.size]) + 1, int(ys[i % ys.size]):int(ys[i % ys.size]) + 64,
+                            int(xs[i % xs.size]):int(xs[i % xs.size]) + 64]
+
+
+def sampler_reader(arr, shape, seed: int):
+    """Patches through a fresh chunk cache of the sampler's default size (image: 2/3 of 256 MB)."""
+    budget = (256 << 20) * 2 // 3
+    cached = CachedArray(arr, budget, read_unit(arr, (0, shape[0]), budget))
+    cached[0:shape[0], 0:shape[1], 0:shape[2]]  # warm: every read unit once
+    return reader_patches(cached, shape, seed)
 
 
 def shard_reader(arr, depth: int):
@@ -114,7 +130,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data", type=Path, default=REPO.parent / "shared" / "data" / "soc_pxct")
     parser.add_argument("--slices", type=int, default=None, help="use only the first N slices")
     parser.add_argument("--seconds", type=float, default=2.0, help="read time per case and round (default 2)")
-    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds, best kept (default 3)")
+    parser.add_argument("--rounds", type=int, default=5, help="interleaved rounds, best kept (default 5)")
     parser.add_argument("--opens", type=int, default=15, help="opens timed for the open-time check (default 15)")
     args = parser.parse_args(argv)
 
@@ -133,6 +149,7 @@ def main(argv: list[str] | None = None) -> int:
                 "patch crc": patch_reader(crc, vol.shape, k), "patch plain": patch_reader(plain, vol.shape, k),
                 "shard crc": shard_reader(crc, depth), "shard plain": shard_reader(plain, depth),
                 "reader": reader_patches(source, vol.shape, k), "array": patch_reader(crc, vol.shape, k),
+                "sampler crc": sampler_reader(source, vol.shape, k), "sampler plain": sampler_reader(plain, vol.shape, k),
             }
             for name, read in cases.items():
                 n_reads = 4 if name.startswith("shard") else 50
@@ -153,10 +170,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{name:<14} {value:11.1f}")
     crc_patch, crc_shard = best["patch crc"] / best["patch plain"], best["shard crc"] / best["shard plain"]
     reader = best["reader"] / best["array"]
+    crc_sampler = best["sampler crc"] / best["sampler plain"]
     check_ms, open_ms = statistics.median(check_s) * 1e3, statistics.median(open_s) * 1e3
     print(f"open: zarr group + arrays {open_ms:.1f} ms, check_chunks {check_ms:.2f} ms ({shards} shards)")
     print(f"RESULT crc_patch={crc_patch:.3f} crc_shard={crc_shard:.3f} reader_patch={reader:.3f} "
-          f"check_ms={check_ms:.2f} open_ms={open_ms:.1f} shards={shards}")
+          f"crc_sampler={crc_sampler:.3f} check_ms={check_ms:.2f} open_ms={open_ms:.1f} shards={shards}")
     return 0
 
 

@@ -213,11 +213,25 @@ def _cluster_slots(cfg: Config) -> int:
     return max(1, int(res.get("CPU", 1) // cfg.train.workers))
 
 
-def _progress_callback(total: int, params: list[Param], tune_dir: Path, metric: str, done_before: int = 0,
-                       mode: str = "max"):
-    """Tune callback: one line per trial that ends.  ``done_before``: trials a resumed sweep finished
-    before (the count goes on from there); a trial that ended before its first epoch says so instead
-    of "0 epochs, best nan"."""
+SETTLED = ("finished", "early-stopped")  # trial states (status.json) a resumed sweep does not rerun
+
+
+def _settled_trials(tune_dir: Path) -> set[str]:
+    """The trials of TUNE_DIR that ended before (finished or early-stopped): what --resume does not rerun."""
+    trials = tune_dir / TRIALS
+    if not trials.is_dir():
+        return set()
+    return {d.name for d in trials.iterdir() if d.is_dir() and read_status(d).get("state") in SETTLED}
+
+
+def _progress_callback(total: int, params: list[Param], tune_dir: Path, metric: str, mode: str = "max"):
+    """Tune callback: one line per trial that ends, "trial K/N": K counts the trials ended so far,
+    those a resumed sweep finished before included; a trial that ended before its first epoch says
+    so instead of "0 epochs, best nan".
+
+    The count starts from the trial folders in ``setup`` (called at the start of every run, also
+    after ``Tuner.restore``, which brings back the callback pickled with the sweep's first start,
+    not a new one)."""
     from ray.tune import Callback
 
     keys = [p.key for p in params if p.kind != "fixed"]
@@ -226,10 +240,13 @@ def _progress_callback(total: int, params: list[Param], tune_dir: Path, metric: 
         """One line per finished trial instead of Tune's tables."""
 
         def __init__(self):
-            self.done = done_before
+            self.ended: set[str] = set()
+
+        def setup(self, **info):
+            self.ended = _settled_trials(tune_dir)
 
         def _line(self, trial, what: str) -> None:
-            self.done += 1
+            self.ended.add(trial.trial_id)
             rows = read_metrics(tune_dir / TRIALS / trial.trial_id / METRICS)
             values = [float(r[metric]) for r in rows if r.get(metric) not in (None, "")]
             values = [v for v in values if not math.isnan(v)]
@@ -241,7 +258,7 @@ def _progress_callback(total: int, params: list[Param], tune_dir: Path, metric: 
             else:
                 result = f"{len(rows)} epoch{'s' if len(rows) != 1 else ''}, no {metric} yet"
             shown = "  ".join(f"{k}={_fmt(trial.config.get(k))}" for k in keys)
-            log.info("trial %d/%d %s %s: %s  %s", self.done, total, trial.trial_id, what, result, shown)
+            log.info("trial %d/%d %s %s: %s  %s", len(self.ended), total, trial.trial_id, what, result, shown)
 
         def on_trial_complete(self, iteration, trials, trial, **info):
             self._line(trial, "finished")
@@ -398,9 +415,7 @@ def _sweep(cfg: Config, tune_dir: Path, resume: bool, should_stop: Callable[[], 
         concurrent = min(t.max_concurrent or slots, slots, n_trials)
         trainable = tune.with_resources(tune.with_parameters(run_trial, base=base, tune_dir=str(tune_dir)),
                                         {"cpu": 0, "memory": TRIAL_MEMORY})
-        settled = [d for d in (tune_dir / TRIALS).iterdir() if d.is_dir()
-                   and read_status(d).get("state") in ("finished", "early-stopped")] if resume else []
-        progress = _progress_callback(n_trials, params, tune_dir, t.metric, len(settled), t.mode)
+        progress = _progress_callback(n_trials, params, tune_dir, t.metric, t.mode)
         run_config = tune.RunConfig(name=EXPERIMENT, storage_path=str(tune_dir), verbose=0, callbacks=[progress],
                                     failure_config=tune.FailureConfig(max_failures=0))
         if t.scheduler == "asha":
