@@ -18,16 +18,20 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from ..data.store import open_segmentation
 from ..errors import InputNotFoundError, OutputExistsError
 from ..evaluate.core import evaluate, open_label_volume, to_json
 from ..evaluate.report import table
 from ..io import atomic_write, read_csv, write_csv
 
 log = logging.getLogger(__name__)
+
+if TYPE_CHECKING:
+    from ..infer.options import SegmentOptions
 
 
 @dataclass
@@ -60,10 +64,29 @@ def _unique(entries: list[Entry]) -> None:
             e.name = f"{e.name}-{n + 1}"
 
 
-def summary_row(name: str, result: dict[str, Any]) -> dict[str, Any]:
-    """The comparison's numbers for one method (flat, for the table, CSV and JSON)."""
+def inference_label(prediction: Path) -> str:
+    """How a segmentation made by xtrain was run, for the table: "zyx clean (model's)" (the model's
+    validated settings), "z (given)", "clean" (a cleaned baseline); "" when it does not say."""
+    if prediction.suffix != ".zarr":
+        return ""
+    source = open_segmentation(prediction).info.source
+    settings = source.get("settings") or {}
+    if not settings:
+        return ""
+    clean = " clean" if settings.get("clean") else ""
+    if source.get("kind") == "baseline":  # a threshold has no slicing axes
+        return clean.strip()
+    chosen = set((source.get("inference") or {}).get("chosen_by", {}).values())
+    by = {frozenset({"model"}): " (model's)", frozenset({"options"}): " (given)",
+          frozenset({"default"}): " (default)"}.get(frozenset(chosen), "")
+    return f"{settings['axes']}{clean}{by}"
+
+
+def summary_row(name: str, result: dict[str, Any], inference: str = "") -> dict[str, Any]:
+    """The comparison's numbers for one method (flat, for the table, CSV and JSON); ``inference``:
+    how it was segmented (``inference_label``)."""
     ov = result["overlap"]
-    row: dict[str, Any] = {"method": name, "mean_dice": ov["mean_dice"]}
+    row: dict[str, Any] = {"method": name, "inference": inference, "mean_dice": ov["mean_dice"]}
     row.update({f"dice_{c}": v["dice"] for c, v in ov["per_class"].items()})
     row["slice_dice_std"] = result["per_slice"]["summary"]["mean_dice"]["std"]
     ms = result.get("microstructure")
@@ -83,11 +106,14 @@ def labels_row(result: dict[str, Any]) -> dict[str, Any]:
 def compare(entries: Sequence[str], labels: str, report_dir: str | os.PathLike, *, image: str | None = None,
             z_range: tuple[int, int] | None = None, label_map: dict[int, int] | None = None,
             baselines: Sequence[str] = (), fit: str | None = None, fit_z: tuple[int, int] | None = None,
-            studies: Sequence[str] = (), segment_options: dict[str, Any] | None = None,
+            studies: Sequence[str] = (), segment_options: SegmentOptions | None = None,
             overwrite: bool = False) -> dict[str, Any]:
-    """Segment (where needed), evaluate and tabulate; writes REPORT_DIR/compare.{md,json,csv,png}."""
-    from ..evaluate.baselines import fit_baseline, segment_baseline
-    from ..infer import segment
+    """Segment (where needed), evaluate and tabulate; writes REPORT_DIR/compare.{md,json,csv,png}.
+
+    ``segment_options``: how models are segmented (default ``SegmentOptions()``: each model's
+    validated axes and clean-up); a prediction already in REPORT_DIR/predictions is continued or kept."""
+    from ..evaluate.baselines import fit_baseline
+    from ..infer import SegmentOptions, segment, segment_baseline
 
     out = Path(report_dir)
     if (out / "compare.md").exists() and not overwrite:
@@ -100,6 +126,7 @@ def compare(entries: Sequence[str], labels: str, report_dir: str | os.PathLike, 
     if baselines and not fit:
         raise InputNotFoundError("--baselines needs --fit STORE (the labelled store whose training slab they fit on)")
     _unique(items)
+    options = replace(segment_options or SegmentOptions(), resume=True)
     source = image or labels
     preds = out / "predictions"
     preds.mkdir(parents=True, exist_ok=True)
@@ -108,7 +135,7 @@ def compare(entries: Sequence[str], labels: str, report_dir: str | os.PathLike, 
             item.prediction = preds / f"{item.name}.zarr"
             if not item.prediction.exists():
                 log.info("segmenting %s with %s", source, item.source)
-                segment(item.source, source, item.prediction, resume=True, **(segment_options or {}))
+                segment(item.source, source, item.prediction, options)
         elif item.kind == "baseline":
             item.prediction = preds / f"{item.name}.zarr"
             if not item.prediction.exists():
@@ -120,7 +147,7 @@ def compare(entries: Sequence[str], labels: str, report_dir: str | os.PathLike, 
         log.info("evaluating %s", item.name)
         result = evaluate(str(item.prediction), truth, z_range=z_range)
         results[item.name] = result
-        rows.append(summary_row(item.name, result))
+        rows.append(summary_row(item.name, result, inference_label(Path(item.prediction))))
     rows.append(labels_row(next(iter(results.values()))))
     study_rows = {Path(s).name: read_study(s) for s in studies}
 
@@ -140,12 +167,12 @@ def compare(entries: Sequence[str], labels: str, report_dir: str | os.PathLike, 
     return {"summary": rows, "studies": study_rows, "report": str(out / "compare.md")}
 
 
-SUMMARY_COLUMNS = ("method", "mean_dice", "dice_pore", "dice_ysz", "dice_ni", "fraction_pore", "fraction_ysz",
+SUMMARY_COLUMNS = ("method", "inference", "mean_dice", "dice_pore", "dice_ysz", "dice_ni", "fraction_pore", "fraction_ysz",
                    "fraction_ni", "tpb_density", "tpb_ratio")
 
 
 def summary_table(rows: list[dict[str, Any]], markdown: bool = False) -> str:
-    cols = [c for c in SUMMARY_COLUMNS if any(c in r for r in rows)]
+    cols = [c for c in SUMMARY_COLUMNS if any(r.get(c, "") != "" for r in rows)]
     cols += [c for r in rows for c in r if c not in cols and c.startswith(("dice_", "fraction_"))]
     return table(cols, [[r.get(c, "") for c in cols] for r in rows], markdown)
 
