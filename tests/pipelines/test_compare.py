@@ -10,7 +10,7 @@ from conftest import make_store
 from xtrain.cli import main
 from xtrain.pipelines.compare import compare
 from xtrain.evaluate.core import evaluate
-from xtrain.infer import segment
+from xtrain.infer import SegmentOptions, segment
 
 
 def test_models_predictions_and_baselines_in_one_table(tiny_model, tmp_path):
@@ -19,7 +19,7 @@ def test_models_predictions_and_baselines_in_one_table(tiny_model, tmp_path):
     segment(tiny_model, labels, pred, tile=32, halo=4)
     result = compare([str(tiny_model), str(pred)], str(labels), tmp_path / "rep", z_range=(2, 19),
                      baselines=["otsu", "kmeans"], fit=str(labels), fit_z=(0, 10),
-                     segment_options={"tile": 32, "halo": 4})
+                     segment_options=SegmentOptions(tile=32, halo=4))
     rows = {r["method"]: r for r in result["summary"]}
     assert set(rows) == {"run", "given", "otsu", "kmeans", "labels (truth)"}  # run/model.pt is named by its run
     # the model segmented by compare equals the prediction segmented by hand
