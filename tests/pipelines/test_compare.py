@@ -55,6 +55,8 @@ def test_demo_runs_end_to_end_and_the_model_beats_otsu(ray_cluster, tmp_path, ca
     assert "unet" in out and "otsu" in out and "labels (truth)" in out
     rows = {r["method"]: r for r in json.loads((tmp_path / "demo" / "report" / "compare.json").read_text())["summary"]}
     assert rows["unet"]["mean_dice"] > rows["otsu"]["mean_dice"] > 0.85
+    # both rows of the model: its validated settings (trained on all axes: zyx + clean) and z planes only
+    assert rows["unet"]["inference"] == "zyx clean (model's)" and rows["unet-z-only"]["inference"] == "z (given)"
     assert (tmp_path / "demo" / "unet" / "model.pt").exists()
 
 

@@ -112,8 +112,7 @@ def compare(entries: Sequence[str], labels: str, report_dir: str | os.PathLike, 
 
     ``segment_options``: how models are segmented (default ``SegmentOptions()``: each model's
     validated axes and clean-up); a prediction already in REPORT_DIR/predictions is continued or kept."""
-    from ..evaluate.baselines import fit_baseline
-    from ..infer import SegmentOptions, segment, segment_baseline
+    from ..infer import SegmentOptions
 
     out = Path(report_dir)
     if (out / "compare.md").exists() and not overwrite:
@@ -128,20 +127,7 @@ def compare(entries: Sequence[str], labels: str, report_dir: str | os.PathLike, 
     _unique(items)
     options = replace(segment_options or SegmentOptions(), resume=True)
     source = image or labels
-    preds = out / "predictions"
-    preds.mkdir(parents=True, exist_ok=True)
-    for item in items:
-        if item.kind == "model":
-            item.prediction = preds / f"{item.name}.zarr"
-            if not item.prediction.exists():
-                log.info("segmenting %s with %s", source, item.source)
-                segment(item.source, source, item.prediction, options)
-        elif item.kind == "baseline":
-            item.prediction = preds / f"{item.name}.zarr"
-            if not item.prediction.exists():
-                log.info("fitting %s on %s%s and segmenting %s", item.name, fit, f" z {fit_z}" if fit_z else "", source)
-                segment_baseline(fit_baseline(item.name, fit, fit_z), source, item.prediction)
-
+    _predict(items, source, out / "predictions", options, fit, fit_z)
     results, rows = {}, []
     for item in items:
         log.info("evaluating %s", item.name)
@@ -165,6 +151,28 @@ def compare(entries: Sequence[str], labels: str, report_dir: str | os.PathLike, 
     md += [f"![{f.stem}]({f.name})" for f in figures if f]
     atomic_write(out / "compare.md", "\n".join(md) + "\n", what="the comparison report")
     return {"summary": rows, "studies": study_rows, "report": str(out / "compare.md")}
+
+
+def _predict(items: list[Entry], source: str, preds: Path, options: SegmentOptions, fit: str | None,
+             fit_z: tuple[int, int] | None) -> None:
+    """Segment ``source`` with every model and baseline entry into ``preds`` (an existing prediction
+    there is kept; an interrupted one continued); sets each entry's ``prediction``."""
+    from ..evaluate.baselines import fit_baseline
+    from ..infer import segment, segment_baseline
+
+    preds.mkdir(parents=True, exist_ok=True)
+    for item in items:
+        if item.kind == "prediction":
+            continue
+        item.prediction = preds / f"{item.name}.zarr"
+        if item.prediction.exists():
+            continue
+        if item.kind == "model":
+            log.info("segmenting %s with %s", source, item.source)
+            segment(item.source, source, item.prediction, options)
+        else:
+            log.info("fitting %s on %s%s and segmenting %s", item.name, fit, f" z {fit_z}" if fit_z else "", source)
+            segment_baseline(fit_baseline(item.name, fit, fit_z), source, item.prediction)
 
 
 SUMMARY_COLUMNS = ("method", "inference", "mean_dice", "dice_pore", "dice_ysz", "dice_ni", "fraction_pore", "fraction_ysz",

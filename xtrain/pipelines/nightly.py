@@ -421,27 +421,8 @@ def _one_pass(incoming: Path, model: Path, results: Path, registry: Registry, mo
         resume = bool(record and not changed and record.get("fingerprint") == fingerprint)
         registry.start(scan, model_sha, version, fingerprint)
         log.info("%s: %s (%s)", scan.name, "resuming" if resume else "segmenting", scan.kind)
-        try:
-            qc = process_scan(scan, model, results, segment_options, version, should_stop, resume, on_block)
-        except RunInterrupted as exc:
-            registry.finish(scan.name, "interrupted", error=str(exc), count_attempt=False)
-            raise
-        except DiskFullError as exc:
-            registry.finish(scan.name, "failed", error=str(exc), count_attempt=False)
-            log.error("%s: failed: %s", scan.name, exc)
-            raise
-        except XtrainError as exc:
-            registry.finish(scan.name, "failed", error=str(exc))
-            log.error("%s: failed: %s", scan.name, exc)
-            counts["failed"] += 1
-            continue
-        except Exception as exc:  # an unexpected bug must not stop the other scans either
-            if disk_full_cause(exc) is not None:
-                error = disk_full_error(exc, version_dir(results, scan.name, version), "the scan's results")
-                registry.finish(scan.name, "failed", error=str(error), count_attempt=False)
-                raise error from exc
-            registry.finish(scan.name, "failed", error=f"{type(exc).__name__}: {exc}")
-            log.exception("%s: failed unexpectedly", scan.name)
+        qc = _attempt(scan, model, results, registry, segment_options, version, should_stop, resume, on_block)
+        if qc is None:
             counts["failed"] += 1
             continue
         if scan.fingerprint() != fingerprint:
@@ -454,3 +435,32 @@ def _one_pass(incoming: Path, model: Path, results: Path, registry: Registry, mo
                  "; WARNING intensity histogram far from the training data" if qc["drift_warning"] else "")
         counts["done"] += 1
     return counts
+
+
+def _attempt(scan: Scan, model: Path, results: Path, registry: Registry, segment_options: SegmentOptions,
+             version: int, should_stop: Callable[[], bool], resume: bool,
+             on_block: Callable[[Block], None] | None) -> dict | None:
+    """``process_scan`` with its failure recorded: the QC summary, or None when the scan failed (the
+    other scans still run).  A stop, a full disk and ``RunInterrupted`` are recorded and raised: the
+    other scans would fail the same way."""
+    try:
+        return process_scan(scan, model, results, segment_options, version, should_stop, resume, on_block)
+    except RunInterrupted as exc:
+        registry.finish(scan.name, "interrupted", error=str(exc), count_attempt=False)
+        raise
+    except DiskFullError as exc:
+        registry.finish(scan.name, "failed", error=str(exc), count_attempt=False)
+        log.error("%s: failed: %s", scan.name, exc)
+        raise
+    except XtrainError as exc:
+        registry.finish(scan.name, "failed", error=str(exc))
+        log.error("%s: failed: %s", scan.name, exc)
+        return None
+    except Exception as exc:  # an unexpected bug must not stop the other scans either
+        if disk_full_cause(exc) is not None:
+            error = disk_full_error(exc, version_dir(results, scan.name, version), "the scan's results")
+            registry.finish(scan.name, "failed", error=str(error), count_attempt=False)
+            raise error from exc
+        registry.finish(scan.name, "failed", error=f"{type(exc).__name__}: {exc}")
+        log.exception("%s: failed unexpectedly", scan.name)
+        return None
