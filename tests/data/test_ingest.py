@@ -178,10 +178,15 @@ def test_unsupported_dtype(capsys, tmp_path):
 
 
 def test_image_label_shape_mismatch(capsys, tmp_path, scan):
+    """A label volume of another shape, and label slices of another size (a folder of fewer slices is
+    matched by number instead: tests/data/test_sparse.py)."""
     images, _, _, _ = scan
-    labels = write_folder(tmp_path / "short", raw_labels(shape=(36, 61, 53)))
-    line = run_bad(capsys, tmp_path, [images, "--labels", labels, "--label-map", "0:0,128:1,255:2"])
+    tifffile.imwrite(tmp_path / "short.tif", raw_labels(shape=(36, 61, 53)))
+    line = run_bad(capsys, tmp_path, [images, "--labels", tmp_path / "short.tif", "--label-map", "0:0,128:1,255:2"])
     assert "(36, 61, 53)" in line and "(37, 61, 53)" in line and "short" in line
+    labels = write_folder(tmp_path / "narrow", raw_labels(shape=(3, 61, 52)))
+    line = run_bad(capsys, tmp_path, [images, "--labels", labels, "--label-map", "0:0,128:1,255:2"])
+    assert "(3, 61, 52)" in line and "(37, 61, 53)" in line and "narrow" in line
 
 
 def test_label_value_not_in_map(capsys, tmp_path, scan):
