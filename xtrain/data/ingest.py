@@ -60,6 +60,24 @@ def _census(lab: Labels, spec: str, classes: Sequence[str]) -> LabelCensus:
     return counted
 
 
+def _source(stack: Volume, images: Any, lab: Labels | None, labels: Any, mask: Any,
+            label_map: Mapping[int, int] | None, unlabelled: int | None, started: _dt.datetime) -> dict[str, Any]:
+    """The store's ``source`` attributes: the inputs, their provenance, the label map and when."""
+    return {
+        "kind": stack.kind,
+        "images": _describe(stack),
+        "labels": _describe(lab.volume) if lab is not None else None,
+        "provenance": {"images": {"spec": str(images), **stack.provenance},
+                       "labels": {"spec": str(labels), **lab.volume.provenance} if lab is not None else None,
+                       "mask": str(mask) if mask is not None else None},
+        "label_map": {str(k): int(v) for k, v in label_map.items()} if label_map else None,
+        **({"unlabelled": int(unlabelled)} if unlabelled is not None else {}),
+        **({"label_z": lab.z} if lab is not None and lab.z is not None else {}),
+        "ingested": started.isoformat(timespec="seconds"),
+        "xtrain_version": __version__,
+    }
+
+
 def ingest(
     images: str | os.PathLike,
     out: str | os.PathLike,
@@ -127,19 +145,7 @@ def ingest(
         w.info.voxel_size_nm = voxel_size_nm if voxel_size_nm is not None else stack.voxel_size_nm
         w.info.stats = stats
         w.info.labels = counted.to_dict() if counted is not None else {}
-        w.info.source = {
-            "kind": stack.kind,
-            "images": _describe(stack),
-            "labels": _describe(lab.volume) if lab is not None else None,
-            "provenance": {"images": {"spec": str(images), **stack.provenance},
-                           "labels": {"spec": str(labels), **lab.volume.provenance} if lab is not None else None,
-                           "mask": str(mask) if mask is not None else None},
-            "label_map": {str(k): int(v) for k, v in label_map.items()} if label_map else None,
-            **({"unlabelled": int(unlabelled)} if unlabelled is not None else {}),
-            **({"label_z": lab.z} if lab is not None and lab.z is not None else {}),
-            "ingested": started.isoformat(timespec="seconds"),
-            "xtrain_version": __version__,
-        }
+        w.info.source = _source(stack, images, lab, labels, mask, label_map, unlabelled, started)
     if stats["fill"]["value"] is not None:
         log.info("fill value %s (%.1f%% of the voxels, e.g. outside the reconstruction circle) left out of the "
                  "statistics", stats["fill"]["value"], 100 * stats["fill"]["fraction"])
