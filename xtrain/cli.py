@@ -120,7 +120,8 @@ def cmd_ingest(args: argparse.Namespace) -> int:
     with writing(args.out, "the ingested store"):  # a full disk: one line, nothing left behind
         ingest(args.images, args.out, labels=args.labels, label_map=args.label_map, chunks=args.chunks,
                voxel_size_nm=args.voxel_size, classes=args.classes, overwrite=args.overwrite,
-               dataset=args.dataset, channel=args.channel, time=args.time, mask=args.mask)
+               dataset=args.dataset, channel=args.channel, time=args.time, mask=args.mask,
+               unlabelled=args.unlabelled)
     return 0
 
 
@@ -156,7 +157,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from .evaluate.report import format_tables, write_report
 
     pred = open_label_volume(args.pred, label_map=args.pred_label_map)
-    truth = open_label_volume(args.labels, label_map=args.label_map)
+    truth = open_label_volume(args.labels, label_map=args.label_map, unlabelled=args.unlabelled)
     image = open_image_volume(args.image) if args.image else None
     if image is not None and tuple(image.shape) != tuple(truth.shape):
         from .errors import ShapeMismatchError
@@ -320,9 +321,14 @@ def build_parser() -> argparse.ArgumentParser:
                    "by the number in the name), a quoted glob such as 'scan/*.tif', HDF5/NeXus (FILE.h5[:/PATH]), "
                    "Zarr v2/v3 or OME-Zarr 0.4/0.5")
     p.add_argument("out", type=Path, help="output store, e.g. scan.zarr")
-    p.add_argument("--labels", help="label stack in the same forms as IMAGES (same shape)")
+    p.add_argument("--labels", help="label volume in the same forms as IMAGES (same shape), or a folder of fewer "
+                   "label slices matched to the image slices by the last number in their names "
+                   "(slice__021.tif labels SOCprist0021.tiff; slices without one are unlabelled)")
     p.add_argument("--label-map", type=label_map, default=None, metavar="RAW:CLASS,...",
                    help="map raw label values to class ids, e.g. 0:0,128:1,255:2 (default: values are class ids)")
+    p.add_argument("--unlabelled", type=int, default=None, metavar="V",
+                   help="raw label value that means 'not labelled' (napari's Labels layer writes 0 for unpainted "
+                   "voxels: --label-map 1:0,2:1,3:2 --unlabelled 0)")
     p.add_argument("--chunks", type=int_tuple(3), default=None, metavar="Z,Y,X",
                    help="chunk shape (default 1,256,256 inside 32,512,512 shards: fast 2D patch reads with few files; bench/chunks.py)")
     p.add_argument("--voxel-size", type=float, default=None, metavar="NM", help="voxel edge in nanometres")
@@ -365,6 +371,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="raw LABELS values -> class ids, e.g. 0:0,128:1,255:2 (default: values are class ids)")
     p.add_argument("--pred-label-map", type=label_map, default=None, metavar="RAW:CLASS,...",
                    help="the same for PRED")
+    p.add_argument("--unlabelled", type=int, default=None, metavar="V",
+                   help="raw LABELS value that means 'not labelled' (a store's unlabelled voxels are known): scores "
+                   "count labelled voxels only")
     p.add_argument("--voxel-size", type=float, default=None, metavar="NM",
                    help="voxel edge in nm for um-based densities (default: from the stores; none: per voxel)")
     p.add_argument("--z", type=z_range, default=None, metavar="Z0,Z1", help="evaluate slices Z0..Z1-1 only")

@@ -70,3 +70,25 @@ def test_a_study_is_read_from_the_sweep_results(tmp_path):
         "c,failed,0,1.0,0,,,\n")
     assert read_study(str(tmp_path)) == [{"parameter": "data.fraction", "value": 0.1, "dice": 0.82},
                                          {"parameter": "data.fraction", "value": 0.5, "dice": 0.91}]
+
+
+def test_compare_against_sparse_labels_gives_no_labels_tpb(tmp_path):
+    """A prediction compared with a store of sparse labels: Dice over the labelled voxels, no TPB ratio."""
+    import numpy as np
+
+    from xtrain.data.labels import IGNORE
+    from xtrain.data.store import open_store, write_store
+
+    dense = make_store(tmp_path / "dense.zarr", shape=(9, 24, 20), seed=3)
+    truth = open_store(dense).labels[:]
+    sparse = np.full(truth.shape, IGNORE, np.uint8)
+    sparse[[2, 6]] = truth[[2, 6]]
+    with write_store(tmp_path / "sparse.zarr", truth.shape) as w:
+        w.create("image", truth.shape, np.uint16)[:] = open_store(dense).image[:]
+        w.create("labels", truth.shape, np.uint8)[:] = sparse
+    result = compare([str(dense)], str(tmp_path / "sparse.zarr"), tmp_path / "rep")
+    rows = {r["method"]: r for r in result["summary"]}
+    assert rows["dense"]["mean_dice"] == 1.0 and "tpb_ratio" not in rows["dense"] and "tpb_density" in rows["dense"]
+    assert rows["labels (truth)"] == {"method": "labels (truth)"}
+    md = (tmp_path / "rep" / "compare.md").read_text()
+    assert md.count("is not computed, it needs every voxel labelled") == 1

@@ -93,12 +93,16 @@ def summary_row(name: str, result: dict[str, Any], inference: str = "") -> dict[
     if ms:
         row.update({f"fraction_{c}": v for c, v in ms["pred"]["fractions"].items()})
         row["tpb_density"] = ms["pred"]["tpb"]["density"]
-        row["tpb_ratio"] = ms["ratio"]["tpb"]["density"]
+        if ms["ratio"] is not None:  # None: sparse labels, whose TPB is not computed
+            row["tpb_ratio"] = ms["ratio"]["tpb"]["density"]
     return row
 
 
 def labels_row(result: dict[str, Any]) -> dict[str, Any]:
-    ms = result["microstructure"]["labels"]
+    """The labels' own fractions and TPB density (none for sparse labels: their microstructure is not computed)."""
+    ms = (result.get("microstructure") or {}).get("labels")
+    if ms is None:
+        return {"method": "labels (truth)"}
     return {"method": "labels (truth)", **{f"fraction_{c}": v for c, v in ms["fractions"].items()},
             "tpb_density": ms["tpb"]["density"], "tpb_ratio": 1.0}
 
@@ -148,6 +152,9 @@ def compare(entries: Sequence[str], labels: str, report_dir: str | os.PathLike, 
           "", summary_table(rows, markdown=True), "",
           "Dice is per phase over the whole region; fractions and TPB density are computed from each "
           "segmentation; `TPB ratio` = TPB density / the labels' TPB density (1 is right).", ""]
+    first = next(iter(results.values()))
+    if "sparse_labels" in first:  # one line: no labels' TPB, no TPB ratio
+        md += [first["sparse_labels"]["note"], ""]
     md += [f"![{f.stem}]({f.name})" for f in figures if f]
     atomic_write(out / "compare.md", "\n".join(md) + "\n", what="the comparison report")
     return {"summary": rows, "studies": study_rows, "report": str(out / "compare.md")}
@@ -211,15 +218,13 @@ def read_study(tune_dir: str) -> list[dict[str, Any]]:
 
 
 def _plot_summary(path: Path, rows: list[dict[str, Any]]) -> Path:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     import numpy as np
+    from matplotlib.figure import Figure
 
     methods = [r for r in rows if "mean_dice" in r]
     classes = [k.removeprefix("dice_") for k in methods[0] if k.startswith("dice_")] if methods else []
-    fig, (a, b) = plt.subplots(1, 2, figsize=(11, 4))
+    fig = Figure(figsize=(11, 4))
+    a, b = fig.subplots(1, 2)
     x = np.arange(len(methods))
     width = 0.8 / max(len(classes), 1)
     for i, c in enumerate(classes):
@@ -236,23 +241,19 @@ def _plot_summary(path: Path, rows: list[dict[str, Any]]) -> Path:
     b.set_title("Triple-phase boundary density")
     fig.tight_layout()
     fig.savefig(path, dpi=100)
-    plt.close(fig)
     return path
 
 
 def _plot_study(path: Path, name: str, rows: list[dict[str, Any]]) -> Path:
-    import matplotlib
+    from matplotlib.figure import Figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(5, 3.5))
+    fig = Figure(figsize=(5, 3.5))
+    ax = fig.subplots()
     ax.plot([r["value"] for r in rows], [r["dice"] for r in rows], "o-")
     ax.set_xlabel(rows[0]["parameter"])
     ax.set_ylabel("best validation mean Dice")
     ax.set_title(name)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
-    plt.close(fig)
     return path
 
