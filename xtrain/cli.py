@@ -98,6 +98,10 @@ def _volume_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--mask", default=None, help="volume of the same shape, non-zero = sample: statistics only "
                    "inside it (default: a constant fill value such as zeros outside the reconstruction circle is "
                    "detected and left out)")
+    p.add_argument("--allow-missing", action="store_true", help="accept input with parts that may never have been "
+                   "written: a foreign Zarr's absent chunks (read as its fill value), an HDF5 virtual dataset's absent "
+                   "sources, gaps in a numbered slice folder (the slices present, in order); each is a warning. "
+                   "Without it they are refused; a damaged xtrain store is refused always")
 
 
 # ----------------------------------------------------------------------------- subcommands
@@ -121,7 +125,7 @@ def cmd_ingest(args: argparse.Namespace) -> int:
         ingest(args.images, args.out, labels=args.labels, label_map=args.label_map, chunks=args.chunks,
                voxel_size_nm=args.voxel_size, classes=args.classes, overwrite=args.overwrite,
                dataset=args.dataset, channel=args.channel, time=args.time, mask=args.mask,
-               unlabelled=args.unlabelled)
+               unlabelled=args.unlabelled, allow_missing=args.allow_missing)
     return 0
 
 

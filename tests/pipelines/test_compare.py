@@ -92,3 +92,14 @@ def test_compare_against_sparse_labels_gives_no_labels_tpb(tmp_path):
     assert rows["labels (truth)"] == {"method": "labels (truth)"}
     md = (tmp_path / "rep" / "compare.md").read_text()
     assert md.count("is not computed, it needs every voxel labelled") == 1
+
+
+def test_a_refused_compare_leaves_no_empty_report_folder(tmp_path, capsys):
+    labels = make_store(tmp_path / "truth.zarr", shape=(5, 9, 7))
+    bad = tmp_path / "broken.pt"
+    bad.write_bytes(b"not a checkpoint")  # refused by segment, after the report folder was planned
+    report = tmp_path / "reports" / "r"
+    (tmp_path / "reports").mkdir()
+    assert main(["compare", str(bad), "--labels", str(labels), "--report", str(report)]) == 2
+    assert "broken.pt" in capsys.readouterr().err
+    assert list((tmp_path / "reports").iterdir()) == []  # neither r/ nor r/predictions/ left behind

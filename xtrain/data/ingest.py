@@ -92,6 +92,7 @@ def ingest(
     time: int | None = None,
     mask: str | os.PathLike | None = None,
     unlabelled: int | None = None,
+    allow_missing: bool = False,
 ) -> Path:
     """Convert a volume (+ optional labels) into the store ``out``; returns its path.
 
@@ -104,6 +105,10 @@ def ingest(
     (``xtrain.data.sparse``), the other slices unlabelled.  The store records the label census
     (``StoreInfo.labels``) and ingest logs its summary; a class no voxel is labelled with is a warning.
     ``chunks``: chunk shape (Z, Y, X); default thin chunks inside shards (``default_layout``).
+    ``allow_missing``: as ``open_volume`` (a foreign Zarr's absent chunks become its fill value in the
+    store, a slice folder's number gaps are stacked over; recorded in the store's provenance).
+    Missing or damaged input is refused (``MissingDataError`` / ``CorruptFileError``) before
+    anything is written.
     """
     out = check_output(out, overwrite)  # before reading any data
     classes = list(classes) if classes else list(DEFAULT_CLASSES)
@@ -112,10 +117,10 @@ def ingest(
     if unlabelled is not None and labels is None:
         raise InvalidInputError(f"--unlabelled {unlabelled} was given without --labels; add --labels LABELS or drop it")
 
-    stack = open_volume(images, dataset=dataset, channel=channel, time=time)  # headers only
+    stack = open_volume(images, dataset=dataset, channel=channel, time=time, allow_missing=allow_missing)  # headers
     shape = stack.shape  # (Z, Y, X)
     mask_vol = open_volume(mask) if mask is not None else None
-    lab = open_labels(labels, stack, label_map, len(classes), unlabelled) if labels is not None else None
+    lab = open_labels(labels, stack, label_map, len(classes), unlabelled, allow_missing) if labels is not None else None
 
     layout = default_layout(shape, chunks)
     stats = volume_stats(stack, mask_vol)  # Dask graph; NaN/Inf and the fill value found before any write

@@ -244,12 +244,27 @@ def compressor(dtype: np.dtype):
     return BloscCodec(cname="zstd", clevel=3, shuffle="bitshuffle" if np.dtype(dtype).itemsize > 1 else "shuffle")
 
 
+WRITE_CONFIG = {"write_empty_chunks": True}  # every chunk on disk, all-zero ones too: absent = lost
+
+
+def writable(array: zarr.Array) -> zarr.Array:
+    """``array`` (opened again, e.g. by ``--resume``) writing every chunk, as ``create_level`` does:
+    zarr's runtime config is not stored with the array, and its default skips all-zero chunks."""
+    return array.with_config(WRITE_CONFIG)
+
+
 def create_level(group: zarr.Group, path: str, shape: Sequence[int], dtype: Any, layout: Layout,
                  overwrite: bool = False, codec: Any = None) -> zarr.Array:
     """A (Z, Y, X) or (C, Z, Y, X) array at ``path`` with the store's chunks (a channel per chunk).
 
-    ``codec``: the compressor (default ``compressor(dtype)``).
+    ``codec``: the compressor (default ``compressor(dtype)``), followed by a crc32c checksum of
+    every inner chunk (the shard index has one too: zarr's default), so changed bytes fail to
+    decode instead of changing voxels.  Every chunk is written, also all-zero ones
+    (``WRITE_CONFIG``), so an absent chunk always means a lost one (``chunks.check_chunks``).
+    crc32c costs ~1 % of a chunk read (bench/checksum.py).
     """
+    from zarr.codecs import Crc32cCodec
+
     shape = tuple(int(n) for n in shape)
     lay = fit_layout(layout, shape[-3:])
     lead = shape[:-3]
@@ -257,8 +272,8 @@ def create_level(group: zarr.Group, path: str, shape: Sequence[int], dtype: Any,
     shards = (tuple(lead) + lay.shards) if lay.shards else None
     dims = ("c", "z", "y", "x") if lead else ("z", "y", "x")
     return group.create_array(path, shape=shape, dtype=np.dtype(dtype), chunks=chunks, shards=shards,
-                              compressors=codec or compressor(np.dtype(dtype)), fill_value=0, dimension_names=dims,
-                              overwrite=overwrite)
+                              compressors=(codec or compressor(np.dtype(dtype)), Crc32cCodec()), fill_value=0,
+                              dimension_names=dims, overwrite=overwrite, config=WRITE_CONFIG)
 
 
 def level0_path(kind: str, name: str | None = None) -> str:

@@ -42,7 +42,7 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import InvalidInputError, ShapeMismatchError
+from ..errors import MissingDataError, InvalidInputError, ShapeMismatchError
 from .labels import IGNORE
 from .volumes import Volume, is_store, label_lut, open_volume
 
@@ -162,17 +162,29 @@ def _planes(vol: Volume, image: Volume, labels: str, images: str) -> list[int] |
 
 
 def open_labels(labels: str | os.PathLike, image: Volume, label_map: Mapping[int, int] | None, num_classes: int,
-                unlabelled: int | None = None) -> Labels:
+                unlabelled: int | None = None, allow_missing: bool = False) -> Labels:
     """The labels of ``image`` (headers only, nothing read): a volume of its shape, or label slices matched
     by number (module docstring).  ``label_map``: raw value -> class id; ``unlabelled``: the raw value that
     means "not labelled" (an xtrain store's labels: ``IGNORE``, their own unlabelled id).
 
     Raises ``InvalidInputError`` (``label_lut``'s refusals; names without numbers, duplicate or unmatched
-    numbers) or ``ShapeMismatchError`` (a label volume of another shape).
+    numbers) or ``ShapeMismatchError`` (a label volume of another shape).  A label folder's number gaps are
+    expected (its files are placed by number: ``open_volume(numbered=True)``); ``allow_missing``: as
+    ``open_volume`` for the rest (a label Zarr's absent chunks).
     """
     spec = os.fspath(labels)
     store = is_store(spec)
-    vol = open_volume(spec, dataset="labels" if store else None)
+    try:
+        vol = open_volume(spec, dataset="labels" if store else None, allow_missing=allow_missing, numbered=True)
+    except MissingDataError as exc:
+        # a painted label image (napari, zarr-python) leaves chunks holding only the fill value unwritten; when
+        # that value is the unlabelled one, an absent chunk is an unpainted region, not lost data
+        fill = getattr(exc, "fill_value", None)
+        if fill is None or unlabelled is None or fill != unlabelled:
+            raise
+        log.info("'%s': absent chunks hold only the fill value %s, which is --unlabelled: read as unlabelled",
+                 spec, fill)
+        vol = open_volume(spec, dataset="labels" if store else None, allow_missing=True, numbered=True)
     if store and unlabelled is None and label_map is None:
         unlabelled = IGNORE  # a store's ground truth: class ids, IGNORE where unlabelled
     lut = label_lut(vol.raw_dtype, dict(label_map) if label_map else None, num_classes, spec, unlabelled)

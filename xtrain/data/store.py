@@ -10,7 +10,11 @@ A store is an OME-Zarr 0.5 image (Zarr v3 group) whose layout ``xtrain.data.layo
 
 Stores are written under a temporary sibling name and renamed into place only once
 complete (``write_store``), so an interrupted ingest never leaves something that looks
-finished; ``open_store`` refuses a store without the completion mark.  Stores of the
+finished; ``open_store`` refuses a store without the completion mark.  Every chunk is written,
+also all-zero ones (``write_empty_chunks=True``; attribute ``all_chunks_written``), and every inner
+chunk and shard index carries a crc32c: ``open_store`` refuses a store with a lost, empty or
+truncated shard (``chunks.check_chunks``: the file listing and the shard indices, no chunk data),
+and a read of a chunk whose bytes changed fails naming it, instead of returning other voxels.  Stores of the
 previous layout (format 1: root arrays ``image`` and ``labels``) are refused with the fix:
 ``upgrade`` (``xtrain upgrade STORE``) rewrites one in the OME layout, and is the only code
 that reads that layout.
@@ -38,6 +42,7 @@ from . import layout as ome
 from .layout import DEFAULT_CHUNKS, DEFAULT_SHARD_DEPTH, DEFAULT_SHARD_EDGE, Layout, compressor, default_layout  # noqa: F401
 from ..errors import CorruptFileError, InputNotFoundError, InvalidInputError, OutputExistsError
 from ..io import remove_path, replace_into_place
+from .chunks import check_chunks
 
 log = logging.getLogger(__name__)
 
@@ -56,11 +61,15 @@ class StoreInfo:
     labels: dict[str, Any] = field(default_factory=dict)  # label census (xtrain.data.labels.LabelCensus.to_dict); {}: none
     complete: bool = False
     format: int = FORMAT_VERSION
+    # every chunk was written, all-zero ones too (write_empty_chunks=True): an absent one is damage.
+    # False for stores written before xtrain did that (their absent chunks may be all-zero ones).
+    all_chunks_written: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "format": self.format,
             "complete": self.complete,
+            "all_chunks_written": self.all_chunks_written,
             "classes": list(self.classes),
             "voxel_size_nm": self.voxel_size_nm,
             "source": self.source,
@@ -78,6 +87,7 @@ class StoreInfo:
             labels=dict(d.get("labels", {})),
             complete=bool(d.get("complete", False)),
             format=int(d.get("format", FORMAT_VERSION)),
+            all_chunks_written=bool(d.get("all_chunks_written", False)),
         )
 
 
@@ -147,27 +157,35 @@ def _open_group(path: Path, mode: str, what: str) -> tuple[zarr.Group, StoreInfo
     return group, StoreInfo.from_dict(attrs["xtrain"])
 
 
-def _store(path: Path, group: zarr.Group, info: StoreInfo) -> Store:
+def _store(path: Path, group: zarr.Group, info: StoreInfo, allow_missing: bool = False) -> Store:
     if ome.previous_layout(group):
         raise CorruptFileError(f"'{path}' has the previous store layout (format 1: root arrays image/labels); "
                                f"rewrite it as OME-Zarr 0.5 with 'xtrain upgrade {path}'")
     arrays = ome.read_arrays(group)
+    named = [("image", arrays.image), *((f"labels '{k}'", v) for k, v in arrays.labels.items()),
+             ("probabilities", arrays.probabilities), ("entropy", arrays.entropy)]
+    for what, array in named:
+        if array is not None:  # MissingDataError / CorruptFileError: a lost or truncated shard
+            check_chunks(array, f"'{path}' {what}", complete=info.all_chunks_written, allow_missing=allow_missing)
     return Store(path=path, image=arrays.image, labels=arrays.main_labels(), info=info, label_images=arrays.labels,
                  probabilities=arrays.probabilities, entropy=arrays.entropy, levels=arrays.levels)
 
 
-def open_store(path: str | os.PathLike, mode: str = "r", require_image: bool = True) -> Store:
+def open_store(path: str | os.PathLike, mode: str = "r", require_image: bool = True,
+               allow_missing: bool = False) -> Store:
     """Open a finished store or segmentation (either layout); raise a one-line error for anything else.
 
-    Raises InputNotFoundError (no such path) or CorruptFileError (not an xtrain store, an
-    interrupted write, no image while ``require_image``).
+    Raises InputNotFoundError (no such path), CorruptFileError (not an xtrain store, an
+    interrupted write, no image while ``require_image``, a truncated shard) or MissingDataError
+    (a lost shard or chunk: ``chunks.check_chunks``; ``allow_missing`` lets absent chunks of a
+    store from before ``all_chunks_written`` be read as zeros).
     """
     path = Path(path)
     group, info = _open_group(path, mode, "store")
     if not info.complete:
         raise CorruptFileError(f"'{path}' is incomplete (an interrupted write or run); delete it and run again, or "
                                "resume a segmentation with 'xtrain segment ... --resume'")
-    store = _store(path, group, info)
+    store = _store(path, group, info, allow_missing)
     if store.image is None and (require_image or store.labels is None):
         raise CorruptFileError(f"store '{path}' has no image; recreate it with 'xtrain ingest'")
     return store
@@ -176,12 +194,16 @@ def open_store(path: str | os.PathLike, mode: str = "r", require_image: bool = T
 def open_segmentation(path: str | os.PathLike) -> Store:
     """Open a finished ``xtrain segment`` output (either layout); its prediction is ``.labels``.
 
-    Raises InputNotFoundError or CorruptFileError (not a store, interrupted, no labels).
+    Raises InputNotFoundError, CorruptFileError (not a store, interrupted, no labels, a truncated
+    shard) or MissingDataError (a lost shard).
     """
     path = Path(path)
     group, info = _open_group(path, "r", "segmentation")
+    if not info.complete:
+        raise CorruptFileError(f"segmentation '{path}' is incomplete (an interrupted run); resume it with "
+                               "'xtrain segment ... --resume' or delete it")
     store = _store(path, group, info)
-    if not info.complete or store.labels is None:
+    if store.labels is None:
         raise CorruptFileError(f"segmentation '{path}' is incomplete (an interrupted run); resume it with "
                                "'xtrain segment ... --resume' or delete it")
     return store
@@ -260,6 +282,7 @@ def write_store(path: str | os.PathLike, shape: tuple[int, int, int], layout: La
         yield writer
         ome.finish_group(group, path.stem, writer.info.voxel_size_nm, writer.info.classes, layout, pyramid_edge)
         writer.info.complete = True
+        writer.info.all_chunks_written = True  # create_level: write_empty_chunks=True
         group.attrs.update({"xtrain": writer.info.to_dict()})
         replace_into_place(tmp, path)
     except BaseException:

@@ -58,6 +58,7 @@ class SegmentOptions:
     channel: int | None = None
     time: int | None = None
     mask: str | None = None
+    allow_missing: bool = False  # as open_volume: a foreign Zarr's absent chunks / a folder's number gaps, warned
     resume: bool = False
     overwrite: bool = False
 

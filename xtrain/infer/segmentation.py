@@ -53,7 +53,7 @@ from ..data.normalise import SHIFT_WARN, distribution_shift, normalised_volume
 from ..data.store import StoreInfo
 from ..data.volumes import Volume, open_volume
 from ..errors import RunInterrupted
-from ..io import writing
+from ..io import output_lock, writing
 from ..models.checkpoint import file_checksum, load_checkpoint, model_from_checkpoint
 from ..stop import never
 from . import pool
@@ -102,13 +102,15 @@ def segment(model: str | os.PathLike, volume: str | os.PathLike, out: str | os.P
     Raises ``InvalidInputError`` (and its subclasses) for bad options or inputs, before anything is
     written; ``RunInterrupted`` once ``should_stop()`` is true (``resume=True`` continues);
     ``SettingsMismatchError`` for ``resume`` of an output made with other settings; ``DiskFullError``
-    when OUT's file system is full.  ``resume`` of a finished OUT with the same settings returns OUT
+    when OUT's file system is full; ``LockedError`` while another process writes OUT (the lock file
+    ``.OUT.lock`` beside it).  ``resume`` of a finished OUT with the same settings returns OUT
     at once.  Uses the connected Ray (workers > 1 or gpu) or starts one and stops it before returning.
     """
     options = replace(options or SegmentOptions(), **changes)
     out = Path(out)
     options.validate(out)
-    with writing(out, "the segmentation"), pool.session(options.use_ray):
+    # one writer per output: a second segment (or --resume) into OUT refuses naming this one's pid
+    with output_lock(out, "segment"), writing(out, "the segmentation"), pool.session(options.use_ray):
         previous = previous_run(out, options.resume, options.overwrite)
         inputs = model_inputs(model, volume, options, previous)
         resources = pool.cluster_resources() if options.use_ray else local_resources()
@@ -123,7 +125,8 @@ def model_inputs(model: str | os.PathLike, volume: str | os.PathLike, options: S
     ckpt = load_checkpoint(model)
     _, info = model_from_checkpoint(ckpt, model)  # the weights fit the architecture
     train_stats = ckpt.get("stats") or {}
-    raw = open_volume(volume, dataset=options.dataset, channel=options.channel, time=options.time)
+    raw = open_volume(volume, dataset=options.dataset, channel=options.channel, time=options.time,
+                      allow_missing=options.allow_missing)
     vol = normalised_volume(raw, train_stats=train_stats, mode=options.normalisation,
                             mask=open_volume(options.mask) if options.mask is not None else None,
                             stats=previous.record.get("stats") if previous else None)

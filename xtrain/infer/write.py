@@ -83,9 +83,9 @@ class ZarrSink:
         group = zarr.open_group(str(group_path), mode="r+", zarr_format=3)
         self.path = group_path
         arrays = ome.read_arrays(group)
-        self.labels = arrays.labels[ome.PREDICTION]
-        self.probabilities = arrays.probabilities
-        self.entropy = arrays.entropy
+        self.labels = ome.writable(arrays.labels[ome.PREDICTION])  # every chunk written (also on --resume)
+        self.probabilities = ome.writable(arrays.probabilities) if arrays.probabilities is not None else None
+        self.entropy = ome.writable(arrays.entropy) if arrays.entropy is not None else None
 
     @staticmethod
     def create(group_path: Path, shape: tuple[int, int, int], num_classes: int, layout: Layout,
@@ -355,10 +355,11 @@ def finish(work: Path, out: Path, slab: int, volume: Any = None, layout: Layout 
         write_labels_file(out, _slabs(labels, slab), tuple(labels.shape), classes, voxel, _provenance(info))
     else:
         if arrays.image is not None and volume is not None:
-            copy_image(volume, arrays.image, slab)
+            copy_image(volume, ome.writable(arrays.image), slab)
         lay = layout or Layout(tuple(labels.chunks), tuple(labels.shards) if labels.shards else None)
         ome.finish_group(group, out.stem, voxel, classes, lay)
         info["complete"] = True
+        info["all_chunks_written"] = True  # create_level / writable: write_empty_chunks=True
         group.attrs["xtrain"] = info
         replace_into_place(work / GROUP, out)  # --overwrite: the old output is replaced only now
     remove_path(work)

@@ -1,12 +1,18 @@
 """Checkpoints: one dict of states, written atomically, and the network they hold.
 
     last.pt   everything needed to continue training (model + optimiser states, epoch,
-              step, RNG states, resolved config, normalisation statistics, classes)
+              step, resolved config, normalisation statistics, classes)
     model.pt  everything inference needs and nothing else: model name + kwargs + weights,
               normalisation statistics, classes, config, validation metrics and the
               inference settings the model is meant to be run with (``validated_inference``)
 
-Both are plain ``torch.save`` dicts, loadable without the config files that made them.
+Both are plain ``torch.save`` dicts of tensors and plain values, loadable without the config
+files that made them, and always loaded with ``torch.load(weights_only=True)``: a model file
+shared between users cannot run code (a pickle payload is refused naming the file, before
+anything in it runs).  No RNG states are stored: resume reseeds every step from (seed, epoch,
+rank, step) (``loop.seed_step``), so the numpy / Python states earlier versions saved were never
+read back.  Those older last.pt files still load: the numpy array pieces of their RNG states are
+allow-listed for the load (``_legacy_safe_globals``; rebuilding an array runs no code).
 Checkpoints belong to the models: inference (``model_from_checkpoint``) needs nothing of training.
 
     ckpt = load_checkpoint("runs/unet/model.pt")
@@ -19,7 +25,7 @@ from __future__ import annotations
 import hashlib
 import io
 import os
-import random
+import pickle
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -40,8 +46,10 @@ INFERENCE_ALL_AXES = {"axes": "zyx", "clean": True}
 INFERENCE_Z = {"axes": "z", "clean": False}
 
 
-def rng_states() -> dict[str, Any]:
-    return {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+def _legacy_safe_globals() -> list[Any]:
+    """What an older last.pt's ``np.random.get_state()`` needs beyond tensors: an ndarray of uint32."""
+    multiarray = getattr(getattr(np, "_core", None), "multiarray", None) or np.core.multiarray  # numpy 2 / 1
+    return [multiarray._reconstruct, np.ndarray, np.dtype, type(np.dtype(np.uint32))]
 
 
 def save_checkpoint(ckpt: dict[str, Any], path: str | os.PathLike) -> Path:
@@ -89,10 +97,20 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     if not path.is_file():
         raise InputNotFoundError(f"checkpoint '{path}' does not exist; train a model first with 'xtrain train'")
     try:
-        # weights_only=False: our own files hold numpy RNG states and config dicts.
-        ckpt = torch.load(path, map_location=map_location, weights_only=False)
+        with torch.serialization.safe_globals(_legacy_safe_globals()):
+            ckpt = torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as exc:  # torch's weights-only unpickler refused an object: nothing ran
+        try:  # names what the pickle would import, without running it
+            found = ", ".join(torch.serialization.get_unsafe_globals_in_checkpoint(path))
+        except Exception:  # noqa: BLE001 - the refusal stands; only its detail is lost
+            found = ""
+        what = found or next((ln.strip() for ln in str(exc).splitlines() if "GLOBAL" in ln), "objects")
+        raise CorruptFileError(f"checkpoint '{path}' is refused: it holds more than tensors and plain values "
+                               f"({what}), which could run code when loaded (a pickle payload); xtrain never "
+                               "writes such files: use a model.pt made by 'xtrain train'") from None
     except Exception as exc:
-        raise CorruptFileError(f"checkpoint '{path}' cannot be read ({type(exc).__name__}: {exc}); "
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise CorruptFileError(f"checkpoint '{path}' cannot be read ({type(exc).__name__}: {first}); "
                                "it is truncated or not an xtrain checkpoint") from exc
     if not isinstance(ckpt, dict) or "model_state" not in ckpt or "model_name" not in ckpt:
         raise CorruptFileError(f"'{path}' is not an xtrain checkpoint (no model_name/model_state)")
@@ -158,7 +176,18 @@ def model_from_checkpoint(ckpt: dict[str, Any], path: str | os.PathLike) -> tupl
     except XtrainError:
         raise
     except Exception as exc:  # wrong keys / shapes in the state dict
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise CorruptFileError(f"model '{path}' does not load into a {ckpt['model_name']} network ({first}); "
-                               "it is damaged or from another xtrain version, export it again") from exc
+        raise CorruptFileError(f"model '{path}' does not load into a {ckpt['model_name']} network "
+                               f"({state_dict_error(exc)}); it is damaged or from another xtrain version, export "
+                               "it again") from exc
     return model, info
+
+
+def state_dict_error(exc: BaseException, details: int = 3) -> str:
+    """torch's ``load_state_dict`` error on one line, keeping what differs (the first ``details``):
+    "Error(s) in loading state_dict for UNet: size mismatch for stem.0.weight: copying a param with
+    shape torch.Size([8, 1, 3, 3]) from checkpoint, the shape in current model is torch.Size([16, 1,
+    3, 3]); ...; and 96 more"."""
+    lines = [line.strip().rstrip(".") for line in str(exc).splitlines() if line.strip()] or [type(exc).__name__]
+    head, rest = lines[0], lines[1:]
+    more = f"; and {len(rest) - details} more" if len(rest) > details else ""
+    return " ".join([head, "; ".join(rest[:details])]).strip() + more

@@ -15,6 +15,7 @@ the labels.  Sweep studies (``--study TUNE_DIR``: a data-size or noise study mad
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 from collections.abc import Sequence
@@ -115,7 +116,9 @@ def compare(entries: Sequence[str], labels: str, report_dir: str | os.PathLike, 
     """Segment (where needed), evaluate and tabulate; writes REPORT_DIR/compare.{md,json,csv,png}.
 
     ``segment_options``: how models are segmented (default ``SegmentOptions()``: each model's
-    validated axes and clean-up); a prediction already in REPORT_DIR/predictions is continued or kept."""
+    validated axes and clean-up); a prediction already in REPORT_DIR/predictions is continued or kept.
+    A comparison refused on the way (a bad model, a prediction of the wrong shape) leaves no empty
+    report folder behind; predictions already made stay (a rerun reuses them)."""
     from ..infer import SegmentOptions
 
     out = Path(report_dir)
@@ -131,7 +134,20 @@ def compare(entries: Sequence[str], labels: str, report_dir: str | os.PathLike, 
     _unique(items)
     options = replace(segment_options or SegmentOptions(), resume=True)
     source = image or labels
-    _predict(items, source, out / "predictions", options, fit, fit_z)
+    created = [d for d in (out, out / "predictions") if not d.exists()]
+    try:
+        _predict(items, source, out / "predictions", options, fit, fit_z)
+        return _report(items, truth, labels, source, out, z_range, studies)
+    except BaseException:
+        for folder in reversed(created):  # a refused comparison leaves no empty report folder behind
+            with contextlib.suppress(OSError):
+                folder.rmdir()  # only when empty: predictions made before the error stay for a rerun
+        raise
+
+
+def _report(items: list[Entry], truth: Any, labels: str, source: str, out: Path, z_range: tuple[int, int] | None,
+            studies: Sequence[str]) -> dict[str, Any]:
+    """Evaluate every entry's prediction against ``truth``; write compare.{json,csv,md} and the figures."""
     results, rows = {}, []
     for item in items:
         log.info("evaluating %s", item.name)

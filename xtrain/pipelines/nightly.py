@@ -15,7 +15,9 @@ checksum, fingerprint, version, error; table ``versions`` keeps every version's 
 Safety rules, in the order they matter at 3 a.m.:
 
 * one instance at a time: an exclusive lock on ``RESULTS/.nightly.lock``;
-* a scan whose files changed within ``settle`` seconds is still being written: skip it;
+* a scan whose files changed within ``settle`` seconds is still being written: skip it; so is an
+  HDF5 scan a writer still holds open (plain: HDF5's file lock; SWMR: its "open for write" flag),
+  however old its files look; neither uses up an attempt;
 * a finished scan is never redone unless asked (``--redo NAME``) or unless it changed: each
   finished scan records a fingerprint (every file's relative path, size and modification
   time); a scan whose fingerprint differs later (36 more slices arrived) is segmented again
@@ -28,30 +30,33 @@ Safety rules, in the order they matter at 3 a.m.:
 * a scan left "running" by a crash resumes where it stopped (segmentation resumes block by
   block) the next time;
 * a scan that fails (corrupt TIFF, ...) is marked failed with its one-line error and the
-  others still run; it is retried up to ``max_attempts`` times in total.
+  others still run; it is retried up to ``max_attempts`` times in total, and once more (its
+  attempts counted afresh) whenever its files change (fingerprint: size, mtime), e.g. the
+  missing slices were copied in after it failed.
+
+Scans are found by the suffixes ``open_volume`` reads (``xtrain.data.volumes``), one list for both.
 """
 
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
 import logging
 import os
 import shutil
 import sqlite3
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ..io import atomic_write, disk_full_cause, disk_full_error
+from ..io import atomic_write, disk_full_cause, disk_full_error, exclusive_lock
 from ..stop import never
 from ..data.volumes.formats import is_hdf5, is_store, is_tiff_folder, is_volume_file, is_zarr_dir
-from ..errors import DiskFullError, InputNotFoundError, RunInterrupted, XtrainError
+from ..errors import DiskFullError, InputNotFoundError, LockedError, RunInterrupted, XtrainError  # noqa: F401
 
 if TYPE_CHECKING:  # imported where a scan is segmented: the registry and the lock need no torch
     from ..infer.blocks import Block
@@ -91,10 +96,6 @@ CHANGED_DURING_RUN = "changed-during-run"  # a fingerprint no scan has: the next
 SCAN_COLUMNS = {"fingerprint": "TEXT", "version": "INTEGER NOT NULL DEFAULT 1"}
 
 
-class LockedError(XtrainError, RuntimeError):
-    """Another nightly instance holds the lock."""
-
-
 @dataclass
 class Scan:
     name: str
@@ -111,6 +112,23 @@ class Scan:
                 with contextlib.suppress(FileNotFoundError):
                     newest = max(newest, os.stat(os.path.join(root, f)).st_mtime)
         return newest
+
+    def held_open(self) -> str | None:
+        """Why a writer still holds the scan, or None: an HDF5 file HDF5 itself refuses to open for
+        reading because a writer has it (its file lock, errno 11, or a SWMR writer's "already open
+        for write" flag).  Opening is what any reader does, so it disturbs no writer."""
+        if self.kind != "hdf5":
+            return None
+        import h5py
+
+        try:
+            with h5py.File(self.path, "r"):
+                return None
+        except OSError as exc:
+            text = str(exc)
+            if "unable to lock file" in text or "already open for write" in text:
+                return text.split("(", 1)[-1].rstrip(")") if "(" in text else text
+            return None  # another problem: the scan's attempt reports it
 
     def fingerprint(self) -> str:
         """sha256 over every file's relative path, size and modification time (ns)."""
@@ -176,17 +194,19 @@ class Registry:
     def versions(self, name: str) -> list[dict[str, Any]]:
         return [dict(r) for r in self.db.execute("SELECT * FROM versions WHERE name = ? ORDER BY version", (name,))]
 
-    def start(self, scan: Scan, model_sha256: str, version: int = 1, fingerprint: str | None = None) -> None:
-        """Mark ``version`` of ``scan`` running (a new version starts its attempts at 1)."""
+    def start(self, scan: Scan, model_sha256: str, version: int = 1, fingerprint: str | None = None,
+              fresh_attempts: bool = False) -> None:
+        """Mark ``version`` of ``scan`` running (a new version, or ``fresh_attempts``: changed files
+        after a failure, starts its attempts at 1)."""
         now = _now()
         self.db.execute(
             "INSERT INTO scans (name, source, state, attempts, started, model_sha256, version, fingerprint) "
             "VALUES (?, ?, 'running', 1, ?, ?, ?, ?) "
             "ON CONFLICT(name) DO UPDATE SET state='running', "
-            "attempts=CASE WHEN version=excluded.version THEN attempts+1 ELSE 1 END, started=excluded.started, "
+            "attempts=CASE WHEN version=excluded.version AND NOT ? THEN attempts+1 ELSE 1 END, started=excluded.started, "
             "finished=NULL, model_sha256=excluded.model_sha256, error=NULL, version=excluded.version, "
             "fingerprint=excluded.fingerprint",
-            (scan.name, str(scan.path), now, model_sha256, version, fingerprint),
+            (scan.name, str(scan.path), now, model_sha256, version, fingerprint, fresh_attempts),
         )
         self.db.execute(
             "INSERT INTO versions (name, version, fingerprint, state, started) VALUES (?, ?, ?, 'running', ?) "
@@ -224,27 +244,6 @@ class Registry:
 
 def _now() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%S")
-
-
-@contextlib.contextmanager
-def exclusive_lock(path: Path) -> Iterator[None]:
-    """Hold ``path`` exclusively (released by the OS if the process dies)."""
-    with open(path, "a+") as f:
-        try:
-            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            f.seek(0)
-            holder = f.read().strip() or "unknown"
-            raise LockedError(f"another 'xtrain nightly' is running on '{path.parent}' (pid {holder}); "
-                              "wait for it to finish") from None
-        f.seek(0)
-        f.truncate()
-        f.write(str(os.getpid()))
-        f.flush()
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
 
 
 # ----------------------------------------------------------------------------- one scan
@@ -363,7 +362,7 @@ def run_nightly(incoming: str | Path, model: str | Path, results: str | Path, *,
     results.mkdir(parents=True, exist_ok=True)
     model_sha = file_checksum(model)
     totals = {"done": 0, "failed": 0, "skipped": 0, "waiting": 0}
-    with exclusive_lock(results / LOCK):
+    with exclusive_lock(results / LOCK, f"another 'xtrain nightly' is running on '{results}'"):
         registry = Registry(results / REGISTRY)
         try:
             for name in redo or []:
@@ -403,15 +402,26 @@ def _one_pass(incoming: Path, model: Path, results: Path, registry: Registry, mo
                 counts["skipped"] += 1
                 continue
             changed = True
-        elif record and record["state"] == "failed" and record["attempts"] >= max_attempts:
-            counts["skipped"] += 1
+        failed_before = bool(record and record["state"] == "failed")
+        if failed_before and record["attempts"] >= max_attempts and record.get("fingerprint") in (None,
+                                                                                               scan.fingerprint()):
+            counts["skipped"] += 1  # the same files failed every attempt: left failed until they change
             continue
         age = time.time() - scan.newest_mtime()
         if age < settle:
             log.info("%s: still being written (changed %.0f s ago); later", scan.name, age)
             counts["waiting"] += 1
             continue
+        writer = scan.held_open()
+        if writer is not None:
+            log.info("%s: still being written (a writer holds it open: %s; if none does, clear the flag with "
+                     "'h5clear -s %s'); later", scan.name, writer, scan.path)
+            counts["waiting"] += 1
+            continue
         fingerprint = scan.fingerprint()
+        retry = failed_before and record.get("fingerprint") not in (None, fingerprint)  # new files: attempts afresh
+        if retry:
+            log.info("%s: failed before, but its files changed since; trying again", scan.name)
         if changed:
             version += 1
             log.warning("%s: changed since it was segmented (version %d, %s); segmenting it again as version %d "
@@ -419,7 +429,7 @@ def _one_pass(incoming: Path, model: Path, results: Path, registry: Registry, mo
                         record["result"], version, version_dir(results, scan.name, version))
         # An earlier attempt on the same files (crashed, stopped, failed on a full disk): continue it.
         resume = bool(record and not changed and record.get("fingerprint") == fingerprint)
-        registry.start(scan, model_sha, version, fingerprint)
+        registry.start(scan, model_sha, version, fingerprint, fresh_attempts=retry)
         log.info("%s: %s (%s)", scan.name, "resuming" if resume else "segmenting", scan.kind)
         qc = _attempt(scan, model, results, registry, segment_options, version, should_stop, resume, on_block)
         if qc is None:
