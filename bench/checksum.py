@@ -15,7 +15,8 @@ shards and compressor but no crc32c (what xtrain wrote before).  Then, in interl
             cache reads on a miss, xtrain.data.chunkcache: decoding dominates, so crc32c's
             share is largest here)
   reader    random 64 x 64 patches through ``Volume.source`` (``ZarrReader``, which turns a
-            failed decode into an error naming the chunk) against the zarr array itself
+            failed decode into an error naming the chunk) against the zarr array itself, the
+            same (1, 64, 64) slices
   sampler   random 64 x 64 patches the way the training sampler reads them: through
             ``Volume.source`` and the chunk cache (``CachedArray`` with the default 256 MB budget's
             image share, read unit from ``read_unit``), once the cache is warm (one read per
@@ -148,7 +149,7 @@ def main(argv: list[str] | None = None) -> int:
             cases = {
                 "patch crc": patch_reader(crc, vol.shape, k), "patch plain": patch_reader(plain, vol.shape, k),
                 "shard crc": shard_reader(crc, depth), "shard plain": shard_reader(plain, depth),
-                "reader": reader_patches(source, vol.shape, k), "array": patch_reader(crc, vol.shape, k),
+                "reader": reader_patches(source, vol.shape, k), "array": reader_patches(crc, vol.shape, k),
                 "sampler crc": sampler_reader(source, vol.shape, k), "sampler plain": sampler_reader(plain, vol.shape, k),
             }
             for name, read in cases.items():

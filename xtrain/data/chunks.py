@@ -3,9 +3,10 @@
     check_chunks(array, "'scan.zarr' image", complete=True)   # at open: listing + shard indices
     except DECODE_ERRORS as exc: raise damaged_part(array, sel, where, exc)   # at read: which chunk
 
-Zarr reads an absent chunk or shard as the fill value, silently, and zarr-python 3.1 has no
-setting to refuse it (zarr-python #486; a ``MissingChunkError`` option was merged upstream in
-2026, after 3.1); ``Array.nchunks_initialized`` counts the stored objects but neither names the
+Zarr reads an absent chunk or shard as the fill value, silently, and zarr-python 3.1 (3.1.6 here)
+has no setting to refuse it (zarr-python #486; the config option that raises ``MissingChunkError``
+instead, zarr-python #3748, was merged in April 2026, after 3.1.6: once xtrain requires a release
+with it, the absent-chunk half of this check can become that option); ``Array.nchunks_initialized`` counts the stored objects but neither names the
 absent ones nor sees a zero-length shard, which zarr also reads as fill value.  So:
 
 * at open (``check_chunks``, no chunk data read): one walk of the array's folder, compared with
@@ -161,7 +162,8 @@ def check_chunks(array: Any, where: str, *, complete: bool, allow_missing: bool 
         if not allow_missing:
             err = MissingDataError(f"{head}: lost in a copy, or never written because it held only the fill value "
                                    f"{array.fill_value} (zarr's write_empty_chunks=False); copy it again, or if it is "
-                                   "meant to be empty pass --allow-missing to read absent chunks as the fill value")
+                                   "meant to be empty pass --allow-missing (xtrain ingest / segment) to read absent "
+                                   "chunks as the fill value")
             err.fill_value = array.fill_value  # a label image's unpainted value: absent chunks may be meant (sparse.py)
             raise err
         log.warning("%s; read as the fill value %s (--allow-missing)", head, array.fill_value)

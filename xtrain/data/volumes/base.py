@@ -167,9 +167,9 @@ class Volume:
         """The source read without Dask, for many small box reads (a Dask graph per box costs more
         than the read: the training sampler's patches).  ``source[z0:z1, y0:y1, x0:x1]`` is numpy in
         the source's dtype, indexed like the uncropped source (add ``z_offset``), without the view.
-        A Zarr (Z, Y, X) array (xtrain stores, plain Zarr) is returned itself, so a chunk cache sees its
-        ``chunks`` and ``shards`` (``xtrain.data.chunkcache``); other formats give their reader, an
-        in-memory volume its array."""
+        A Zarr (Z, Y, X) array (xtrain stores, plain Zarr) gives its ``ZarrReader``, which has the array's
+        ``chunks`` and ``shards`` (so a chunk cache reads in its units, ``xtrain.data.chunkcache``) and
+        names a chunk that fails to decode; other formats give their reader, an in-memory volume its array."""
         self._source_array()  # reopens the source after unpickling
         if self._reader is None:
             return self._array

@@ -260,8 +260,8 @@ def _check_sources(dset, path: Path, where: str, zaxis: int, allow_missing: bool
     more = f" (and {len(missing) - 1} more sources)" if len(missing) > 1 else ""
     head = f"{where} is a virtual dataset: {what}, so {z} would read as fill values{more}"
     if not allow_missing:
-        raise MissingDataError(f"{head}; copy the source files beside it, or pass --allow-missing to read them as "
-                               "the fill value")
+        raise MissingDataError(f"{head}; copy the source files beside it, or pass --allow-missing (xtrain ingest / "
+                               "segment) to read them as the fill value")
     log.warning("%s; read as the fill value (--allow-missing)", head)
     return [w for w, _ in missing]
 

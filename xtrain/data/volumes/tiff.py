@@ -330,7 +330,8 @@ def _check_gaps(spec: str, files: list[Path], allow_missing: bool) -> list[int]:
             f"'{files[z - 1].name}', z {z - 1})")
     if not allow_missing:
         raise MissingDataError(f"{head}; a lost slice would shift every later one: copy the missing slices, or if "
-                               "the gap is intended pass --allow-missing to stack the slices present in order")
+                               "the gap is intended pass --allow-missing (xtrain ingest / segment) to stack the "
+                               "slices present in order")
     log.warning("%s; stacking the %d slices present in order (--allow-missing)", head, len(files))
     return missing
 
