@@ -336,6 +336,56 @@ def test_bad_input_is_one_line_exit_2_and_no_output(data, tmp_path, capsys, case
     assert not out.exists() and not work_dir(out).exists()
 
 
+# ----------------------------------------------------------------------------- the model's validated settings
+
+
+@pytest.fixture(scope="module")
+def all_axes_model(data, tmp_path_factory):
+    """The tiny model's weights in a model.pt that records ``--axes zyx --clean`` (trained on all axes)."""
+    ckpt = torch.load(data["model"], weights_only=False)
+    ckpt["inference"] = {"axes": "zyx", "clean": True}
+    return save_checkpoint(ckpt, tmp_path_factory.mktemp("all_axes") / "model.pt")
+
+
+def test_segment_runs_the_models_validated_settings_unless_told_otherwise(data, all_axes_model, tmp_path, caplog):
+    with caplog.at_level(logging.INFO, logger="xtrain"):
+        default = segment(all_axes_model, data["store"], tmp_path / "default.zarr", **FAST)
+    assert "axes zyx, clean (the model's validated settings; --axes z or --no-clean to override)" in caplog.text
+    src = open_segmentation(default).info.source
+    assert (src["settings"]["axes"], src["settings"]["clean"]) == ("zyx", True)
+    assert src["inference"]["chosen_by"] == {"axes": "model", "clean": "model"}
+    # the same bits as asking for them of the z-trained model
+    explicit = segment(data["model"], data["store"], tmp_path / "explicit.zarr", axes="zyx", clean=True, **FAST)
+    assert np.array_equal(arrays(default)["labels"], arrays(explicit)["labels"])
+    assert open_segmentation(explicit).info.source["inference"]["chosen_by"] == {"axes": "options", "clean": "options"}
+    # the CLI's --axes / --no-clean override the model's; without them its settings run
+    out = tmp_path / "cli.zarr"
+    assert main(["segment", str(all_axes_model), str(data["store"]), str(out), "--tile", "32", "--halo", "4",
+                 "--axes", "z", "--no-clean"]) == 0
+    src = open_segmentation(out).info.source
+    assert (src["settings"]["axes"], src["settings"]["clean"]) == ("z", False)
+    # a z-trained model (conftest.tiny_model: data.axis z) records z without clean-up
+    z_model = segment(data["model"], data["store"], tmp_path / "z.zarr", tile=32, halo=4)
+    src = open_segmentation(z_model).info.source
+    assert src["inference"]["chosen_by"] == {"axes": "model", "clean": "model"} and src["settings"]["axes"] == "z"
+    assert np.array_equal(arrays(out)["labels"], arrays(z_model)["labels"])
+    # a model.pt from before the record: xtrain's default, z without clean-up
+    ckpt = torch.load(data["model"], weights_only=False)
+    del ckpt["inference"]
+    old = segment(save_checkpoint(ckpt, tmp_path / "old.pt"), data["store"], tmp_path / "old.zarr", tile=32, halo=4)
+    src = open_segmentation(old).info.source
+    assert src["inference"]["chosen_by"] == {"axes": "default", "clean": "default"} and not src["settings"]["clean"]
+    assert np.array_equal(arrays(old)["labels"], arrays(z_model)["labels"])
+
+
+def test_an_in_process_run_leaves_the_torch_thread_count_as_it_was(data, tmp_path):
+    before = torch.get_num_threads()
+    want = 1 if before != 1 else 2
+    out = segment(data["model"], data["store"], tmp_path / "t.zarr", threads=want, **FAST)
+    assert open_segmentation(out).info.source["settings"]["threads"] == want
+    assert torch.get_num_threads() == before
+
+
 @pytest.mark.slow
 def test_two_segment_resume_runs_into_one_output_one_refuses_naming_the_others_pid(tiny_model, tmp_path, capsys):
     """Two real ``xtrain segment ... --resume`` processes into one OUT (autosubmit #2027): the second

@@ -12,11 +12,11 @@ import tifffile
 from conftest import make_store
 from xtrain.data.store import open_store
 from xtrain.errors import DiskFullError, RunInterrupted
-from xtrain.infer import open_segmentation
+from xtrain.infer import SegmentOptions, open_segmentation
 from xtrain.pipelines.nightly import REGISTRY, LockedError, Registry, exclusive_lock, find_scans, run_nightly
 from xtrain.runtime import StopRequest
 
-FAST = {"tile": 32, "halo": 4, "chunks": (8, 16, 16), "shard": False, "block": (8, 16, 16)}
+FAST = SegmentOptions(tile=32, halo=4, chunks=(8, 16, 16), shard=False, block=(8, 16, 16))
 
 
 def scan_folder(path, seed=0, shape=(12, 40, 36)):
@@ -115,11 +115,11 @@ def test_a_crash_mid_scan_resumes_next_time_bit_identical(tiny_model, tmp_path):
 
     with pytest.raises(SystemExit):
         run_nightly(incoming, tiny_model, results, once=True, settle=60,
-                    segment_options={**FAST, "on_block": crash_after_two})
+                    segment_options=FAST, on_block=crash_after_two)
     assert registry(results)["vol"]["state"] == "running"
     resumed = []
     counts = run_nightly(incoming, tiny_model, results, once=True, settle=60,
-                         segment_options={**FAST, "on_block": resumed.append})
+                         segment_options=FAST, on_block=resumed.append)
     assert counts["done"] == 1 and registry(results)["vol"]["attempts"] == 2
     # reference: the same scan segmented without interruption
     ref_in, ref_out = tmp_path / "ref_in", tmp_path / "ref_out"
@@ -127,7 +127,7 @@ def test_a_crash_mid_scan_resumes_next_time_bit_identical(tiny_model, tmp_path):
     make_store(ref_in / "vol.zarr", shape=(21, 40, 36), seed=3)
     age(ref_in)
     total = []
-    run_nightly(ref_in, tiny_model, ref_out, once=True, settle=60, segment_options={**FAST, "on_block": total.append})
+    run_nightly(ref_in, tiny_model, ref_out, once=True, settle=60, segment_options=FAST, on_block=total.append)
     assert len(resumed) == len(total) - 2  # only the missing blocks were redone
     a = open_segmentation(results / "vol" / "labels.zarr")
     b = open_segmentation(ref_out / "vol" / "labels.zarr")
@@ -210,12 +210,12 @@ def test_a_stop_request_leaves_the_scan_interrupted_and_the_next_run_resumes_it(
 
     with pytest.raises(RunInterrupted, match="--resume"):
         run_nightly(incoming, tiny_model, results, once=True, settle=60, should_stop=stop,
-                    segment_options={**FAST, "on_block": stop_after_two})
+                    segment_options=FAST, on_block=stop_after_two)
     reg = registry(results)["vol"]
     assert reg["state"] == "interrupted" and reg["attempts"] == 0 and reg["result"] is None
     resumed = []
     counts = run_nightly(incoming, tiny_model, results, once=True, settle=60,
-                         segment_options={**FAST, "on_block": resumed.append})
+                         segment_options=FAST, on_block=resumed.append)
     assert counts["done"] == 1 and registry(results)["vol"]["attempts"] == 1
     assert len(resumed) == 27 - 2  # 3 x 3 x 3 blocks, two were already written
 
@@ -259,8 +259,9 @@ def test_nightly_with_ray_workers_leaves_no_ray_running(tiny_model, tmp_path):
     age(incoming)
     code = f"""
 import ray
+from xtrain.infer import SegmentOptions
 from xtrain.pipelines.nightly import run_nightly
-opts = dict(tile=32, halo=4, chunks=(8, 16, 16), shard=False, block=(8, 16, 16), workers=2, threads=1)
+opts = SegmentOptions(tile=32, halo=4, chunks=(8, 16, 16), shard=False, block=(8, 16, 16), workers=2, threads=1)
 counts = run_nightly({str(incoming)!r}, {str(tiny_model)!r}, {str(tmp_path / 'results')!r}, once=True, settle=60,
                      segment_options=opts)
 assert counts["done"] == 1, counts

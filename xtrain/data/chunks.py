@@ -160,10 +160,12 @@ def check_chunks(array: Any, where: str, *, complete: bool, allow_missing: bool 
             raise MissingDataError(f"{head}; xtrain writes every chunk, so it was lost (an interrupted or partial "
                                    "copy): copy the store again from its source")
         if not allow_missing:
-            raise MissingDataError(f"{head}: lost in a copy, or never written because it held only the fill value "
+            err = MissingDataError(f"{head}: lost in a copy, or never written because it held only the fill value "
                                    f"{array.fill_value} (zarr's write_empty_chunks=False); copy it again, or if it is "
                                    "meant to be empty pass --allow-missing (xtrain ingest / segment) to read absent "
                                    "chunks as the fill value")
+            err.fill_value = array.fill_value  # a label image's unpainted value: absent chunks may be meant (sparse.py)
+            raise err
         log.warning("%s; read as the fill value %s (--allow-missing)", head, array.fill_value)
     codec = _sharding(array)
     if codec is not None:

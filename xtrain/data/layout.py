@@ -17,8 +17,8 @@ segmentation writer (``infer/write.py``), the sampler and evaluate read and writ
       probabilities/ 0/ 1/ ...       OME image (C, Z, Y, X) float16 softmax (segment --probabilities)
       entropy/ 0/ 1/ ...             OME image (1, Z, Y, X) float16, nats (segment --probabilities)
 
-The previous layout (format 1: root arrays ``image`` and ``labels``, one level) is still read
-as it is (``read_arrays``); ``xtrain upgrade STORE`` rewrites it in this layout.
+The previous layout (format 1: root arrays ``image`` and ``labels``, one level) is no longer
+read; ``xtrain upgrade STORE`` (``store.upgrade``) rewrites it in this layout.
 Spec: https://ngff.openmicroscopy.org/0.5/ (multiscales, labels, image-label).
 """
 
@@ -349,14 +349,13 @@ def finish_group(group: zarr.Group, name: str, voxel_size_nm: float | None, clas
 
 @dataclass
 class Arrays:
-    """Level-0 arrays of a group in either layout (None where absent), and its image pyramid."""
+    """Level-0 arrays of a group (None where absent), and its image pyramid."""
 
     image: zarr.Array | None
     labels: dict[str, zarr.Array] = field(default_factory=dict)
     probabilities: zarr.Array | None = None
     entropy: zarr.Array | None = None
     levels: list[zarr.Array] = field(default_factory=list)
-    legacy: bool = False
 
     def main_labels(self) -> zarr.Array | None:
         """The label image a reader means by "the labels": ground truth, else the prediction, else the first."""
@@ -373,18 +372,13 @@ def _levels(node: zarr.Group) -> list[zarr.Array]:
     return [node[d["path"]] for d in ms[0]["datasets"] if d["path"] in node]
 
 
+def previous_layout(group: zarr.Group) -> bool:
+    """``group`` has the previous layout (format 1): a root array ``image`` or ``labels`` (``xtrain upgrade``)."""
+    return any(name in group and isinstance(group[name], zarr.Array) for name in ("image", LABELS))
+
+
 def read_arrays(group: zarr.Group) -> Arrays:
-    """Find the arrays of ``group`` in the OME layout or the previous one (format 1)."""
-    if "image" in group and isinstance(group["image"], zarr.Array) or \
-            LABELS in group and isinstance(group[LABELS], zarr.Array):
-        image = group["image"] if "image" in group else None
-        labels = group[LABELS] if LABELS in group else None
-        kind = dict(group.attrs).get("xtrain", {}).get("source", {}).get("kind")
-        name = PREDICTION if kind in ("segmentation", "baseline") else GROUND_TRUTH
-        return Arrays(image, {name: labels} if labels is not None else {},
-                      group[PROBABILITIES] if PROBABILITIES in group else None,
-                      group[ENTROPY] if ENTROPY in group else None,
-                      [image] if image is not None else [], legacy=True)
+    """Find the arrays of ``group`` in the OME layout (a group of the previous layout: ``previous_layout``)."""
     levels = _levels(group)
     labels: dict[str, zarr.Array] = {}
     if LABELS in group:

@@ -3,7 +3,8 @@
     last.pt   everything needed to continue training (model + optimiser states, epoch,
               step, resolved config, normalisation statistics, classes)
     model.pt  everything inference needs and nothing else: model name + kwargs + weights,
-              normalisation statistics, classes, config and validation metrics
+              normalisation statistics, classes, config, validation metrics and the
+              inference settings the model is meant to be run with (``validated_inference``)
 
 Both are plain ``torch.save`` dicts of tensors and plain values, loadable without the config
 files that made them, and always loaded with ``torch.load(weights_only=True)``: a model file
@@ -39,7 +40,10 @@ from .registry import create_model
 
 FORMAT = 1
 INFERENCE_KEYS = ("format", "kind", "model_name", "model_kwargs", "model_state", "config", "stats", "classes",
-                  "epoch", "metrics", "xtrain_version")
+                  "epoch", "metrics", "xtrain_version", "inference")
+# ``segment`` settings a model is run with unless the user says otherwise (validated_inference)
+INFERENCE_ALL_AXES = {"axes": "zyx", "clean": True}
+INFERENCE_Z = {"axes": "z", "clean": False}
 
 
 def _legacy_safe_globals() -> list[Any]:
@@ -59,10 +63,32 @@ def save_checkpoint(ckpt: dict[str, Any], path: str | os.PathLike) -> Path:
     return atomic_write(path, buffer.getbuffer(), what="a checkpoint")
 
 
+def validated_inference(config: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The ``segment`` settings ({"axes", "clean"}) a model trained with the resolved ``config`` is run with.
+
+    The rule: a model trained on planes of all three axes (``data.axis: any``) gets ``--axes zyx
+    --clean``; any other (z, y or x planes only) gets ``--axes z`` without clean-up, today's
+    default.  Why: the y and x passes of ``zyx`` feed the network planes of the kind it only saw
+    when it was trained on every axis, and on the real volume that model (``configs/soc_unet_cpu.yaml``)
+    reached mean Dice 0.9932 and a TPB ratio of 0.963 with ``zyx --clean``, against 0.9911 and
+    1.215 with ``z`` (docs/measurements.md, "The CPU recipe for the real volume": ``bench/quality.py``).
+    A z-trained model has never seen a y or x plane, so ``z`` stays its setting.  None for a
+    checkpoint without a config (``segment`` then uses its own default, z without clean-up).
+    """
+    if not config:
+        return None
+    axis = (config.get("data") or {}).get("axis", "z")
+    return dict(INFERENCE_ALL_AXES if axis == "any" else INFERENCE_Z)
+
+
 def inference_checkpoint(ckpt: dict[str, Any]) -> dict[str, Any]:
-    """The model.pt subset of a training checkpoint."""
+    """The model.pt subset of a training checkpoint, with the inference settings its config implies
+    (``validated_inference``)."""
     out = {k: ckpt[k] for k in INFERENCE_KEYS if k in ckpt}
     out["kind"] = "model"
+    inference = validated_inference(ckpt.get("config"))
+    if inference is not None:
+        out["inference"] = inference
     return out
 
 
@@ -111,6 +137,7 @@ class ModelInfo:
     in_channels: int  # 2.5D: the centre slice and (in_channels - 1) / 2 neighbours on each side
     num_classes: int
     classes: list[str]
+    inference: dict[str, Any] | None = None  # the settings it is run with ({"axes", "clean"}); None: not recorded
 
 
 def model_info(ckpt: dict[str, Any], path: str | os.PathLike) -> ModelInfo:
@@ -125,7 +152,18 @@ def model_info(ckpt: dict[str, Any], path: str | os.PathLike) -> ModelInfo:
     if len(classes) != k:
         raise CorruptFileError(f"model '{path}' predicts {k} classes but names {len(classes)} ({classes}); "
                                "it is inconsistent, export it again")
-    return ModelInfo(c, k, classes)
+    return ModelInfo(c, k, classes, _inference_record(ckpt.get("inference"), path))
+
+
+def _inference_record(record: Any, path: str | os.PathLike) -> dict[str, Any] | None:
+    """model.pt's ``inference`` entry, checked: {"axes": "z" | "zyx", "clean": bool}, or None."""
+    if record is None:
+        return None
+    if not isinstance(record, dict) or record.get("axes") not in ("z", "zyx") \
+            or not isinstance(record.get("clean"), bool):
+        raise CorruptFileError(f"model '{path}' records inference settings {record!r}, not "
+                               "{'axes': 'z' or 'zyx', 'clean': true or false}; export it again")
+    return {"axes": record["axes"], "clean": record["clean"]}
 
 
 def model_from_checkpoint(ckpt: dict[str, Any], path: str | os.PathLike) -> tuple[torch.nn.Module, ModelInfo]:

@@ -47,9 +47,9 @@ import shutil
 import sqlite3
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -57,6 +57,10 @@ from ..io import atomic_write, disk_full_cause, disk_full_error, exclusive_lock
 from ..stop import never
 from ..data.volumes.formats import is_hdf5, is_store, is_tiff_folder, is_volume_file, is_zarr_dir
 from ..errors import DiskFullError, InputNotFoundError, LockedError, RunInterrupted, XtrainError  # noqa: F401
+
+if TYPE_CHECKING:  # imported where a scan is segmented: the registry and the lock need no torch
+    from ..infer.blocks import Block
+    from ..infer.options import SegmentOptions
 
 log = logging.getLogger(__name__)
 
@@ -250,12 +254,15 @@ def version_dir(results: Path, name: str, version: int) -> Path:
     return results / name if version <= 1 else results / name / f"v{version}"
 
 
-def process_scan(scan: Scan, model: Path, results: Path, segment_options: dict[str, Any], version: int = 1,
-                 should_stop: Callable[[], bool] = never, resume: bool = False) -> dict:
+def process_scan(scan: Scan, model: Path, results: Path, segment_options: SegmentOptions, version: int = 1,
+                 should_stop: Callable[[], bool] = never, resume: bool = False,
+                 on_block: Callable[[Block], None] | None = None) -> dict:
     """Ingest (unless already a store), segment and QC one scan; returns the QC summary.
 
+    ``segment_options``: how to segment (resume, overwrite and probabilities are this job's).
     ``resume``: the scan is unchanged since an earlier attempt: keep its ingested store and
-    continue (or accept, "already complete") its segmentation.  Otherwise both are redone."""
+    continue (or accept, "already complete") its segmentation.  Otherwise both are redone.
+    ``on_block``: ``segment``'s progress hook."""
     from ..data.ingest import ingest
     from ..io import remove_path
     from ..infer import segment
@@ -275,8 +282,8 @@ def process_scan(scan: Scan, model: Path, results: Path, segment_options: dict[s
     labels = out_dir / "labels.zarr"
     # resume: segment continues a partial run block by block (or says "already complete");
     # otherwise a partial or finished labels.zarr is replaced.
-    segment(model, volume, labels, resume=resume, overwrite=not resume, probabilities=True,
-            should_stop=should_stop, **segment_options)
+    options = replace(segment_options, resume=resume, overwrite=not resume, probabilities=True)
+    segment(model, volume, labels, options, should_stop=should_stop, on_block=on_block)
     qc = quality_summary(volume, labels, model)
     atomic_write(out_dir / "qc.json", json.dumps(qc, indent=2), what="the QC summary")
     return qc
@@ -333,17 +340,23 @@ def quality_summary(volume: Path, labels: Path, model: Path) -> dict[str, Any]:
 
 def run_nightly(incoming: str | Path, model: str | Path, results: str | Path, *, once: bool = False,
                 interval: float = 300.0, settle: float = 120.0, max_attempts: int = 3, redo: list[str] | None = None,
-                segment_options: dict[str, Any] | None = None, max_cycles: int | None = None,
-                should_stop: Callable[[], bool] = never) -> dict[str, int]:
+                segment_options: SegmentOptions | None = None, max_cycles: int | None = None,
+                should_stop: Callable[[], bool] = never, on_block: Callable[[Block], None] | None = None
+                ) -> dict[str, int]:
     """Process every stable new or changed scan; loop every ``interval`` seconds unless ``once``.
+
+    ``segment_options``: how scans are segmented (default ``SegmentOptions()``: the model's validated
+    axes and clean-up); ``on_block``: ``segment``'s progress hook (tests).
 
     Returns counts of this run's outcomes: {"done": n, "failed": n, "skipped": n, "waiting": n}.
     Raises ``RunInterrupted`` when ``should_stop()`` turns true (the running scan checkpoints
     and resumes next time) and ``DiskFullError`` when the results file system is full.
     """
+    from ..infer.options import SegmentOptions
     from ..models.checkpoint import file_checksum, load_checkpoint
 
     incoming, model, results = Path(incoming), Path(model), Path(results)
+    segment_options = segment_options or SegmentOptions()
     load_checkpoint(model)  # a bad model is one clear error before anything else
     find_scans(incoming)
     results.mkdir(parents=True, exist_ok=True)
@@ -358,7 +371,7 @@ def run_nightly(incoming: str | Path, model: str | Path, results: str | Path, *,
             while True:
                 cycle += 1
                 for key, value in _one_pass(incoming, model, results, registry, model_sha, settle, max_attempts,
-                                            segment_options or {}, should_stop).items():
+                                            segment_options, should_stop, on_block).items():
                     totals[key] += value
                 if once or (max_cycles is not None and cycle >= max_cycles):
                     break
@@ -373,8 +386,9 @@ def run_nightly(incoming: str | Path, model: str | Path, results: str | Path, *,
 
 
 def _one_pass(incoming: Path, model: Path, results: Path, registry: Registry, model_sha: str, settle: float,
-              max_attempts: int, segment_options: dict[str, Any],
-              should_stop: Callable[[], bool] = never) -> dict[str, int]:
+              max_attempts: int, segment_options: SegmentOptions,
+              should_stop: Callable[[], bool] = never, on_block: Callable[[Block], None] | None = None
+              ) -> dict[str, int]:
     counts = {"done": 0, "failed": 0, "skipped": 0, "waiting": 0}
     for scan in find_scans(incoming):
         if should_stop():
@@ -417,27 +431,8 @@ def _one_pass(incoming: Path, model: Path, results: Path, registry: Registry, mo
         resume = bool(record and not changed and record.get("fingerprint") == fingerprint)
         registry.start(scan, model_sha, version, fingerprint, fresh_attempts=retry)
         log.info("%s: %s (%s)", scan.name, "resuming" if resume else "segmenting", scan.kind)
-        try:
-            qc = process_scan(scan, model, results, segment_options, version, should_stop, resume)
-        except RunInterrupted as exc:
-            registry.finish(scan.name, "interrupted", error=str(exc), count_attempt=False)
-            raise
-        except DiskFullError as exc:
-            registry.finish(scan.name, "failed", error=str(exc), count_attempt=False)
-            log.error("%s: failed: %s", scan.name, exc)
-            raise
-        except XtrainError as exc:
-            registry.finish(scan.name, "failed", error=str(exc))
-            log.error("%s: failed: %s", scan.name, exc)
-            counts["failed"] += 1
-            continue
-        except Exception as exc:  # an unexpected bug must not stop the other scans either
-            if disk_full_cause(exc) is not None:
-                error = disk_full_error(exc, version_dir(results, scan.name, version), "the scan's results")
-                registry.finish(scan.name, "failed", error=str(error), count_attempt=False)
-                raise error from exc
-            registry.finish(scan.name, "failed", error=f"{type(exc).__name__}: {exc}")
-            log.exception("%s: failed unexpectedly", scan.name)
+        qc = _attempt(scan, model, results, registry, segment_options, version, should_stop, resume, on_block)
+        if qc is None:
             counts["failed"] += 1
             continue
         if scan.fingerprint() != fingerprint:
@@ -450,3 +445,32 @@ def _one_pass(incoming: Path, model: Path, results: Path, registry: Registry, mo
                  "; WARNING intensity histogram far from the training data" if qc["drift_warning"] else "")
         counts["done"] += 1
     return counts
+
+
+def _attempt(scan: Scan, model: Path, results: Path, registry: Registry, segment_options: SegmentOptions,
+             version: int, should_stop: Callable[[], bool], resume: bool,
+             on_block: Callable[[Block], None] | None) -> dict | None:
+    """``process_scan`` with its failure recorded: the QC summary, or None when the scan failed (the
+    other scans still run).  A stop, a full disk and ``RunInterrupted`` are recorded and raised: the
+    other scans would fail the same way."""
+    try:
+        return process_scan(scan, model, results, segment_options, version, should_stop, resume, on_block)
+    except RunInterrupted as exc:
+        registry.finish(scan.name, "interrupted", error=str(exc), count_attempt=False)
+        raise
+    except DiskFullError as exc:
+        registry.finish(scan.name, "failed", error=str(exc), count_attempt=False)
+        log.error("%s: failed: %s", scan.name, exc)
+        raise
+    except XtrainError as exc:
+        registry.finish(scan.name, "failed", error=str(exc))
+        log.error("%s: failed: %s", scan.name, exc)
+        return None
+    except Exception as exc:  # an unexpected bug must not stop the other scans either
+        if disk_full_cause(exc) is not None:
+            error = disk_full_error(exc, version_dir(results, scan.name, version), "the scan's results")
+            registry.finish(scan.name, "failed", error=str(error), count_attempt=False)
+            raise error from exc
+        registry.finish(scan.name, "failed", error=f"{type(exc).__name__}: {exc}")
+        log.exception("%s: failed unexpectedly", scan.name)
+        return None

@@ -57,34 +57,35 @@ __all__ = ["UNMAPPED", "BACKENDS", "CodecError", "HandleReader", "Reader", "Volu
            "select_axes", "unit_to_nm", "z_chunks"]
 
 
-def _zarr(text, path, dataset, channel, time, allow_missing) -> Volume:
+def _zarr(text, path, dataset, channel, time, allow_missing, numbered) -> Volume:
     from .zarr import open_zarr
 
     return open_zarr(text, path, dataset, channel, time, allow_missing)
 
 
-def _hdf5(text, path, dataset, channel, time, allow_missing) -> Volume:
+def _hdf5(text, path, dataset, channel, time, allow_missing, numbered) -> Volume:
     from .hdf5 import open_hdf5
 
     return open_hdf5(text, path, dataset, channel, time, allow_missing)
 
 
-def _tiff(text, path, dataset, channel, time, allow_missing) -> Volume:
+def _tiff(text, path, dataset, channel, time, allow_missing, numbered) -> Volume:
     if dataset is not None:
         what = "a folder of TIFF slices" if path.is_dir() else "a TIFF file" if path.is_file() else "a TIFF glob"
         raise InvalidInputError(f"dataset={dataset} was given but '{path}' is {what}; drop it")
     from .tiff import open_tiff
 
-    return open_tiff(text, channel, time, allow_missing)
+    return open_tiff(text, channel, time, allow_missing, numbered)
 
 
-# backend name (formats.detect) -> opener(spec text, path, dataset, channel, time, allow_missing); imported on use
+# backend name (formats.detect) -> opener(spec text, path, dataset, channel, time, allow_missing, numbered);
+# imported on use
 BACKENDS: dict[str, Callable[..., Volume]] = {"zarr": _zarr, "hdf5": _hdf5, "tiff": _tiff, "tiff-folder": _tiff,
                                               "glob": _tiff}
 
 
 def open_volume(spec: str | os.PathLike | Volume, *, dataset: str | None = None, channel: int | None = None,
-                time: int | None = None, allow_missing: bool = False) -> Volume:
+                time: int | None = None, allow_missing: bool = False, numbered: bool = False) -> Volume:
     """Open any supported volume lazily (headers only); see the module docstring for the formats.
 
     ``dataset``: the HDF5 dataset / Zarr array path inside the file (also ``file.h5:/path``),
@@ -99,12 +100,15 @@ def open_volume(spec: str | os.PathLike | Volume, *, dataset: str | None = None,
     (``--allow-missing``) accepts what may be meant: a foreign Zarr's absent chunks (never written:
     read as the fill value), a virtual dataset's absent sources (HDF5's fill value), a slice
     folder's number gaps (the slices present, in order), each with a warning; damage to an xtrain
-    store is refused all the same.  What is checked at open and at read: the backends' docstrings.
+    store is refused all the same.  ``numbered``: the caller places a slice folder's files by their
+    numbers itself (sparse label folders, ``xtrain.data.sparse``), so gaps in the numbering are expected
+    and not checked.  What is checked at open and at read: the backends' docstrings.
     """
     if isinstance(spec, Volume):
         return spec
     text = os.fspath(spec)
-    options = {"dataset": dataset, "channel": channel, "time": time, "allow_missing": allow_missing or None}
+    options = {"dataset": dataset, "channel": channel, "time": time, "allow_missing": allow_missing or None,
+               "numbered": numbered or None}
     backend, path, named = detect(text)
     if named is not None:
         if dataset is not None and dataset != named:
@@ -118,7 +122,7 @@ def open_volume(spec: str | os.PathLike | Volume, *, dataset: str | None = None,
             raise InputNotFoundError(f"'{path}' does not exist; give a Zarr store or an OME-Zarr image")
         raise InputNotFoundError(f"'{text}' does not exist; give a TIFF file, slice folder or glob, an HDF5/NeXus "
                                  "file (file.h5:/path), a Zarr / OME-Zarr store or an xtrain store")
-    vol = BACKENDS[backend](text, path, dataset, channel, time, allow_missing)
+    vol = BACKENDS[backend](text, path, dataset, channel, time, allow_missing, numbered)
     vol.options = {k: v for k, v in options.items() if v is not None}
     if "dataset" in vol.options or dataset is not None:
         vol.options["dataset"] = dataset

@@ -337,10 +337,10 @@ def _check_gaps(spec: str, files: list[Path], allow_missing: bool) -> list[int]:
 
 
 def _open_folder(spec: str, files: list[Path], channel: int | None, time: int | None,
-                 allow_missing: bool = False) -> Volume:
+                 allow_missing: bool = False, numbered: bool = False) -> Volume:
     if channel is not None or time is not None:
         raise InvalidInputError(f"'{spec}' is a stack of single-slice files; drop --channel/--time")
-    gaps = _check_gaps(spec, files, allow_missing)
+    gaps = [] if numbered else _check_gaps(spec, files, allow_missing)
     first_shape, first_dtype, voxel = None, None, None
     for z, path in enumerate(files):
         size = path.stat().st_size
@@ -377,11 +377,12 @@ def _open_folder(spec: str, files: list[Path], channel: int | None, time: int | 
 
 
 def open_tiff(spec: str | os.PathLike, channel: int | None = None, time: int | None = None,
-              allow_missing: bool = False) -> Volume:
+              allow_missing: bool = False, numbered: bool = False) -> Volume:
     """A TIFF volume (file, folder or glob) as a ``Volume``; headers of every slice validated, a numbered
-    folder's gaps refused (``allow_missing``: stacked without them, with a warning)."""
+    folder's gaps refused (``allow_missing``: stacked without them, with a warning; ``numbered``: the
+    caller places the files by their numbers, gaps are not checked)."""
     spec = os.fspath(spec)
     files, single = _resolve(spec)
     if single:
         return _open_file(spec, files[0], channel, time)
-    return _open_folder(spec, files, channel, time, allow_missing)
+    return _open_folder(spec, files, channel, time, allow_missing, numbered)
