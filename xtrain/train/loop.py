@@ -185,13 +185,19 @@ def build_validation(cfg: Config, plan: DataPlan, stats: dict[str, Any], ctx: Wo
     return out
 
 
+def initial_model(cfg: Config, num_classes: int) -> nn.Module:
+    """The network a run starts from, before a resume loads its last.pt: freshly initialised from
+    ``train.seed`` (the same weights on every rank; DDP also broadcasts rank 0's)."""
+    torch.manual_seed(cfg.train.seed)
+    return build_model(cfg, cfg.data.slices, num_classes)
+
+
 def build_run(cfg: Config, ctx: WorkerContext, resume: dict[str, Any] | None = None) -> Run:
     """Build the run of ``cfg`` on this worker, from ``resume`` (a last.pt dict) when given."""
     store = open_store(cfg.data.store)
     classes = list(store.info.classes)
     plan = plan_data(cfg, store)
-    torch.manual_seed(cfg.train.seed)  # same initial weights on every rank (DDP also broadcasts)
-    model = build_model(cfg, cfg.data.slices, len(classes))
+    model = initial_model(cfg, len(classes))
     optimizers = build_optimizers(model, cfg)
     if resume is not None:
         model.load_state_dict(resume["model_state"])
