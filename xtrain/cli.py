@@ -72,6 +72,17 @@ def z_range(text: str) -> tuple[int, int]:
     return z0, z1
 
 
+def voxel_size_arg(text: str) -> tuple[float, float, float]:
+    """'N' (isotropic) or 'Z,Y,X' -> (z, y, x) nm."""
+    try:
+        values = [float(v) for v in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a voxel size; write NM or Z,Y,X in nm, e.g. 20,10,10") from None
+    if len(values) not in (1, 3) or not all(v > 0 and v < float("inf") for v in values):
+        raise argparse.ArgumentTypeError(f"voxel size '{text}' needs one or three positive numbers (nm), e.g. 20,10,10")
+    return (values[0],) * 3 if len(values) == 1 else (values[0], values[1], values[2])
+
+
 def name_list(text: str) -> list[str]:
     names = [n.strip() for n in text.split(",") if n.strip()]
     if not names:
@@ -337,7 +348,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "voxels: --label-map 1:0,2:1,3:2 --unlabelled 0)")
     p.add_argument("--chunks", type=int_tuple(3), default=None, metavar="Z,Y,X",
                    help="chunk shape (default 1,256,256 inside 32,512,512 shards: fast 2D patch reads with few files; bench/chunks.py)")
-    p.add_argument("--voxel-size", type=float, default=None, metavar="NM", help="voxel edge in nanometres")
+    p.add_argument("--voxel-size", type=voxel_size_arg, default=None, metavar="NM|Z,Y,X",
+                   help="voxel size in nm: one number (isotropic) or Z,Y,X (default: what the input says)")
     p.add_argument("--classes", type=name_list, default=None, metavar="A,B,C",
                    help="class names in class-id order (default pore,ysz,ni)")
     p.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
@@ -380,8 +392,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--unlabelled", type=int, default=None, metavar="V",
                    help="raw LABELS value that means 'not labelled' (a store's unlabelled voxels are known): scores "
                    "count labelled voxels only")
-    p.add_argument("--voxel-size", type=float, default=None, metavar="NM",
-                   help="voxel edge in nm for um-based densities (default: from the stores; none: per voxel)")
+    p.add_argument("--voxel-size", type=voxel_size_arg, default=None, metavar="NM|Z,Y,X",
+                   help="voxel size in nm, one number or Z,Y,X, for um-based densities (default: from the inputs; "
+                   "none: per voxel)")
     p.add_argument("--z", type=z_range, default=None, metavar="Z0,Z1", help="evaluate slices Z0..Z1-1 only")
     p.add_argument("--image", default=None, metavar="STORE",
                    help="grey values for the report's figures (default: the image of the LABELS or PRED store)")

@@ -170,8 +170,8 @@ def output_info(job: Plan, inputs: Inputs) -> dict[str, Any]:
     if inputs.info.kind == "model":
         source["inference"] = job.inference
     source["xtrain_version"] = __version__
-    return StoreInfo(classes=list(inputs.info.classes), voxel_size_nm=inputs.volume.voxel_size_nm,
-                     stats=inputs.stats, source=source).to_dict()
+    return StoreInfo(classes=list(inputs.info.classes), voxel_size_nm=inputs.volume.voxel_size_zyx_nm,
+                     origin_nm=inputs.volume.origin_nm, stats=inputs.stats, source=source).to_dict()
 
 
 def execute(job: Plan, inputs: Inputs, out: Path, hooks: Hooks = Hooks()) -> Path:
