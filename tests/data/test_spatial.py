@@ -300,3 +300,54 @@ def test_units_by_name():
     assert spatial.length_nm(3, "Å") == pytest.approx(0.3) and spatial.length_nm(1, "millimeters") == 1e6
     assert spatial.length_nm(1, "pixel") is None and spatial.is_uncalibrated("reference frame")
     assert spatial.length_nm(1, "furlong") is None
+
+
+# ----------------------------------------------------------------------------- input format x output format
+
+OUTPUTS = ("seg.zarr", "seg.tif", "seg.h5")
+
+
+def _ome_level0(node) -> tuple[list[float], list[float], list[str]]:
+    ms = node.attrs["ome"]["multiscales"][0]
+    t = {d["type"]: d for d in ms["datasets"][0]["coordinateTransformations"]}
+    return t["scale"]["scale"][-3:], t["translation"]["translation"][-3:], [a.get("unit") for a in ms["axes"]][-3:]
+
+
+def _read_back_in_the_format_own_terms(out) -> tuple[tuple, tuple]:
+    """(voxel, origin) nm from the output's own metadata, read with tifffile / h5py / zarr, not with xtrain."""
+    if out.suffix == ".tif":
+        with tifffile.TiffFile(out) as tif:
+            meta, (xres, yres) = tif.imagej_metadata, tif.pages[0].get_resolution()
+            assert meta["unit"] == "um"
+            voxel = (meta["spacing"] * 1e3, 1e3 / yres, 1e3 / xres)
+            return voxel, tuple(-meta[f"{a}origin"] * v for a, v in zip("zyx", voxel))
+    if out.suffix == ".h5":
+        with h5py.File(out, "r") as f:
+            nx = f["entry/data"]
+            assert list(nx.attrs["axes"]) == ["z", "y", "x"] and all(nx[a].attrs["units"] == "um" for a in "zyx")
+            return (tuple(float(nx[a][1] - nx[a][0]) * 1e3 for a in "zyx"),
+                    tuple(float(nx[a][0]) * 1e3 for a in "zyx"))
+    group = zarr.open_group(str(out), mode="r")
+    placed = [_ome_level0(node) for node in (group, group["labels/prediction"])]
+    assert placed[0] == placed[1] and placed[0][2] == ["micrometer"] * 3  # the image and its labels agree
+    scale, shift, _ = placed[0]
+    return tuple(s * 1e3 for s in scale), tuple(t * 1e3 for t in shift)
+
+
+@pytest.mark.parametrize("out_name", OUTPUTS)
+@pytest.mark.parametrize("fmt", sorted(INPUTS))
+def test_every_input_to_every_output_keeps_voxel_size_and_origin(tmp_path, fmt, out_name):
+    from xtrain.evaluate.baselines import fit_baseline
+    from xtrain.evaluate.core import evaluate
+    from xtrain.evaluate.report import format_tables
+    from xtrain.infer.baselines import segment_baseline
+
+    src = make_input(fmt, tmp_path)
+    out = segment_baseline(fit_baseline("otsu", src), src, tmp_path / out_name)
+    voxel, origin = _read_back_in_the_format_own_terms(out)
+    assert voxel == pytest.approx(VOXEL) and origin == pytest.approx(ORIGIN)
+    assert_placed(open_volume(out, dataset="labels") if out.suffix == ".zarr" else open_volume(out))
+    result = evaluate(out, out, z_range=(1, 4), percolation=False)  # a z-crop: the origin moves 1 slice of 20 nm
+    assert result["voxel_size_nm"] == pytest.approx(VOXEL) and result["origin_nm"] == pytest.approx((1020, 200, 300))
+    assert result["microstructure"]["labels"]["voxel_size_nm"] == pytest.approx(VOXEL)
+    assert "voxel size 20 x 10 x 10 nm (z, y, x), origin 1020, 200, 300 nm" in format_tables(result)
