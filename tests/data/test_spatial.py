@@ -240,7 +240,7 @@ def test_ome_zarr_transform_other_than_scale_and_translation_is_refused(tmp_path
         {"rotation": [[1, 0, 0], [0, 0, -1], [0, 1, 0]]}
     ome["multiscales"][0]["coordinateTransformations"].append({"type": kind, **extra})
     g.attrs["ome"] = ome
-    with pytest.raises(SpatialMetadataError, match=f"'{kind}' coordinate transformation"):
+    with pytest.raises(SpatialMetadataError, match=f"coordinate transformation '{kind}'"):
         open_volume(path)
     assert main(["ingest", str(path), str(tmp_path / "o.zarr")]) == 2
     assert len(capsys.readouterr().err.strip().splitlines()) == 1 and not (tmp_path / "o.zarr").exists()

@@ -49,6 +49,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from .. import __version__
+from ..data import spatial
 from ..data.normalise import SHIFT_WARN, distribution_shift, normalised_volume
 from ..data.store import StoreInfo
 from ..data.volumes import Volume, open_volume
@@ -131,16 +132,30 @@ def model_inputs(model: str | os.PathLike, volume: str | os.PathLike, options: S
                             mask=open_volume(options.mask) if options.mask is not None else None,
                             stats=previous.record.get("stats") if previous else None)
     shift = _check_normalisation(vol, train_stats, model, volume)
+    _check_voxel_size(raw, ckpt.get("voxel_size_nm"), model)
     sha = file_checksum(model)
     predictor = PredictorInfo("model", ckpt["model_name"], info.num_classes, tuple(info.classes), sha,
                               info.in_channels // 2, info.inference)
     provenance = {
         "kind": "segmentation", "volume": vol.spec, "volume_kind": vol.kind, "model": str(Path(model).resolve()),
         "model_name": ckpt["model_name"], "model_sha256": sha, "model_config": ckpt.get("config"),
-        "model_stats": train_stats, "distribution_shift": shift, "normalisation": vol.mapping,
+        "model_stats": train_stats, "model_voxel_size_nm": ckpt.get("voxel_size_nm"), "distribution_shift": shift, "normalisation": vol.mapping,
         "volume_provenance": vol.provenance,
     }
     return Inputs(ModelSource(str(Path(model).resolve())), predictor, vol, provenance, vol.stats)
+
+
+def _check_voxel_size(vol: Volume, trained: Any, model: Any) -> None:
+    """Warn when the volume's voxel size (z, y, x) differs from the training data's (model.pt
+    ``voxel_size_nm``, None for models trained before it was recorded): features then have another
+    size in voxels than the network learnt."""
+    if trained is None or vol.voxel_size_zyx_nm is None:
+        return
+    trained = spatial.voxel_size(trained, f"model '{model}' voxel_size_nm")
+    if not spatial.close(trained, vol.voxel_size_zyx_nm, rtol=0.05):
+        log.warning("volume '%s' has voxels of %s but model '%s' was trained on %s; features have another size in "
+                    "voxels than it learnt: resample the volume, or retrain", vol.spec,
+                    spatial.describe(vol.voxel_size_zyx_nm), model, spatial.describe(trained))
 
 
 def _check_normalisation(vol: Volume, train_stats: dict[str, Any], model: Any, volume: Any) -> float | None:

@@ -185,7 +185,7 @@ def _refuse_transforms(multiscales: list[Any], where: str) -> None:
             kind = t.get("type") if isinstance(t, dict) else None
             if kind not in HONOURED or (isinstance(t, dict) and "path" in t):
                 raise SpatialMetadataError(
-                    f"{where} places its image with a '{kind}' coordinate transformation"
+                    f"{where} places its image with the coordinate transformation '{kind}'"
                     f"{' stored in a file' if isinstance(t, dict) and 'path' in t else ''}; xtrain carries a scale "
                     "and a translation only: resample the image onto its (z, y, x) axes first")
 
