@@ -99,7 +99,11 @@ def _add(sub, name: str, help: str, example: str) -> argparse.ArgumentParser:
 
 
 def _volume_options(p: argparse.ArgumentParser) -> None:
-    """--dataset/--channel/--time/--mask: which volume of the input (xtrain.data.volumes.open_volume)."""
+    """--dataset/--channel/--time/--mask/--voxel-size: which volume of the input (xtrain.data.volumes.open_volume)
+    and where it is."""
+    p.add_argument("--voxel-size", type=voxel_size_arg, default=None, metavar="NM|Z,Y,X",
+                   help="voxel size in nm: one number (isotropic) or Z,Y,X, for an input that does not say or says "
+                   "wrong (default: what the input says; docs/formats.md, 'Spatial metadata')")
     p.add_argument("--dataset", default=None, metavar="PATH", help="HDF5 dataset or Zarr array inside the input "
                    "(also FILE.h5:/PATH; default: NeXus signal, /exchange/data or the only 3-D dataset)")
     p.add_argument("--channel", type=int, default=None, help="channel of a multi-channel input (ImageJ hyperstack, "
@@ -201,7 +205,8 @@ def cmd_baseline(args: argparse.Namespace) -> int:
 
     check_output(args.out, args.overwrite)  # fail before the (slow) fit
     baseline = fit_baseline(args.name, args.fit, z_range=args.fit_z, seed=args.seed)
-    segment_baseline(baseline, args.volume, args.out, slab=args.slab, overwrite=args.overwrite, clean=args.clean)
+    segment_baseline(baseline, args.volume, args.out, slab=args.slab, overwrite=args.overwrite, clean=args.clean,
+                     voxel_size_nm=args.voxel_size)
     log.info("%s thresholds %s; wrote %s", baseline.name, ", ".join(f"{t:.6g}" for t in baseline.thresholds),
              args.out)
     return 0
@@ -348,8 +353,6 @@ def build_parser() -> argparse.ArgumentParser:
                    "voxels: --label-map 1:0,2:1,3:2 --unlabelled 0)")
     p.add_argument("--chunks", type=int_tuple(3), default=None, metavar="Z,Y,X",
                    help="chunk shape (default 1,256,256 inside 32,512,512 shards: fast 2D patch reads with few files; bench/chunks.py)")
-    p.add_argument("--voxel-size", type=voxel_size_arg, default=None, metavar="NM|Z,Y,X",
-                   help="voxel size in nm: one number (isotropic) or Z,Y,X (default: what the input says)")
     p.add_argument("--classes", type=name_list, default=None, metavar="A,B,C",
                    help="class names in class-id order (default pore,ysz,ni)")
     p.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
@@ -420,6 +423,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--slab", type=int, default=None, help="z-slab depth (default: the store's shard depth)")
     p.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
     p.add_argument("--clean", action="store_true", help=CLEAN_HELP)
+    p.add_argument("--voxel-size", type=voxel_size_arg, default=None, metavar="NM|Z,Y,X",
+                   help="voxel size in nm of VOLUME, one number or Z,Y,X (default: what it says)")
     p.set_defaults(func=cmd_baseline)
 
     p = _add(sub, "tune", "Tune hyperparameters (or run a grid study) with Ray Tune over Ray Train trials.",

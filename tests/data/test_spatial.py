@@ -320,7 +320,7 @@ def _read_back_in_the_format_own_terms(out) -> tuple[tuple, tuple]:
             meta, (xres, yres) = tif.imagej_metadata, tif.pages[0].get_resolution()
             assert meta["unit"] == "um"
             voxel = (meta["spacing"] * 1e3, 1e3 / yres, 1e3 / xres)
-            return voxel, tuple(-meta[f"{a}origin"] * v for a, v in zip("zyx", voxel))
+            return voxel, tuple(-meta.get(f"{a}origin", 0.0) * v for a, v in zip("zyx", voxel))
     if out.suffix == ".h5":
         with h5py.File(out, "r") as f:
             nx = f["entry/data"]
@@ -351,3 +351,17 @@ def test_every_input_to_every_output_keeps_voxel_size_and_origin(tmp_path, fmt, 
     assert result["voxel_size_nm"] == pytest.approx(VOXEL) and result["origin_nm"] == pytest.approx((1020, 200, 300))
     assert result["microstructure"]["labels"]["voxel_size_nm"] == pytest.approx(VOXEL)
     assert "voxel size 20 x 10 x 10 nm (z, y, x), origin 1020, 200, 300 nm" in format_tables(result)
+
+
+def test_segment_voxel_size_option_places_an_uncalibrated_input(tmp_path):
+    plain = tmp_path / "plain.tif"
+    tifffile.imwrite(plain, image())
+    assert main(["baseline", "otsu", "--fit", str(plain), str(plain), str(tmp_path / "s.tif"),
+                 "--voxel-size", "20,10,10"]) == 0
+    voxel, origin = _read_back_in_the_format_own_terms(tmp_path / "s.tif")
+    assert voxel == pytest.approx(VOXEL) and origin == pytest.approx((0, 0, 0))
+    from xtrain.infer.options import SegmentOptions
+
+    assert SegmentOptions(voxel_size=15).voxel_size == (15.0, 15.0, 15.0)
+    with pytest.raises(SpatialMetadataError, match="one .isotropic. or three"):
+        SegmentOptions(voxel_size=(20, 10))

@@ -30,7 +30,6 @@ from tqdm.auto import tqdm
 
 from .. import __version__
 from ..errors import InvalidInputError
-from . import spatial
 from .stats import volume_stats
 from .store import DEFAULT_CLASSES, check_output, default_layout, write_store
 from .labels import LabelCensus, census
@@ -79,23 +78,6 @@ def _source(stack: Volume, images: Any, lab: Labels | None, labels: Any, mask: A
     }
 
 
-def _placement(stack: Any, given: Any) -> tuple[Any, Any]:
-    """(voxel size, origin) (z, y, x) nm for the store: the input's, or ``given`` (one number or three).
-    A given size that differs from the input's is a warning; the input's origin is then kept in voxels
-    (its position in voxels times the given size), since the size was wrong, not the cutout."""
-    voxel = spatial.voxel_size(given, "--voxel-size")
-    if voxel is None:
-        return stack.voxel_size_zyx_nm, stack.origin_nm
-    org = None
-    if stack.voxel_size_zyx_nm is not None:
-        if not spatial.close(voxel, stack.voxel_size_zyx_nm):
-            log.warning("--voxel-size %s replaces the voxel size '%s' gives, %s", spatial.describe(voxel), stack.spec,
-                        spatial.describe(stack.voxel_size_zyx_nm))
-        if stack.origin_nm is not None:
-            org = tuple(o / s * v for o, s, v in zip(stack.origin_nm, stack.voxel_size_zyx_nm, voxel))
-    return voxel, org
-
-
 def ingest(
     images: str | os.PathLike,
     out: str | os.PathLike,
@@ -123,7 +105,7 @@ def ingest(
     (``xtrain.data.sparse``), the other slices unlabelled.  The store records the label census
     (``StoreInfo.labels``) and ingest logs its summary; a class no voxel is labelled with is a warning.
     ``voxel_size_nm``: one number or (z, y, x) nm, overriding what the input says (its origin is kept
-    when the input gives one, in the input's own voxels: ``_placement``); default: the input's.
+    when the input gives one, in the input's own voxels: ``spatial.override``); default: the input's.
     ``chunks``: chunk shape (Z, Y, X); default thin chunks inside shards (``default_layout``).
     ``allow_missing``: as ``open_volume`` (a foreign Zarr's absent chunks become its fill value in the
     store, a slice folder's number gaps are stacked over; recorded in the store's provenance).
@@ -138,7 +120,7 @@ def ingest(
         raise InvalidInputError(f"--unlabelled {unlabelled} was given without --labels; add --labels LABELS or drop it")
 
     stack = open_volume(images, dataset=dataset, channel=channel, time=time, allow_missing=allow_missing)  # headers
-    voxel, org = _placement(stack, voxel_size_nm)
+    stack = stack.placed(voxel_size_nm)  # --voxel-size
     shape = stack.shape  # (Z, Y, X)
     mask_vol = open_volume(mask) if mask is not None else None
     lab = open_labels(labels, stack, label_map, len(classes), unlabelled, allow_missing) if labels is not None else None
@@ -168,7 +150,7 @@ def ingest(
                       for sl in w.slabs(shape[0])])
 
         w.info.classes = classes
-        w.info.voxel_size_nm, w.info.origin_nm = voxel, org
+        w.info.voxel_size_nm, w.info.origin_nm = stack.voxel_size_zyx_nm, stack.origin_nm
         w.info.stats = stats
         w.info.labels = counted.to_dict() if counted is not None else {}
         w.info.source = _source(stack, images, lab, labels, mask, label_map, unlabelled, started)

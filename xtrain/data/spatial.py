@@ -116,6 +116,22 @@ def placement(voxel: Any, where_origin: Any, where: str) -> tuple[Zyx | None, Zy
     return vs, org or (0.0, 0.0, 0.0)
 
 
+def override(voxel: Zyx | None, org: Zyx | None, given: Any, where: str) -> tuple[Zyx | None, Zyx | None]:
+    """(voxel size, origin) of a volume placed at (``voxel``, ``org``) once ``given`` (``--voxel-size``:
+    one number or three, None: keep) replaces its voxel size.  A given size that differs from the
+    input's is a warning; the input's origin is kept in voxels (its position in voxels times the
+    given size), since the size was wrong, not the cutout."""
+    new = voxel_size(given, "--voxel-size")
+    if new is None:
+        return voxel, org
+    if voxel is None:
+        return new, (0.0, 0.0, 0.0)
+    if not close(new, voxel):
+        log.warning("--voxel-size %s replaces the voxel size %s gives, %s", describe(new), where, describe(voxel))
+    moved = tuple(o / s * v for o, s, v in zip(org, voxel, new)) if org is not None else (0.0, 0.0, 0.0)
+    return new, (moved[0], moved[1], moved[2])
+
+
 def regular_axis(coords: Any, n: int | None = None, where: str = "axis") -> tuple[float, float | None]:
     """(centre of the first voxel, step) of an axis' coordinates: voxel centres (n values) or bin edges
     (n + 1 values, NeXus histogram data).  The step is None for a single centre.

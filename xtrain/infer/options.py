@@ -17,6 +17,7 @@ from __future__ import annotations
 from dataclasses import dataclass, fields
 from pathlib import Path
 
+from ..data import spatial
 from ..data.volumes.formats import OUTPUT_HDF5_SUFFIXES, OUTPUT_TIFF_SUFFIXES
 from ..errors import InvalidInputError
 from .predict import AXES, WINDOWS
@@ -58,6 +59,7 @@ class SegmentOptions:
     channel: int | None = None
     time: int | None = None
     mask: str | None = None
+    voxel_size: tuple[float, float, float] | None = None  # (z, y, x) nm replacing the input's (--voxel-size)
     allow_missing: bool = False  # as open_volume: a foreign Zarr's absent chunks / a folder's number gaps, warned
     resume: bool = False
     overwrite: bool = False
@@ -65,6 +67,7 @@ class SegmentOptions:
     def __post_init__(self) -> None:
         object.__setattr__(self, "block", _ints(self.block))
         object.__setattr__(self, "chunks", _ints(self.chunks))
+        object.__setattr__(self, "voxel_size", spatial.voxel_size(self.voxel_size, "--voxel-size"))
         if self.mask is not None:
             object.__setattr__(self, "mask", str(self.mask))
         self.validate()

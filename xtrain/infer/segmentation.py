@@ -127,7 +127,7 @@ def model_inputs(model: str | os.PathLike, volume: str | os.PathLike, options: S
     _, info = model_from_checkpoint(ckpt, model)  # the weights fit the architecture
     train_stats = ckpt.get("stats") or {}
     raw = open_volume(volume, dataset=options.dataset, channel=options.channel, time=options.time,
-                      allow_missing=options.allow_missing)
+                      allow_missing=options.allow_missing).placed(options.voxel_size)
     vol = normalised_volume(raw, train_stats=train_stats, mode=options.normalisation,
                             mask=open_volume(options.mask) if options.mask is not None else None,
                             stats=previous.record.get("stats") if previous else None)

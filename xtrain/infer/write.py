@@ -248,6 +248,8 @@ def write_label_tiff(path: Path, slabs: Iterator[np.ndarray], shape: tuple[int, 
     big = int(np.prod(shape)) >= 2**32 - 2**25  # ImageJ hyperstacks cannot be BigTIFF
     if big:
         log.warning("labels of %d voxels exceed an ImageJ TIFF (4 GiB); writing a BigTIFF instead", int(np.prod(shape)))
+        if voxel:  # the y/x pixel size in the TIFF tags (pixels per cm) for readers that ignore the description
+            kwargs.update(resolution=(1e7 / voxel[2], 1e7 / voxel[1]), resolutionunit="CENTIMETER")
 
     def pages() -> Iterator[np.ndarray]:
         for block in slabs:

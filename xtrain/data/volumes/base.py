@@ -195,6 +195,15 @@ class Volume:
         out._array, out._reader = fresh._array, fresh._reader
         return out
 
+    def placed(self, voxel_size_nm: Any) -> "Volume":
+        """The same volume with the voxel size ``voxel_size_nm`` (``--voxel-size``: one number or (z, y, x)
+        nm; None: as it is) and its origin moved with it (``spatial.override``)."""
+        if voxel_size_nm is None:
+            return self
+        voxel, org = spatial.override(self.voxel_size_zyx_nm, self.origin_nm, voxel_size_nm, f"'{self.spec}'")
+        changes = dict(voxel_size_nm=voxel[2] if voxel else None, voxel_size_zyx_nm=voxel, origin_nm=org)
+        return self._copy(**changes, mask=self.mask, image=self.image.placed(voxel_size_nm) if self.image else None)
+
     def crop(self, z0: int, z1: int) -> "Volume":
         """The view of slices z0 .. z1 - 1 (a ``z_range``; the mask and image are cropped alike); nothing is read."""
         if not 0 <= z0 < z1 <= self.shape[0]:
