@@ -75,7 +75,8 @@ class StoreInfo:
             "all_chunks_written": self.all_chunks_written,
             "classes": list(self.classes),
             "voxel_size_nm": list(vs) if (vs := spatial.voxel_size(self.voxel_size_nm)) else None,
-            **({"origin_nm": list(org)} if (org := spatial.origin(self.origin_nm)) and vs else {}),
+            # written only when not (0, 0, 0), its meaning when absent (a store as written before origins)
+            **({"origin_nm": list(org)} if (org := spatial.origin(self.origin_nm)) and any(org) and vs else {}),
             "source": self.source,
             "stats": self.stats,
             **({"labels": self.labels} if self.labels else {}),
