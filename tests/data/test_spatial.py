@@ -365,3 +365,19 @@ def test_segment_voxel_size_option_places_an_uncalibrated_input(tmp_path):
     assert SegmentOptions(voxel_size=15).voxel_size == (15.0, 15.0, 15.0)
     with pytest.raises(SpatialMetadataError, match="one .isotropic. or three"):
         SegmentOptions(voxel_size=(20, 10))
+
+
+def test_labels_placed_elsewhere_than_the_images_are_warned_about(tmp_path, caplog):
+    src = make_input("nexus", tmp_path)
+    labels = tmp_path / "labels.tif"
+    tifffile.imwrite(labels, (image() % 3).astype(np.uint8), imagej=True, resolution=(100.0, 100.0),
+                     metadata={"axes": "ZYX", "spacing": 0.01, "unit": "um"})  # 10 nm in z, at 0
+    with caplog.at_level(logging.WARNING):
+        out = ingest(src, tmp_path / "s.zarr", labels=labels)
+    assert "labels '" in caplog.text and "10 x 10 x 10 nm (z, y, x)" in caplog.text
+    assert_placed(open_volume(out))  # the images' placement is kept
+    caplog.clear()
+    write_imagej(labels, (image() % 3).astype(np.uint8))  # the same placement: no warning
+    with caplog.at_level(logging.WARNING):
+        ingest(src, tmp_path / "t.zarr", labels=labels)
+    assert "are placed at" not in caplog.text

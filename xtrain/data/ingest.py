@@ -30,6 +30,7 @@ from tqdm.auto import tqdm
 
 from .. import __version__
 from ..errors import InvalidInputError
+from . import spatial
 from .stats import volume_stats
 from .store import DEFAULT_CLASSES, check_output, default_layout, write_store
 from .labels import LabelCensus, census
@@ -78,6 +79,20 @@ def _source(stack: Volume, images: Any, lab: Labels | None, labels: Any, mask: A
     }
 
 
+def _check_label_placement(stack: Volume, lab: Labels | None) -> None:
+    """Warn when the label volume says it lies elsewhere than the images (another voxel size or origin):
+    the store keeps the images' placement, voxel for voxel."""
+    placed = lab.volume if lab is not None else None
+    if placed is None or placed.voxel_size_zyx_nm is None or stack.voxel_size_zyx_nm is None:
+        return
+    if lab.z is None and not (spatial.close(placed.voxel_size_zyx_nm, stack.voxel_size_zyx_nm)
+                              and spatial.close(placed.origin_nm, stack.origin_nm, atol=1e-3)):
+        log.warning("labels '%s' are placed at %s but the images '%s' at %s; the store keeps the images' (the labels "
+                    "are matched voxel for voxel)", placed.spec,
+                    spatial.describe(placed.voxel_size_zyx_nm, placed.origin_nm), stack.spec,
+                    spatial.describe(stack.voxel_size_zyx_nm, stack.origin_nm))
+
+
 def ingest(
     images: str | os.PathLike,
     out: str | os.PathLike,
@@ -124,6 +139,7 @@ def ingest(
     shape = stack.shape  # (Z, Y, X)
     mask_vol = open_volume(mask) if mask is not None else None
     lab = open_labels(labels, stack, label_map, len(classes), unlabelled, allow_missing) if labels is not None else None
+    _check_label_placement(stack, lab)
 
     layout = default_layout(shape, chunks)
     stats = volume_stats(stack, mask_vol)  # Dask graph; NaN/Inf and the fill value found before any write
