@@ -110,3 +110,38 @@ def test_a_tracked_train_run_lands_in_mlflow_and_tensorboard(ray_cluster, train_
         scalars = events.Scalars(tag)
         assert [s.step for s in scalars] == [1, 2, 3], tag
         assert [s.value for s in scalars] == pytest.approx([float(r[key]) for r in csv_rows], rel=1e-6), tag
+
+
+@pytest.mark.slow
+def test_a_stopped_and_resumed_run_continues_its_mlflow_run(ray_cluster, train_store, tmp_path, monkeypatch):
+    from mlflow import MlflowClient
+
+    from conftest import tiny_config
+    from xtrain.runtime import StopRequest
+    from xtrain.train.ray_trainer import train
+
+    monkeypatch.delenv("MLFLOW_EXPERIMENT_NAME", raising=False)
+    monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")
+    track = parse_track([f"mlflow:{tmp_path / 'mlruns'}"])
+    cfg = tiny_config(train_store, "train.workers=1", "train.epochs=6")
+    out = tmp_path / "run"
+    stop = StopRequest()
+
+    def stop_after_first_epoch() -> bool:
+        if (out / "metrics.csv").exists():
+            stop.set("test")
+        return stop()
+
+    first = train(cfg, out, should_stop=stop_after_first_epoch, track=track)
+    assert first["stopped"] and first["epoch"] < 6
+    client = MlflowClient(tracking_uri=track.mlflow)
+    (run,) = client.search_runs([client.get_experiment_by_name(DEFAULT_EXPERIMENT).experiment_id])
+    assert run.info.status == "KILLED" and not client.list_artifacts(run.info.run_id)
+
+    assert not train(cfg, out, resume=True, track=track)["stopped"]
+    (again,) = client.search_runs([client.get_experiment_by_name(DEFAULT_EXPERIMENT).experiment_id])
+    assert again.info.run_id == run.info.run_id and again.info.status == "FINISHED"
+    history = client.get_metric_history(run.info.run_id, "train_loss")
+    assert sorted(m.step for m in history) == [1, 2, 3, 4, 5, 6]  # every epoch once, across both attempts
+    assert sorted(m.value for m in history) == sorted(float(r["train_loss"]) for r in rows(out / "metrics.csv"))
+    assert [a.path for a in client.list_artifacts(run.info.run_id)] == ["model.pt"]
