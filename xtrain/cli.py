@@ -104,13 +104,14 @@ def _volume_options(p: argparse.ArgumentParser) -> None:
                    "Without it they are refused; a damaged xtrain store is refused always")
 
 
-# ----------------------------------------------------------------------------- subcommands
-
-
 def _track_option(p: argparse.ArgumentParser, what: str) -> None:
+    """--track KIND:WHERE (xtrain.train.tracking.parse_track reads it in the command: a bad one is one line)."""
     p.add_argument("--track", action="append", metavar="KIND:WHERE",
                    help=f"log {what} to mlflow:URI (a tracking server, or a local store such as mlflow:./mlruns) "
                    "or tensorboard:DIR (repeatable, one of each)")
+
+
+# ----------------------------------------------------------------------------- subcommands
 
 
 def config_from_args(args: argparse.Namespace, extra: list[str]):

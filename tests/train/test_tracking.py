@@ -87,7 +87,7 @@ def test_a_tracked_train_run_lands_in_mlflow_and_tensorboard(ray_cluster, train_
     exp = client.get_experiment_by_name(DEFAULT_EXPERIMENT)
     (run,) = client.search_runs([exp.experiment_id])  # two DDP workers, one run: rank 0 logs
     assert run.info.run_name == "run" and run.info.status == "FINISHED"
-    assert run.data.tags["xtrain.run_dir"] == str(out)
+    assert run.data.tags["xtrain_run_dir"] == str(out)
     saved = yaml.safe_load((out / "config.yaml").read_text())
     assert run.data.params == {k: str(v) for k, v in flat_params(saved).items()}
     assert run.data.params["data.val_mode"] == "slab" and run.data.params["train.workers"] == "2"

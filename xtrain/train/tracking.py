@@ -212,7 +212,7 @@ def _start_mlflow(track: dict[str, Any], config: dict[str, Any], run_dir: Path):
         mlflow = setup_mlflow(config=None if previous else flat_params(config), tracking_uri=track["mlflow"],
                               experiment_name=track.get("experiment") or DEFAULT_EXPERIMENT,
                               create_experiment_if_not_exists=True, run_name=run_dir.name,
-                              tags={"xtrain.command": "train", "xtrain.run_dir": str(run_dir)})
+                              tags={"xtrain_command": "train", "xtrain_run_dir": str(run_dir)})
     finally:
         os.environ.pop("MLFLOW_RUN_ID", None)
     run_id = mlflow.active_run().info.run_id

@@ -3,7 +3,7 @@
 What each does and why it is split so (Train V2 refuses Tune callbacks; no directory for
 ``TBXLoggerCallback``): see xtrain/train/tracking.py.  Here:
   * ``MLflowLoggerCallback`` (``ray.air.integrations.mlflow``) on the driver: one MLflow run per
-    trial, named after the trial and tagged ``trial_name``, ``xtrain.tune_dir``; its parameters are
+    trial, named after the trial and tagged ``trial_name``, ``xtrain_tune_dir``; its parameters are
     ``trial.config``, which ``param_space`` makes the whole resolved config (the sweep's base config,
     flattened, as constants beside the searched keys); its metrics every result Tune gets (each
     epoch, through ``TuneReportCallback``) at step = Tune's iteration = the epoch;
@@ -26,7 +26,7 @@ from ..train.tracking import Tracking, allow_file_store, flat_params
 log = logging.getLogger(__name__)
 
 TRIAL_NAME_TAG = "trial_name"  # the tag MLflowLoggerCallback gives each trial's run (str(trial))
-TUNE_DIR_TAG = "xtrain.tune_dir"
+TUNE_DIR_TAG = "xtrain_tune_dir"
 
 
 def param_space(space: dict[str, Any], base: dict[str, Any], track: Tracking | None) -> dict[str, Any]:
@@ -51,7 +51,7 @@ def tune_callbacks(track: Tracking | None, tune_dir: Path, trials_dir: Path) -> 
         allow_file_store(track.mlflow)  # this process is the driver: the callbacks log from here
         callbacks.append(model_artifact_callback(track.mlflow, track.experiment, tune_dir, trials_dir))
         callbacks.append(MLflowLoggerCallback(tracking_uri=track.mlflow, experiment_name=track.experiment,
-                                              tags={"xtrain.command": "tune", TUNE_DIR_TAG: str(tune_dir)}))
+                                              tags={"xtrain_command": "tune", TUNE_DIR_TAG: str(tune_dir)}))
     if track.tensorboard:
         from ray.tune.logger import TBXLoggerCallback
 
