@@ -223,6 +223,20 @@ def cmd_segment(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    from .infer.segment import build_model, model_channels
+    from .models.export import check_export, export_model
+    from .train.checkpoint import file_checksum, load_checkpoint
+
+    check_export(args.out, args.format, args.overwrite)  # before the model is read
+    ckpt = load_checkpoint(args.model)
+    model_channels(ckpt, args.model)
+    export_model(build_model(ckpt, args.model), ckpt, args.out, args.format, sample=args.sample,
+                 overwrite=args.overwrite, model_sha256=file_checksum(args.model), name=args.name,
+                 authors=args.author, license=args.license)
+    return 0
+
+
 def cmd_nightly(args: argparse.Namespace) -> int:
     from .nightly import run_nightly
 
@@ -423,6 +437,24 @@ def build_parser() -> argparse.ArgumentParser:
                         "warning; recorded in the output")
     p.add_argument("--clean", action="store_true", help=CLEAN_HELP)
     p.set_defaults(func=cmd_segment)
+
+    p = _add(sub, "export", "Export a trained model for use without xtrain: a bioimage.io package (ilastik, "
+             "deepImageJ, bioimageio.core), ONNX or TorchScript.",
+             "xtrain export runs/unet/model.pt soc-unet.zip --format bioimageio --sample soc.zarr")
+    p.add_argument("model", help="model.pt from 'xtrain train' (a Pix2Pix exports its generator)")
+    p.add_argument("out", type=Path, help="OUT.zip or a folder (bioimageio), OUT.onnx, OUT.pt (torchscript)")
+    p.add_argument("--format", required=True, metavar="FORMAT", help="bioimageio (normalisation as preprocessing; "
+                   "TorchScript, ONNX and state-dict weights), onnx or torchscript (normalisation and softmax inside "
+                   "the graph: raw intensities in, class probabilities out)")
+    p.add_argument("--sample", default=None, metavar="VOLUME", help="volume the bioimage.io test input is cut from "
+                   "(default: the training store named in model.pt)")
+    p.add_argument("--name", default=None, help="bioimage.io model name (default: from the model and its classes)")
+    p.add_argument("--author", action="append", default=None, metavar="NAME", help="bioimage.io author (repeatable; "
+                   "default: xtrain)")
+    p.add_argument("--license", default="BSD-3-Clause", metavar="SPDX", help="licence of the bioimage.io package "
+                   "(SPDX id, default BSD-3-Clause)")
+    p.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
+    p.set_defaults(func=cmd_export)
 
     p = _add(sub, "nightly", "Segment newly acquired scans: ingest, segment, QC, and a registry of what was done.",
              "xtrain nightly --watch /beamline/incoming --model runs/unet/model.pt --out /data/segmented --once")
