@@ -47,7 +47,7 @@ sys.path.insert(0, str(REPO))
 
 from xtrain.data import store as store_mod  # noqa: E402
 from xtrain.data.store import default_layout, open_store, write_store  # noqa: E402
-from xtrain.data.tiff import open_stack  # noqa: E402
+from xtrain.data.volumes.tiff import open_stack  # noqa: E402
 
 DEFAULT_NAME = "1x256x256 in 32x512x512, blosc-zstd3-bitshuffle"
 DEEP_NAME = "64x256x256 unsharded, blosc-zstd3-bitshuffle"
@@ -91,7 +91,7 @@ def load_volume(data: Path, max_slices: int | None) -> tuple[np.ndarray, str, fl
         stack = open_stack(images)
         z = min(len(stack), max_slices or len(stack))
         t0 = time.perf_counter()
-        vol = stack.read(0, z)
+        vol = stack.read(stack.planes(0, z))
         return vol, f"real volume {images} {vol.shape} {vol.dtype}", time.perf_counter() - t0
     # Fallback: smooth three-phase microstructure + noise, so compression behaves like a scan
     from scipy import ndimage

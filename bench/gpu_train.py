@@ -26,7 +26,7 @@ import torch.distributed as dist
 
 from xtrain.config import load_config
 from xtrain.data.synth import synthesize
-from xtrain.train.checkpoint import load_checkpoint
+from xtrain.models.checkpoint import load_checkpoint
 from xtrain.train.loop import WorkerContext, fit
 
 

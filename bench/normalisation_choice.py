@@ -14,7 +14,7 @@ model on it) with its manual labels and builds the volumes a facility really rec
   a = 0.8, b = +2000 and a = 1.25, b = -2000): the training statistics are wrong here;
 * ``circle_gain1.25``, ``low_ni_gain1.25``: a mask, and a crop, on another grey scale.
 
-Each is written as a uint16 TIFF and segmented with ``xtrain.infer.segment`` (what ``xtrain
+Each is written as a uint16 TIFF and segmented with ``xtrain.infer.segment()`` (what ``xtrain
 segment MODEL IN OUT --normalisation MODE`` runs) under every mapping (train, own, peaks;
 a mapping that gives the same p0.5/p99.5 as one already run is not run twice; ``peaks``
 that cannot be fitted is reported as refused), and scored against the labels with
@@ -132,16 +132,18 @@ def main() -> None:
     from xtrain.evaluate import open_label_volume
     from xtrain.errors import InvalidInputError
     from xtrain.infer import open_segmentation, segment
-    from xtrain.infer.volume import open_volume
-    from xtrain.train.checkpoint import load_checkpoint
+    from xtrain.data.normalise import normalised_volume
+    from xtrain.models.checkpoint import load_checkpoint
 
     z0, z1 = (int(v) for v in args.z.split(","))
     train = load_checkpoint(args.model)["stats"]
     tpeaks, why = histogram_peaks(train)
     log.info("training statistics: p0.5 %.0f p99.5 %.0f, phase peaks %s %s", train["p0_5"], train["p99_5"],
              [round(p) for p in tpeaks], why)
-    image = np.asarray(open_source(args.data, dataset="image").read(z0, z1))[:: args.every]
-    labels = np.asarray(open_label_volume(args.data).read(z0, z1))[:: args.every]
+    source = open_source(args.data, dataset="image")
+    image = np.asarray(source.read(source.planes(z0, z1)))[:: args.every]
+    truth = open_label_volume(args.data)
+    labels = np.asarray(truth.read(truth.planes(z0, z1)))[:: args.every]
     table = {}
     chosen = variants(image, labels, args.crop)
     only = args.only.split(",") if args.only else list(chosen)
@@ -155,7 +157,7 @@ def main() -> None:
         done: dict[tuple[float, float], str] = {}
         for mode in ("auto", *MODES):
             try:
-                m = open_volume(tif, train_stats=train, normalisation=mode).mapping
+                m = normalised_volume(open_source(tif), train_stats=train, mode=mode).mapping
             except InvalidInputError as exc:
                 row[mode] = {"refused": str(exc)}
                 continue

@@ -69,7 +69,7 @@ def make_store(path: Path, size: int) -> Path:
 
 def make_model(path: Path, width: int, depth: int, norm: str = "batch") -> Path:
     from xtrain.models import create_model, model_kwargs
-    from xtrain.train.checkpoint import save_checkpoint
+    from xtrain.models.checkpoint import save_checkpoint
 
     torch.manual_seed(0)
     kw = model_kwargs("unet", in_channels=1, num_classes=3, width=width, depth=depth, norm=norm)
@@ -83,11 +83,11 @@ def bench_forward(model_path: Path, size: int, tile: int, halo: int) -> float:
     """(a): the model alone over the segment's tiles, batches and threads; voxels/s."""
     from xtrain.infer.blocks import plan_tiles
     from xtrain.infer.predict import Predictor
-    from xtrain.infer.segment import build_model
-    from xtrain.train.checkpoint import load_checkpoint
+    from xtrain.models.checkpoint import model_from_checkpoint
+    from xtrain.models.checkpoint import load_checkpoint
 
     ckpt = load_checkpoint(model_path)
-    p = Predictor(build_model(ckpt, model_path), 1, 3, tile=tile, halo=halo)
+    p = Predictor(model_from_checkpoint(ckpt, model_path)[0], 1, 3, tile=tile, halo=halo)
     t, starts = plan_tiles(size, tile, halo)
     n_tiles = len(starts) ** 2 * size
     batch = p.batch_for(t, t)
@@ -106,14 +106,14 @@ def bench_monai(store: Path, model_path: Path, tile: int, halo: int) -> float | 
     except ImportError:
         log.warning("monai is not installed (pip install monai): skipping (b)")
         return None
-    from xtrain.data.stats import normalize
+    from xtrain.data.normalise import normalize
     from xtrain.data.store import open_store
-    from xtrain.infer.segment import build_model
-    from xtrain.train.checkpoint import load_checkpoint
+    from xtrain.models.checkpoint import model_from_checkpoint
+    from xtrain.models.checkpoint import load_checkpoint
 
     s = open_store(store)
     vol = torch.from_numpy(normalize(s.image[:], s.info.stats))[:, None]  # (Z, 1, Y, X): z-slices as a batch
-    model = build_model(load_checkpoint(model_path), model_path).eval()
+    model = model_from_checkpoint(load_checkpoint(model_path), model_path)[0].eval()
     t = min(tile, vol.shape[-1])
     batch = int(np.clip((1 << 18) // (t * t), 1, 16))
     start = time.perf_counter()
@@ -127,12 +127,12 @@ def bench_monai(store: Path, model_path: Path, tile: int, halo: int) -> float | 
 
 def bench_plain(store: Path, model_path: Path) -> float:
     """(c): the plain whole-slice loop, reading included; voxels/s."""
-    from xtrain.data.stats import normalize
+    from xtrain.data.normalise import normalize
     from xtrain.data.store import open_store
-    from xtrain.infer.segment import build_model
-    from xtrain.train.checkpoint import load_checkpoint
+    from xtrain.models.checkpoint import model_from_checkpoint
+    from xtrain.models.checkpoint import load_checkpoint
 
-    model = build_model(load_checkpoint(model_path), model_path).eval()
+    model = model_from_checkpoint(load_checkpoint(model_path), model_path)[0].eval()
     start = time.perf_counter()
     s = open_store(store)
     out = np.empty(s.shape, np.uint8)

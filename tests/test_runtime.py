@@ -15,7 +15,8 @@ from pathlib import Path
 import pytest
 
 from xtrain.errors import DiskFullError
-from xtrain.runtime import StopRequest, atomic_write, disk_full_cause, stop_on_signals, when_stopped, writing
+from xtrain.io import atomic_write, disk_full_cause, writing
+from xtrain.runtime import StopRequest, stop_on_signals, when_stopped
 
 REPO = Path(__file__).resolve().parents[1]
 

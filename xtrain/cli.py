@@ -44,7 +44,7 @@ def int_tuple(n: int):
         try:
             values = tuple(int(v) for v in text.split(","))
         except ValueError:
-            raise argparse.ArgumentTypeError(f"'{text}' is not {n} comma-separated integers, e.g. {','.join(['64'] * n)}")
+            raise argparse.ArgumentTypeError(f"'{text}' is not {n} comma-separated integers, e.g. {','.join(['64'] * n)}") from None
         if len(values) != n or min(values) < 1:
             raise argparse.ArgumentTypeError(f"'{text}' must be {n} positive integers, e.g. {','.join(['64'] * n)}")
         return values
@@ -58,7 +58,7 @@ def label_map(text: str) -> dict[int, int]:
         pairs = [item.split(":") for item in text.split(",")]
         return {int(k): int(v) for k, v in pairs}
     except ValueError:
-        raise argparse.ArgumentTypeError(f"'{text}' is not a label map; write RAW:CLASS pairs, e.g. 0:0,128:1,255:2")
+        raise argparse.ArgumentTypeError(f"'{text}' is not a label map; write RAW:CLASS pairs, e.g. 0:0,128:1,255:2") from None
 
 
 def z_range(text: str) -> tuple[int, int]:
@@ -66,7 +66,7 @@ def z_range(text: str) -> tuple[int, int]:
     try:
         z0, z1 = (int(v) for v in text.split(","))
     except ValueError:
-        raise argparse.ArgumentTypeError(f"'{text}' is not a z range; write Z0,Z1 (slices Z0..Z1-1), e.g. 205,250")
+        raise argparse.ArgumentTypeError(f"'{text}' is not a z range; write Z0,Z1 (slices Z0..Z1-1), e.g. 205,250") from None
     if not 0 <= z0 < z1:
         raise argparse.ArgumentTypeError(f"z range '{text}' needs 0 <= Z0 < Z1")
     return z0, z1
@@ -115,7 +115,7 @@ def config_from_args(args: argparse.Namespace, extra: list[str]):
 
 def cmd_ingest(args: argparse.Namespace) -> int:
     from .data.ingest import ingest
-    from .runtime import writing
+    from .io import writing
 
     with writing(args.out, "the ingested store"):  # a full disk: one line, nothing left behind
         ingest(args.images, args.out, labels=args.labels, label_map=args.label_map, chunks=args.chunks,
@@ -238,7 +238,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_nightly(args: argparse.Namespace) -> int:
-    from .nightly import run_nightly
+    from .pipelines.nightly import run_nightly
 
     options = {"workers": args.workers, "gpu": args.gpu, "block": args.block}  # block None: segment's default
     counts = run_nightly(args.watch, args.model, args.out, once=args.once, interval=args.interval,
@@ -250,7 +250,7 @@ def cmd_nightly(args: argparse.Namespace) -> int:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    from .evaluate.compare import compare, summary_table
+    from .pipelines.compare import compare, summary_table
 
     result = compare(args.entries, args.labels, args.report, image=args.image, z_range=args.z,
                      label_map=args.label_map, baselines=args.baselines or (), fit=args.fit, fit_z=args.fit_z,
@@ -272,8 +272,8 @@ def cmd_upgrade(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from .evaluate.compare import summary_table
-    from .demo import run_demo
+    from .pipelines.compare import summary_table
+    from .pipelines.demo import run_demo
 
     result = run_demo(args.out, workers=args.workers, epochs=args.epochs, overwrite=args.overwrite)
     print(summary_table(result["summary"]))
@@ -304,6 +304,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
     parser.add_argument("-q", "--quiet", action="store_true", help="log warnings and errors only")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    # a public handle on every subcommand's parser, by name (parser.get_default("subcommands")):
+    # the CLI reference the docs build generates (docs/hooks/cli_reference.py) lists them
+    parser.set_defaults(subcommands=sub.choices)
 
     p = _add(sub, "ingest", "Convert a raw TIFF stack (and optional labels) into a chunked, compressed Zarr v3 store.",
              "xtrain ingest ../shared/data/soc_pxct/images soc.zarr --labels ../shared/data/soc_pxct/labels "
@@ -522,7 +525,8 @@ def setup_logging(verbose: bool = False, quiet: bool = False) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from .runtime import StopRequest, disk_full_cause, disk_full_error, stop_on_signals, volume_scheduler
+    from .io import disk_full_cause, disk_full_error
+    from .runtime import StopRequest, stop_on_signals, volume_scheduler
 
     parser = build_parser()
     args = parser.parse_args(argv)

@@ -302,7 +302,7 @@ def config_to_dict(cfg: Any) -> dict[str, Any]:
 
 def save_config(cfg: Any, path: str | Path) -> None:
     """Write the resolved config as YAML (loadable again by ``load_config``), atomically."""
-    from .runtime import atomic_write
+    from .io import atomic_write
 
     atomic_write(path, yaml.safe_dump(config_to_dict(cfg), sort_keys=False), what="the resolved config")
 

@@ -1,4 +1,4 @@
-"""The edges of a run: stop requests from signals, the Ray session, atomic writes, full disks.
+"""The edges of a run: signals turned into stop requests, the Ray session, where Dask graphs run.
 
     stop = StopRequest()
     with stop_on_signals(stop):                  # the CLI / jobs/ only: SIGTERM, SIGUSR1
@@ -7,42 +7,35 @@
     with volume_scheduler():                     # the CLI: Dask graphs on Ray inside a Ray cluster
         evaluate(pred, truth)
 
-Library functions take a ``should_stop`` callable (``StopRequest`` is one) and install no
-signal handler, so they run on any thread.  ``ray_session`` starts Ray only when this
-process is not connected to one, stops exactly what it started, and puts back the SIGTERM /
-SIGUSR1 / SIGINT handlers that ``ray.init`` replaces on the main thread (Ray 2.60
+Library functions take a ``should_stop`` callable (``xtrain.stop.StopRequest`` is one) and
+install no signal handler, so they run on any thread.  ``ray_session`` starts Ray only when
+this process is not connected to one, stops exactly what it started, and puts back the
+SIGTERM / SIGUSR1 / SIGINT handlers that ``ray.init`` replaces on the main thread (Ray 2.60
 ``ray._private.worker.init`` sets SIGTERM to ``sys.exit``).
 
 ``volume_scheduler`` is the edges' one decision where volume-wide Dask graphs run (Ray
-inside a Ray cluster, else threads); library code only reads it (``xtrain.data.volumes.scheduler``).
-
-``atomic_write`` is the one way small files (csv, status.json, job.json, qc.json,
-checkpoints, best.yaml, compare reports) reach the disk: a temporary sibling renamed over the
-target, so a reader never sees half a file.  A full disk (ENOSPC, EDQUOT, EFBIG) anywhere
-becomes ``DiskFullError``: one line naming the path and what was being written.
+inside a Ray cluster, else threads); library code only reads it (``xtrain.data.scheduler``).
+Only the CLI, ``jobs/`` and the Ray edges (train/ray_trainer.py, tune/, infer/pool.py) import
+this module; files and full disks are ``xtrain.io``'s.
 """
 
 from __future__ import annotations
 
 import contextlib
-import errno
-import io
 import logging
 import os
 import signal
 import threading
-import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from .errors import DiskFullError
+from .stop import StopRequest, never  # noqa: F401  (the CLI's stop request; re-exported for the edges)
 
 log = logging.getLogger(__name__)
 
 API_SERVER_ENV = "RAY_API_SERVER_ADDRESS"  # where Ray's state API clients look (ray.dashboard.utils)
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)  # Slurm's time-limit warning / preemption, `scancel`
-DISK_FULL_ERRNOS = frozenset(e for e in (errno.ENOSPC, getattr(errno, "EDQUOT", None), errno.EFBIG) if e)
 
 # Keep Ray's own chatter out of the user's terminal (set before ray is imported).
 QUIET_RAY_ENV = {
@@ -55,30 +48,6 @@ QUIET_RAY_ENV = {
 
 
 # ----------------------------------------------------------------------------- stop requests
-
-
-class StopRequest:
-    """A thread-safe "please checkpoint and stop" flag; calling it answers ``should_stop()``."""
-
-    def __init__(self) -> None:
-        self._event = threading.Event()
-        self.reason: str | None = None
-
-    def __call__(self) -> bool:
-        return self._event.is_set()
-
-    def set(self, reason: str = "requested") -> None:
-        if not self._event.is_set():
-            self.reason = reason
-        self._event.set()
-
-    def wait(self, timeout: float | None = None) -> bool:
-        return self._event.wait(timeout)
-
-
-def never() -> bool:
-    """The default ``should_stop``: run to the end."""
-    return False
 
 
 @contextlib.contextmanager
@@ -209,12 +178,12 @@ def volume_scheduler() -> Iterator[Any]:
     Only for the CLI and ``jobs/`` (the edges).  When ``dask_on_ray_wanted()``: join the
     cluster (``ray_session``: RAY_ADDRESS, left connected to the end of the block) and give
     Ray's ``ray.util.dask.ray_dask_get`` to ``xtrain.data.volumes.compute``
-    (``volumes.use_scheduler``), so a volume-wide pass spreads over the nodes.
+    (``xtrain.data.scheduler.use_scheduler``), so a volume-wide pass spreads over the nodes.
     Otherwise nothing changes: Dask's threaded scheduler.  Asked for but unusable (an
     unreachable cluster, a Dask that ``ray.util.dask`` cannot drive): one warning naming the
     error and how to silence it, and the graphs run on local threads.
     """
-    from .data.volumes import use_scheduler
+    from .data.scheduler import use_scheduler
 
     if not dask_on_ray_wanted():
         yield "threads"
@@ -240,70 +209,3 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-# ----------------------------------------------------------------------------- writes and full disks
-
-
-def disk_full_cause(exc: BaseException | None) -> OSError | None:
-    """The ENOSPC / EDQUOT / EFBIG ``OSError`` behind ``exc`` (itself, its causes, a group), if any."""
-    seen: set[int] = set()
-    stack = [exc]
-    while stack:
-        e = stack.pop()
-        if e is None or id(e) in seen:
-            continue
-        seen.add(id(e))
-        if isinstance(e, DiskFullError):
-            return e
-        if isinstance(e, OSError) and e.errno in DISK_FULL_ERRNOS:
-            return e
-        if type(e).__name__ == "OperationalError" and "disk is full" in str(e):  # sqlite3 (the nightly registry)
-            return OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-        stack.extend([e.__cause__, e.__context__, getattr(e, "cause", None)])
-        stack.extend(getattr(e, "exceptions", None) or [])
-    return None
-
-
-def disk_full_error(exc: BaseException, path: str | os.PathLike, what: str) -> DiskFullError:
-    cause = disk_full_cause(exc)
-    if isinstance(cause, DiskFullError):
-        return cause
-    reason = os.strerror(cause.errno) if cause is not None and cause.errno else "no space left"
-    return DiskFullError(f"{reason.lower()} while writing {what} '{path}'; free space (or raise the quota) "
-                         "and run the same command again with --resume")
-
-
-@contextlib.contextmanager
-def writing(path: str | os.PathLike, what: str) -> Iterator[None]:
-    """Re-raise a full disk inside the block as one ``DiskFullError`` naming ``path`` and ``what``."""
-    try:
-        yield
-    except DiskFullError:
-        raise
-    except BaseException as exc:
-        if disk_full_cause(exc) is not None:
-            raise disk_full_error(exc, path, what) from exc
-        raise
-
-
-def atomic_write(path: str | os.PathLike, data: str | bytes | Callable[[io.BufferedWriter], None],
-                 what: str = "file") -> Path:
-    """Write ``data`` (text, bytes, or a function writing into a binary file) to a temporary
-    sibling of ``path`` and rename it over ``path``: readers see the old file or the new one,
-    never half of one.  A full disk raises ``DiskFullError`` and leaves no temporary behind."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
-    try:
-        with writing(path, what), open(tmp, "wb") as f:
-            if callable(data):
-                data(f)
-            else:
-                f.write(data.encode() if isinstance(data, str) else data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
-    return path

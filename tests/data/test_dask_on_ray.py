@@ -13,7 +13,8 @@ import pytest
 import tifffile
 
 from xtrain.data.stats import volume_stats
-from xtrain.data.volumes import compute, open_volume, scheduler
+from xtrain.data.scheduler import compute, scheduler
+from xtrain.data.volumes import open_volume
 from xtrain.evaluate import evaluate
 from xtrain.runtime import volume_scheduler
 

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import tifffile
 
-from xtrain.data.tiff import natural_key, open_tiff as open_stack
+from xtrain.data.volumes.tiff import natural_key, open_tiff as open_stack
 from xtrain.errors import CorruptFileError, InputNotFoundError, InvalidInputError, ShapeMismatchError
 
 SHAPE = (7, 61, 53)  # odd sizes: catch any off-by-one in slicing
@@ -46,9 +46,9 @@ def test_folder_roundtrip_keeps_dtype_and_order(tmp_path, dtype):
     stack = open_stack(tmp_path / "s")
     assert stack.shape == vol.shape and stack.dtype == vol.dtype and len(stack) == 12
     assert [f.rsplit("/", 1)[-1] for f in stack.provenance["files"]][:3] == ["slice_1.tif", "slice_2.tif", "slice_3.tif"]
-    np.testing.assert_array_equal(stack.read(0, 12), vol)
-    np.testing.assert_array_equal(stack.read(9, 11), vol[9:11])
-    assert stack.read(4, 4).shape == (0, 61, 53)
+    np.testing.assert_array_equal(stack.read(stack.planes(0, 12)), vol)
+    np.testing.assert_array_equal(stack.read(stack.planes(9, 11)), vol[9:11])
+    assert stack.read(stack.planes(4, 4)).shape == (0, 61, 53)
 
 
 def test_multipage_and_glob(tmp_path):
@@ -56,20 +56,20 @@ def test_multipage_and_glob(tmp_path):
     tifffile.imwrite(tmp_path / "vol.tif", vol)
     stack = open_stack(tmp_path / "vol.tif")
     assert stack.provenance["tiff_kind"] == "tiff" and stack.shape == SHAPE
-    np.testing.assert_array_equal(stack.read(2, 5), vol[2:5])
+    np.testing.assert_array_equal(stack.read(stack.planes(2, 5)), vol[2:5])
 
     write_folder(tmp_path / "s", vol)
     (tmp_path / "s" / "notes.txt").write_text("not a slice")
     stack = open_stack(str(tmp_path / "s" / "slice_*.tif"))
     assert stack.provenance["tiff_kind"] == "slices" and stack.shape == SHAPE
-    np.testing.assert_array_equal(stack.read(0, len(stack)), vol)
+    np.testing.assert_array_equal(stack.read(stack.planes(0, len(stack))), vol)
 
 
 def test_pickles_without_handles(tmp_path):
     vol = volume(np.uint8)
     tifffile.imwrite(tmp_path / "vol.tif", vol)
     stack = pickle.loads(pickle.dumps(open_stack(tmp_path / "vol.tif")))
-    np.testing.assert_array_equal(stack.read(3, 7), vol[3:7])
+    np.testing.assert_array_equal(stack.read(stack.planes(3, 7)), vol[3:7])
 
 
 def test_open_reads_headers_only(tmp_path, monkeypatch):
@@ -127,9 +127,9 @@ def test_decode_error_at_read_names_the_file(tmp_path):
     offset = tifffile.TiffFile(path).pages[0].dataoffsets[0]
     data[offset : offset + 64] = b"\x00" * 64  # destroy the zlib stream, keep the file size
     path.write_bytes(bytes(data))
-    stack.read(0, 2)  # other slices still read
+    stack.read(stack.planes(0, 2))  # other slices still read
     with pytest.raises(CorruptFileError, match="slice_3.tif"):
-        stack.read(0, 5)
+        stack.read(stack.planes(0, 5))
 
 
 def test_mismatched_slices(tmp_path):

@@ -32,7 +32,7 @@ def vol(dtype=np.uint16, shape=SHAPE, seed=0) -> np.ndarray:
 def same(v, expected):
     assert v.shape == expected.shape
     np.testing.assert_array_equal(v.array.compute(), expected)
-    np.testing.assert_array_equal(v.read(2, 5), expected[2:5])
+    np.testing.assert_array_equal(v.read(v.planes(2, 5)), expected[2:5])
 
 
 # ----------------------------------------------------------------------------- HDF5 / NeXus
@@ -284,5 +284,5 @@ def test_volume_pickles_and_reopens(tmp_path):
     with h5py.File(tmp_path / "s.h5", "w") as f:
         f["entry/data/data"] = data
     v = pickle.loads(pickle.dumps(open_volume(tmp_path / "s.h5").crop(2, 6)))
-    np.testing.assert_array_equal(v.read(0, 4), data[2:6])
-    np.testing.assert_array_equal(v.read_box(((1, 3), (2, 9), (4, 20))), data[3:5, 2:9, 4:20])
+    np.testing.assert_array_equal(v.read(v.planes(0, 4)), data[2:6])
+    np.testing.assert_array_equal(v.read(((1, 3), (2, 9), (4, 20))), data[3:5, 2:9, 4:20])

@@ -132,7 +132,7 @@ def test_errors(tmp_path):
     raw = np.array([0, 128, 255], np.uint8)[truth]
     raw[1, 0, 0] = 100
     with pytest.raises(LabelValueError, match="value 100"):
-        open_label_volume(raw, {0: 0, 128: 1, 255: 2}).read(0, 4)
+        (lambda v: v.read(v.planes(0, 4)))(open_label_volume(raw, {0: 0, 128: 1, 255: 2}))
 
 
 # ----------------------------------------------------------------------------- CLI errors: one line, exit 2

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from xtrain.infer.blocks import align_block, block_grid, read_box, tile_starts, tiles_touching
+from xtrain.infer.blocks import align_block, block_grid, input_box, plan_tiles, tiles_touching
 from xtrain.infer.predict import window_1d
 
 
@@ -29,24 +29,23 @@ def test_align_block_rounds_up_to_whole_shards(block, unit, expected):
     assert align_block(block, unit, (37, 61, 53) if expected[0] == 37 else (1000, 1000, 1000)) == expected
 
 
-@pytest.mark.parametrize("n,tile,stride", [(53, 32, 24), (61, 32, 32), (20, 32, 24), (256, 256, 224), (1, 8, 4)])
-def test_tile_grid_covers_the_axis_inside_the_volume(n, tile, stride):
-    starts = tile_starts(n, tile, stride)
-    t = min(tile, n)
-    assert starts[0] == 0 and starts[-1] + t == n and (np.diff(starts) <= stride).all()
+@pytest.mark.parametrize("n,tile,halo", [(53, 32, 4), (61, 32, 0), (20, 32, 4), (256, 256, 16), (1, 8, 2)])
+def test_tile_grid_covers_the_axis_inside_the_volume(n, tile, halo):
+    t, starts = plan_tiles(n, tile, halo)
+    assert starts[0] == 0 and starts[-1] + t == n and (np.diff(starts) <= tile - 2 * halo).all()
     # the grid is global: the tiles touching a range are a subset of it, never shifted
     sub = tiles_touching(starts, t, n // 3, n // 2 + 1)
     assert set(sub.tolist()) <= set(starts.tolist()) and len(sub) >= 1
 
 
-def test_read_box_holds_the_core_its_tiles_and_2p5d_slices():
+def test_input_box_holds_the_core_its_tiles_and_2p5d_slices():
     shape = (37, 61, 53)
     core = ((16, 32), (32, 61), (0, 32))
-    box = read_box(core, shape, (0,), tile=32, stride=24, context=1)
+    box = input_box(core, shape, (0,), tile=32, stride=24, context=1)
     assert box[0] == (15, 33)  # +-1 slice for 3-channel 2.5D input
     assert box[1][0] <= 32 and box[1][1] == 61 and box[2][0] == 0 and box[2][1] >= 32
     # at the volume border the neighbour slice is mirrored inside, never read outside
-    assert read_box(((0, 16), (0, 61), (0, 53)), shape, (0,), 32, 24, 1)[0] == (0, 17)
+    assert input_box(((0, 16), (0, 61), (0, 53)), shape, (0,), 32, 24, 1)[0] == (0, 17)
 
 
 @pytest.mark.parametrize("kind", ["gaussian", "cosine"])

@@ -9,8 +9,8 @@ import tifffile
 
 
 from xtrain.infer import open_segmentation, segment
-from xtrain.infer.volume import choose_mapping
-from xtrain.train.checkpoint import load_checkpoint
+from xtrain.data.normalise import choose_mapping
+from xtrain.models.checkpoint import load_checkpoint
 
 SHAPE = (9, 61, 57)
 
@@ -88,7 +88,7 @@ def test_crop_without_nickel_keeps_its_classes(tiny_model, tmp_path):
     print(f"YSZ read as Ni: {as_ni_train:.3f} with training statistics, {as_ni_own:.3f} with its own")
     assert as_ni_own > 0.9 and as_ni_train < as_ni_own - 0.3
     # what the model sees: with the training statistics YSZ lies where it lay in training (about 0.5)
-    from xtrain.infer.volume import apply_mapping
+    from xtrain.data.normalise import apply_mapping
 
     train = load_checkpoint(tiny_model)["stats"]
     ysz = apply_mapping(image[truth == 1], mapping)
@@ -135,9 +135,9 @@ def test_histogram_peaks_are_the_phase_levels():
     assert np.allclose(peaks, [1000, 2000, 3000], atol=2 * bin_width + 10)
 
 
-def retargeted(model, stats: dict, path) -> "Path":
+def retargeted(model, stats: dict, path):
     """The same trained network, with ``stats`` as its training statistics (a model of a volume on that scale)."""
-    from xtrain.train.checkpoint import save_checkpoint
+    from xtrain.models.checkpoint import save_checkpoint
 
     ckpt = load_checkpoint(model)
     ckpt["stats"] = stats
@@ -160,7 +160,7 @@ def test_peaks_undo_a_linear_grey_transform(tiny_model, tmp_path):
     assert (mp["lo"], mp["hi"]) == pytest.approx((mb["lo"] * 1.25 - 3000, mb["hi"] * 1.25 - 3000),
                                                  abs=0.005 * (mb["hi"] - mb["lo"]) * 1.25)
     # what the network sees: the same normalised values, within 1 % of the range (peak positions from 256 bins)
-    from xtrain.infer.volume import apply_mapping
+    from xtrain.data.normalise import apply_mapping
 
     gap = np.abs(apply_mapping(moved, mp) - apply_mapping(image, mb))
     assert np.percentile(gap, 99) < 0.01

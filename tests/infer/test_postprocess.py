@@ -108,9 +108,9 @@ def model_and_store(tmp_path_factory, tiny_model):
 
 def test_segment_clean_is_the_filter_of_the_whole_volume_prediction_for_any_block(model_and_store, tmp_path):
     from xtrain.infer.predict import Predictor
-    from xtrain.infer.segment import build_model
-    from xtrain.infer.volume import open_volume
-    from xtrain.train.checkpoint import load_checkpoint
+    from xtrain.data.normalise import normalised_volume
+    from xtrain.data.volumes import open_volume
+    from xtrain.models.checkpoint import load_checkpoint, model_from_checkpoint
 
     model, store = model_and_store
     fast = dict(tile=32, halo=4, chunks=(8, 16, 16), shard=False, probabilities=True, clean=True)
@@ -121,9 +121,9 @@ def test_segment_clean_is_the_filter_of_the_whole_volume_prediction_for_any_bloc
     # independently: predict the whole volume in memory, filter, argmax
     ckpt = load_checkpoint(model)
     kw = ckpt["model_kwargs"]
-    vol = open_volume(store, train_stats=ckpt.get("stats"))  # the normalisation segment chooses (auto)
+    vol = normalised_volume(open_volume(store), train_stats=ckpt.get("stats"))  # the normalisation segment chooses (auto)
     full = ((0, 21), (0, 37), (0, 33))
-    probs = Predictor(build_model(ckpt, model), kw["in_channels"], kw["num_classes"], tile=32, halo=4).predict(vol, full)
+    probs = Predictor(model_from_checkpoint(ckpt, model)[0], kw["in_channels"], kw["num_classes"], tile=32, halo=4).predict(vol, full)
     want = majority_filter(probs, full, full, vol.shape).argmax(0)
     assert np.array_equal(small["labels"][:], want)
     raw = open_segmentation(segment(model, store, tmp_path / "c.zarr", block=(21, 37, 33),

@@ -20,7 +20,7 @@ from xtrain.errors import CorruptFileError, OutputExistsError, RunStateError
 from xtrain.infer import open_segmentation, segment
 from xtrain.infer.write import work_dir
 from xtrain.models import create_model, model_kwargs
-from xtrain.train.checkpoint import file_checksum, save_checkpoint
+from xtrain.models.checkpoint import file_checksum, save_checkpoint
 
 SHAPE = (37, 61, 53)
 # small tiles and an unsharded 8x16x16 output layout, so a 37x61x53 volume has many blocks and tiles

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from xtrain.errors import ConfigError
-from xtrain.losses import one_hot
+from xtrain.train.losses import one_hot
 from xtrain.models import Pix2Pix, create_model, discriminator_loss, generator_adversarial_loss
 
 # one intra-op thread: see conftest.one_thread

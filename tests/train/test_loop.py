@@ -9,7 +9,7 @@ import torch
 
 from conftest import StopAfter, tiny_config
 from xtrain.errors import ConfigError, InvalidInputError, UnknownNameError
-from xtrain.train.checkpoint import load_checkpoint
+from xtrain.models.checkpoint import load_checkpoint
 from xtrain.train.loop import WorkerContext, fit, preflight
 
 

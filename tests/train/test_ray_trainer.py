@@ -20,7 +20,7 @@ from conftest import tiny_config
 from xtrain.cli import main
 from xtrain.errors import RunStateError, SettingsMismatchError
 from xtrain.runtime import StopRequest
-from xtrain.train.checkpoint import load_checkpoint
+from xtrain.models.checkpoint import load_checkpoint
 from xtrain.train.ray_trainer import PIDS, read_status, train
 
 pytestmark = pytest.mark.slow

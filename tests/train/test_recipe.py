@@ -17,7 +17,7 @@ from torch import nn
 from conftest import StopAfter, tiny_config
 from xtrain.config import load_config
 from xtrain.errors import ConfigError
-from xtrain.train.checkpoint import load_checkpoint
+from xtrain.models.checkpoint import load_checkpoint
 from xtrain.train.loop import WorkerContext, fit
 from xtrain.train.recipe import GlobalBatchNorm2d, make_ema, make_schedulers
 
@@ -217,7 +217,7 @@ def test_global_batchnorm_on_two_gloo_ranks_equals_batchnorm_of_the_whole_batch(
 
 
 def test_slab_validation_records_tpb_ratio_and_fraction_error(train_store, tmp_path):
-    from xtrain.data.stats import normalize
+    from xtrain.data.normalise import normalize
     from xtrain.data.store import open_store
     from xtrain.evaluate.microstructure import analyze
     from xtrain.models import create_model

@@ -30,7 +30,8 @@ from .. import __version__
 from ..errors import InvalidInputError, ShapeMismatchError
 from .stats import volume_stats
 from .store import DEFAULT_CLASSES, check_output, default_layout, write_store
-from .volumes import Volume, compute, label_lut, map_labels, open_volume
+from .scheduler import compute
+from .volumes import Volume, is_store, label_lut, map_labels, open_volume
 
 log = logging.getLogger(__name__)
 
@@ -72,7 +73,7 @@ def ingest(
     lut = None
     mask_vol = open_volume(mask) if mask is not None else None
     if labels is not None:
-        lab_stack = open_volume(labels, dataset="labels" if _is_store(labels) else None)
+        lab_stack = open_volume(labels, dataset="labels" if is_store(labels) else None)
         if lab_stack.shape != shape:
             raise ShapeMismatchError(
                 f"labels '{labels}' have shape {lab_stack.shape} (Z, Y, X) but images '{images}' have {shape}; "
@@ -87,7 +88,7 @@ def ingest(
 
     started = _dt.datetime.now(_dt.timezone.utc)
     with write_store(out, shape, layout, overwrite) as w:
-        image_arr = w.create("image", shape, stack.dtype)
+        image_arr = w.create("image", shape, stack.raw_dtype)
         label_arr = w.create("labels", shape, np.uint8) if lab_stack is not None else None
         with tqdm(total=shape[0], desc=f"ingest {out.name}", unit="slice", disable=None) as bar:
 
@@ -122,14 +123,3 @@ def ingest(
                  "statistics", stats["fill"]["value"], 100 * stats["fill"]["fraction"])
     log.info("ingested %d slices of %dx%d %s into %s", shape[0], shape[1], shape[2], stack.dtype, out)
     return out
-
-
-def _is_store(spec: Any) -> bool:
-    """An xtrain store (its labels are the ``labels`` dataset)."""
-    path = Path(os.fspath(spec))
-    try:
-        import json
-
-        return path.is_dir() and "xtrain" in json.loads((path / "zarr.json").read_text()).get("attributes", {})
-    except (OSError, ValueError):
-        return False

@@ -51,7 +51,8 @@ from torch.utils.data import BatchSampler, DataLoader, Dataset, Sampler
 from ..config import DataConfig
 from ..errors import ConfigError, InvalidInputError
 from .chunkcache import CachedArray, read_unit
-from .stats import normalize
+from ..geometry import reflect
+from .normalise import normalize
 from .volumes import Volume, open_volume
 
 log = logging.getLogger(__name__)
@@ -135,16 +136,6 @@ def split_regions(depth: int, cfg: DataConfig) -> Split:
 
 
 # --------------------------------------------------------------------------- reading
-
-
-def reflect(idx: np.ndarray, lo: int, hi: int) -> np.ndarray:
-    """Mirror integer indices into [lo, hi) without repeating the edge (-1 -> 1), any distance."""
-    n = hi - lo
-    if n == 1:
-        return np.full_like(idx, lo)
-    period = 2 * (n - 1)
-    i = np.mod(idx - lo, period)
-    return lo + np.where(i >= n, period - i, i)
 
 
 def _window_start(rng: np.random.Generator, lo: int, hi: int, p: int) -> int:

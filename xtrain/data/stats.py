@@ -1,8 +1,8 @@
-"""Intensity statistics computed while streaming a volume, and the normalisation they define.
+"""Intensity statistics of a volume: exact percentiles, the fill value, histogram peaks.
 
-Training and inference normalise with the same numbers, stored in the store's attributes
-and later in model.pt:  x_norm = (x - p0_5) / (p99_5 - p0_5), so the bulk of the data lies
-in [0, 1] whatever the scanner's units (uint16 counts or float32 phase values).
+They are stored in the store's attributes and later in model.pt; ``xtrain.data.normalise``
+turns them into the normalisation x_norm = (x - p0_5) / (p99_5 - p0_5), so the bulk of the
+data lies in [0, 1] whatever the scanner's units (uint16 counts or float32 phase values).
 """
 
 from __future__ import annotations
@@ -94,13 +94,6 @@ class IntensityStats:
             "p99_5": self.percentile(99.5),
             "hist": {"range": [float(lo), float(hi)], "counts": [int(c) for c in coarse]},
         }
-
-
-def normalize(x: np.ndarray, stats: dict[str, Any]) -> np.ndarray:
-    """Map raw intensities to float32 with the 0.5/99.5 percentiles at 0 and 1 (not clipped)."""
-    lo, hi = float(stats["p0_5"]), float(stats["p99_5"])
-    scale = 1.0 / (hi - lo) if hi > lo else 1.0
-    return ((np.asarray(x, dtype=np.float32) - np.float32(lo)) * np.float32(scale)).astype(np.float32, copy=False)
 
 
 # ----------------------------------------------------------------------------- whole volumes (Dask graphs)
@@ -204,7 +197,7 @@ def _first(volume, predicate) -> str:
     """Where the first voxel with ``predicate`` lies: '<file> (slice z) at y=.. x=..' (an error path: one more pass)."""
     import dask.array as da
 
-    from .volumes import compute
+    from .scheduler import compute
 
     flat = int(compute(da.argmax(predicate(volume.array).ravel()))[0])
     z, y, x = np.unravel_index(flat, volume.shape)
@@ -225,7 +218,7 @@ def volume_stats(volume, mask=None, fill: bool = True, percentiles: tuple[float,
     ``masked`` and ``q`` {q: value} for the extra ``percentiles``.  Raises ``NonFiniteError`` for Inf, or for NaN that is not a fill.
     """
     from ..errors import NonFiniteError, ShapeMismatchError
-    from .volumes import compute
+    from .scheduler import compute
 
     import dask
 

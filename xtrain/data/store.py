@@ -24,7 +24,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import shutil
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -37,6 +36,7 @@ import zarr
 from . import layout as ome
 from .layout import DEFAULT_CHUNKS, DEFAULT_SHARD_DEPTH, DEFAULT_SHARD_EDGE, Layout, compressor, default_layout  # noqa: F401
 from ..errors import CorruptFileError, InputNotFoundError, InvalidInputError, OutputExistsError
+from ..io import remove_path, replace_into_place
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +52,7 @@ class StoreInfo:
     voxel_size_nm: float | None = None
     source: dict[str, Any] = field(default_factory=dict)  # files, label map, generator preset ...
     stats: dict[str, Any] = field(default_factory=dict)  # see xtrain.data.stats.IntensityStats.to_dict
+    labels: dict[str, Any] = field(default_factory=dict)  # label census (xtrain.data.labels.LabelCensus.to_dict); {}: none
     complete: bool = False
     format: int = FORMAT_VERSION
 
@@ -63,6 +64,7 @@ class StoreInfo:
             "voxel_size_nm": self.voxel_size_nm,
             "source": self.source,
             "stats": self.stats,
+            **({"labels": self.labels} if self.labels else {}),
         }
 
     @classmethod
@@ -72,6 +74,7 @@ class StoreInfo:
             voxel_size_nm=d.get("voxel_size_nm"),
             source=dict(d.get("source", {})),
             stats=dict(d.get("stats", {})),
+            labels=dict(d.get("labels", {})),
             complete=bool(d.get("complete", False)),
             format=int(d.get("format", FORMAT_VERSION)),
         )
@@ -221,25 +224,6 @@ class StoreWriter:
         step = self.layout.slab
         for z0 in range(0, depth, step):
             yield slice(z0, min(z0 + step, depth))
-
-
-def remove_path(path: Path) -> None:
-    """Delete a file or a folder tree (a store, a partial output)."""
-    if path.is_dir() and not path.is_symlink():
-        shutil.rmtree(path, ignore_errors=True)
-    elif path.exists() or path.is_symlink():
-        path.unlink()
-
-
-def replace_into_place(src: Path, dst: Path) -> None:
-    """Rename a finished ``src`` to ``dst``; an existing ``dst`` (an --overwrite) is replaced only now."""
-    if dst.exists():
-        old = dst.parent / f".{dst.name}.old-{uuid.uuid4().hex[:8]}"
-        os.replace(dst, old)
-        os.replace(src, dst)
-        remove_path(old)
-    else:
-        os.replace(src, dst)
 
 
 def check_output(path: str | os.PathLike, overwrite: bool) -> Path:

@@ -127,7 +127,7 @@ def check_shape(shape: Sequence[int]) -> tuple[int, int, int]:
     try:
         dims = tuple(int(n) for n in shape)
     except (TypeError, ValueError):
-        raise InvalidInputError(f"shape must be 3 positive integers (Z, Y, X), e.g. 64,256,256; got {shape!r}")
+        raise InvalidInputError(f"shape must be 3 positive integers (Z, Y, X), e.g. 64,256,256; got {shape!r}") from None
     if len(dims) != 3 or min(dims) < 1 or any(float(n) != d for n, d in zip(shape, dims)):
         raise InvalidInputError(f"shape must be 3 positive integers (Z, Y, X), e.g. 64,256,256; got {tuple(shape)}")
     return dims  # type: ignore[return-value]

@@ -1,4 +1,4 @@
-"""Evaluation: a label volume against the true labels, classic baselines, reports and comparisons.
+"""Evaluation: a label volume against the true labels, classic baselines, reports.
 
     from xtrain.evaluate.core import evaluate, to_json
     result = evaluate("seg.zarr", "soc.zarr", z_range=(205, 250))
@@ -6,30 +6,19 @@
 
 Modules: ``metrics`` (confusion matrix, Dice/IoU), ``microstructure`` (phase fractions,
 interfacial areas, TPB, percolation), ``core`` (``evaluate``, label inputs), ``baselines``
-(Otsu, k-means, median + Otsu), ``report`` (tables, Markdown + PNG) and ``compare``
-(models, predictions and baselines side by side).
+(Otsu, k-means, median + Otsu) and ``report`` (tables, Markdown + PNG).  Comparing models,
+predictions and baselines side by side is a pipeline: ``xtrain.pipelines.compare``.
+Exports are imported on first use (``xtrain.lazy``).
 """
 
-from .baselines import BASELINES, fit_baseline, segment_baseline
-from .compare import compare
-from .core import evaluate, open_image_volume, open_label_volume, to_json
-from .metrics import ConfusionMatrix, confusion_matrix, scores
-from .microstructure import analyze
-from .report import format_tables, write_report
+from ..lazy import lazy_exports
 
-__all__ = [
-    "BASELINES",
-    "ConfusionMatrix",
-    "analyze",
-    "compare",
-    "confusion_matrix",
-    "evaluate",
-    "fit_baseline",
-    "format_tables",
-    "open_image_volume",
-    "open_label_volume",
-    "scores",
-    "segment_baseline",
-    "to_json",
-    "write_report",
-]
+__all__ = ["BASELINES", "ConfusionMatrix", "analyze", "confusion_matrix", "evaluate", "fit_baseline",
+           "format_tables", "open_image_volume", "open_label_volume", "scores", "segment_baseline", "to_json",
+           "write_report"]
+__getattr__, __dir__ = lazy_exports(__name__, {
+    "BASELINES": ".baselines", "fit_baseline": ".baselines", "segment_baseline": ".baselines",
+    "evaluate": ".core", "open_image_volume": ".core", "open_label_volume": ".core", "to_json": ".core",
+    "ConfusionMatrix": ".metrics", "confusion_matrix": ".metrics", "scores": ".metrics",
+    "analyze": ".microstructure", "format_tables": ".report", "write_report": ".report",
+})

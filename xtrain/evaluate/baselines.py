@@ -32,7 +32,7 @@ applied slab by slab to any volume:
   padding, as a whole-volume filter does).
 
 Every volume-wide pass (the median, the fitting histogram, the segmentation) is a Dask
-graph over the input's ``xtrain.data.volumes.Volume``, run by ``volumes.compute``.
+graph over the input's ``xtrain.data.volumes.Volume``, run by ``xtrain.data.scheduler.compute``.
 
 All three reduce to thresholds (+ the median), stored in the output's attributes.
 """
@@ -171,7 +171,8 @@ def _fit_histogram(volume, z_range: tuple[int, int], baseline: Baseline):
     import dask.array as da
 
     from ..data.stats import volume_stats
-    from ..data.volumes import array_volume, compute
+    from ..data.scheduler import compute
+    from ..data.volumes import array_volume
 
     region = filtered(volume, baseline)[z_range[0]:z_range[1]]
     dtype = np.dtype(volume.dtype)
@@ -216,7 +217,7 @@ def _sample(volume, z_range: tuple[int, int], n: int, seed: int) -> np.ndarray:
     rng = np.random.default_rng(seed)
     z0, z1 = z_range
     zs = np.unique(np.linspace(z0, z1 - 1, min(16, z1 - z0)).round().astype(int))
-    values = np.concatenate([volume.read(int(z), int(z) + 1).ravel() for z in zs])  # whole slices: cheap reads
+    values = np.concatenate([volume.read(volume.planes(int(z), int(z) + 1)).ravel() for z in zs])  # whole slices: cheap reads
     return values if values.size <= n else rng.choice(values, size=n, replace=False)
 
 
@@ -266,7 +267,7 @@ def segment_baseline(baseline: Baseline, volume: Any, out: str | os.PathLike, sl
     from ..data.stats import volume_stats
     from ..infer.postprocess import CLEAN_HALO, majority_labels
     from ..data.store import DEFAULT_CLASSES, check_output, default_layout, write_store
-    from ..data.volumes import compute
+    from ..data.scheduler import compute
     from ..data.volumes import open_volume as open_image_volume
     from ..infer.write import HDF5_SUFFIXES, TIFF_SUFFIXES, write_labels_file
 

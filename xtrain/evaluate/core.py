@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 
 from ..data.store import DEFAULT_CLASSES
-from ..data.volumes import Volume, array_volume, label_lut, map_labels, open_volume
+from ..data.volumes import Volume, array_volume, is_store, label_lut, open_volume
 from ..errors import ShapeMismatchError
 from .metrics import ConfusionMatrix, confusion_per_slice, dice_per_class, scores
 from .microstructure import DEFAULT_SLAB, analyze
@@ -40,46 +40,6 @@ from .microstructure import DEFAULT_SLAB, analyze
 log = logging.getLogger(__name__)
 
 # ----------------------------------------------------------------------------- inputs
-
-
-class LabelVolume:
-    """Class ids 0..K-1 (uint8) of any volume ``open_volume`` reads, through the one label lookup table.
-
-    ``source``: the raw label ``Volume``; ``image``: the grey values of the same store, if
-    it has them (for reports).  ``read(z0, z1)`` -> (n, Y, X) uint8; ``array``: the same as
-    a lazy Dask array; ``crop(z0, z1)`` a view of slices z0..z1-1.
-    """
-
-    def __init__(self, source: Volume, lut: np.ndarray, image: Volume | None = None):
-        self.source, self.lut, self.image = source, lut, image
-
-    spec = property(lambda self: self.source.spec)
-    shape = property(lambda self: self.source.shape)
-    z_offset = property(lambda self: self.source.z_offset)
-    voxel_size_nm = property(lambda self: self.source.voxel_size_nm)
-    classes = property(lambda self: self.source.classes)
-    info = property(lambda self: self.source.info)
-    dtype = np.dtype(np.uint8)
-
-    def read(self, z0: int, z1: int) -> np.ndarray:
-        return map_labels(self.source.read(z0, z1), self.lut, self.source, z0)
-
-    @property
-    def array(self):
-        """Class ids as a lazy dask.array (Z, Y, X) uint8; a bad value raises where it is computed."""
-        import dask.array as da
-
-        src = self.source.array
-
-        def block(raw: np.ndarray, block_info=None) -> np.ndarray:
-            z0 = int(block_info[0]["array-location"][0][0]) if block_info else 0
-            return map_labels(raw, self.lut, self.source, z0)
-
-        return da.map_blocks(block, src, dtype=np.uint8)
-
-    def crop(self, z0: int, z1: int) -> "LabelVolume":
-        return LabelVolume(self.source.crop(z0, z1), self.lut,
-                           self.image.crop(z0, z1) if self.image is not None else None)
 
 
 def open_image_volume(spec: Any, *, dataset: str | None = None, channel: int | None = None,
@@ -90,34 +50,29 @@ def open_image_volume(spec: Any, *, dataset: str | None = None, channel: int | N
 
 def _store_roles(path: Path) -> tuple[bool, bool]:
     """(has labels, has image) of an xtrain store or segmentation in either layout; (False, False) otherwise."""
-    import zarr
-
     from ..data.store import open_store
 
-    try:
-        is_xtrain = path.is_dir() and "xtrain" in dict(zarr.open_group(str(path), mode="r").attrs)
-    except Exception:  # not a Zarr group: another format, open_volume says what is wrong
-        return False, False
-    if not is_xtrain:
+    if not is_store(path):  # another format: open_volume says what is wrong
         return False, False
     store = open_store(path, require_image=False)
     return store.labels is not None, store.image is not None
 
 
 def open_label_volume(spec: Any, label_map: Mapping[int, int] | None = None,
-                      num_classes: int = len(DEFAULT_CLASSES), *, dataset: str | None = None) -> LabelVolume:
-    """Class-id volume from a store or segmentation (its ``labels``), any other volume, or a (Z, Y, X) array.
+                      num_classes: int = len(DEFAULT_CLASSES), *, dataset: str | None = None) -> Volume:
+    """Class ids 0..K-1 (uint8) of a store or segmentation (its ``labels``), any other volume, or a (Z, Y, X)
+    array: the label view (``Volume.as_labels``) through the one lookup table ``label_lut``.
 
     A Zarr group with a ``labels`` array (an xtrain store, a segmentation output) gives that
-    array, and its ``image`` (same shape) becomes ``.image`` for reports.
+    array, and its ``image`` (same shape) becomes ``.image`` for reports.  A label view is
+    returned as it is.
     """
-    if isinstance(spec, LabelVolume):
+    if isinstance(spec, Volume) and spec.lut is not None:
         return spec
     if isinstance(spec, np.ndarray):
-        source = array_volume(spec)
-        return LabelVolume(source, label_lut(spec.dtype, label_map, num_classes, "array"))
+        return array_volume(spec).as_labels(label_lut(spec.dtype, label_map, num_classes, "array"))
     if isinstance(spec, Volume):
-        return LabelVolume(spec, label_lut(spec.dtype, label_map, num_classes, spec.spec))
+        return spec.as_labels(label_lut(spec.raw_dtype, label_map, num_classes, spec.spec))
     path = Path(spec)
     image = None
     has_labels, has_image = _store_roles(path) if dataset is None else (False, False)
@@ -128,7 +83,7 @@ def open_label_volume(spec: Any, label_map: Mapping[int, int] | None = None,
     source = open_volume(spec, dataset=dataset)
     if image is not None and image.shape != source.shape:
         image = None
-    return LabelVolume(source, label_lut(source.dtype, label_map, num_classes, str(spec)), image)
+    return source.as_labels(label_lut(source.raw_dtype, label_map, num_classes, str(spec)), image)
 
 
 # ----------------------------------------------------------------------------- evaluation
@@ -212,11 +167,11 @@ def evaluate(pred: Any, truth: Any, *, classes: Sequence[str] | None = None, vox
     return result
 
 
-def _per_slice_confusion(pred: LabelVolume, truth: LabelVolume, k: int, slab: int) -> list[np.ndarray]:
+def _per_slice_confusion(pred: Volume, truth: Volume, k: int, slab: int) -> list[np.ndarray]:
     """(n, K, K) confusion matrices of every slice, as one Dask graph over z-slabs of both volumes."""
     import dask
 
-    from ..data.volumes import compute
+    from ..data.scheduler import compute
 
     depth = truth.shape[0]
     p, t = pred.array, truth.array

@@ -1,6 +1,6 @@
 """Microstructure of a three-phase label volume: a Dask graph over chunks, plus slab-wise percolation.
 
-    m = analyze(volume, voxel_size_nm=10)     # a Volume (open_volume, LabelVolume) or a (Z, Y, X) array
+    m = analyze(volume, voxel_size_nm=10)     # a Volume (open_volume, a label view) or a (Z, Y, X) array
     m["fractions"]["ni"], m["tpb"]["density"], m["percolation"]["pore"]["z"]
 
 Phases are class ids 0, 1, 2 = pore, YSZ, Ni (``classes`` only names them).
@@ -54,7 +54,7 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Sequence
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 from scipy import ndimage, sparse
@@ -70,19 +70,9 @@ STAIRCASE = 2.0 / 3.0  # mean true/staircase length (and area) ratio over isotro
 DEFAULT_SLAB = 32
 
 
-class Volume(Protocol):
-    """A label volume: ``shape`` (Z, Y, X), ``array`` (the voxels as a lazy dask.array, for the
-    Dask graph of the local counts) and ``read(z0, z1)`` -> (z1 - z0, Y, X) (percolation's
-    slabs), as ``xtrain.data.volumes.Volume`` and ``xtrain.evaluate.core.LabelVolume`` have."""
-
-    shape: tuple[int, int, int]
-    array: Any
-
-    def read(self, z0: int, z1: int) -> np.ndarray: ...
-
-
-def as_volume(volume: Any) -> Volume:
-    """A ``Volume`` as it is; a (Z, Y, X) array through ``xtrain.data.volumes.array_volume``."""
+def as_volume(volume: Any) -> Any:
+    """A ``Volume`` (``xtrain.data.volumes``: raw class ids or a label view) as it is; a (Z, Y, X) array
+    of class ids through ``array_volume``."""
     if hasattr(volume, "read"):
         return volume
     from ..data.volumes import array_volume
@@ -192,13 +182,13 @@ def counts(volume: Any, num_classes: int) -> tuple[np.ndarray, np.ndarray, np.nd
     """(voxels per phase (K,), faces (K, K), TPB edges along z, y, x (3,)) of a volume.
 
     A numpy array is counted whole; anything else through ``count_graph`` over its lazy
-    array (``.array``, or the dask array itself), computed by ``xtrain.data.volumes.compute``.
+    array (``.array``, or the dask array itself), computed by ``xtrain.data.scheduler.compute``.
     """
     k = num_classes
     if isinstance(volume, np.ndarray):
         total = local_counts(_check_labels(volume, k), volume.shape, k)
     else:
-        from ..data.volumes import compute
+        from ..data.scheduler import compute
 
         array = as_volume(volume).array
         (total,) = compute(count_graph(array, k))
@@ -363,12 +353,12 @@ def analyze(volume: Any, voxel_size_nm: float | None = None, classes: Sequence[s
     return result
 
 
-def _clusters(volume: Volume, slab: int, num_classes: int) -> list[_Clusters]:
+def _clusters(volume: Any, slab: int, num_classes: int) -> list[_Clusters]:
     """Pass 1 of percolation: every phase's clusters, labelled slab by slab and joined."""
     shape = tuple(int(s) for s in volume.shape)
     clusters = [_Clusters(shape) for _ in range(num_classes)]
     for z0 in range(0, shape[0], slab):
-        new = _check_labels(np.asarray(volume.read(z0, min(z0 + slab, shape[0]))), num_classes, (z0, 0, 0))
+        new = _check_labels(np.asarray(volume.read(volume.planes(z0, min(z0 + slab, shape[0])))), num_classes, (z0, 0, 0))
         for c, cl in enumerate(clusters):
             cl.add(new == c, z0)
     for cl in clusters:
@@ -376,13 +366,13 @@ def _clusters(volume: Volume, slab: int, num_classes: int) -> list[_Clusters]:
     return clusters
 
 
-def _active_edges(volume: Volume, slab: int, clusters: list[_Clusters]) -> np.ndarray:
+def _active_edges(volume: Any, slab: int, clusters: list[_Clusters]) -> np.ndarray:
     """(3 percolation axes, 3 edge orientations) counts of TPB edges touching percolating clusters of all phases."""
     active = np.zeros((3, 3), dtype=np.int64)
     prev_bits: np.ndarray | None = None  # (3, 1, Y, X) active bits of the previous slab's last slice
     depth = volume.shape[0]
     for z0 in range(0, depth, slab):
-        new = np.asarray(volume.read(z0, min(z0 + slab, depth))).astype(np.uint8, copy=False)
+        new = np.asarray(volume.read(volume.planes(z0, min(z0 + slab, depth)))).astype(np.uint8, copy=False)
         bits = np.zeros((3, *new.shape), dtype=np.uint8)  # per percolation axis: phase bit where percolating
         phase_bits = _bits(new)
         for c, cl in enumerate(clusters):

@@ -122,7 +122,7 @@ def middle_planes(volume, slab: int = 32) -> dict[str, np.ndarray]:
     zm, ym, xm = depth // 2, ny // 2, nx // 2
     xz, yz, xy = [], [], None
     for z0 in range(0, depth, slab):
-        block = volume.read(z0, min(z0 + slab, depth))  # (n, Y, X)
+        block = volume.read(volume.planes(z0, min(z0 + slab, depth)))  # (n, Y, X)
         xz.append(block[:, ym, :])
         yz.append(block[:, :, xm])
         if z0 <= zm < z0 + block.shape[0]:
@@ -203,7 +203,7 @@ def write_report(result: dict[str, Any], out_dir: str | os.PathLike, pred=None, 
                  slab: int = 32, overwrite: bool = False) -> Path:
     """``out_dir/report.md``, ``metrics.json`` (as ``--json``) and the PNG figures; returns report.md's path.
 
-    ``pred`` / ``truth``: the ``LabelVolume``s the result came from (cropped as evaluated),
+    ``pred`` / ``truth``: the label views (``open_label_volume``) the result came from (cropped as evaluated),
     needed for the slice figure (left out when missing); ``image``: grey values, or taken
     from ``truth.image`` / ``pred.image`` when those came from stores with an image.
     """

@@ -2,9 +2,11 @@
 
     from xtrain.infer import segment
     segment("runs/unet/model.pt", "scan.zarr", "scan_labels.zarr", workers=2, probabilities=True)
+
+Exports are imported on first use (``xtrain.lazy``).
 """
 
-from .segment import segment
-from .write import open_segmentation
+from ..lazy import lazy_exports
 
 __all__ = ["open_segmentation", "segment"]
+__getattr__, __dir__ = lazy_exports(__name__, {"segment": ".segmentation", "open_segmentation": ".write"})

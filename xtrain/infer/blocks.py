@@ -1,7 +1,7 @@
 """The splitter: a volume cut into blocks (the unit of work) and a global grid of 2D tiles.
 
     blocks = block_grid((Z, Y, X), (64, 512, 512))       # z-major list of Block (core boxes)
-    starts = tile_starts(Y, tile=256, stride=224)        # tile origins along one axis
+    size, starts = plan_tiles(Y, tile=512, halo=16)      # tile length and origins along one axis
 
 Two grids, on purpose independent of each other:
 
@@ -11,7 +11,7 @@ Two grids, on purpose independent of each other:
   shard file and one of them would lose its data.  ``align_block`` rounds a requested block
   up to that unit.
 * **Tiles** are the 2D windows the model sees.  Their origins are anchored to the volume
-  (``tile_starts``), not to the block, so a voxel is always predicted from the same tiles,
+  (``plan_tiles``), not to the block, so a voxel is always predicted from the same tiles,
   whichever block it falls into: the output does not depend on the block size at all
   (bit for bit, see predict.py) and has no seams.  A block reads the union of the tiles
   that touch its core (its "halo" in the plane) plus the 2.5D neighbour slices along the
@@ -26,12 +26,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..data.sampler import reflect  # the same mirror rule training used for its 2.5D slices
+from ..geometry import Box, box_shape, reflect  # the mirror rule training used for its 2.5D slices
 
-__all__ = ["Block", "Box", "align_block", "block_grid", "box_shape", "plan_tiles", "read_box", "reflect", "tile_size",
-           "tile_starts", "tiles_touching"]
-
-Box = tuple[tuple[int, int], tuple[int, int], tuple[int, int]]
+__all__ = ["Block", "Box", "align_block", "block_grid", "box_shape", "input_box", "plan_tiles", "reflect",
+           "tiles_touching"]
 
 
 @dataclass(frozen=True)
@@ -49,10 +47,6 @@ class Block:
     @property
     def voxels(self) -> int:
         return int(np.prod(box_shape(self.core)))
-
-
-def box_shape(box: Box) -> tuple[int, int, int]:
-    return tuple(b - a for a, b in box)  # type: ignore[return-value]
 
 
 def align_block(block: tuple[int, int, int], unit: tuple[int, int, int],
@@ -80,20 +74,6 @@ def block_grid(shape: tuple[int, int, int], block: tuple[int, int, int]) -> list
     ]
 
 
-def tile_starts(n: int, tile: int, stride: int) -> np.ndarray:
-    """Origins of the tiles along an axis of length ``n``: 0, stride, 2*stride, ... and n - tile.
-
-    The last tile is pulled back to end at the volume border (as MONAI does) instead of
-    sticking out, so no tile needs padding; an axis shorter than ``tile`` gets one tile of
-    length ``n`` (``tile_size``).
-    """
-    t = min(tile, n)
-    starts = list(range(0, n - t + 1, max(1, stride)))
-    if starts[-1] + t < n:
-        starts.append(n - t)
-    return np.asarray(starts, dtype=np.int64)
-
-
 def plan_tiles(n: int, tile: int, halo: int) -> tuple[int, np.ndarray]:
     """(length, origins) of the tiles along an axis of ``n`` voxels, planned to the axis.
 
@@ -101,7 +81,7 @@ def plan_tiles(n: int, tile: int, halo: int) -> tuple[int, np.ndarray]:
     overlapping by at least ``2 * halo``: k = ceil((n - 2h) / (tile - 2h)) tiles of length
     ceil((n + 2h (k - 1)) / k), evenly spread from 0 to n - length.  An axis of at most
     ``tile`` voxels is one tile: a 501-voxel axis with tile 512 is one tile, not the three
-    256-voxel tiles (768 voxels of work) of ``tile_starts(501, 256, 224)``.  The plan depends
+    256-voxel tiles (768 voxels of work) that a fixed stride of 224 would give.  The plan depends
     on (n, tile, halo) only, never on a block, so output stays block-independent.
     """
     if n <= tile:
@@ -112,16 +92,12 @@ def plan_tiles(n: int, tile: int, halo: int) -> tuple[int, np.ndarray]:
     return int(size), starts
 
 
-def tile_size(n: int, tile: int) -> int:
-    return min(tile, n)
-
-
 def tiles_touching(starts: np.ndarray, t: int, lo: int, hi: int) -> np.ndarray:
     """The tile origins (of length-``t`` tiles) that overlap the range [lo, hi)."""
     return starts[(starts < hi) & (starts + t > lo)]
 
 
-def read_box(core: Box, shape: tuple[int, int, int], axes: tuple[int, ...], tile: int, stride: int,
+def input_box(core: Box, shape: tuple[int, int, int], axes: tuple[int, ...], tile: int, stride: int,
              context: int) -> Box:
     """The region a block must read: for each slicing axis, the core +- ``context`` slices
     (mirrored into the volume) along it and the union of the touching tiles across it

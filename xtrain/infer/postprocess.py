@@ -21,7 +21,7 @@ SOC data (mean grain sizes of tens of voxels).
 Blockwise exactness: the filter of a voxel reads only its neighbourhood, so a block predicts
 its core grown by ``CLEAN_HALO`` = 1 voxel (clipped to the volume; predictions do not depend
 on the block, see predict.py), filters and keeps the core.  Outside the volume, values are
-mirrored without repeating the edge (-1 -> 1, the rule of data/sampler.reflect).  The sums
+mirrored without repeating the edge (-1 -> 1, the rule of geometry.reflect).  The sums
 are three separable 3-tap sums in a fixed order, each voxel's from its own neighbourhood
 only, so the output is bit-identical for every block size and worker count (tested).
 """
@@ -30,17 +30,11 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..data.sampler import reflect
-from .blocks import Box
+from ..geometry import Box, box_shape, grow, reflect
 
 __all__ = ["CLEAN_HALO", "grow", "majority_filter", "majority_labels", "neighbourhood_mean"]
 
 CLEAN_HALO = 1  # voxels of context each side the 3 x 3 x 3 filter needs
-
-
-def grow(core: Box, halo: int, shape: tuple[int, int, int]) -> Box:
-    """``core`` grown by ``halo`` voxels on every side, clipped to the volume."""
-    return tuple((max(0, a - halo), min(n, b + halo)) for (a, b), n in zip(core, shape))  # type: ignore[return-value]
 
 
 def _with_context(data: np.ndarray, box: Box, core: Box, shape: tuple[int, int, int]) -> np.ndarray:
@@ -87,14 +81,10 @@ def majority_labels(labels: np.ndarray, box: Box, core: Box, shape: tuple[int, i
                     num_classes: int = 3) -> np.ndarray:
     """(*box) uint8 class ids -> (*core) uint8 majority of each 3 x 3 x 3 neighbourhood (ties: keep the centre)."""
     labels = np.asarray(labels)
-    votes = np.zeros((num_classes, *core_shape(core)), np.float32)
+    votes = np.zeros((num_classes, *box_shape(core)), np.float32)
     for k in range(num_classes):
         votes[k] = neighbourhood_mean(labels == k, box, core, shape)
     centre = labels[tuple(slice(c0 - b0, c1 - b0) for (c0, c1), (b0, _) in zip(core, box))]
     np.put_along_axis(votes, centre[None].astype(np.int64),
                       np.take_along_axis(votes, centre[None].astype(np.int64), 0) + np.float32(0.5 / 27), 0)
     return votes.argmax(axis=0).astype(np.uint8)
-
-
-def core_shape(core: Box) -> tuple[int, int, int]:
-    return tuple(b - a for a, b in core)  # type: ignore[return-value]

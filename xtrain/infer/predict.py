@@ -38,9 +38,10 @@ import torch
 from torch import nn
 from torch.nn.utils import fuse_conv_bn_eval
 
-from ..runtime import never
-from .blocks import Box, plan_tiles, read_box, reflect, tiles_touching
-from .volume import Volume
+from ..data.volumes import Volume
+from ..geometry import Box, reflect
+from ..stop import never
+from .blocks import input_box, plan_tiles, tiles_touching
 
 log = logging.getLogger(__name__)
 
@@ -133,8 +134,9 @@ class Predictor:
 
     # ------------------------------------------------------------------ one block
 
-    def read_box(self, core: Box, shape: tuple[int, int, int]) -> Box:
-        return read_box(core, shape, self.axes, self.tile, self.stride, self.context)
+    def input_box(self, core: Box, shape: tuple[int, int, int]) -> Box:
+        """The box a block with ``core`` reads: its tiles and 2.5D slices (``blocks.input_box``)."""
+        return input_box(core, shape, self.axes, self.tile, self.stride, self.context)
 
     def predict(self, volume: Volume, core: Box, should_stop: Callable[[], bool] = never) -> np.ndarray:
         """Probabilities (K, z, y, x) float32 of the block ``core`` (reads only its read box).
@@ -142,7 +144,7 @@ class Predictor:
         ``should_stop`` is asked before every batch of tiles; once it is true the block is
         abandoned with ``PredictionStopped`` (a 250x501x501 ``--axes zyx`` block takes minutes
         on a CPU, longer than Slurm's warning before SIGKILL)."""
-        box = self.read_box(core, volume.shape)
+        box = self.input_box(core, volume.shape)
         data = volume.read(box)  # (z, y, x) normalised, the core plus its tiles and 2.5D slices
         out = np.zeros((self.num_classes, *(b - a for a, b in core)), np.float32)
         for axis in self.axes:

@@ -43,18 +43,20 @@ import numpy as np
 import zarr
 
 from ..data import layout as ome
-from ..data.store import Layout, open_segmentation, remove_path, replace_into_place  # noqa: F401 (re-export)
+from ..data.layout import Layout
+from ..data.store import open_segmentation  # noqa: F401 (re-export)
+from ..data.volumes.formats import OUTPUT_HDF5_SUFFIXES as HDF5_SUFFIXES
+from ..data.volumes.formats import OUTPUT_TIFF_SUFFIXES as TIFF_SUFFIXES
 from ..errors import CorruptFileError
-from ..runtime import atomic_write
-from .blocks import Block, Box
+from ..geometry import Box
+from ..io import atomic_write, remove_path, replace_into_place
+from .blocks import Block
 
 log = logging.getLogger(__name__)
 
 GROUP = "out.zarr"
 MARKERS = "blocks"
 JOB = "job.json"
-TIFF_SUFFIXES = (".tif", ".tiff")
-HDF5_SUFFIXES = (".h5", ".hdf5", ".nxs")
 
 
 def work_dir(out: Path) -> Path:
@@ -269,16 +271,17 @@ def write_labels_file(out: Path, slabs: Iterator[np.ndarray], shape: tuple[int, 
 
 
 def copy_image(volume: Any, image: zarr.Array, slab: int) -> None:
-    """Level 0 of the output image from ``volume.read_raw`` (the input's grey values), slab by slab."""
-    z, y, x = image.shape
+    """Level 0 of the output image from ``volume``'s raw grey values (``Volume.raw``), slab by slab."""
+    raw = volume.raw()
+    z = image.shape[0]
     for z0 in range(0, z, slab):
-        image[z0:min(z0 + slab, z)] = volume.read_raw(((z0, min(z0 + slab, z)), (0, y), (0, x)))
+        image[z0:min(z0 + slab, z)] = raw.read(raw.planes(z0, min(z0 + slab, z)))
 
 
 def finish(work: Path, out: Path, slab: int, volume: Any = None, layout: Layout | None = None) -> Path:
     """Turn the work group into ``out`` (.zarr / .tif / .h5); remove ``work``.
 
-    ``.zarr``: copy the input image from ``volume`` (anything with ``read_raw(box)``), build the
+    ``.zarr``: copy the input image from ``volume`` (a ``Volume``, raw or a view), build the
     pyramids and OME attributes (``layout.finish_group``), mark complete, rename.  Running it
     again after an interruption gives the same output.
     """

@@ -13,7 +13,7 @@ One training step (the training loop does this; fake probabilities are computed 
 
     logits = model(x)                                        # (B, K, Y, X)
     fake = logits.softmax(1)
-    real, valid = one_hot(labels, K)                         # from xtrain.losses
+    real, valid = one_hot(labels, K)                         # from xtrain.train.losses
     fake = fake * valid                                      # hide unlabelled pixels from D
     d_opt.zero_grad(); discriminator_loss(model.discriminator, x, real, fake).backward(); d_opt.step()
     g_opt.zero_grad()

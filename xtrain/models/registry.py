@@ -16,6 +16,7 @@ here rely on.
 from __future__ import annotations
 
 import difflib
+import importlib
 import inspect
 import typing
 from collections.abc import Callable
@@ -26,6 +27,7 @@ from torch import nn
 from ..errors import ConfigError, UnknownNameError
 
 _MODELS: dict[str, type[nn.Module]] = {}
+BUILTIN = ("xtrain.models.unet", "xtrain.models.pix2pix", "xtrain.models.mlp")  # registered on first lookup
 
 
 def register_model(name: str) -> Callable[[type[nn.Module]], type[nn.Module]]:
@@ -44,13 +46,20 @@ def register_model(name: str) -> Callable[[type[nn.Module]], type[nn.Module]]:
     return decorate
 
 
+def _builtin() -> dict[str, type[nn.Module]]:
+    """The registry, with xtrain's own models imported (each registers itself with ``register_model``)."""
+    for module in BUILTIN:
+        importlib.import_module(module)
+    return _MODELS
+
+
 def list_models() -> list[str]:
     """The registered model names, sorted."""
-    return sorted(_MODELS)
+    return sorted(_builtin())
 
 
 def _model_class(name: str) -> type[nn.Module]:
-    if name not in _MODELS:
+    if name not in _builtin():
         raise UnknownNameError("model", name, _MODELS)
     return _MODELS[name]
 

@@ -30,14 +30,14 @@ from torch import nn
 
 from ..config import Config, config_to_dict
 from ..data.sampler import GridPatches, RandomPatches, patch_loader, split_regions
-from ..csvio import read_csv, write_csv
+from ..io import read_csv, write_csv
 from ..data.store import open_store
 from ..errors import ConfigError, InvalidInputError
-from ..losses import create_loss
+from .losses import create_loss
 from ..malloc import keep_freed_memory
 from ..evaluate.metrics import ConfusionMatrix, allreduce_confusion, scores
 from ..models import create_model, model_kwargs
-from .checkpoint import base_checkpoint, inference_checkpoint, rng_states, save_checkpoint
+from ..models.checkpoint import base_checkpoint, inference_checkpoint, rng_states, save_checkpoint
 from .recipe import convert_sync_batchnorm, has_batchnorm, load_scheduler_states, make_ema, make_schedulers
 from .validate import ValidationSlab, selection_score
 

@@ -31,9 +31,10 @@ from collections.abc import Callable
 from typing import Any
 
 from .. import runtime
+from ..io import atomic_write, disk_full_cause, disk_full_error
 from ..config import Config, config_from_dict, config_to_dict, describe_differences, differences, save_config
 from ..errors import DiskFullError, RunStateError, SettingsMismatchError, XtrainError
-from .checkpoint import load_checkpoint
+from ..models.checkpoint import load_checkpoint
 from .loop import LAST, WorkerContext, fit, preflight
 
 log = logging.getLogger(__name__)
@@ -60,7 +61,7 @@ def read_status(run_dir: Path) -> dict[str, Any]:
 
 def write_status(run_dir: Path, **fields: Any) -> None:
     status = {**read_status(run_dir), **fields, "updated": time.strftime("%Y-%m-%dT%H:%M:%S")}
-    runtime.atomic_write(run_dir / STATUS, json.dumps(status, indent=2), what="the run status")
+    atomic_write(run_dir / STATUS, json.dumps(status, indent=2), what="the run status")
 
 
 class AlreadyComplete(Exception):
@@ -141,7 +142,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     context = ray.train.get_context()
     rank = context.get_world_rank()
     (run_dir / PIDS).mkdir(exist_ok=True)  # which process is which rank (operators, tests killing one)
-    runtime.atomic_write(run_dir / PIDS / f"rank-{rank}", f"{os.getpid()}\n", what="a worker pid file")
+    atomic_write(run_dir / PIDS / f"rank-{rank}", f"{os.getpid()}\n", what="a worker pid file")
     xlog = logging.getLogger("xtrain")
     xlog.setLevel(logging.INFO)
     if rank == 0 and not any(isinstance(h, logging.FileHandler) for h in xlog.handlers):
@@ -254,8 +255,8 @@ def fit_trainer(trainer, run_dir: Path, **status: Any) -> dict[str, Any]:
         result = trainer.fit()
     except BaseException as exc:
         cause = worker_error(exc)
-        if cause is None and runtime.disk_full_cause(exc) is not None:
-            cause = runtime.disk_full_error(exc, run_dir, "the run")
+        if cause is None and disk_full_cause(exc) is not None:
+            cause = disk_full_error(exc, run_dir, "the run")
         error = str(cause) if cause is not None else f"{type(exc).__name__}: {exc}"
         try:
             # a Tune trial that the sweep already settled (ended by its scheduler: the training died

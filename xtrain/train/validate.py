@@ -29,24 +29,14 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from ..data.stats import normalize
+from ..data.normalise import normalize
+from ..data.volumes import array_volume
 from ..data.store import open_store
 from ..infer.predict import Predictor
 from ..evaluate.metrics import confusion_matrix
 from ..evaluate.microstructure import analyze
 
 log = logging.getLogger(__name__)
-
-
-class _ArrayVolume:
-    """A normalised in-memory (Z, Y, X) array behind the ``Volume.read(box)`` interface of predict.py."""
-
-    def __init__(self, data: np.ndarray):
-        self.data = data
-        self.shape = tuple(int(s) for s in data.shape)
-
-    def read(self, box) -> np.ndarray:
-        return self.data[tuple(slice(a, b) for a, b in box)]
 
 
 @dataclass
@@ -62,7 +52,7 @@ class ValidationSlab:
     def __init__(self, store_path: str | os.PathLike, region: tuple[int, int], stats: dict[str, Any]):
         store = open_store(store_path)
         z0, z1 = region
-        self.image = _ArrayVolume(normalize(np.asarray(store.image[z0:z1]), stats))
+        self.image = array_volume(normalize(np.asarray(store.image[z0:z1]), stats), spec=f"{store_path} z {z0}..{z1}")
         self.labels = np.asarray(store.labels[z0:z1]).astype(np.uint8)
         self._truth: dict[str, Any] | None = None
 

@@ -58,7 +58,8 @@ from pathlib import Path
 from typing import Any
 
 from .. import runtime
-from ..csvio import write_csv
+from ..io import atomic_write
+from ..io import write_csv
 from ..config import Config, config_from_dict, config_to_dict, describe_differences, differences, load_config, \
     save_config
 from ..errors import ConfigError, RunStateError, SettingsMismatchError, UnknownNameError
@@ -177,7 +178,7 @@ def run_trial(config: dict[str, Any], base: dict[str, Any], tune_dir: str) -> No
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / STOP).unlink(missing_ok=True)
     save_config(cfg, run_dir / "config.yaml")
-    runtime.atomic_write(run_dir / "params.json", json.dumps(params, indent=2, default=str), what="trial parameters")
+    atomic_write(run_dir / "params.json", json.dumps(params, indent=2, default=str), what="trial parameters")
 
     trainer, attempt = make_trainer(cfg, run_dir, run_dir / LAST if resume else None,
                                     callbacks=[TuneReportCallback()])
@@ -258,7 +259,7 @@ class SweepComplete(Exception):
 
 def sweep_finished(tune_dir: Path) -> bool:
     """results.csv lists every trial as finished or early-stopped (by the scheduler)."""
-    from ..csvio import read_csv
+    from ..io import read_csv
 
     rows = read_csv(tune_dir / RESULTS)
     return bool(rows) and all(r.get("status") in ("finished", "early-stopped") for r in rows)
@@ -341,7 +342,7 @@ def sweep(cfg: Config, tune_dir: str | Path, resume: bool = False,
     try:
         tune_dir, cfg = prepare_tune_dir(tune_dir, cfg, resume)
     except SweepComplete:
-        from ..csvio import read_csv
+        from ..io import read_csv
 
         tune_dir = Path(tune_dir).resolve()
         rows = read_csv(tune_dir / RESULTS)
@@ -529,8 +530,8 @@ def export_best(tune_dir: Path, trial_id: str) -> None:
     run_dir = tune_dir / TRIALS / trial_id
     cfg = load_config(run_dir / "config.yaml")
     (tune_dir / "best").mkdir(exist_ok=True)
-    runtime.atomic_write(tune_dir / "best" / BEST, (run_dir / BEST).read_bytes(), what="the best model")
-    runtime.atomic_write(tune_dir / "best" / "trial", trial_id + "\n", what="the best trial id")
+    atomic_write(tune_dir / "best" / BEST, (run_dir / BEST).read_bytes(), what="the best model")
+    atomic_write(tune_dir / "best" / "trial", trial_id + "\n", what="the best trial id")
     save_config(cfg, tune_dir / BEST_YAML)  # last: best.yaml present means the export is complete
 
 

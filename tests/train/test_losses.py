@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from xtrain.errors import ConfigError, ShapeMismatchError, UnknownNameError
-from xtrain.losses import CEDiceLoss, CrossEntropyLoss, DiceLoss, create_loss
+from xtrain.train.losses import CEDiceLoss, CrossEntropyLoss, DiceLoss, create_loss
 
 
 def _batch(seed=0, shape=(2, 7, 9)):

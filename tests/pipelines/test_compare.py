@@ -8,7 +8,7 @@ import pytest
 
 from conftest import make_store
 from xtrain.cli import main
-from xtrain.evaluate.compare import compare
+from xtrain.pipelines.compare import compare
 from xtrain.evaluate.core import evaluate
 from xtrain.infer import segment
 
@@ -59,7 +59,7 @@ def test_demo_runs_end_to_end_and_the_model_beats_otsu(ray_cluster, tmp_path, ca
 
 
 def test_a_study_is_read_from_the_sweep_results(tmp_path):
-    from xtrain.evaluate.compare import read_study
+    from xtrain.pipelines.compare import read_study
 
     (tmp_path / "results.csv").write_text(
         "trial_id,status,epochs,data.fraction,train.seed,final_val_mean_dice,best_val_mean_dice,model_path\n"

@@ -48,15 +48,15 @@ from typing import Any
 
 import numpy as np
 
-from . import runtime
-from .errors import DiskFullError, InputNotFoundError, RunInterrupted, XtrainError
+from ..io import atomic_write, disk_full_cause, disk_full_error
+from ..stop import never
+from ..data.volumes.formats import is_hdf5, is_store, is_tiff_folder, is_volume_file, is_zarr_dir
+from ..errors import DiskFullError, InputNotFoundError, RunInterrupted, XtrainError
 
 log = logging.getLogger(__name__)
 
 REGISTRY = "registry.sqlite"
 LOCK = ".nightly.lock"
-TIFF_SUFFIXES = (".tif", ".tiff")
-HDF5_SUFFIXES = (".h5", ".hdf5", ".hdf", ".nxs", ".nx5", ".cxi")
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS scans (
@@ -137,24 +137,13 @@ def find_scans(incoming: Path) -> list[Scan]:
     for entry in sorted(incoming.iterdir()):
         if entry.name.startswith("."):
             continue
-        if entry.is_dir() and (entry.suffix == ".zarr" or (entry / "zarr.json").exists()
-                               or (entry / ".zgroup").exists() or (entry / ".zarray").exists()):
-            scans.append(Scan(entry.stem, entry, "zarr" if _is_store(entry) else "other-zarr"))
-        elif entry.is_dir() and any(p.suffix.lower() in TIFF_SUFFIXES for p in entry.iterdir()):
+        if entry.is_dir() and (entry.suffix == ".zarr" or is_zarr_dir(entry)):
+            scans.append(Scan(entry.stem, entry, "zarr" if is_store(entry) else "other-zarr"))
+        elif is_tiff_folder(entry):
             scans.append(Scan(entry.name, entry, "folder"))
-        elif entry.is_file() and entry.suffix.lower() in TIFF_SUFFIXES:
-            scans.append(Scan(entry.stem, entry, "tiff"))
-        elif entry.is_file() and entry.suffix.lower() in HDF5_SUFFIXES:
-            scans.append(Scan(entry.stem, entry, "hdf5"))
+        elif is_volume_file(entry):  # every TIFF / HDF5 / NeXus suffix open_volume reads (formats.py)
+            scans.append(Scan(entry.stem, entry, "hdf5" if is_hdf5(entry) else "tiff"))
     return scans
-
-
-def _is_store(path: Path) -> bool:
-    """An xtrain store (segmented in place); any other Zarr is ingested first."""
-    try:
-        return "xtrain" in json.loads((path / "zarr.json").read_text()).get("attributes", {})
-    except (OSError, ValueError):
-        return False
 
 
 # ----------------------------------------------------------------------------- registry
@@ -215,7 +204,7 @@ class Registry:
                             "version=(SELECT version FROM scans WHERE name=?)", (state, now, result, error, name, name))
             self.db.commit()
         except sqlite3.OperationalError as exc:
-            if runtime.disk_full_cause(exc) is None or state == "done":
+            if disk_full_cause(exc) is None or state == "done":
                 raise
             self.db.rollback()  # the scan stays "running": the next run resumes it
             log.error("%s: could not record '%s' in the registry (%s); it resumes next time", name, state, exc)
@@ -263,14 +252,14 @@ def version_dir(results: Path, name: str, version: int) -> Path:
 
 
 def process_scan(scan: Scan, model: Path, results: Path, segment_options: dict[str, Any], version: int = 1,
-                 should_stop: Callable[[], bool] = runtime.never, resume: bool = False) -> dict:
+                 should_stop: Callable[[], bool] = never, resume: bool = False) -> dict:
     """Ingest (unless already a store), segment and QC one scan; returns the QC summary.
 
     ``resume``: the scan is unchanged since an earlier attempt: keep its ingested store and
     continue (or accept, "already complete") its segmentation.  Otherwise both are redone."""
-    from .data.ingest import ingest
-    from .data.store import remove_path
-    from .infer import segment
+    from ..data.ingest import ingest
+    from ..io import remove_path
+    from ..infer import segment
 
     out_dir = version_dir(results, scan.name, version)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -290,7 +279,7 @@ def process_scan(scan: Scan, model: Path, results: Path, segment_options: dict[s
     segment(model, volume, labels, resume=resume, overwrite=not resume, probabilities=True,
             should_stop=should_stop, **segment_options)
     qc = quality_summary(volume, labels, model)
-    runtime.atomic_write(out_dir / "qc.json", json.dumps(qc, indent=2), what="the QC summary")
+    atomic_write(out_dir / "qc.json", json.dumps(qc, indent=2), what="the QC summary")
     return qc
 
 
@@ -300,14 +289,14 @@ def quality_summary(volume: Path, labels: Path, model: Path) -> dict[str, Any]:
     ``intensity_drift`` is the number ``segment`` computed and recorded in the output
     (``xtrain.source.distribution_shift``: Wasserstein-1 between the normalised intensity
     distributions, infer/volume.py), so the warning here and segment's agree."""
-    from .infer import open_segmentation
-    from .infer.volume import SHIFT_WARN
-    from .train.checkpoint import load_checkpoint
+    from ..infer import open_segmentation
+    from ..data.normalise import SHIFT_WARN
+    from ..models.checkpoint import load_checkpoint
 
     import dask
 
-    from .data.volumes import compute
-    from .data.zarrio import zarr_dask
+    from ..data.scheduler import compute
+    from ..data.volumes.zarr import zarr_dask
 
     seg = open_segmentation(labels)
     lab = zarr_dask(seg.labels, f"{labels} labels")  # not da.from_zarr: the graph may run on Ray (zarr_dask)
@@ -346,14 +335,14 @@ def quality_summary(volume: Path, labels: Path, model: Path) -> dict[str, Any]:
 def run_nightly(incoming: str | Path, model: str | Path, results: str | Path, *, once: bool = False,
                 interval: float = 300.0, settle: float = 120.0, max_attempts: int = 3, redo: list[str] | None = None,
                 segment_options: dict[str, Any] | None = None, max_cycles: int | None = None,
-                should_stop: Callable[[], bool] = runtime.never) -> dict[str, int]:
+                should_stop: Callable[[], bool] = never) -> dict[str, int]:
     """Process every stable new or changed scan; loop every ``interval`` seconds unless ``once``.
 
     Returns counts of this run's outcomes: {"done": n, "failed": n, "skipped": n, "waiting": n}.
     Raises ``RunInterrupted`` when ``should_stop()`` turns true (the running scan checkpoints
     and resumes next time) and ``DiskFullError`` when the results file system is full.
     """
-    from .train.checkpoint import file_checksum, load_checkpoint
+    from ..models.checkpoint import file_checksum, load_checkpoint
 
     incoming, model, results = Path(incoming), Path(model), Path(results)
     load_checkpoint(model)  # a bad model is one clear error before anything else
@@ -386,7 +375,7 @@ def run_nightly(incoming: str | Path, model: str | Path, results: str | Path, *,
 
 def _one_pass(incoming: Path, model: Path, results: Path, registry: Registry, model_sha: str, settle: float,
               max_attempts: int, segment_options: dict[str, Any],
-              should_stop: Callable[[], bool] = runtime.never) -> dict[str, int]:
+              should_stop: Callable[[], bool] = never) -> dict[str, int]:
     counts = {"done": 0, "failed": 0, "skipped": 0, "waiting": 0}
     for scan in find_scans(incoming):
         if should_stop():
@@ -433,8 +422,8 @@ def _one_pass(incoming: Path, model: Path, results: Path, registry: Registry, mo
             counts["failed"] += 1
             continue
         except Exception as exc:  # an unexpected bug must not stop the other scans either
-            if runtime.disk_full_cause(exc) is not None:
-                error = runtime.disk_full_error(exc, version_dir(results, scan.name, version), "the scan's results")
+            if disk_full_cause(exc) is not None:
+                error = disk_full_error(exc, version_dir(results, scan.name, version), "the scan's results")
                 registry.finish(scan.name, "failed", error=str(error), count_attempt=False)
                 raise error from exc
             registry.finish(scan.name, "failed", error=f"{type(exc).__name__}: {exc}")

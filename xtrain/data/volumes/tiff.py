@@ -22,20 +22,18 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import re
 from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import tifffile
 
-from ..errors import CorruptFileError, InputNotFoundError, InvalidInputError, ShapeMismatchError
-from .volumes import (TIFF_SUFFIXES, HandleReader, Reader, Volume, check_dtype, decode_error, glob_files, make_volume,
-                      natural_key, select_axes, unit_to_nm)
+from ...errors import CorruptFileError, InputNotFoundError, InvalidInputError, ShapeMismatchError
+from .base import HandleReader, Reader, Volume, check_dtype, decode_error, make_volume, select_axes, unit_to_nm
+from .formats import GLOB_CHARS, TIFF_SUFFIXES, glob_files, natural_key
 
 log = logging.getLogger(__name__)
 
-_GLOB_CHARS = re.compile(r"[*?\[]")
 __all__ = ["open_tiff", "natural_key", "TIFF_SUFFIXES"]
 
 
@@ -198,7 +196,7 @@ def _resolve(spec: str) -> tuple[list[Path], bool]:
         return sorted(files, key=natural_key), False
     if path.is_file():
         return [path], True
-    if _GLOB_CHARS.search(spec):
+    if GLOB_CHARS.search(spec):
         files = glob_files(spec)
         if not files:
             raise InputNotFoundError(f"pattern '{spec}' matches no files; check the folder and the pattern")

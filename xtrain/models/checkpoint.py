@@ -1,4 +1,4 @@
-"""Checkpoints: one dict of states, written atomically.
+"""Checkpoints: one dict of states, written atomically, and the network they hold.
 
     last.pt   everything needed to continue training (model + optimiser states, epoch,
               step, RNG states, resolved config, normalisation statistics, classes)
@@ -6,6 +6,11 @@
               normalisation statistics, classes, config and validation metrics
 
 Both are plain ``torch.save`` dicts, loadable without the config files that made them.
+Checkpoints belong to the models: inference (``model_from_checkpoint``) needs nothing of training.
+
+    ckpt = load_checkpoint("runs/unet/model.pt")
+    model, info = model_from_checkpoint(ckpt, "runs/unet/model.pt")   # nn.Module with its weights
+    info.in_channels, info.num_classes, info.classes
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ import hashlib
 import io
 import os
 import random
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -21,8 +27,9 @@ import numpy as np
 import torch
 
 from .. import __version__
-from ..errors import CorruptFileError, InputNotFoundError
-from ..runtime import atomic_write
+from ..errors import CorruptFileError, InputNotFoundError, InvalidInputError, XtrainError
+from ..io import atomic_write
+from .registry import create_model
 
 FORMAT = 1
 INFERENCE_KEYS = ("format", "kind", "model_name", "model_kwargs", "model_state", "config", "stats", "classes",
@@ -77,3 +84,43 @@ def file_checksum(path: str | os.PathLike) -> str:
 
 def base_checkpoint(**fields: Any) -> dict[str, Any]:
     return {"format": FORMAT, "kind": "train", "xtrain_version": __version__, **fields}
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """What a model.pt says about its input and output: (in_channels, num_classes, classes)."""
+
+    in_channels: int  # 2.5D: the centre slice and (in_channels - 1) / 2 neighbours on each side
+    num_classes: int
+    classes: list[str]
+
+
+def model_info(ckpt: dict[str, Any], path: str | os.PathLike) -> ModelInfo:
+    """The channels and classes of a checkpoint, checked for consistency (``InvalidInputError`` for an
+    even channel count, ``CorruptFileError`` for class names that do not match the class count)."""
+    kwargs = ckpt.get("model_kwargs", {})
+    c, k = int(kwargs.get("in_channels", 1)), int(kwargs.get("num_classes", 3))
+    classes = list(ckpt.get("classes") or [str(i) for i in range(k)])
+    if c < 1 or c % 2 == 0:
+        raise InvalidInputError(f"model '{path}' expects {c} input channels, but segment feeds a centre slice and "
+                                "equal neighbours on each side (an odd count); retrain with data.slices odd")
+    if len(classes) != k:
+        raise CorruptFileError(f"model '{path}' predicts {k} classes but names {len(classes)} ({classes}); "
+                               "it is inconsistent, export it again")
+    return ModelInfo(c, k, classes)
+
+
+def model_from_checkpoint(ckpt: dict[str, Any], path: str | os.PathLike) -> tuple[torch.nn.Module, ModelInfo]:
+    """The network of a model.pt with its weights, and its ``ModelInfo``; a state dict that does not fit
+    the recorded architecture is a ``CorruptFileError`` naming the file."""
+    info = model_info(ckpt, path)
+    try:
+        model = create_model(ckpt["model_name"], **ckpt.get("model_kwargs", {}))
+        model.load_state_dict(ckpt["model_state"])
+    except XtrainError:
+        raise
+    except Exception as exc:  # wrong keys / shapes in the state dict
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise CorruptFileError(f"model '{path}' does not load into a {ckpt['model_name']} network ({first}); "
+                               "it is damaged or from another xtrain version, export it again") from exc
+    return model, info

@@ -21,9 +21,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .errors import ConfigError, ShapeMismatchError, UnknownNameError
+from ..data.labels import IGNORE
+from ..errors import ConfigError, ShapeMismatchError, UnknownNameError
 
-IGNORE_INDEX = 255
+IGNORE_INDEX = IGNORE  # unlabelled voxels (xtrain.data.labels)
 
 
 def one_hot(labels: torch.Tensor, num_classes: int, ignore_index: int | None = IGNORE_INDEX) -> tuple[torch.Tensor, torch.Tensor]:

@@ -1,8 +1,9 @@
-"""The volume to segment: any input of ``xtrain.data.volumes.open_volume``, read normalised.
+"""Normalisation: raw grey values -> the float32 a model was trained on, decided per sample.
 
-    vol = open_volume("scan.h5:/exchange/data", train_stats=ckpt["stats"])
-    vol.shape, vol.stats, vol.mapping         # stats: the sample's own (fill value excluded)
-    x = vol.read(((z0, z1), (y0, y1), (x0, x1)))   # (z, y, x) float32, normalised
+    x = normalize(raw, stats)                                   # (x - p0.5) / (p99.5 - p0.5), float32
+    vol = normalised_volume(open_volume("scan.h5"), train_stats=ckpt["stats"])   # segment's input
+    vol.stats, vol.mapping                                      # the sample's own statistics, the choice
+    x = vol.read(((z0, z1), (y0, y1), (x0, x1)))                # (z, y, x) float32, normalised
 
 Normalisation (``choose_mapping``).  A model was trained on x_norm = (x - p0.5) / (p99.5 - p0.5)
 with the training volume's percentiles.  A new volume's own percentiles depend on what is
@@ -12,7 +13,7 @@ detector or flux).  The phase peaks of the histogram tell the two apart: where t
 the training peaks, the volume is on the training scale (train); where three of them lie on
 a line with the training peaks, it is the same material on another scale (peaks: that line
 maps them back); otherwise the choice is uncertain and says so.  Measured on the real
-volume's held-out slab (``bench/normalisation_choice.py``, README).
+volume's held-out slab (``bench/normalisation_choice.py``, docs/measurements.md).
 
 Voxels that are not sample never enter the statistics (``xtrain.data.stats.volume_stats``:
 NaN or a detected constant fill such as the zeros outside the reconstruction circle, or a
@@ -27,17 +28,12 @@ training one; segment logs a warning above ``SHIFT_WARN``.
 from __future__ import annotations
 
 import logging
-import os
-from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
-from ..data.stats import normalize, volume_stats
-from ..data.volumes import Volume as SourceVolume
-from ..data.volumes import open_volume as open_source
 from ..errors import InvalidInputError
-from .blocks import Box
+from .stats import histogram_peaks, volume_stats
 
 log = logging.getLogger(__name__)
 
@@ -66,8 +62,6 @@ def peak_fit(own: dict[str, Any], train: dict[str, Any]) -> dict[str, Any]:
     three peaks "gain", "offset" (the least-squares line ``train_peak = gain * peak + offset``),
     "residual" (its largest miss, same units); "why" is "" or the reason no map was fitted.
     """
-    from ..data.stats import histogram_peaks
-
     peaks, why = histogram_peaks(own)
     tpeaks, twhy = histogram_peaks(train)
     span = float(train["p99_5"]) - float(train["p0_5"]) or 1.0
@@ -95,7 +89,7 @@ def choose_mapping(own: dict[str, Any], train: dict[str, Any] | None, mode: str 
     ``mode``: "train" (the training p0.5/p99.5), "own" (the volume's), "peaks" (the volume's
     three phase peaks mapped by least squares onto the training peaks, ``peak_fit``; raises
     ``InvalidInputError`` when they cannot be found or fitted), or "auto", set from the
-    measurements on the real volume (README "Sample statistics and normalisation",
+    measurements on the real volume (docs/measurements.md "Normalisation on the real volume",
     ``bench/normalisation_choice.py``):
 
     * no training statistics, or another dtype: own;
@@ -184,65 +178,27 @@ def apply_mapping(raw: np.ndarray, mapping: dict[str, Any], mask: np.ndarray | N
     return x
 
 
-@dataclass
-class Volume:
-    """A volume to segment: a ``data.volumes.Volume`` read a box at a time, normalised; picklable."""
 
-    source: SourceVolume
-    stats: dict[str, Any]
-    mapping: dict[str, Any] = field(default_factory=dict)
-    mask: SourceVolume | None = None
-
-    @property
-    def path(self) -> str:
-        return self.source.spec
-
-    @property
-    def kind(self) -> str:
-        return self.source.kind
-
-    @property
-    def shape(self) -> tuple[int, int, int]:
-        return self.source.shape
-
-    @property
-    def dtype(self) -> str:
-        return self.source.dtype.name
-
-    @property
-    def voxel_size_nm(self) -> float | None:
-        return self.source.voxel_size_nm
-
-    def read_raw(self, box: Box) -> np.ndarray:
-        """Raw intensities of ``box``: (z, y, x) in the volume's dtype."""
-        return self.source.read_box(box)
-
-    def read(self, box: Box) -> np.ndarray:
-        """Normalised float32 (z, y, x) of ``box`` (``mapping``; the volume's own statistics if unset)."""
-        mapping = self.mapping or choose_mapping(self.stats, None, "own")
-        mask = self.mask.read_box(box) if self.mask is not None else None
-        return apply_mapping(self.read_raw(box), mapping, mask)
+def normalize(x: np.ndarray, stats: dict[str, Any]) -> np.ndarray:
+    """Map raw intensities to float32 with the 0.5/99.5 percentiles at 0 and 1 (not clipped)."""
+    lo, hi = float(stats["p0_5"]), float(stats["p99_5"])
+    scale = 1.0 / (hi - lo) if hi > lo else 1.0
+    return ((np.asarray(x, dtype=np.float32) - np.float32(lo)) * np.float32(scale)).astype(np.float32, copy=False)
 
 
-def open_volume(spec: str | os.PathLike, stats: dict[str, Any] | None = None, *, dataset: str | None = None,
-                channel: int | None = None, time: int | None = None, mask: str | os.PathLike | None = None,
-                train_stats: dict[str, Any] | None = None, normalisation: str = "auto") -> Volume:
-    """Open any volume (``xtrain.data.volumes.open_volume``) for segmentation and choose its normalisation.
+def normalised_volume(volume: Any, *, train_stats: dict[str, Any] | None = None, mode: str = "auto",
+                      mask: Any = None, stats: dict[str, Any] | None = None):
+    """The normalised view (``Volume.normalised``) of ``volume`` that a model with ``train_stats`` reads.
 
-    ``stats``: the sample statistics of an earlier run (resume: no statistics pass); else
-    they are computed (``volume_stats``, a Dask graph; a store's ingest statistics are
-    reused when they already exclude a fill value and no mask is given).
+    ``stats``: the sample statistics of an earlier run (resume: no statistics pass); else they
+    are computed (``volume_stats``, a Dask graph; a store's ingest statistics are reused when
+    they already exclude a fill value and no ``mask`` is given).  ``mask``: a raw ``Volume`` of
+    the same shape, non-zero = sample.  ``mode``: see ``choose_mapping``.
     """
-    source = open_source(spec, dataset=dataset, channel=channel, time=time)
-    mask_vol = open_source(mask) if mask is not None else None
     if stats is None:
-        stored = source.stats
-        if stored and "fill" in stored and mask_vol is None:
-            stats = stored
-        else:
-            stats = volume_stats(source, mask_vol)
-    mapping = choose_mapping(stats, train_stats, normalisation)
-    return Volume(source, stats, mapping, mask_vol)
+        stored = volume.stats
+        stats = stored if stored and "fill" in stored and mask is None else volume_stats(volume, mask)
+    return volume.normalised(choose_mapping(stats, train_stats, mode), mask, stats)
 
 
 def _normalised_cdf(stats: dict[str, Any]) -> np.ndarray:

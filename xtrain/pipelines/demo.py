@@ -16,8 +16,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .config import config_from_dict
-from .errors import OutputExistsError
+from ..config import config_from_dict
+from ..errors import OutputExistsError
 
 log = logging.getLogger(__name__)
 
@@ -39,9 +39,9 @@ DEMO_CONFIG: dict[str, Any] = {
 def run_demo(out: str | Path = "xtrain-demo", *, workers: int = 2, epochs: int | None = None,
              overwrite: bool = False) -> dict[str, Any]:
     """Run the pipeline into ``out``; returns the comparison summary and where the report is."""
-    from .evaluate.compare import compare
-    from .data.synth import synthesize
-    from .train.ray_trainer import train
+    from ..data.synth import synthesize
+    from ..train.ray_trainer import train
+    from .compare import compare
 
     out = Path(out)
     if out.exists() and any(out.iterdir()):

@@ -13,7 +13,7 @@ from conftest import make_store
 from xtrain.data.store import open_store
 from xtrain.errors import DiskFullError, RunInterrupted
 from xtrain.infer import open_segmentation
-from xtrain.nightly import REGISTRY, LockedError, Registry, exclusive_lock, find_scans, run_nightly
+from xtrain.pipelines.nightly import REGISTRY, LockedError, Registry, exclusive_lock, find_scans, run_nightly
 from xtrain.runtime import StopRequest
 
 FAST = {"tile": 32, "halo": 4, "chunks": (8, 16, 16), "shard": False, "block": (8, 16, 16)}
@@ -182,8 +182,8 @@ def test_a_scan_that_grows_is_segmented_again_as_a_new_version(tiny_model, tmp_p
 def test_qc_drift_is_the_number_segment_warns_with(tiny_model, tmp_path):
     import json
 
-    from xtrain.infer.volume import distribution_shift
-    from xtrain.train.checkpoint import load_checkpoint
+    from xtrain.data.normalise import distribution_shift
+    from xtrain.models.checkpoint import load_checkpoint
 
     incoming, results = tmp_path / "incoming", tmp_path / "results"
     incoming.mkdir()
@@ -259,7 +259,7 @@ def test_nightly_with_ray_workers_leaves_no_ray_running(tiny_model, tmp_path):
     age(incoming)
     code = f"""
 import ray
-from xtrain.nightly import run_nightly
+from xtrain.pipelines.nightly import run_nightly
 opts = dict(tile=32, halo=4, chunks=(8, 16, 16), shard=False, block=(8, 16, 16), workers=2, threads=1)
 counts = run_nightly({str(incoming)!r}, {str(tiny_model)!r}, {str(tmp_path / 'results')!r}, once=True, settle=60,
                      segment_options=opts)

@@ -5,7 +5,7 @@
 
 Each positional entry is a training run (a folder with model.pt), a model.pt, or an existing
 prediction (a segmentation store or a TIFF stack).  Runs and models segment the image of
-the ``--labels`` store (or ``--image``) with ``xtrain.infer.segment``; baselines are fitted on
+the ``--labels`` store (or ``--image``) with ``xtrain.infer.segment()``; baselines are fitted on
 ``--fit`` (its ``--fit-z`` slab) and applied to the same image.  Every prediction is then
 evaluated against the labels on the same z range with ``xtrain.evaluate.evaluate``: Dice per
 phase next to the microstructure numbers (phase fractions, TPB density) and their ratio to
@@ -22,11 +22,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..csvio import read_csv, write_csv
-from ..runtime import atomic_write
 from ..errors import InputNotFoundError, OutputExistsError
-from .core import evaluate, open_label_volume, to_json
-from .report import table
+from ..evaluate.core import evaluate, open_label_volume, to_json
+from ..evaluate.report import table
+from ..io import atomic_write, read_csv, write_csv
 
 log = logging.getLogger(__name__)
 
@@ -87,7 +86,7 @@ def compare(entries: Sequence[str], labels: str, report_dir: str | os.PathLike, 
             studies: Sequence[str] = (), segment_options: dict[str, Any] | None = None,
             overwrite: bool = False) -> dict[str, Any]:
     """Segment (where needed), evaluate and tabulate; writes REPORT_DIR/compare.{md,json,csv,png}."""
-    from .baselines import fit_baseline, segment_baseline
+    from ..evaluate.baselines import fit_baseline, segment_baseline
     from ..infer import segment
 
     out = Path(report_dir)

@@ -24,8 +24,8 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import CorruptFileError, InputNotFoundError, InvalidInputError
-from .volumes import HandleReader, Volume, check_dtype, decode_error, make_volume, select_axes, z_chunks
+from ...errors import CorruptFileError, InputNotFoundError, InvalidInputError
+from .base import HandleReader, Volume, check_dtype, decode_error, make_volume, select_axes, z_chunks
 
 log = logging.getLogger(__name__)
 

@@ -1,69 +1,41 @@
-"""One volume layer: every format a beamline writes -> a lazy ``dask.array`` (Z, Y, X) + metadata.
+"""The ``Volume`` type of the volume layer and the helpers its backends share.
 
-    vol = open_volume("scan.zarr")                      # xtrain store (its image)
-    vol = open_volume("scan.zarr", dataset="labels")    # ... its labels
-    vol = open_volume("scan/images")                    # folder of TIFF slices (natural order)
-    vol = open_volume("hyper.tif", channel=1)           # ImageJ hyperstack ZCYX: channel 1
-    vol = open_volume("tomo.h5:/exchange/data")         # HDF5 / NeXus (bitshuffle, LZ4, Blosc ...)
-    vol = open_volume("image.ome.zarr")                 # OME-Zarr 0.4 / 0.5: level 0
-    vol.array        # dask.array (Z, Y, X), native dtype (float64 -> float32), chunked in z
-    vol.shape, vol.dtype, vol.voxel_size_nm, vol.provenance
-    vol.read(z0, z1) # numpy (z1 - z0, Y, X)
+One type for every volume xtrain reads, whatever the format, with two views:
 
-Formats (found from the path, not from a flag):
+    vol = open_volume("scan.zarr")              # raw grey values, lazy
+    vol.array                                   # dask.array (Z, Y, X) in the native dtype
+    vol.read(vol.planes(2, 5))                  # numpy (3, Y, X), read directly (no Dask graph)
+    vol.read(((0, 4), (10, 74), (10, 74)))      # any box ((z0, z1), (y0, y1), (x0, x1))
+    seg_in = vol.normalised(mapping, mask)      # read() -> float32, as the model was trained
+    ids = vol.as_labels(lut)                    # read() / array -> uint8 class ids
+    vol.raw()                                   # the raw volume behind a view
 
-* **xtrain store** (a Zarr v3 group with ``xtrain`` attributes): opened through
-  ``xtrain.data.store.open_store``; ``dataset="labels"`` picks the labels.
-* **TIFF** through tifffile's *series* (never the page count): multi-page, BigTIFF,
-  OME-TIFF, ImageJ stacks and hyperstacks, a folder of single-slice files in natural order
-  (``s2`` before ``s10``; dot-files such as ``._s1.tif`` skipped) or a quoted glob.
-  Axes other than Y and X: ``C`` and ``T`` with more than one entry need ``channel`` /
-  ``time`` (a hyperstack's channels are never interleaved into z); exactly one remaining
-  axis of length > 1 is z.  Every codec comes through imagecodecs; a missing codec names
-  the package instead of calling the file corrupt.
-* **HDF5 / NeXus** through h5py with hdf5plugin's filters: ``file.h5:/path`` names the
-  dataset (or ``dataset=``).  Without one: the NeXus ``default``/``signal`` attributes,
-  then ``/exchange/data`` (TomoPy/TomocuPy), then the only 3-D dataset; otherwise the
-  error lists the candidates.
-* **Zarr v2 and v3** arrays and groups (a group: ``dataset=`` or its only 3-D array).
-* **OME-Zarr 0.4 (Zarr v2) and 0.5 (Zarr v3)** images: level 0 of the first multiscale,
-  voxel size from its ``scale`` transforms and axis units (parsed with ome-zarr-models).
-
-Dtypes: uint8/16/32, int8/16/32, float32 and float64 (read as float32; the statistics pass
-checks that no value overflows float32).  NaN/Inf are checked by the statistics pass
-(``xtrain.data.stats.volume_stats``), which runs as a Dask graph over ``array``.
-
-``Volume`` pickles as its spec and options and reopens itself (h5py and tifffile handles are
-never pickled), so it can travel to Ray workers.  Errors are ``XtrainError`` subclasses, one
-line naming the file and the fix.
+A view is the same dataclass with ``mapping`` (``xtrain.data.normalise.choose_mapping``) or
+``lut`` (``label_lut``) set; ``crop``, ``reopened`` and pickling keep it.  ``Volume`` pickles as
+its spec and options and reopens itself (h5py and tifffile handles are never pickled), so it
+travels to Dask-on-Ray and Ray workers.
 """
 
 from __future__ import annotations
 
-import contextlib
-import glob as globlib
+import dataclasses
 import json
 import logging
-import os
 import re
 import threading
-from collections.abc import Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from ..errors import CorruptFileError, InputNotFoundError, InvalidInputError
+from ...errors import CorruptFileError, InvalidInputError, LabelValueError
+from ...geometry import Box
+from ..normalise import apply_mapping
 
 log = logging.getLogger(__name__)
 
 SUPPORTED_DTYPES = tuple(np.dtype(t) for t in ("uint8", "uint16", "uint32", "int8", "int16", "int32",
                                                 "float32", "float64"))
-HDF5_SUFFIXES = (".h5", ".hdf5", ".hdf", ".nxs", ".nx", ".nx5", ".cxi", ".he5")
-TIFF_SUFFIXES = (".tif", ".tiff", ".btf", ".tf8", ".tf2")
-_GLOB_CHARS = re.compile(r"[*?\[]")
-_HDF5_SPEC = re.compile(r"^(?P<file>.*?\.(?:h5|hdf5|hdf|nxs|nx|nx5|cxi|he5)):(?P<path>/.*)$", re.IGNORECASE)
 TARGET_CHUNK_BYTES = 8 * 2**20  # Dask chunks grow in z to about this size (whole shards of a store: 32x512x512 uint16 = 16 MB)
 _UNIT_NM = {"angstrom": 0.1, "nanometer": 1.0, "nm": 1.0, "micrometer": 1e3, "micron": 1e3, "um": 1e3, "µm": 1e3,
             "\\u00B5m": 1e3, "millimeter": 1e6, "mm": 1e6, "centimeter": 1e7, "cm": 1e7, "meter": 1e9, "m": 1e9}
@@ -80,23 +52,32 @@ class CodecError(InvalidInputError):
 class Volume:
     """A (Z, Y, X) volume of any input format, as a lazy Dask array plus what is known about it.
 
-    ``shape``/``dtype`` are those of ``array`` (float64 sources are read as float32).
+    ``raw_dtype``: the dtype of the grey values (float64 sources are read as float32); ``dtype``
+    is what ``read`` returns: ``raw_dtype``, float32 for a normalised view, uint8 for a label view.
     ``voxel_size_nm``: the in-plane voxel edge in nm (None when the file does not say);
     ``voxel_size_zyx_nm`` all three when known.  ``provenance``: format, file(s), dataset,
     channel/time, the source's axes and dtype, for the output's attributes.  ``info``: an
     xtrain store's attribute block ({} for other formats).
+
+    Views: ``mapping`` + ``mask`` + ``sample_stats`` (``normalised``), or ``lut`` + ``image``
+    (``as_labels``).
     """
 
     spec: str
-    kind: str  # "store" | "tiff" | "hdf5" | "zarr" | "ome-zarr"
+    kind: str  # "store" | "tiff" | "hdf5" | "zarr" | "ome-zarr" | "array"
     shape: tuple[int, int, int]
-    dtype: np.dtype
+    raw_dtype: np.dtype
     voxel_size_nm: float | None = None
     voxel_size_zyx_nm: tuple[float, float, float] | None = None
     provenance: dict[str, Any] = field(default_factory=dict)
     info: dict[str, Any] = field(default_factory=dict)
     options: dict[str, Any] = field(default_factory=dict)  # dataset/channel/time: how to reopen
     z_offset: int = 0  # a crop: slice 0 of this volume is slice z_offset of the source
+    mapping: dict[str, Any] | None = None  # normalised view: raw -> float32 (xtrain.data.normalise)
+    mask: "Volume | None" = None  # normalised view: voxels where the mask is 0 get the mapping's fill
+    sample_stats: dict[str, Any] | None = None  # normalised view: the statistics the mapping was chosen from
+    lut: np.ndarray | None = field(default=None, repr=False)  # label view: raw value -> class id (label_lut)
+    image: "Volume | None" = None  # label view: the grey values of the same store (reports)
     _array: Any = field(default=None, repr=False, compare=False)
     _reader: Any = field(default=None, repr=False, compare=False)
 
@@ -105,34 +86,90 @@ class Volume:
         state["_array"] = state["_reader"] = None  # reopened lazily where it is unpickled
         return state
 
+    def _copy(self, **changes: Any) -> "Volume":
+        """The same volume (sharing the open source) with ``changes``."""
+        out = dataclasses.replace(self, **changes)
+        out._array, out._reader = self._array, self._reader
+        return out
+
+    # ------------------------------------------------------------------ views
+
+    def normalised(self, mapping: dict[str, Any], mask: "Volume | None" = None,
+                   stats: dict[str, Any] | None = None) -> "Volume":
+        """The view that reads float32 normalised values (``apply_mapping``); ``stats``: the sample
+        statistics the mapping was chosen from (``stats`` of the view)."""
+        if mask is not None and mask.shape != self.shape:
+            raise InvalidInputError(f"mask '{mask.spec}' has shape {mask.shape} but '{self.spec}' has {self.shape}; "
+                                    "give a mask of the volume's shape")
+        return self.raw()._copy(mapping=dict(mapping), mask=mask, sample_stats=stats)
+
+    def as_labels(self, lut: np.ndarray, image: "Volume | None" = None) -> "Volume":
+        """The view that reads uint8 class ids through ``lut`` (``label_lut``); a value the table
+        does not map is a ``LabelValueError`` naming where it is.  ``image``: grey values of the same volume."""
+        return self.raw()._copy(lut=lut, image=image)
+
+    def raw(self) -> "Volume":
+        """The raw grey values behind a view (the volume itself when it is raw)."""
+        if self.mapping is None and self.lut is None:
+            return self
+        return self._copy(mapping=None, mask=None, sample_stats=None, lut=None, image=None)
+
     @property
-    def array(self):
-        """The lazy ``dask.array`` (Z, Y, X) of ``dtype`` (the crop's slices only)."""
+    def dtype(self) -> np.dtype:
+        if self.lut is not None:
+            return np.dtype(np.uint8)
+        if self.mapping is not None:
+            return np.dtype(np.float32)
+        return self.raw_dtype
+
+    # ------------------------------------------------------------------ the data
+
+    def _source_array(self):
         if self._array is None:
-            if self._reader is not None:  # an in-memory volume (``array_volume``)
+            if self.kind == "array":
                 raise InvalidInputError(f"'{self.spec}' is an in-memory volume and cannot be reopened")
+            from . import open_volume
+
             fresh = self._check_unchanged(open_volume(self.spec, **self.options))
             self._array, self._reader = fresh._array, fresh._reader
-        if self.z_offset or self._array.shape[0] != self.shape[0]:
-            return self._array[self.z_offset:self.z_offset + self.shape[0]]
         return self._array
+
+    @property
+    def array(self):
+        """The lazy ``dask.array`` (Z, Y, X) of ``dtype`` (the crop's slices only, through the view)."""
+        array = self._source_array()
+        if self.z_offset or array.shape[0] != self.shape[0]:
+            array = array[self.z_offset:self.z_offset + self.shape[0]]
+        if self.lut is not None:
+            def block(raw: np.ndarray, block_info=None) -> np.ndarray:
+                origin = [int(a[0]) for a in block_info[0]["array-location"]] if block_info else [0, 0, 0]
+                return map_labels(raw, self.lut, self, *origin)
+
+            return array.map_blocks(block, dtype=np.uint8)
+        if self.mapping is not None:
+            mapping = self.mapping
+            if self.mask is None:
+                return array.map_blocks(apply_mapping, mapping, dtype=np.float32)
+            return array.map_blocks(lambda raw, m: apply_mapping(raw, mapping, m), self.mask.raw().array,
+                                    dtype=np.float32)
+        return array
 
     def _check_unchanged(self, fresh: "Volume") -> "Volume":
         if fresh.shape[1:] != self.shape[1:] or fresh.shape[0] < self.z_offset + self.shape[0] \
-                or fresh.dtype != self.dtype:
-            raise InvalidInputError(f"'{self.spec}' changed since it was opened ({self.shape} {self.dtype} -> "
-                                    f"{fresh.shape} {fresh.dtype}); run again")
+                or fresh.raw_dtype != self.raw_dtype:
+            raise InvalidInputError(f"'{self.spec}' changed since it was opened ({self.shape} {self.raw_dtype} -> "
+                                    f"{fresh.shape} {fresh.raw_dtype}); run again")
         return fresh
 
     @property
     def source(self) -> Any:
         """The source read without Dask, for many small box reads (a Dask graph per box costs more
         than the read: the training sampler's patches).  ``source[z0:z1, y0:y1, x0:x1]`` is numpy in
-        the source's dtype, indexed like the uncropped source (add ``z_offset``).  A Zarr (Z, Y, X)
-        array (xtrain stores, plain Zarr) is returned itself, so a chunk cache sees its ``chunks``
-        and ``shards`` (``xtrain.data.chunkcache``); other formats give their reader, an in-memory
-        volume its array."""
-        self.array  # noqa: B018  (reopens the source after unpickling)
+        the source's dtype, indexed like the uncropped source (add ``z_offset``), without the view.
+        A Zarr (Z, Y, X) array (xtrain stores, plain Zarr) is returned itself, so a chunk cache sees its
+        ``chunks`` and ``shards`` (``xtrain.data.chunkcache``); other formats give their reader, an
+        in-memory volume its array."""
+        self._source_array()  # reopens the source after unpickling
         if self._reader is None:
             return self._array
         return getattr(self._reader, "direct", self._reader)
@@ -141,28 +178,30 @@ class Volume:
         """This volume opened again by the calling process (a forked DataLoader worker, a Ray
         worker: own file handles and zarr IO loop, none shared with the parent), checked to be the
         same shape, dtype and xtrain attributes (statistics, classes) as when it was first opened
-        (``InvalidInputError``: it was written again meanwhile; run again).  An in-memory volume (``array_volume``) is returned as it is."""
+        (``InvalidInputError``: it was written again meanwhile; run again).  An in-memory volume
+        (``array_volume``) is returned as it is."""
         if self.kind == "array":
             return self
+        from . import open_volume
+
         fresh = self._check_unchanged(open_volume(self.spec, **self.options))
         if json.dumps(fresh.info, sort_keys=True, default=str) != json.dumps(self.info, sort_keys=True, default=str):
             raise InvalidInputError(f"'{self.spec}' changed since it was opened (its xtrain attributes differ: "
                                     "written again?); run again")
-        out = Volume(**{k: getattr(self, k) for k in self.__dataclass_fields__ if not k.startswith("_")})
+        out = dataclasses.replace(self)
         out._array, out._reader = fresh._array, fresh._reader
         return out
 
     def crop(self, z0: int, z1: int) -> "Volume":
-        """The view of slices z0 .. z1 - 1 (a ``z_range``); nothing is read."""
+        """The view of slices z0 .. z1 - 1 (a ``z_range``; the mask and image are cropped alike); nothing is read."""
         if not 0 <= z0 < z1 <= self.shape[0]:
             raise InvalidInputError(
                 f"z range {z0},{z1} is outside '{self.spec}' (0..{self.shape[0]}); give 0 <= Z0 < Z1 <= {self.shape[0]}"
             )
-        self.array  # noqa: B018  (opened once, shared by the views)
-        out = Volume(**{k: getattr(self, k) for k in self.__dataclass_fields__})
-        out.shape = (z1 - z0, *self.shape[1:])
-        out.z_offset = self.z_offset + z0
-        return out
+        self._source_array()  # opened once, shared by the views
+        return self._copy(shape=(z1 - z0, *self.shape[1:]), z_offset=self.z_offset + z0,
+                          mask=self.mask.crop(z0, z1) if self.mask is not None else None,
+                          image=self.image.crop(z0, z1) if self.image is not None else None)
 
     @property
     def classes(self) -> list[str] | None:
@@ -171,26 +210,37 @@ class Volume:
 
     @property
     def stats(self) -> dict[str, Any]:
-        """A store's intensity statistics from ingest ({} for other formats: compute them)."""
+        """The sample statistics: a normalised view's (what its mapping was chosen from), else a
+        store's from ingest ({} for other formats: compute them with ``xtrain.data.stats.volume_stats``)."""
+        if self.sample_stats is not None:
+            return dict(self.sample_stats)
         return dict(self.info.get("stats") or {})
 
     def __len__(self) -> int:
         return self.shape[0]
 
-    def read(self, z0: int, z1: int) -> np.ndarray:
-        """Slices z0 .. z1 - 1 as numpy (z1 - z0, Y, X) of ``dtype`` (computed from ``array``)."""
-        if not 0 <= z0 <= z1 <= self.shape[0]:
-            raise IndexError(f"slices {z0}:{z1} outside a volume of {self.shape[0]} slices")
-        return self.read_box(((z0, z1), (0, self.shape[1]), (0, self.shape[2])))
+    def planes(self, z0: int, z1: int) -> Box:
+        """The box of whole planes z0 .. z1 - 1: ((z0, z1), (0, Y), (0, X))."""
+        return ((z0, z1), (0, self.shape[1]), (0, self.shape[2]))
 
-    def read_box(self, box) -> np.ndarray:
-        """The box ((z0, z1), (y0, y1), (x0, x1)) as numpy, read directly (no Dask graph per box)."""
-        (z0, z1), (y0, y1), (x0, x1) = box
-        self.array  # noqa: B018  (reopens the source after unpickling)
-        z0, z1 = z0 + self.z_offset, z1 + self.z_offset
+    def read(self, box: Box) -> np.ndarray:
+        """The box ((z0, z1), (y0, y1), (x0, x1)) as numpy (z, y, x) of ``dtype``, read directly from the
+        source (no Dask graph per box), through the view.  Raises ``IndexError`` outside the volume."""
+        (z0, z1), (y0, y1), (x0, x1) = ((int(a), int(b)) for a, b in box)
+        if not all(0 <= a <= b <= n for (a, b), n in zip(((z0, z1), (y0, y1), (x0, x1)), self.shape)):
+            raise IndexError(f"box {box} outside a volume of shape {self.shape}")
+        self._source_array()  # reopens the source after unpickling
+        zs = slice(z0 + self.z_offset, z1 + self.z_offset)
         if self._reader is None:
-            return np.asarray(self._array[z0:z1, y0:y1, x0:x1].compute(scheduler="synchronous"))
-        return np.asarray(self._reader[z0:z1, y0:y1, x0:x1]).astype(self.dtype, copy=False)
+            raw = np.asarray(self._array[zs, y0:y1, x0:x1].compute(scheduler="synchronous"))
+        else:
+            raw = np.asarray(self._reader[zs, y0:y1, x0:x1]).astype(self.raw_dtype, copy=False)
+        if self.lut is not None:
+            return map_labels(raw, self.lut, self, z0, y0, x0)
+        if self.mapping is not None:
+            mask = self.mask.read(box) if self.mask is not None else None
+            return apply_mapping(raw, self.mapping, mask)
+        return raw
 
     def where(self, z: int) -> str:
         """Where slice z (of this view) lives, for error messages (its file for a slice folder)."""
@@ -201,69 +251,8 @@ class Volume:
         return f"'{self.spec}'"
 
 
-def open_volume(spec: str | os.PathLike | Volume, *, dataset: str | None = None, channel: int | None = None,
-                time: int | None = None) -> Volume:
-    """Open any supported volume lazily (headers only); see the module docstring for the formats.
-
-    ``dataset``: the HDF5 dataset / Zarr array path inside the file (also ``file.h5:/path``),
-    or ``"labels"`` for an xtrain store's labels.  ``channel``/``time``: index along a C/T
-    axis of a TIFF hyperstack or a 4-D/5-D array (required when that axis has more than one
-    entry).  Raises ``InputNotFoundError``, ``InvalidInputError`` (shape, dtype, axes),
-    ``CorruptFileError`` or ``CodecError``: one line naming the file and the fix.
-    """
-    if isinstance(spec, Volume):
-        return spec
-    text = os.fspath(spec)
-    path = Path(text).expanduser()
-    options = {"dataset": dataset, "channel": channel, "time": time}
-    m = _HDF5_SPEC.match(text)
-    if m and not path.exists():
-        if dataset is not None and dataset != m["path"]:
-            raise InvalidInputError(f"'{text}' names dataset {m['path']} but dataset={dataset} was also given; "
-                                    "give one of them")
-        path, dataset = Path(m["file"]).expanduser(), m["path"]
-    if path.is_dir():
-        if _is_zarr_dir(path):
-            from .zarrio import open_zarr
-
-            vol = open_zarr(text, path, dataset, channel, time)
-        elif dataset is not None:
-            raise InvalidInputError(f"dataset={dataset} was given but '{path}' is a folder of TIFF slices")
-        else:
-            from .tiff import open_tiff
-
-            vol = open_tiff(text, channel, time)
-    elif path.is_file():
-        if _is_hdf5(path):
-            from .hdf5 import open_hdf5
-
-            vol = open_hdf5(text, path, dataset, channel, time)
-        elif path.suffix.lower() in TIFF_SUFFIXES or _is_tiff(path):
-            if dataset is not None:
-                raise InvalidInputError(f"dataset={dataset} was given but '{path}' is a TIFF file; drop it")
-            from .tiff import open_tiff
-
-            vol = open_tiff(text, channel, time)
-        else:
-            raise InvalidInputError(f"'{path}' is not a TIFF, HDF5/NeXus or Zarr volume; convert it to one of them")
-    elif _GLOB_CHARS.search(text):
-        from .tiff import open_tiff
-
-        vol = open_tiff(text, channel, time)
-    elif path.suffix == ".zarr":
-        raise InputNotFoundError(f"'{path}' does not exist; give a Zarr store or an OME-Zarr image")
-    else:
-        raise InputNotFoundError(f"'{text}' does not exist; give a TIFF file, slice folder or glob, an HDF5/NeXus "
-                                 "file (file.h5:/path), a Zarr / OME-Zarr store or an xtrain store")
-    vol.options = {k: v for k, v in options.items() if v is not None}
-    if "dataset" in vol.options or dataset is not None:
-        vol.options["dataset"] = dataset
-    log.debug("opened %s: %s %s %s", vol.kind, text, vol.shape, vol.dtype)
-    return vol
-
-
 def array_volume(array: Any, spec: str = "array", **meta: Any) -> Volume:
-    """A ``Volume`` over an in-memory (Z, Y, X) numpy or dask array (tests, derived volumes)."""
+    """A ``Volume`` over an in-memory (Z, Y, X) numpy or dask array (tests, validation slabs, derived volumes)."""
     import dask.array as da
 
     if array.ndim != 3:
@@ -304,17 +293,16 @@ def label_lut(dtype: Any, label_map: dict[int, int] | None, num_classes: int, sp
     return lut
 
 
-def map_labels(raw: np.ndarray, lut: np.ndarray, volume: Volume, z0: int) -> np.ndarray:
-    """(n, Y, X) raw labels (slices z0.. of ``volume``) -> uint8 class ids; LabelValueError at the first bad value."""
-    from ..errors import LabelValueError
-
+def map_labels(raw: np.ndarray, lut: np.ndarray, volume: Volume, z0: int, y0: int = 0, x0: int = 0) -> np.ndarray:
+    """(z, y, x) raw labels of the box at (z0, y0, x0) of ``volume`` -> uint8 class ids; ``LabelValueError``
+    naming the first bad value and where it is."""
     ids = lut[raw]
     bad = ids == UNMAPPED
     if bad.any():
         z, y, x = (int(v[0]) for v in np.nonzero(bad))
         valid = ",".join(str(v) for v in np.flatnonzero(lut != UNMAPPED))
         raise LabelValueError(
-            f"label value {int(raw[z, y, x])} at z={volume.z_offset + z0 + z} y={y} x={x} "
+            f"label value {int(raw[z, y, x])} at z={volume.z_offset + z0 + z} y={y0 + y} x={x0 + x} "
             f"({volume.where(z0 + z)}) is not a class; valid raw values: {valid} "
             "(map raw values with --label-map RAW:CLASS,...)"
         )
@@ -322,22 +310,6 @@ def map_labels(raw: np.ndarray, lut: np.ndarray, volume: Volume, z0: int) -> np.
 
 
 # ----------------------------------------------------------------------------- helpers for the backends
-
-
-def _is_zarr_dir(path: Path) -> bool:
-    return any((path / f).exists() for f in ("zarr.json", ".zarray", ".zgroup", ".zattrs"))
-
-
-def _is_hdf5(path: Path) -> bool:
-    with open(path, "rb") as f:
-        head = f.read(8)
-    return head == b"\x89HDF\r\n\x1a\n" or path.suffix.lower() in HDF5_SUFFIXES
-
-
-def _is_tiff(path: Path) -> bool:
-    with open(path, "rb") as f:
-        head = f.read(4)
-    return head[:2] in (b"II", b"MM") and head[2:4] in (b"*\x00", b"\x00*", b"+\x00", b"\x00+")
 
 
 def check_dtype(dtype: Any, where: str) -> tuple[np.dtype, np.dtype]:
@@ -475,18 +447,6 @@ def unit_to_nm(value: float, unit: str | None) -> float | None:
     return None if factor is None else float(value) * factor
 
 
-def natural_key(path: str | os.PathLike) -> list:
-    """Sort key that orders 'slice_2' before 'slice_10' (digit runs compare as numbers)."""
-    parts = re.split(r"(\d+)", Path(path).name)
-    return [(0, int(p), "") if p.isdigit() else (1, 0, p.lower()) for p in parts]
-
-
-def glob_files(pattern: str) -> list[Path]:
-    """Files matching a glob, naturally sorted, dot-files skipped."""
-    files = [Path(p) for p in globlib.glob(os.path.expanduser(pattern)) if Path(p).is_file()]
-    return sorted((f for f in files if not f.name.startswith(".")), key=natural_key)
-
-
 def missing_codec(exc: BaseException, package: str) -> str | None:
     """The package a decoding error asks for, or None: tifffile names 'imagecodecs' (or fails to import a
     codec module), HDF5 says a filter is not available (``package`` is the backend's codec package)."""
@@ -516,52 +476,3 @@ def decode_error(exc: BaseException, where: str, package: str) -> Exception:
                           f"install it with 'pip install {name}' (an xtrain dependency: reinstall xtrain)")
     return CorruptFileError(f"{where} cannot be decoded ({type(exc).__name__}: {first}); the file is corrupt or "
                             "truncated, export it again")
-
-
-# ----------------------------------------------------------------------------- running the graphs
-
-
-_schedulers: list[Any] = []  # pushed and popped by use_scheduler only (the edges decide)
-
-
-@contextlib.contextmanager
-def use_scheduler(sched: Any) -> Iterator[Any]:
-    """Run the volume-wide graphs of ``compute`` with the Dask scheduler ``sched`` while the block runs.
-
-    For the edges (``xtrain.runtime.volume_scheduler``: the CLI and ``jobs/``), not for library
-    code.  Only ``compute`` reads it: other Dask calls (``da.store`` of a pyramid) keep Dask's
-    own default, so a zarr array, which ``ray.util.dask`` cannot rebuild as a task argument, is
-    never handed to Ray.  Nested blocks restore the outer choice."""
-    _schedulers.append(sched)
-    try:
-        yield sched
-    finally:
-        _schedulers.pop()
-
-
-def scheduler() -> Any:
-    """The Dask scheduler volume-wide graphs run with: the innermost ``use_scheduler``'s, else
-    ``"threads"`` (Dask's threaded scheduler).  Library code joins no cluster and sets nothing:
-    the CLI sets Ray's ``ray.util.dask.ray_dask_get`` inside a Ray cluster, once at start."""
-    return _schedulers[-1] if _schedulers else "threads"
-
-
-_configured_scheduler = scheduler  # compute's ``scheduler`` argument shadows the name
-
-
-def compute(*graphs: Any, scheduler: Any = None) -> tuple[Any, ...]:
-    """``dask.compute`` of ``graphs`` with ``scheduler`` (default: the configured one, ``scheduler()``).
-
-    On threads, the pool is this call's own and is joined before returning or raising: when
-    one task fails, Dask raises at once while its siblings still run, and a caller that then
-    removes a partial output (``write_store``) must not see them write into it afterwards.
-    """
-    import dask
-
-    sched = _configured_scheduler() if scheduler is None else scheduler
-    if sched not in ("threads", "threading"):
-        return dask.compute(*graphs, scheduler=sched)
-    from concurrent.futures import ThreadPoolExecutor
-
-    with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:  # exit = shutdown(wait=True)
-        return dask.compute(*graphs, scheduler="threads", pool=pool)

@@ -20,8 +20,8 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import CorruptFileError, InputNotFoundError, InvalidInputError
-from .volumes import Volume, as_dask, check_dtype, make_volume, select_axes, unit_to_nm, z_chunks
+from ...errors import CorruptFileError, InputNotFoundError, InvalidInputError
+from .base import Volume, as_dask, check_dtype, make_volume, select_axes, unit_to_nm, z_chunks
 
 log = logging.getLogger(__name__)
 
@@ -212,7 +212,7 @@ def open_zarr(spec: str, path: Path, dataset: str | None, channel, time) -> Volu
 
 def _store(spec: str, path: Path, dataset: str | None, channel, time) -> Volume:
     """An xtrain store through ``open_store``: its image, or (dataset='labels') its labels."""
-    from .store import open_store
+    from ..store import open_store
 
     store = open_store(path, require_image=False)
     which = (dataset or "image").strip("/")

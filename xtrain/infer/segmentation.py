@@ -46,21 +46,22 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch import nn
 from tqdm.auto import tqdm
 
 from .. import __version__
 from .. import runtime
-from ..data.store import StoreInfo, default_layout, remove_path
+from ..data.normalise import SHIFT_WARN, distribution_shift, normalised_volume
+from ..data.store import StoreInfo, default_layout
+from ..data.volumes import Volume, open_volume
+from ..io import remove_path, writing
+from ..stop import never
 from ..errors import InvalidInputError, OutputExistsError, RunInterrupted, SettingsMismatchError, \
-    XtrainError, CorruptFileError
+    XtrainError
 from ..malloc import keep_freed_memory
-from ..models import create_model
-from ..train.checkpoint import file_checksum, load_checkpoint
+from ..models.checkpoint import file_checksum, load_checkpoint, model_from_checkpoint
 from .blocks import Block, align_block, block_grid
 from .postprocess import CLEAN_HALO, grow, majority_filter
 from .predict import AXES, WINDOWS, PredictionStopped, Predictor
-from .volume import SHIFT_WARN, Volume, distribution_shift, open_volume
 from .write import GROUP, HDF5_SUFFIXES, JOB, MARKERS, TIFF_SUFFIXES, Markers, ZarrSink, finish, is_hdf5, is_tiff, \
     open_segmentation, read_labels_file_provenance, segmentation_attrs, work_dir, write_json
 
@@ -120,52 +121,20 @@ class Job:
     device: str = "cpu"
 
 
-# ----------------------------------------------------------------------------- the model
-
-
-def build_model(ckpt: dict[str, Any], path: str | os.PathLike) -> nn.Module:
-    """The network of a model.pt, with its weights; a mismatch is a corrupt-file error."""
-    try:
-        model = create_model(ckpt["model_name"], **ckpt.get("model_kwargs", {}))
-        model.load_state_dict(ckpt["model_state"])
-    except XtrainError:
-        raise
-    except Exception as exc:  # wrong keys / shapes in the state dict
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise CorruptFileError(f"model '{path}' does not load into a {ckpt['model_name']} network ({first}); "
-                               "it is damaged or from another xtrain version, export it again") from exc
-    return model
-
-
-def model_channels(ckpt: dict[str, Any], path: str | os.PathLike) -> tuple[int, int, list[str]]:
-    """(in_channels, num_classes, classes) of a checkpoint, checked for consistency."""
-    kwargs = ckpt.get("model_kwargs", {})
-    c, k = int(kwargs.get("in_channels", 1)), int(kwargs.get("num_classes", 3))
-    classes = list(ckpt.get("classes") or [str(i) for i in range(k)])
-    if c < 1 or c % 2 == 0:
-        raise InvalidInputError(f"model '{path}' expects {c} input channels, but segment feeds a centre slice and "
-                                "equal neighbours on each side (an odd count); retrain with data.slices odd")
-    if len(classes) != k:
-        raise CorruptFileError(f"model '{path}' predicts {k} classes but names {len(classes)} ({classes}); "
-                               "it is inconsistent, export it again")
-    return c, k, classes
-
-
 # ----------------------------------------------------------------------------- one worker
 
 
 class BlockRunner:
     """Predict and write blocks: used in-process or as the body of a Ray actor."""
 
-    def __init__(self, job: Job, should_stop: Callable[[], bool] = runtime.never):
+    def __init__(self, job: Job, should_stop: Callable[[], bool] = never):
         self.should_stop = should_stop
         self.previous_threads = torch.get_num_threads()
         torch.set_num_threads(job.settings.threads)
         keep_freed_memory()  # tiles reuse their pages instead of faulting them in (malloc.py)
-        ckpt = load_checkpoint(job.model, map_location="cpu")
-        c, k, _ = model_channels(ckpt, job.model)
+        model, info = model_from_checkpoint(load_checkpoint(job.model, map_location="cpu"), job.model)
         s = job.settings
-        self.predictor = Predictor(build_model(ckpt, job.model), c, k, tile=s.tile, halo=s.halo, axes=s.axes,
+        self.predictor = Predictor(model, info.in_channels, info.num_classes, tile=s.tile, halo=s.halo, axes=s.axes,
                                    tta=s.tta, window=s.window, batch_size=s.batch_size, device=job.device)
         self.volume = job.volume
         self.clean = s.clean
@@ -388,7 +357,7 @@ def segment(
     time: int | None = None,
     mask: str | os.PathLike | None = None,
     normalisation: str = "auto",
-    should_stop: Callable[[], bool] = runtime.never,
+    should_stop: Callable[[], bool] = never,
     on_actors: Callable[[list[Any]], None] | None = None,
     clean: bool = False,
 ) -> Path:
@@ -404,7 +373,7 @@ def segment(
     after each finished block (progress hooks; tests raise from it to simulate a crash).
     ``dataset``/``channel``/``time``: which volume of the input (``xtrain.data.volumes.open_volume``);
     ``mask``: a volume of the same shape, non-zero = sample; ``normalisation``: auto, train, own or peaks
-    (``xtrain.infer.volume.choose_mapping``; recorded in the output's attributes).
+    (``xtrain.data.normalise.choose_mapping``; recorded in the output's attributes).
     ``on_actors(actors)``: the Ray worker actors, whenever the pool changes (tests).
     ``clean``: a 3D majority filter over the probabilities (postprocess.py); --probabilities
     then writes the filtered ones.
@@ -417,7 +386,7 @@ def segment(
     """
     out = Path(out)
     use_ray = gpu or (workers or 1) > 1
-    with runtime.writing(out, "the segmentation"), (runtime.ray_session() if use_ray else contextlib.nullcontext()):
+    with writing(out, "the segmentation"), (runtime.ray_session() if use_ray else contextlib.nullcontext()):
         return _segment(model, volume, out, block, tile, halo, axes, tta, probabilities, workers, gpu, resume,
                         overwrite, window, batch_size, threads, chunks, shard, on_block, should_stop, on_actors,
                         dataset=dataset, channel=channel, time=time, mask=mask, normalisation=normalisation,
@@ -438,11 +407,12 @@ def _segment(model, volume, out: Path, block, tile, halo, axes, tta, probabiliti
 
     # the model and the volume: read and checked before anything is written
     ckpt = load_checkpoint(model)
-    build_model(ckpt, model)
-    _, num_classes, classes = model_channels(ckpt, model)
+    _, info = model_from_checkpoint(ckpt, model)
+    num_classes, classes = info.num_classes, info.classes
     train_stats = ckpt.get("stats") or {}
-    vol = open_volume(volume, stats=previous.get("stats") if previous else None, dataset=dataset, channel=channel,
-                      time=time, mask=mask, train_stats=train_stats, normalisation=normalisation)
+    vol = normalised_volume(open_volume(volume, dataset=dataset, channel=channel, time=time), train_stats=train_stats,
+                            mode=normalisation, mask=open_volume(mask) if mask is not None else None,
+                            stats=previous.get("stats") if previous else None)
     block = given or default_block(axes, vol.shape)
     m = vol.mapping
     log.info("normalisation: %s statistics, p0.5 %.6g -> 0, p99.5 %.6g -> 1 (%s)%s", m["mode"], m["lo"], m["hi"],
@@ -475,7 +445,7 @@ def _segment(model, volume, out: Path, block, tile, halo, axes, tta, probabiliti
                  ",".join(map(str, block)), ",".join(map(str, aligned)), ",".join(map(str, layout.shards or layout.chunks)))
     settings = Settings(aligned, tile, halo, axes, tta, probabilities, window, batch_size, threads,
                         tuple(layout.chunks), shard, clean)
-    record = {"kind": vol.kind, "volume": vol.path, "shape": list(vol.shape), "model_sha256": file_checksum(model),
+    record = {"kind": vol.kind, "volume": vol.spec, "shape": list(vol.shape), "model_sha256": file_checksum(model),
               "settings": json.loads(json.dumps(asdict(settings))), "stats": vol.stats,
               "normalisation": vol.mapping}
     if previous:
@@ -500,21 +470,21 @@ def _segment(model, volume, out: Path, block, tile, halo, axes, tta, probabiliti
             remove_path(work)
         work.mkdir()
         info = StoreInfo(classes=classes, voxel_size_nm=vol.voxel_size_nm, stats=vol.stats, source={
-            "kind": "segmentation", "volume": vol.path, "volume_kind": vol.kind, "model": str(Path(model).resolve()),
+            "kind": "segmentation", "volume": vol.spec, "volume_kind": vol.kind, "model": str(Path(model).resolve()),
             "model_name": ckpt["model_name"], "model_sha256": record["model_sha256"],
             "model_config": ckpt.get("config"), "model_stats": train_stats, "distribution_shift": shift,
-            "normalisation": vol.mapping, "volume_provenance": vol.source.provenance,
+            "normalisation": vol.mapping, "volume_provenance": vol.provenance,
             "settings": record["settings"], "xtrain_version": __version__,
         })
         attrs = json.loads(json.dumps(segmentation_attrs(out.stem, info.to_dict(), vol.voxel_size_nm), default=str))
-        image_dtype = None if is_tiff(out) or is_hdf5(out) else vol.dtype  # a .zarr output holds the image too
+        image_dtype = None if is_tiff(out) or is_hdf5(out) else vol.raw_dtype.name  # a .zarr output holds the image too
         ZarrSink.create(work / GROUP, vol.shape, num_classes, layout, probabilities, attrs, image_dtype)
         write_json(job_file, record)
 
     finished = Markers(work / MARKERS).done()
     todo = [b for b in blocks if b.name not in finished]
     total = int(np.prod(vol.shape))
-    log.info("segmenting %s %s with %s: %d blocks of %s (%d done), %s", "x".join(map(str, vol.shape)), vol.dtype,
+    log.info("segmenting %s %s with %s: %d blocks of %s (%d done), %s", "x".join(map(str, vol.shape)), vol.raw_dtype,
              ckpt["model_name"], len(blocks), ",".join(map(str, aligned)), len(blocks) - len(todo),
              f"{workers} Ray workers x {threads} threads" if use_ray else f"in-process, {threads} threads")
     job = Job(str(Path(model).resolve()), vol, str(work), settings, "cuda" if gpu else "cpu")
