@@ -224,16 +224,10 @@ def cmd_segment(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from .infer.segment import build_model, model_channels
-    from .models.export import check_export, export_model
-    from .train.checkpoint import file_checksum, load_checkpoint
+    from .pipelines.export import export
 
-    check_export(args.out, args.format, args.overwrite)  # before the model is read
-    ckpt = load_checkpoint(args.model)
-    model_channels(ckpt, args.model)
-    export_model(build_model(ckpt, args.model), ckpt, args.out, args.format, sample=args.sample,
-                 overwrite=args.overwrite, model_sha256=file_checksum(args.model), name=args.name,
-                 authors=args.author, license=args.license)
+    export(args.model, args.out, args.format, sample=args.sample, overwrite=args.overwrite, name=args.name,
+           authors=args.author, license=args.license)
     return 0
 
 

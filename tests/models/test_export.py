@@ -12,11 +12,12 @@ import torch
 
 from conftest import make_store
 from xtrain.cli import main
-from xtrain.data.stats import normalize
+from xtrain.data.normalise import normalize
 from xtrain.data.store import open_store
 from xtrain.models import create_model, model_kwargs
-from xtrain.models.export import SOC_PXCT, UNET_CITE, training_data
-from xtrain.train.checkpoint import load_checkpoint, save_checkpoint
+from xtrain.models.export import UNET_CITE
+from xtrain.pipelines.export import SOC_PXCT, training_data
+from xtrain.models.checkpoint import load_checkpoint, save_checkpoint
 
 STATS = {"p0_5": 1000.0, "p99_5": 3000.0}
 

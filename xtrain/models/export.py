@@ -1,8 +1,8 @@
 """Export a trained network for use without xtrain: TorchScript, ONNX, or a bioimage.io package.
 
-    export_model(network, ckpt, "soc-unet.onnx", "onnx")                  # network: the model.pt's, with weights
-    export_model(network, ckpt, "soc-unet.zip", "bioimageio", sample="soc.zarr")
-    xtrain export runs/unet/model.pt soc-unet.zip --format bioimageio --sample soc.zarr
+    seg = build_segmenter(network, ckpt, normalise=True)    # network: the model.pt's, with weights
+    onnx_bytes(seg, in_channels=3, min_size=16, meta=metadata(ckpt, network, sha256, normalised=True))
+    xtrain export runs/unet/model.pt soc-unet.zip --format bioimageio --sample soc.zarr   (xtrain.pipelines.export)
 
 What each format holds (the exported function is ``Segmenter``; Pix2Pix exports its generator, a
 plain U-Net; the MLP exports as it is):
@@ -11,7 +11,7 @@ plain U-Net; the MLP exports as it is):
   Input ``raw`` (B, C, Y, X) float32 raw intensities, the C = in_channels consecutive slices of
   the volume along the slicing axis with the predicted slice in the middle (segment mirrors the
   volume at its border: slice -1 is slice 1); the graph computes
-  x_norm = (x - p0_5) * (1 / (p99_5 - p0_5)) with the training statistics (``xtrain.data.stats.normalize``,
+  x_norm = (x - p0_5) * (1 / (p99_5 - p0_5)) with the training statistics (``xtrain.data.normalise.normalize``,
   float32 in the same order, so bit-identical to xtrain's), the network, and a softmax over
   classes.  Output ``probabilities`` (B, K, Y, X) float32; labels = argmax over K.  Y and X are
   free (at least ``multiple``: the U-Net pads them to a multiple of 2**depth itself).  The same
@@ -33,11 +33,9 @@ or a full disk leaves no partial OUT.
 
 from __future__ import annotations
 
-import copy
 import io
 import json
 import logging
-import os
 import re
 import tempfile
 import uuid
@@ -49,12 +47,11 @@ import numpy as np
 import tifffile
 import torch
 from torch import nn
-from torch.nn.utils import fuse_conv_bn_eval
 
 from .. import __version__
-from ..data.store import check_output, remove_path, replace_into_place
 from ..errors import InvalidInputError, UnknownNameError
-from ..runtime import atomic_write, writing
+from ..io import remove_path, replace_into_place
+from .fold import fold_batchnorm
 from .mlp import PatchMLP
 from .pix2pix import Pix2Pix
 from .registry import create_model, num_parameters
@@ -64,7 +61,6 @@ log = logging.getLogger(__name__)
 
 FORMATS = ("bioimageio", "onnx", "torchscript")
 SUFFIXES = {"onnx": (".onnx",), "torchscript": (".pt", ".pts", ".torchscript"), "bioimageio": (".zip", "")}
-TEST_TILE = 256  # edge of the bioimage.io test input (rounded down to the network's multiple and the sample)
 # How far a re-run of the test tensors may drift (bioimage.io ReproducibilityTolerance): float32
 # probabilities from other kernels (ONNX Runtime, oneDNN, a GPU) differ by ~1e-7 here.
 TOLERANCE = 1e-4
@@ -74,35 +70,9 @@ UNET_CITE = {"text": "Ronneberger O., Fischer P., Brox T. (2015) U-Net: Convolut
                      "image segmentation. MICCAI 2015.", "doi": "10.1007/978-3-319-24574-4_28"}
 PIX2PIX_CITE = {"text": "Isola P., Zhu J.-Y., Zhou T., Efros A. A. (2017) Image-to-image translation with "
                         "conditional adversarial networks. CVPR 2017.", "doi": "10.1109/CVPR.2017.632"}
-SOC_PXCT = {
-    "name": "SOC PXCT Ni-YSZ electrode",
-    "description": "Ptychographic X-ray computed tomography of a pristine solid oxide cell fuel electrode "
-                   "(Ni / yttria-stabilised zirconia cermet with pores): 250 slices of 501 x 501 uint16, with "
-                   "manual labels 0 = pore, 128 = YSZ, 255 = Ni.",
-    "cite": {"text": "magn2998/XraySegmentation: PXCT volume of a pristine SOC Ni-YSZ fuel electrode with manual "
-                     "pore / YSZ / Ni labels, a course project at the Technical University of Denmark (DTU), "
-                     "commit d94a4bb, folders data/data and data/labels.",
-             "url": "https://github.com/magn2998/XraySegmentation"},
-}
-SOC_PXCT_FILES = re.compile(r"SOCprist\d+\.tiff?$")  # the slice names of that volume
 
 
 # ----------------------------------------------------------------------------- the exported function
-
-
-def fold_batchnorm(model: nn.Module) -> nn.Module:
-    """A copy of ``model`` in eval mode with every Conv2d -> BatchNorm2d pair inside an
-    ``nn.Sequential`` folded into one convolution (``torch.nn.utils.fuse_conv_bn_eval``): the
-    same function of the input up to float rounding (about 1e-7).  BatchNorm without running
-    statistics normalises by the batch even in eval mode and is left as it is."""
-    model = copy.deepcopy(model).eval()
-    for seq in model.modules():
-        if isinstance(seq, nn.Sequential):
-            for i in range(len(seq) - 1):
-                conv, norm = seq[i], seq[i + 1]
-                if isinstance(conv, nn.Conv2d) and isinstance(norm, nn.BatchNorm2d) and norm.running_mean is not None:
-                    seq[i], seq[i + 1] = fuse_conv_bn_eval(conv, norm), nn.Identity()
-    return model
 
 
 class Segmenter(nn.Module):
@@ -110,7 +80,7 @@ class Segmenter(nn.Module):
 
     ``model_name``/``model_kwargs``: the network (``create_model``); ``p0_5``/``p99_5``: when
     given, the input is raw intensities normalised first as x_norm = (x - p0_5) * (1 / (p99_5 -
-    p0_5)) in float32 (``xtrain.data.stats.normalize``).  The constants are buffers outside the
+    p0_5)) in float32 (``xtrain.data.normalise.normalize``).  The constants are buffers outside the
     state dict, so ``state_dict()`` is the network's under ``net.`` (bioimage.io's architecture
     callable: ``Segmenter(model_name, model_kwargs)`` loads it).
     """
@@ -161,7 +131,8 @@ def multiple(network: nn.Module) -> int:
     return int(net.patch) if isinstance(net, PatchMLP) else int(net.multiple)
 
 
-def metadata(ckpt: dict[str, Any], network: nn.Module, model_sha256: str | None, normalised: bool) -> dict[str, Any]:
+def metadata(ckpt: dict[str, Any], network: nn.Module, model_sha256: str | None, normalised: bool,
+             training_data: str | None = None) -> dict[str, Any]:
     """What an exported file says about itself (JSON-serialisable)."""
     name, kwargs, _ = segmenter_spec(network, ckpt)
     c = int(kwargs.get("in_channels", 1))
@@ -179,7 +150,7 @@ def metadata(ckpt: dict[str, Any], network: nn.Module, model_sha256: str | None,
         "normalisation": {"p0_5": lo, "p99_5": hi, "from": "the training data's statistics (model.pt 'stats')",
                           "inside_graph": normalised},
         "output": "softmax class probabilities (B, K, Y, X) float32, inside the graph; labels = argmax over K",
-        "training_data": (ckpt.get("config") or {}).get("data", {}).get("store"),
+        "training_data": training_data,
     }
 
 
@@ -236,36 +207,15 @@ class _quiet_exporter:
 # ----------------------------------------------------------------------------- bioimage.io
 
 
-def training_data(ckpt: dict[str, Any]) -> dict[str, Any]:
-    """Name, description and citation (or None) of the data the model was trained on, from the
-    training store's recorded source (``config.data.store``)."""
-    from ..data.store import open_store
-
-    store = (ckpt.get("config") or {}).get("data", {}).get("store")
-    if not store or not Path(store).exists():
-        return {"name": "unknown training data", "cite": None,
-                "description": f"The training store '{store}' was not found when the model was exported."}
-    source = open_store(store, require_image=False).info.source or {}
-    files = (source.get("provenance") or {}).get("images", {}).get("files") or []
-    if any(SOC_PXCT_FILES.search(str(f)) for f in ([files] if isinstance(files, str) else files)):
-        return SOC_PXCT
-    kind = source.get("kind", "unknown")
-    details = ", ".join(f"{k} {v}" for k, v in source.items() if k in ("preset", "seed", "generator", "shape"))
-    return {"name": f"{kind} training store", "cite": None,
-            "description": f"The store '{Path(store).name}' ({kind}{': ' + details if details else ''})."}
-
-
-def _cover(x: np.ndarray, probs: np.ndarray, path: Path) -> None:
-    """A 2:1 PNG: the test input's centre slice (normalised grey) beside its predicted labels."""
+def _cover(x: np.ndarray, probs: np.ndarray, colours: list[tuple[int, ...]], path: Path) -> None:
+    """A 2:1 PNG: the test input's centre slice (normalised grey) beside its predicted labels
+    (``colours``: RGB(A) 0-255 per class)."""
     from matplotlib import pyplot as plt
-
-    from ..data.layout import class_colours
 
     grey = np.clip(x[0, x.shape[1] // 2], 0.0, 1.0)
     labels = probs[0].argmax(0)
-    colours = np.asarray(class_colours(probs.shape[1]), np.float32)[:, :3] / 255.0
-    rgb = np.concatenate([np.repeat(grey[..., None], 3, axis=2), colours[labels]], axis=1)
-    plt.imsave(path, rgb)
+    rgb = np.asarray(colours, np.float32)[:, :3] / 255.0
+    plt.imsave(path, np.concatenate([np.repeat(grey[..., None], 3, axis=2), rgb[labels]], axis=1))
 
 
 def _documentation(meta: dict[str, Any], data: dict[str, Any]) -> str:
@@ -297,14 +247,17 @@ this package's output with labels in any bioimage.io consumer.  Validation metri
 """
 
 
-def bioimageio_description(seg: Segmenter, ckpt: dict[str, Any], network: nn.Module, meta: dict[str, Any],
-                           tile: np.ndarray, folder: Path, *, name: str | None = None,
-                           authors: list[str] | None = None, license: str = "BSD-3-Clause"):
-    """The bioimage.io 0.5 ``ModelDescr`` of ``seg``, its files written into ``folder``.
+def bioimageio_description(seg: Segmenter, ckpt: dict[str, Any], meta: dict[str, Any], tile: np.ndarray,
+                           data: dict[str, Any], colours: list[tuple[int, ...]], folder: Path, *,
+                           name: str | None = None, authors: list[str] | None = None, license: str = "BSD-3-Clause"):
+    """The bioimage.io 0.5 ``ModelDescr`` of ``seg`` (a ``Segmenter`` without normalisation: the
+    package's preprocessing normalises), its files written into ``folder``.
 
-    ``tile``: the raw test input (1, C, T, T) float32.  Raises ``InvalidInputError`` for a test
-    output the package's own weights do not reproduce (which would fail bioimage.io's test)."""
+    ``tile``: the raw test input (1, C, T, T) float32; ``data``: the training data's ``name``,
+    ``description`` and ``cite`` (a CiteEntry dict or None); ``colours``: RGB(A) per class for the
+    cover image."""
     import bioimageio.spec.model.v0_5 as bio
+    import onnx
     from bioimageio.spec.dataset.v0_3 import DatasetDescr
 
     stats = ckpt["stats"]
@@ -312,25 +265,20 @@ def bioimageio_description(seg: Segmenter, ckpt: dict[str, Any], network: nn.Mod
     gain = 1.0 / (hi - lo) if hi > lo else 1.0
     offset = -lo * gain
     x = (tile.astype(np.float32) * np.float32(gain) + np.float32(offset)).astype(np.float32)  # as scale_linear
-    plain = copy.deepcopy(seg)  # without normalisation: the package's preprocessing does it
-    plain.normalise = False
+    if seg.normalise:
+        raise ValueError("a bioimage.io Segmenter must not normalise: the package's preprocessing does")
     with torch.inference_mode():
-        probs = plain(torch.from_numpy(x)).numpy()
+        probs = seg(torch.from_numpy(x)).numpy()
     np.save(folder / "test_input.npy", tile.astype(np.float32))
     np.save(folder / "test_output.npy", probs)
     tifffile.imwrite(folder / "sample_input.tif", tile.astype(np.float32))  # for people: imageio-readable
     tifffile.imwrite(folder / "sample_output.tif", probs)
-    _cover(x, probs, folder / "cover.png")
-    torch.save(plain.state_dict(), folder / "weights.pt")
-    meta = {**meta, "input": meta["input"].replace("raw intensities, float32; normalised inside the graph",
-                                                   "raw intensities; normalised by the preprocessing")}
-    (folder / "model.torchscript.pt").write_bytes(torchscript_bytes(plain, meta))
+    _cover(x, probs, colours, folder / "cover.png")
+    torch.save(seg.state_dict(), folder / "weights.pt")
+    (folder / "model.torchscript.pt").write_bytes(torchscript_bytes(seg, meta))
     onnx_file = folder / "model.onnx"
-    onnx_file.write_bytes(onnx_bytes(plain, meta["in_channels"], meta["min_size"], meta, input_name="raw"))
-    import onnx
-
+    onnx_file.write_bytes(onnx_bytes(seg, meta["in_channels"], meta["min_size"], meta, input_name="raw"))
     opset = max(o.version for o in onnx.load(str(onnx_file)).opset_import if o.domain in ("", "ai.onnx"))
-    data = training_data(ckpt)
     (folder / "README.md").write_text(_documentation({**meta, "metrics": ckpt.get("metrics")}, data))
 
     c, m = meta["in_channels"], meta["min_size"]
@@ -395,72 +343,20 @@ def bioimageio_description(seg: Segmenter, ckpt: dict[str, Any], network: nn.Mod
     )
 
 
-def test_tile(sample: str | os.PathLike, in_channels: int, edge: int) -> np.ndarray:
-    """The bioimage.io test input: raw (1, C, T, T) float32 from the middle of ``sample``'s
-    middle slices, T = ``TEST_TILE`` rounded down to a multiple of ``edge`` and to the volume."""
-    from ..data.volumes import open_volume
-
-    vol = open_volume(sample)
-    nz, ny, nx = vol.shape
-    t = min(TEST_TILE, ny, nx) // edge * edge
-    if t < edge or nz < in_channels:
-        raise InvalidInputError(f"sample '{sample}' of shape {vol.shape} is too small for a test input of "
-                                f"{in_channels} slices of {edge}x{edge}; give a larger --sample volume")
-    z0, y0, x0 = nz // 2 - in_channels // 2, (ny - t) // 2, (nx - t) // 2
-    box = ((z0, z0 + in_channels), (y0, y0 + t), (x0, x0 + t))
-    return np.asarray(vol.read_box(box), np.float32)[None]  # (1, C, T, T)
+# ----------------------------------------------------------------------------- checks and writing
 
 
-# ----------------------------------------------------------------------------- the command
-
-
-def check_export(out: Path, fmt: str, overwrite: bool) -> None:
-    """Refuse an unknown format, an OUT whose suffix does not fit it, or an existing OUT."""
+def check_format(out: Path, fmt: str) -> None:
+    """Refuse an unknown format (``UnknownNameError``) or an OUT whose suffix does not fit it
+    (``InvalidInputError``)."""
     if fmt not in FORMATS:
         raise UnknownNameError("export format", fmt, FORMATS)
-    suffix = out.suffix.lower()
-    if suffix not in SUFFIXES[fmt]:
+    if out.suffix.lower() not in SUFFIXES[fmt]:
         want = " or ".join(f"'{s}'" if s else "no suffix (a folder)" for s in SUFFIXES[fmt])
         raise InvalidInputError(f"output '{out}' of --format {fmt} must end in {want}")
-    check_output(out, overwrite)
 
 
-def export_model(network: nn.Module, ckpt: dict[str, Any], out: str | os.PathLike, fmt: str, *,
-                 sample: str | os.PathLike | None = None, overwrite: bool = False, model_sha256: str | None = None,
-                 name: str | None = None, authors: list[str] | None = None, license: str = "BSD-3-Clause") -> Path:
-    """Export ``network`` (the model.pt's, with its weights; ``ckpt`` the model.pt dict) to ``out`` as ``fmt``.
-
-    ``sample``: the volume the bioimage.io test input is cut from (default: the training store in
-    the checkpoint's config).  Raises ``UnknownNameError`` (format), ``InvalidInputError`` (an OUT
-    suffix that does not fit, a model without training statistics, no sample), ``OutputExistsError``.
-    """
-    out = Path(out)
-    check_export(out, fmt, overwrite)
-    if fmt == "bioimageio":
-        _check_package_fields(name, license)
-    stats = ckpt.get("stats") or {}
-    if "p0_5" not in stats or "p99_5" not in stats:
-        raise InvalidInputError("the model has no training statistics (p0_5, p99_5) to write the normalisation "
-                                "from; export a model.pt written by 'xtrain train'")
-    if fmt == "bioimageio" and sample is None:
-        sample = (ckpt.get("config") or {}).get("data", {}).get("store")
-        if not sample or not Path(sample).exists():
-            raise InvalidInputError(f"the training store '{sample}' is gone; give --sample VOLUME to cut the "
-                                    "bioimage.io test input from")
-    meta = metadata(ckpt, network, model_sha256, normalised=fmt != "bioimageio")
-    seg = build_segmenter(network, ckpt, normalise=fmt != "bioimageio")
-    with writing(out, f"the {fmt} export"):
-        if fmt == "torchscript":
-            atomic_write(out, torchscript_bytes(seg, meta), what="the TorchScript model")
-        elif fmt == "onnx":
-            atomic_write(out, onnx_bytes(seg, meta["in_channels"], meta["min_size"], meta), what="the ONNX model")
-        else:
-            _export_bioimageio(seg, ckpt, network, meta, out, sample, name=name, authors=authors, license=license)
-    log.info("exported %s (%s, %d parameters) to %s", ckpt["model_name"], fmt, num_parameters(seg), out)
-    return out
-
-
-def _check_package_fields(name: str | None, license: str) -> None:
+def check_package_fields(name: str | None, license: str) -> None:
     """Refuse a licence that is no SPDX id, or a name that bioimage.io does not allow, before any work."""
     from bioimageio.spec.model.v0_5 import LicenseId
 
@@ -473,15 +369,15 @@ def _check_package_fields(name: str | None, license: str) -> None:
         raise InvalidInputError(f"name '{name}' must be 5-128 letters, digits, spaces or _+-() (bioimage.io)")
 
 
-def _export_bioimageio(seg: Segmenter, ckpt: dict[str, Any], network: nn.Module, meta: dict[str, Any], out: Path,
-                       sample: str | os.PathLike, **fields: Any) -> None:
-    """Write the package to a temporary sibling of ``out`` and rename it into place."""
+def write_bioimageio(seg: Segmenter, ckpt: dict[str, Any], meta: dict[str, Any], tile: np.ndarray,
+                     data: dict[str, Any], colours: list[tuple[int, ...]], out: Path, **fields: Any) -> None:
+    """Write the package (``bioimageio_description``) as ``out`` (.zip, or a folder for no suffix)
+    through a temporary sibling renamed into place: a failure leaves no partial ``out``."""
     from bioimageio.spec import save_bioimageio_package, save_bioimageio_package_as_folder
 
-    tile = test_tile(sample, meta["in_channels"], meta["min_size"])
     tmp = out.parent / f".{out.name}.{uuid.uuid4().hex[:8]}.tmp"
     with tempfile.TemporaryDirectory(dir=out.parent, prefix=f".{out.name}.files.") as files:
-        descr = bioimageio_description(seg, ckpt, network, meta, tile, Path(files), **fields)
+        descr = bioimageio_description(seg, ckpt, meta, tile, data, colours, Path(files), **fields)
         try:
             if out.suffix.lower() == ".zip":
                 save_bioimageio_package(descr, output_path=tmp)
