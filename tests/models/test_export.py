@@ -50,7 +50,7 @@ def test_bioimageio_package_passes_bioimageio_core_test(tiny_model, tmp_path):
     ckpt = load_checkpoint(tiny_model)
     descr = load_model_description(out)
     lo, hi = ckpt["stats"]["p0_5"], ckpt["stats"]["p99_5"]
-    ensure, scale = descr.inputs[0].preprocessing
+    ensure, scale = descr.inputs[0].preprocessing[:2]  # the spec appends an ensure_dtype of its own
     assert ensure.kwargs.dtype == "float32"
     assert scale.kwargs.gain == pytest.approx(1 / (hi - lo)) and scale.kwargs.offset == pytest.approx(-lo / (hi - lo))
     assert [a.id for a in descr.inputs[0].axes] == ["batch", "channel", "y", "x"]
