@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from xtrain.infer.predict import inference_model
+from xtrain.infer.engines import inference_model
 from xtrain.models import create_model
 
 

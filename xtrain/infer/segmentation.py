@@ -61,6 +61,7 @@ from ..malloc import keep_freed_memory
 from ..models.checkpoint import file_checksum, load_checkpoint, model_from_checkpoint
 from .blocks import Block, align_block, block_grid
 from .postprocess import CLEAN_HALO, grow, majority_filter
+from .engines import resolve
 from .predict import AXES, WINDOWS, PredictionStopped, Predictor
 from .write import GROUP, HDF5_SUFFIXES, JOB, MARKERS, TIFF_SUFFIXES, Markers, ZarrSink, finish, is_hdf5, is_tiff, \
     open_segmentation, read_labels_file_provenance, segmentation_attrs, work_dir, write_json
@@ -108,6 +109,7 @@ class Settings:
     chunks: tuple[int, int, int] | None
     shard: bool
     clean: bool = False  # 3D majority filter over the probabilities (postprocess.py)
+    engine: str = "eager"  # the inference engine (engines.py): its kernels round differently
 
 
 @dataclass
@@ -135,7 +137,8 @@ class BlockRunner:
         model, info = model_from_checkpoint(load_checkpoint(job.model, map_location="cpu"), job.model)
         s = job.settings
         self.predictor = Predictor(model, info.in_channels, info.num_classes, tile=s.tile, halo=s.halo, axes=s.axes,
-                                   tta=s.tta, window=s.window, batch_size=s.batch_size, device=job.device)
+                                   tta=s.tta, window=s.window, batch_size=s.batch_size, device=job.device,
+                                   engine=s.engine)
         self.volume = job.volume
         self.clean = s.clean
         self.sink = ZarrSink(Path(job.work) / GROUP)
@@ -331,6 +334,26 @@ def _ray_workers(workers: int | None, gpu: bool) -> tuple[int, int]:
     return int(workers or 1), int(resources.get("CPU", 1))
 
 
+def _uses_ray(workers: int | None, gpu: bool) -> bool:
+    """Ray workers for more than one worker, or one per GPU of the cluster (--gpu without --workers)."""
+    return (workers or 1) > 1 or (gpu and workers is None)
+
+
+def _engine_for(engine: str, previous: dict[str, Any] | None, device: str) -> str:
+    """The concrete engine (``engines.resolve``): with ``auto``, a resumed run keeps the recorded one
+    (like the threads: the same bits); a run recorded before engines existed ran eager."""
+    auto = engine == "auto"
+    recorded = (previous or {}).get("settings")
+    if isinstance(recorded, dict):
+        recorded.setdefault("engine", "eager")
+        if auto:
+            engine = recorded["engine"]
+    chosen = resolve(engine, device)
+    log.info("engine: %s%s", chosen, " (auto, as recorded)" if auto and isinstance(recorded, dict) else
+             " (auto)" if auto else "")
+    return chosen
+
+
 def segment(
     model: str | os.PathLike,
     volume: str | os.PathLike,
@@ -360,6 +383,7 @@ def segment(
     should_stop: Callable[[], bool] = never,
     on_actors: Callable[[list[Any]], None] | None = None,
     clean: bool = False,
+    engine: str = "eager",
 ) -> Path:
     """Segment ``volume`` (store or TIFF stack) with ``model`` (model.pt) into ``out`` (.zarr / .tif / .h5).
 
@@ -376,26 +400,28 @@ def segment(
     (``xtrain.data.normalise.choose_mapping``; recorded in the output's attributes).
     ``on_actors(actors)``: the Ray worker actors, whenever the pool changes (tests).
     ``clean``: a 3D majority filter over the probabilities (postprocess.py); --probabilities
-    then writes the filtered ones.
+    then writes the filtered ones.  ``engine``: the inference engine (``xtrain.infer.engines``;
+    ``auto``: the fastest that keeps eager's labels, else eager; on ``resume`` the recorded one).
+    ``gpu`` with ``workers=1`` runs in this process on the first GPU, without Ray.
 
     Raises ``RunInterrupted`` once ``should_stop()`` is true (after the blocks in flight are
     written; ``resume=True`` continues), ``SettingsMismatchError`` for ``resume`` of an
     output made with other settings, ``DiskFullError`` when OUT's file system is full.
     ``resume`` of a finished OUT with the same settings returns OUT at once.  Uses the
-    connected Ray (workers > 1 or gpu) or starts one and stops it before returning.
+    connected Ray (workers > 1, or gpu without workers) or starts one and stops it before returning.
     """
     out = Path(out)
-    use_ray = gpu or (workers or 1) > 1
+    use_ray = _uses_ray(workers, gpu)
     with writing(out, "the segmentation"), (runtime.ray_session() if use_ray else contextlib.nullcontext()):
         return _segment(model, volume, out, block, tile, halo, axes, tta, probabilities, workers, gpu, resume,
                         overwrite, window, batch_size, threads, chunks, shard, on_block, should_stop, on_actors,
                         dataset=dataset, channel=channel, time=time, mask=mask, normalisation=normalisation,
-                        clean=clean)
+                        clean=clean, engine=engine)
 
 
 def _segment(model, volume, out: Path, block, tile, halo, axes, tta, probabilities, workers, gpu, resume, overwrite,
              window, batch_size, threads, chunks, shard, on_block, should_stop, on_actors, *, dataset, channel, time,
-             mask, normalisation, clean) -> Path:
+             mask, normalisation, clean, engine="eager") -> Path:
     given = tuple(int(b) for b in block) if block else None
     _check_args(out, given or (1, 1, 1), tile, halo, axes, window, workers, probabilities, batch_size, threads)
     work, continuing = _prepare_output(out, resume, overwrite)
@@ -429,7 +455,10 @@ def _segment(model, volume, out: Path, block, tile, halo, axes, tta, probabiliti
         log.warning("volume '%s' looks unlike the training data: normalised intensity histograms differ by %.3f "
                     "(Wasserstein-1; warning above %.2f); check the segmentation", volume, shift, SHIFT_WARN)
 
-    use_ray = gpu or (workers or 1) > 1
+    use_ray = _uses_ray(workers, gpu)
+    if gpu and not use_ray and not torch.cuda.is_available():
+        raise InvalidInputError("--gpu was given but torch sees no CUDA device; drop --gpu or run on a GPU node")
+    engine = _engine_for(engine, previous, "cuda" if gpu else "cpu")
     cpus = os.cpu_count() or 1
     if use_ray:
         workers, cpus = _ray_workers(workers, gpu)
@@ -444,7 +473,7 @@ def _segment(model, volume, out: Path, block, tile, halo, axes, tta, probabiliti
         log.info("block %s rounded up to %s: whole output shards %s, so no two workers write one shard",
                  ",".join(map(str, block)), ",".join(map(str, aligned)), ",".join(map(str, layout.shards or layout.chunks)))
     settings = Settings(aligned, tile, halo, axes, tta, probabilities, window, batch_size, threads,
-                        tuple(layout.chunks), shard, clean)
+                        tuple(layout.chunks), shard, clean, engine)
     record = {"kind": vol.kind, "volume": vol.spec, "shape": list(vol.shape), "model_sha256": file_checksum(model),
               "settings": json.loads(json.dumps(asdict(settings))), "stats": vol.stats,
               "normalisation": vol.mapping}

@@ -82,13 +82,14 @@ class Segmenter(nn.Module):
     given, the input is raw intensities normalised first as x_norm = (x - p0_5) * (1 / (p99_5 -
     p0_5)) in float32 (``xtrain.data.normalise.normalize``).  The constants are buffers outside the
     state dict, so ``state_dict()`` is the network's under ``net.`` (bioimage.io's architecture
-    callable: ``Segmenter(model_name, model_kwargs)`` loads it).
+    callable: ``Segmenter(model_name, model_kwargs)`` loads it).  ``net``: wrap this network instead
+    of building one (its weights are shared, not copied).
     """
 
     def __init__(self, model_name: str = "unet", model_kwargs: dict[str, Any] | None = None,
-                 p0_5: float | None = None, p99_5: float | None = None):
+                 p0_5: float | None = None, p99_5: float | None = None, *, net: nn.Module | None = None):
         super().__init__()
-        self.net = create_model(model_name, **(model_kwargs or {}))
+        self.net = net if net is not None else create_model(model_name, **(model_kwargs or {}))
         self.normalise = p0_5 is not None and p99_5 is not None
         lo = float(p0_5) if self.normalise else 0.0
         hi = float(p99_5) if self.normalise else 1.0
@@ -271,8 +272,9 @@ def bioimageio_description(seg: Segmenter, ckpt: dict[str, Any], meta: dict[str,
         probs = seg(torch.from_numpy(x)).numpy()
     np.save(folder / "test_input.npy", tile.astype(np.float32))
     np.save(folder / "test_output.npy", probs)
-    tifffile.imwrite(folder / "sample_input.tif", tile.astype(np.float32))  # for people: imageio-readable
-    tifffile.imwrite(folder / "sample_output.tif", probs)
+    # the sample tensors are for people (any TIFF reader); the test tensors for bioimage.io's test
+    tifffile.imwrite(folder / "sample_input.tif", tile.astype(np.float32), photometric="minisblack")
+    tifffile.imwrite(folder / "sample_output.tif", probs, photometric="minisblack")
     _cover(x, probs, colours, folder / "cover.png")
     torch.save(seg.state_dict(), folder / "weights.pt")
     (folder / "model.torchscript.pt").write_bytes(torchscript_bytes(seg, meta))
