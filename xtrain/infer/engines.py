@@ -20,8 +20,31 @@ counts for every engine.  The engine changes the output bits, so ``segment`` rec
 settings (job.json, the output's attributes) and ``--resume`` refuses another one.
 
 ``auto`` (``resolve``): the fastest engine that keeps at least 99.99 % of the voxel labels of eager
-fp32 on the real volume, when its package is installed, else eager.  Measured with
-``bench/engines.py`` (see ``AUTO`` for the figures and the decision).
+fp32 on the real volume, when its package is installed, else eager; decided per normalisation layer
+(``AUTO``), because the engines rank differently for BatchNorm (folded into the convolutions) and
+GroupNorm.  Measured with ``bench/engines.py`` on this project's machine (2 cores of an AMD EPYC with
+AVX-512 BF16, shared, load average 1-5; U-Net width 16 depth 4, segment's 501 x 501 tiles of the real
+volume at batch 1; median of 5 and of 7 interleaved rounds, two runs; matmul 2 threads: fp32 ~200,
+bf16 ~820 GFLOP/s; the model: 92.0 kFLOP per voxel):
+
+    Mvox/s vs eager  compile  bf16  onnxruntime  openvino  openvino-bf16   eager Mvox/s
+    GroupNorm        0.99/0.93  2.43/2.44  1.12/1.04  0.86/0.72  2.43/2.13   1.70/1.65
+    BatchNorm        0.95/1.10  1.99/2.04  1.37/1.41  1.72/1.77  3.43/3.51   1.92/1.79
+
+    labels = eager fp32, the trained recipe model (GroupNorm, /work/data/runs/dense) on 24 planes
+    of the real volume through Predictor: compile, onnxruntime, openvino 0.999999;
+    bf16 0.999810, openvino-bf16 0.999794 (below 99.99 %: bf16 is never chosen by auto).
+
+    python bench/engines.py --model /work/data/runs/dense/model.pt --data /work/data/soc.zarr
+    python bench/engines.py --data /work/data/soc.zarr --rounds 7
+
+Decision: BatchNorm -> openvino (1.7x, fp32 kernels, labels at rounding level: 0.999976 of a
+random-weight model's on the timing tiles); GroupNorm -> eager: onnxruntime's 1.04-1.12x is inside
+the round-to-round spread on this shared machine and does not pay back its ONNX export (~5 s per
+worker) on a 250-plane volume (about 37 s of eager).  fp32 eager runs at ~0.8 of the fp32 matmul
+rate (152-177 GFLOP/s of direct-convolution FLOPs); openvino's BatchNorm figure is above the matmul
+limit (1.45), so its 3x3 convolutions do fewer FLOPs (Winograd).  bf16 doubles the speed, at 99.98 %
+of the labels: ask for it with ``--engine bf16`` where that is good enough.
 """
 
 from __future__ import annotations
@@ -44,9 +67,9 @@ log = logging.getLogger(__name__)
 ENGINES = ("eager", "compile", "bf16", "onnxruntime", "openvino", "openvino-bf16")
 PACKAGES = {"onnxruntime": "onnxruntime", "openvino": "openvino", "openvino-bf16": "openvino"}  # engine -> the package it needs
 GPU_ENGINES = ("eager", "compile", "bf16", "onnxruntime")  # OpenVINO has no NVIDIA GPU plugin
-# The engines ``auto`` tries in order, the first available one wins (CPU; a GPU runs eager).  Decided
-# from bench/engines.py on this project's 2-core AVX-512 BF16 machine: see the module docstring.
-AUTO: tuple[str, ...] = ("eager",)
+# The engines ``auto`` tries in order per norm layer of the U-Net, the first available one wins, else eager (CPU;
+# a GPU runs eager; a network without a norm, the MLP, was not measured: eager).  See the module docstring.
+AUTO: dict[str, tuple[str, ...]] = {"batch": ("openvino", "onnxruntime"), "group": ()}
 AGREEMENT = 0.9999  # the share of eager fp32's voxel labels an engine must keep to be chosen by auto
 
 
@@ -55,13 +78,14 @@ def available(name: str) -> bool:
     return name in ENGINES and (name not in PACKAGES or find_spec(PACKAGES[name]) is not None)
 
 
-def resolve(name: str, device: str | torch.device = "cpu") -> str:
-    """The concrete engine for ``name``: ``auto`` -> the first available of ``AUTO`` on a CPU, eager on a
-    GPU; any other name checked (``UnknownNameError``; ``InvalidInputError`` when its package is
-    missing or it has no build for ``device``)."""
+def resolve(name: str, device: str | torch.device = "cpu", norm: str | None = None) -> str:
+    """The concrete engine for ``name``: ``auto`` -> the first available of ``AUTO[norm]`` (``norm``:
+    the U-Net's ``norm`` keyword) on a CPU, eager on a GPU; any other name checked
+    (``UnknownNameError``; ``InvalidInputError`` when its package is missing or it has no build for
+    ``device``)."""
     gpu = torch.device(device).type == "cuda"
     if name == "auto":
-        return "eager" if gpu else next(e for e in (*AUTO, "eager") if available(e))
+        return "eager" if gpu else next(e for e in (*AUTO.get(norm or "", ()), "eager") if available(e))
     if name not in ENGINES:
         raise UnknownNameError("engine", name, (*ENGINES, "auto"))
     if not available(name):
@@ -101,7 +125,7 @@ class TorchEngine(Engine):
     def __init__(self, name: str, model: nn.Module, device: torch.device):
         self.name, self.device = name, device
         module = inference_model(model, device)
-        self.module: Callable[[torch.Tensor], torch.Tensor] = torch.compile(module) if name == "compile" else module
+        self.module: Callable[[torch.Tensor], torch.Tensor] = torch.compile(module, dynamic=False) if name == "compile" else module
         self.bf16 = name == "bf16"
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
@@ -170,12 +194,18 @@ class OpenVinoEngine(Engine):
         return np.asarray(request(np.ascontiguousarray(x, np.float32))[0])
 
 
+def network_norm(model: nn.Module) -> str | None:
+    """The norm layer of a U-Net (a Pix2Pix's generator): "batch", "group", or None (no norm layer)."""
+    kinds = {type(m) for m in getattr(model, "generator", model).modules()}
+    return "batch" if nn.BatchNorm2d in kinds else "group" if nn.GroupNorm in kinds else None
+
+
 def create_engine(name: str, model: nn.Module, *, in_channels: int | None = None,
                   device: str | torch.device = "cpu", threads: int | None = None) -> Engine:
     """Engine ``name`` (a concrete one or ``auto``, see ``resolve``) running ``model`` (left as it is)
     on ``device`` with ``threads`` threads (default: torch's current count)."""
     device = torch.device(device)
-    name = resolve(name, device)
+    name = resolve(name, device, network_norm(model))
     threads = threads or torch.get_num_threads()
     in_channels = in_channels or int(getattr(model, "in_channels", 1))
     if name in ("eager", "compile", "bf16"):

@@ -61,7 +61,7 @@ from ..malloc import keep_freed_memory
 from ..models.checkpoint import file_checksum, load_checkpoint, model_from_checkpoint
 from .blocks import Block, align_block, block_grid
 from .postprocess import CLEAN_HALO, grow, majority_filter
-from .engines import resolve
+from .engines import network_norm, resolve
 from .predict import AXES, WINDOWS, PredictionStopped, Predictor
 from .write import GROUP, HDF5_SUFFIXES, JOB, MARKERS, TIFF_SUFFIXES, Markers, ZarrSink, finish, is_hdf5, is_tiff, \
     open_segmentation, read_labels_file_provenance, segmentation_attrs, work_dir, write_json
@@ -339,7 +339,7 @@ def _uses_ray(workers: int | None, gpu: bool) -> bool:
     return (workers or 1) > 1 or (gpu and workers is None)
 
 
-def _engine_for(engine: str, previous: dict[str, Any] | None, device: str) -> str:
+def _engine_for(engine: str, previous: dict[str, Any] | None, device: str, norm: str | None) -> str:
     """The concrete engine (``engines.resolve``): with ``auto``, a resumed run keeps the recorded one
     (like the threads: the same bits); a run recorded before engines existed ran eager."""
     auto = engine == "auto"
@@ -348,7 +348,7 @@ def _engine_for(engine: str, previous: dict[str, Any] | None, device: str) -> st
         recorded.setdefault("engine", "eager")
         if auto:
             engine = recorded["engine"]
-    chosen = resolve(engine, device)
+    chosen = resolve(engine, device, norm)
     log.info("engine: %s%s", chosen, " (auto, as recorded)" if auto and isinstance(recorded, dict) else
              " (auto)" if auto else "")
     return chosen
@@ -433,7 +433,7 @@ def _segment(model, volume, out: Path, block, tile, halo, axes, tta, probabiliti
 
     # the model and the volume: read and checked before anything is written
     ckpt = load_checkpoint(model)
-    _, info = model_from_checkpoint(ckpt, model)
+    network, info = model_from_checkpoint(ckpt, model)
     num_classes, classes = info.num_classes, info.classes
     train_stats = ckpt.get("stats") or {}
     vol = normalised_volume(open_volume(volume, dataset=dataset, channel=channel, time=time), train_stats=train_stats,
@@ -458,7 +458,7 @@ def _segment(model, volume, out: Path, block, tile, halo, axes, tta, probabiliti
     use_ray = _uses_ray(workers, gpu)
     if gpu and not use_ray and not torch.cuda.is_available():
         raise InvalidInputError("--gpu was given but torch sees no CUDA device; drop --gpu or run on a GPU node")
-    engine = _engine_for(engine, previous, "cuda" if gpu else "cpu")
+    engine = _engine_for(engine, previous, "cuda" if gpu else "cpu", network_norm(network))
     cpus = os.cpu_count() or 1
     if use_ray:
         workers, cpus = _ray_workers(workers, gpu)
