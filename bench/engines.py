@@ -1,7 +1,7 @@
 """The fastest CPU inference engine: every engine of ``xtrain.infer.engines`` side by side.
 
     python bench/engines.py                                    # random-weight U-Nets, synthetic tiles
-    python bench/engines.py --model /work/data/runs/dense/model.pt --data /work/data/soc.zarr
+    python bench/engines.py --model runs/soc/model.pt --data soc.zarr
     python bench/engines.py --size 64 --rounds 1 --planes 3    # dry run (seconds)
 
 Times the same U-Net (width 16, depth 4: the recipe's; BatchNorm and GroupNorm variants, random

@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
 # Fetch (here, where pip reaches PyPI) the wheels bench/gpu_check.sh installs on the lent H200 machine, which
 # has torch, numpy, tifffile, h5py, scipy, scikit-image, pyyaml, toolz, cloudpickle, fsspec and click but no
-# zarr, dask or ome-zarr-models (/work/.library/device/KINDS.md) and no network.  Python 3.12 there.
+# zarr, dask or ome-zarr-models (the device tool's KINDS.md) and no network.  Python 3.12 there.
 #   bash bench/gpu_wheels.sh          # -> .whl/ (in .gitignore); then run with carry [".whl"]
-# The versions are this project's venv's (/work/main/.venv), so the H200 runs what the tests ran.
+# The versions are those of the environment's PY (default: the python on PATH; give the project's venv), so the
+# H200 runs what the tests ran.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-PY=${PY:-/work/main/.venv/bin/python}
+PY=${PY:-python}
 PKGS=(zarr numcodecs donfig google-crc32c dask partd locket ome-zarr-models pydantic-zarr pydantic pydantic-core
       annotated-types typing-inspection typing-extensions)
 pins=()

@@ -147,3 +147,18 @@ def test_auto_is_logged_and_resume_refuses_another_engine(data, tmp_path, caplog
     with pytest.raises(SettingsMismatchError, match="engine"):
         segment(data["model"], data["store"], out, threads=1, engine=other, resume=True, **FAST)
     segment(data["model"], data["store"], out, threads=1, engine="auto", resume=True, **FAST)  # auto keeps it
+
+
+@pytest.mark.parametrize("case", ["unknown engine", "gpu without cuda"])
+def test_segment_refuses_in_one_line_exit_2(data, tmp_path, capsys, case):
+    from xtrain.cli import main
+
+    if case == "gpu without cuda" and torch.cuda.is_available():
+        pytest.skip("needs a machine without CUDA")
+    extra = ["--engine", "openvin"] if case == "unknown engine" else ["--gpu", "--workers", "1"]
+    out = tmp_path / "out.zarr"
+    assert main(["segment", str(data["model"]), str(data["store"]), str(out), *extra]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("xtrain segment: error:") and "\n" not in err, err
+    assert ("did you mean 'openvino'" if case == "unknown engine" else "no CUDA device") in err
+    assert not out.exists()

@@ -27,16 +27,16 @@ AVX-512 BF16, shared, load average 1-5; U-Net width 16 depth 4, segment's 501 x 
 volume at batch 1; median of 5 and of 7 interleaved rounds, two runs; matmul 2 threads: fp32 ~200,
 bf16 ~820 GFLOP/s; the model: 92.0 kFLOP per voxel):
 
-    Mvox/s vs eager  compile  bf16  onnxruntime  openvino  openvino-bf16   eager Mvox/s
-    GroupNorm        0.99/0.93  2.43/2.44  1.12/1.04  0.86/0.72  2.43/2.13   1.70/1.65
-    BatchNorm        0.95/1.10  1.99/2.04  1.37/1.41  1.72/1.77  3.43/3.51   1.92/1.79
+    vs eager (run 1/run 2)  compile    bf16       onnxruntime  openvino   openvino-bf16  eager Mvox/s
+    GroupNorm               0.99/0.93  2.43/2.44  1.12/1.04    0.86/0.72  2.43/2.13      1.70/1.65
+    BatchNorm               0.95/1.10  1.99/2.04  1.37/1.41    1.72/1.77  3.43/3.51      1.92/1.79
 
-    labels = eager fp32, the trained recipe model (GroupNorm, /work/data/runs/dense) on 24 planes
+    labels = eager fp32, the trained CPU recipe model (GroupNorm, trained on soc.zarr) on 24 planes
     of the real volume through Predictor: compile, onnxruntime, openvino 0.999999;
     bf16 0.999810, openvino-bf16 0.999794 (below 99.99 %: bf16 is never chosen by auto).
 
-    python bench/engines.py --model /work/data/runs/dense/model.pt --data /work/data/soc.zarr
-    python bench/engines.py --data /work/data/soc.zarr --rounds 7
+    python bench/engines.py --model runs/soc/model.pt --data soc.zarr
+    python bench/engines.py --data soc.zarr --rounds 7
 
 Decision: BatchNorm -> openvino (1.7x, fp32 kernels, labels at rounding level: 0.999976 of a
 random-weight model's on the timing tiles); GroupNorm -> eager: onnxruntime's 1.04-1.12x is inside
