@@ -29,7 +29,7 @@ def test_loss_falls_and_dice_rises(train_store, tmp_path):
 def test_checkpoints_hold_what_inference_and_resume_need(train_store, tmp_path):
     fit(tiny_config(train_store, "train.epochs=1"), tmp_path)
     last = load_checkpoint(tmp_path / "last.pt")
-    for key in ("model_state", "optimizer_states", "epoch", "step", "rng", "config", "stats", "classes", "model_name",
+    for key in ("model_state", "optimizer_states", "epoch", "step", "config", "stats", "classes", "model_name",
                 "model_kwargs"):
         assert key in last, key
     best = load_checkpoint(tmp_path / "model.pt")

@@ -211,12 +211,12 @@ class _quiet_exporter:
 def _cover(x: np.ndarray, probs: np.ndarray, colours: list[tuple[int, ...]], path: Path) -> None:
     """A 2:1 PNG: the test input's centre slice (normalised grey) beside its predicted labels
     (``colours``: RGB(A) 0-255 per class)."""
-    from matplotlib import pyplot as plt
+    from matplotlib.image import imsave
 
     grey = np.clip(x[0, x.shape[1] // 2], 0.0, 1.0)
     labels = probs[0].argmax(0)
     rgb = np.asarray(colours, np.float32)[:, :3] / 255.0
-    plt.imsave(path, np.concatenate([np.repeat(grey[..., None], 3, axis=2), rgb[labels]], axis=1))
+    imsave(path, np.concatenate([np.repeat(grey[..., None], 3, axis=2), rgb[labels]], axis=1))
 
 
 def _documentation(meta: dict[str, Any], data: dict[str, Any]) -> str:
