@@ -4,7 +4,9 @@ refusals."""
 
 from __future__ import annotations
 
+import hashlib
 import json
+import sys
 import zipfile
 
 import numpy as np
@@ -27,6 +29,28 @@ def export(*args):
     return main(["export", *map(str, args)])
 
 
+def sha256(path):
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def folder_sha256(folder):
+    """Independently of xtrain.provenance: each file's relative name, size and content hash, sorted by name."""
+    h = hashlib.sha256()
+    for name, f in sorted((str(f.relative_to(folder.parent)), f) for f in folder.rglob("*") if f.is_file()):
+        h.update(f"{name}\0{f.stat().st_size}\0".encode())
+        h.update(hashlib.sha256(f.read_bytes()).digest())
+    return h.hexdigest()
+
+
+def check_provenance(meta, model, argv):
+    """The record of ``xtrain.provenance.provenance`` with the source model's sha256 and the command."""
+    rec = meta["provenance"]
+    assert {"command", "xtrain_version", "git_commit", "host", "started", "ended", "inputs", "models"} <= set(rec)
+    assert rec["models"]["model"]["sha256"] == meta["model_sha256"] == sha256(model)
+    assert rec["command"].split()[-len(argv):] == argv and rec["started"] <= rec["ended"]
+    return rec
+
+
 def random_checkpoint(path, name, **kwargs):
     """model.pt of an untrained ``name`` network (export only needs weights, statistics and classes)."""
     torch.manual_seed(0)
@@ -37,12 +61,14 @@ def random_checkpoint(path, name, **kwargs):
 
 
 @pytest.mark.slow
-def test_bioimageio_package_passes_bioimageio_core_test(tiny_model, tmp_path):
+def test_bioimageio_package_passes_bioimageio_core_test(tiny_model, tmp_path, monkeypatch):
     from bioimageio.core import test_model
     from bioimageio.spec import load_model_description
 
     out = tmp_path / "tiny.zip"
-    assert export(tiny_model, out, "--format", "bioimageio", "--author", "A. Tester") == 0
+    argv = ["export", str(tiny_model), str(out), "--format", "bioimageio", "--author", "A. Tester"]
+    monkeypatch.setattr(sys, "argv", ["xtrain", *argv])
+    assert main(argv) == 0
     summary = test_model(out)  # runs every weight format on the test input and compares with the test output
     assert summary.status == "passed", summary.format()
     tested = {d.loc[1] for d in summary.details if d.loc[:1] == ("weights",) and d.status == "passed"}
@@ -59,6 +85,9 @@ def test_bioimageio_package_passes_bioimageio_core_test(tiny_model, tmp_path):
     assert descr.outputs[0].axes[1].channel_names == ckpt["classes"]
     assert str(descr.cite[0].doi) == UNET_CITE["doi"] and descr.covers and descr.authors[0].name == "A. Tester"
     assert descr.config.xtrain["normalisation"]["p0_5"] == lo
+    rec = check_provenance(descr.config.xtrain, tiny_model, argv)
+    store = tiny_model.parents[1] / "train.zarr"  # the sample: the training store the test input is cut from
+    assert rec["inputs"]["sample"]["sha256"] == folder_sha256(store)
     names = zipfile.ZipFile(out).namelist()
     assert {"rdf.yaml", "cover.png", "test_input.npy", "model.onnx", "README.md"} <= set(names)
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporary left behind
@@ -109,7 +138,28 @@ def test_onnx_and_torchscript_label_a_501_plane_as_segment_does(tiny_model, tmp_
     with torch.inference_mode():
         probs = scripted(torch.from_numpy(raw)).numpy()
     assert np.array_equal(probs[0].argmax(0), labels)
-    assert json.loads(files["xtrain.json"]) == meta
+    ts_meta = json.loads(files["xtrain.json"])
+    assert ts_meta.pop("provenance")["models"] == meta.pop("provenance")["models"]  # each export its own times
+    assert ts_meta == meta
+
+
+@pytest.mark.parametrize("fmt", ["onnx", "torchscript"])
+def test_exported_files_carry_the_provenance_record(tmp_path, monkeypatch, fmt):
+    import onnx
+
+    random_checkpoint(tmp_path / "m.pt", "unet", width=4, depth=2)
+    out = tmp_path / ("m.onnx" if fmt == "onnx" else "m-ts.pt")
+    argv = ["export", str(tmp_path / "m.pt"), str(out), "--format", fmt]
+    monkeypatch.setattr(sys, "argv", ["xtrain", *argv])
+    assert main(argv) == 0
+    if fmt == "onnx":
+        meta = json.loads({p.key: p.value for p in onnx.load(str(out)).metadata_props}["xtrain"])
+    else:
+        files = {"xtrain.json": ""}
+        torch.jit.load(str(out), _extra_files=files)
+        meta = json.loads(files["xtrain.json"])
+    rec = check_provenance(meta, tmp_path / "m.pt", argv)
+    assert rec["inputs"] == {} and rec["models"]["model"]["path"] == str((tmp_path / "m.pt").resolve())
 
 
 def test_pix2pix_exports_its_generator(tmp_path):

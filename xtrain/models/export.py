@@ -27,6 +27,12 @@ plain U-Net; the MLP exports as it is):
   the same ``metadata`` under ``config.xtrain``.  ``bioimageio.core.test_model`` on the package
   runs every weight format on the test input and compares with the test output.
 
+Provenance: ``metadata["provenance"]`` is the export's ``xtrain.provenance.provenance`` record (the
+command line, xtrain version and git commit, host, start and end times, the source model.pt's sha256
+and, for bioimage.io, the sample volume's checksum), so it is in ONNX ``metadata_props["xtrain"]``,
+TorchScript's ``xtrain.json`` and the package's ``config.xtrain.provenance``.  The weights inside the
+TorchScript and ONNX files have their own sha256 in the package's rdf.yaml (bioimage.io's own field).
+
 Everything is written to a temporary sibling of OUT and renamed into place at the end: an error
 or a full disk leaves no partial OUT.
 """
@@ -133,8 +139,10 @@ def multiple(network: nn.Module) -> int:
 
 
 def metadata(ckpt: dict[str, Any], network: nn.Module, model_sha256: str | None, normalised: bool,
-             training_data: str | None = None) -> dict[str, Any]:
-    """What an exported file says about itself (JSON-serialisable)."""
+             training_data: str | None = None, provenance: dict[str, Any] | None = None) -> dict[str, Any]:
+    """What an exported file says about itself (JSON-serialisable); ``provenance``: the export's record
+    (``xtrain.provenance.provenance``: command, version and commit, host, times, the source model's and
+    the sample's sha256), kept as it is under ``"provenance"``."""
     name, kwargs, _ = segmenter_spec(network, ckpt)
     c = int(kwargs.get("in_channels", 1))
     stats = ckpt.get("stats") or {}
@@ -151,7 +159,7 @@ def metadata(ckpt: dict[str, Any], network: nn.Module, model_sha256: str | None,
         "normalisation": {"p0_5": lo, "p99_5": hi, "from": "the training data's statistics (model.pt 'stats')",
                           "inside_graph": normalised},
         "output": "softmax class probabilities (B, K, Y, X) float32, inside the graph; labels = argmax over K",
-        "training_data": training_data,
+        "training_data": training_data, "provenance": provenance,
     }
 
 

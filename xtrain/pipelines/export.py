@@ -48,11 +48,13 @@ def export(model: str | os.PathLike, out: str | os.PathLike, fmt: str, *, sample
     or name), ``OutputExistsError``, ``InputNotFoundError`` (model, sample, OUT's folder).
     """
     from ..data.store import check_output
-    from ..models.checkpoint import file_checksum, load_checkpoint, model_from_checkpoint
+    from ..models.checkpoint import load_checkpoint, model_from_checkpoint
     from ..models.export import (build_segmenter, check_format, check_package_fields, metadata, onnx_bytes,
                                  torchscript_bytes, write_bioimageio)
     from ..models.registry import num_parameters
+    from ..provenance import now, provenance
 
+    started = now()
     out = Path(out)
     check_format(out, fmt)
     check_output(out, overwrite)
@@ -71,7 +73,11 @@ def export(model: str | os.PathLike, out: str | os.PathLike, fmt: str, *, sample
                                     "bioimage.io test input from")
         sample = store
     inside = fmt != "bioimageio"  # bioimage.io normalises in its preprocessing; the bare graphs themselves
-    meta = metadata(ckpt, network, file_checksum(model), normalised=inside, training_data=store)
+    # the record is written into the exported files, so it ends before they are made (the export itself is a
+    # pure function of the model file and, for bioimage.io, the sample volume the test input is cut from)
+    record = provenance(started, inputs={"sample": sample} if fmt == "bioimageio" else None, models={"model": model})
+    meta = metadata(ckpt, network, record["models"]["model"]["sha256"], normalised=inside, training_data=store,
+                    provenance=record)
     seg = build_segmenter(network, ckpt, normalise=inside)
     with writing(out, f"the {fmt} export"):
         if fmt == "torchscript":
