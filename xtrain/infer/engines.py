@@ -38,10 +38,12 @@ bf16 ~820 GFLOP/s; the model: 92.0 kFLOP per voxel):
     python bench/engines.py --model runs/soc/model.pt --data soc.zarr
     python bench/engines.py --data soc.zarr --rounds 7
 
-Decision: BatchNorm -> openvino (1.7x, fp32 kernels, labels at rounding level: 0.999976 of a
-random-weight model's on the timing tiles); GroupNorm -> eager: onnxruntime's 1.04-1.12x is inside
-the round-to-round spread on this shared machine and does not pay back its ONNX export (~5 s per
-worker) on a 250-plane volume (about 37 s of eager).  fp32 eager runs at ~0.8 of the fp32 matmul
+Decision (``fastest_<norm>`` of bench/engines.py: the engine that segments the real volume, 250 planes
+of 501^2 = 62.7 Mvox, soonest in one worker, setup (ONNX export, compilation, first call) + voxels /
+rate, among those keeping >= 99.99 %): BatchNorm -> openvino (1.7x, fp32 kernels, labels at rounding
+level: 0.999976 of a random-weight model's on the timing tiles; 22.0 / 24.9 s vs eager's 33.5 / 35.4 s);
+GroupNorm -> eager: onnxruntime's 1.04-1.12x is inside the round-to-round spread on this shared machine
+and does not pay back its ONNX export (4.8 / 5.4 s per worker): 37.7 / 41.9 s vs eager's 37.0 / 38.2 s.  fp32 eager runs at ~0.8 of the fp32 matmul
 rate (152-177 GFLOP/s of direct-convolution FLOPs); openvino's BatchNorm figure is above the matmul
 limit (1.45), so its 3x3 convolutions do fewer FLOPs (Winograd).  bf16 doubles the speed, at 99.98 %
 of the labels: ask for it with ``--engine bf16`` where that is good enough.
