@@ -306,6 +306,8 @@ CLEAN_HELP = ("clean-up: replace each voxel's class by the majority of its 3x3x3
               "probabilities; removes isolated wrong voxels that inflate TPB; see xtrain/infer/postprocess.py)")
 
 
+# Long by design: a flat list of argparse declarations, one block per subcommand, read top to bottom like the
+# CLI reference that docs/hooks/cli_reference.py generates from it; no logic lives here.
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="xtrain",

@@ -83,6 +83,6 @@ def test_preflight_rejects_bad_config(train_store, tmp_path):
     import numpy as np
 
     with write_store(unlabelled, (5, 8, 8)) as w:
-        w.create("image", (5, 8, 8), np.uint16)
+        w.create("image", (5, 8, 8), np.uint16)[:] = 1  # every chunk written: only the labels are absent
     with pytest.raises(InvalidInputError, match="no labels"):
         preflight(tiny_config(unlabelled))

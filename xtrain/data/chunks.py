@@ -25,8 +25,9 @@ absent ones nor sees a zero-length shard, which zarr also reads as fill value.  
   chunk and per shard index, so one flipped bit fails) are a ``CorruptFileError`` naming the shard
   and the inner chunk's z, y, x range, never changed voxels.
 
-The cost at open is one directory walk and one small read per shard (bench/checksum.py).  This
-module imports no other part of xtrain's data layer: the zarr backend and ``store`` both use it.
+The cost at open is one directory walk and one small read per shard: 1.0-1.3 ms for the 8 shards
+of the 250 x 501 x 501 real volume (bench/checksum.py).  This module imports no other part of
+xtrain's data layer: the zarr backend and ``store`` both use it.
 """
 
 from __future__ import annotations

@@ -186,7 +186,7 @@ def state_dict_error(exc: BaseException, details: int = 3) -> str:
     """torch's ``load_state_dict`` error on one line, keeping what differs (the first ``details``):
     "Error(s) in loading state_dict for UNet: size mismatch for stem.0.weight: copying a param with
     shape torch.Size([8, 1, 3, 3]) from checkpoint, the shape in current model is torch.Size([16, 1,
-    3, 3]); ...; and 96 more"."""
+    3, 3]); ...; and 52 more"."""
     lines = [line.strip().rstrip(".") for line in str(exc).splitlines() if line.strip()] or [type(exc).__name__]
     head, rest = lines[0], lines[1:]
     more = f"; and {len(rest) - details} more" if len(rest) > details else ""
