@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shlex
 import sys
 import zipfile
 
@@ -47,7 +48,7 @@ def check_provenance(meta, model, argv):
     rec = meta["provenance"]
     assert {"command", "xtrain_version", "git_commit", "host", "started", "ended", "inputs", "models"} <= set(rec)
     assert rec["models"]["model"]["sha256"] == meta["model_sha256"] == sha256(model)
-    assert rec["command"].split()[-len(argv):] == argv and rec["started"] <= rec["ended"]
+    assert shlex.split(rec["command"])[-len(argv):] == argv and rec["started"] <= rec["ended"]
     return rec
 
 

@@ -43,7 +43,8 @@ def export(model: str | os.PathLike, out: str | os.PathLike, fmt: str, *, sample
 
     ``sample``: the volume the bioimage.io test input is cut from (default: the training store in
     the checkpoint's config).  Everything is checked before anything is written, and ``out``
-    appears whole or not at all.  Raises ``UnknownNameError`` (format), ``InvalidInputError`` (an
+    appears whole or not at all.  The exported files carry the export's ``xtrain.provenance``
+    record (the model's sha256, for bioimage.io the sample's checksum) in their metadata.  Raises ``UnknownNameError`` (format), ``InvalidInputError`` (an
     OUT suffix that does not fit, a model without training statistics, no sample, a bad licence
     or name), ``OutputExistsError``, ``InputNotFoundError`` (model, sample, OUT's folder).
     """
