@@ -104,6 +104,13 @@ def _volume_options(p: argparse.ArgumentParser) -> None:
                    "Without it they are refused; a damaged xtrain store is refused always")
 
 
+def _track_option(p: argparse.ArgumentParser, what: str) -> None:
+    """--track KIND:WHERE (xtrain.train.tracking.parse_track reads it in the command: a bad one is one line)."""
+    p.add_argument("--track", action="append", metavar="KIND:WHERE",
+                   help=f"log {what} to mlflow:URI (a tracking server, or a local store such as mlflow:./mlruns) "
+                   "or tensorboard:DIR (repeatable, one of each)")
+
+
 # ----------------------------------------------------------------------------- subcommands
 
 
@@ -140,9 +147,11 @@ def cmd_synth(args: argparse.Namespace) -> int:
 
 def cmd_train(args: argparse.Namespace) -> int:
     from .train.ray_trainer import train
+    from .train.tracking import parse_track
 
+    track = parse_track(args.track)  # a bad --track is refused before anything starts
     cfg = config_from_args(args, [f"train.workers={args.workers}"] if args.workers is not None else [])
-    metrics = train(cfg, args.out, resume=args.resume, should_stop=args.should_stop)
+    metrics = train(cfg, args.out, resume=args.resume, should_stop=args.should_stop, track=track)
     if metrics.get("already_complete"):
         log.info("already complete: run '%s' finished all %s epochs with these settings; model: %s", args.out,
                  metrics.get("epoch"), Path(args.out) / "model.pt")
@@ -197,10 +206,12 @@ def cmd_baseline(args: argparse.Namespace) -> int:
 
 
 def cmd_tune(args: argparse.Namespace) -> int:
+    from .train.tracking import parse_track
     from .tune.sweep import sweep
 
+    track = parse_track(args.track)
     cfg = config_from_args(args, [f"tune.num_samples={args.trials}"] if args.trials is not None else [])
-    summary = sweep(cfg, args.out, resume=args.resume, should_stop=args.should_stop)
+    summary = sweep(cfg, args.out, resume=args.resume, should_stop=args.should_stop, track=track)
     best = summary.get("best")
     if summary.get("already_complete"):
         log.info("already complete: sweep '%s' finished all %d trials with these settings; best: %s", args.out,
@@ -374,6 +385,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config key, e.g. --set "
                    "optim.lr=3e-4 (repeatable)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    _track_option(p, "parameters, every epoch's metrics and model.pt")
     p.set_defaults(func=cmd_train)
 
     p = _add(sub, "evaluate", "Score a segmentation against labels: Dice/IoU/precision/recall, per-slice Dice, "
@@ -431,6 +443,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "train.epochs=10 (repeatable)")
     p.add_argument("--resume", action="store_true", help="continue the interrupted sweep in --out (finished trials "
                    "are kept)")
+    _track_option(p, "one MLflow run per trial (parameters, every epoch's metrics, model.pt); TensorBoard: "
+                  "DIR/<trial id>")
     p.set_defaults(func=cmd_tune)
 
     p = _add(sub, "segment", "Segment a whole volume blockwise with a trained model (no seams, resumable, Ray workers).",
