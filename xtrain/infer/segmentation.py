@@ -59,6 +59,7 @@ from ..models.checkpoint import file_checksum, load_checkpoint, model_from_check
 from ..stop import never
 from . import pool
 from .blocks import Block
+from .engines import network_norm, resolve
 from .options import SegmentOptions
 from .plan import Plan, PredictorInfo, Previous, plan
 from .runner import Job, ModelSource, local_resources, run_local
@@ -114,6 +115,7 @@ def segment(model: str | os.PathLike, volume: str | os.PathLike, out: str | os.P
     with output_lock(out, "segment"), writing(out, "the segmentation"), pool.session(options.use_ray):
         previous = previous_run(out, options.resume, options.overwrite)
         inputs = model_inputs(model, volume, options, previous)
+        options = replace(options, engine=engine_for(options, previous, inputs.info.norm))
         resources = pool.cluster_resources() if options.use_ray else local_resources()
         job = plan(inputs.volume, inputs.info, options, previous, resources)
         return execute(job, inputs, out, Hooks(should_stop, on_block, on_actors))
@@ -124,7 +126,7 @@ def model_inputs(model: str | os.PathLike, volume: str | os.PathLike, options: S
     """model.pt and the volume, read and checked; the volume normalised as the model needs it
     (``choose_mapping``; on ``--resume`` with the recorded statistics)."""
     ckpt = load_checkpoint(model)
-    _, info = model_from_checkpoint(ckpt, model)  # the weights fit the architecture
+    network, info = model_from_checkpoint(ckpt, model)  # the weights fit the architecture
     train_stats = ckpt.get("stats") or {}
     raw = open_volume(volume, dataset=options.dataset, channel=options.channel, time=options.time,
                       allow_missing=options.allow_missing).placed(options.voxel_size)
@@ -135,7 +137,7 @@ def model_inputs(model: str | os.PathLike, volume: str | os.PathLike, options: S
     _check_voxel_size(raw, ckpt.get("voxel_size_nm"), model)
     sha = file_checksum(model)
     predictor = PredictorInfo("model", ckpt["model_name"], info.num_classes, tuple(info.classes), sha,
-                              info.in_channels // 2, info.inference)
+                              info.in_channels // 2, info.inference, network_norm(network))
     provenance = {
         "kind": "segmentation", "volume": vol.spec, "volume_kind": vol.kind, "model": str(Path(model).resolve()),
         "model_name": ckpt["model_name"], "model_sha256": sha, "model_config": ckpt.get("config"),
@@ -156,6 +158,20 @@ def _check_voxel_size(vol: Volume, trained: Any, model: Any) -> None:
         log.warning("volume '%s' has voxels of %s but model '%s' was trained on %s; features have another size in "
                     "voxels than it learnt: resample the volume, or retrain", vol.spec,
                     spatial.describe(vol.voxel_size_zyx_nm), model, spatial.describe(trained))
+
+
+def engine_for(options: SegmentOptions, previous: Previous | None, norm: str | None) -> str:
+    """The concrete engine (``engines.resolve``; logged): with ``auto`` a resumed run keeps the recorded
+    one (like the threads: the same bits); a run recorded before engines existed ran eager."""
+    recorded = previous.record.get("settings") if previous is not None else None
+    if isinstance(recorded, dict):
+        recorded.setdefault("engine", "eager")
+    auto = options.engine == "auto"
+    engine = recorded["engine"] if auto and isinstance(recorded, dict) else options.engine
+    chosen = resolve(engine, "cuda" if options.gpu else "cpu", norm)
+    log.info("engine: %s%s", chosen, (" (auto, as recorded)" if isinstance(recorded, dict) else " (auto)") if auto
+             else "")
+    return chosen
 
 
 def _check_normalisation(vol: Volume, train_stats: dict[str, Any], model: Any, volume: Any) -> float | None:
