@@ -135,6 +135,7 @@ class Run:
     split: Split
     classes: list[str]
     stats: dict[str, Any]  # the normalisation the patches get (the store's statistics)
+    voxel_size_nm: list[float] | None  # (z, y, x) nm of the training store (model.pt records it), or None
     model_kwargs: dict[str, Any]
     start_epoch: int = 0
     start_step: int = 0  # steps of start_epoch done before a resume
@@ -214,7 +215,8 @@ def build_run(cfg: Config, ctx: WorkerContext, resume: dict[str, Any] | None = N
               loss_fn=create_loss(cfg.loss.name, class_weights=cfg.loss.class_weights).to(ctx.device),
               train_set=train_set, train_loader=patch_loader(train_set, cfg.train.batch_size, cfg.data.loader_workers),
               **build_validation(cfg, plan, store.info.stats, ctx), split=plan.split, classes=classes,
-              stats=store.info.stats, model_kwargs=resolved_model_kwargs(cfg, cfg.data.slices, len(classes)))
+              stats=store.info.stats, model_kwargs=resolved_model_kwargs(cfg, cfg.data.slices, len(classes)),
+              voxel_size_nm=list(store.info.voxel_size_nm) if store.info.voxel_size_nm else None)
     if resume is not None:
         restore_progress(run, resume, total_steps)
     return run
@@ -426,6 +428,7 @@ def make_checkpoint(run: Run, epoch_done: int, epoch_step: int, metrics: dict[st
         **({"ema_state": run.ema.state_dict()} if run.ema is not None else {}),
         epoch=epoch_done, epoch_step=epoch_step, step=run.global_step, config=config_to_dict(cfg),
         stats=run.stats, classes=run.classes, metrics=metrics, best_mean_dice=run.best_dice, best_score=run.best,
+        voxel_size_nm=run.voxel_size_nm,  # (z, y, x) nm of the training store, or None
         split={"train": list(run.split.train), "val": list(run.split.val) if run.split.val else None},
         store=str(cfg.data.store),
     )
