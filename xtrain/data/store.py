@@ -42,6 +42,7 @@ from . import layout as ome
 from .layout import DEFAULT_CHUNKS, DEFAULT_SHARD_DEPTH, DEFAULT_SHARD_EDGE, Layout, compressor, default_layout  # noqa: F401
 from ..errors import CorruptFileError, InputNotFoundError, InvalidInputError, OutputExistsError
 from ..io import remove_path, replace_into_place
+from ..provenance import now, provenance
 from .chunks import check_chunks
 
 log = logging.getLogger(__name__)
@@ -64,6 +65,9 @@ class StoreInfo:
     # every chunk was written, all-zero ones too (write_empty_chunks=True): an absent one is damage.
     # False for stores written before xtrain did that (their absent chunks may be all-zero ones).
     all_chunks_written: bool = False
+    # how the store was made (xtrain.provenance.provenance: command, version, host, times, input checksums);
+    # written by write_store, {} in stores written before xtrain recorded it
+    provenance: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -75,6 +79,7 @@ class StoreInfo:
             "source": self.source,
             "stats": self.stats,
             **({"labels": self.labels} if self.labels else {}),
+            **({"provenance": self.provenance} if self.provenance else {}),
         }
 
     @classmethod
@@ -88,6 +93,7 @@ class StoreInfo:
             complete=bool(d.get("complete", False)),
             format=int(d.get("format", FORMAT_VERSION)),
             all_chunks_written=bool(d.get("all_chunks_written", False)),
+            provenance=dict(d.get("provenance", {})),
         )
 
 
@@ -258,7 +264,8 @@ def check_output(path: str | os.PathLike, overwrite: bool) -> Path:
 
 @contextlib.contextmanager
 def write_store(path: str | os.PathLike, shape: tuple[int, int, int], layout: Layout | None = None,
-                overwrite: bool = False, pyramid_edge: int = ome.PYRAMID_EDGE) -> Iterator[StoreWriter]:
+                overwrite: bool = False, pyramid_edge: int = ome.PYRAMID_EDGE, *, inputs: dict[str, Any] | None = None,
+                started: str | None = None) -> Iterator[StoreWriter]:
     """Create a store atomically.
 
         with write_store(out, shape) as w:
@@ -272,7 +279,14 @@ def write_store(path: str | os.PathLike, shape: tuple[int, int, int], layout: La
     attributes get ``complete: true`` and the folder is renamed into place (replacing an
     old store only now, when ``overwrite``).  On any exception the partial folder is removed
     and ``path`` is untouched.  ``pyramid_edge``: the pyramid stops once y and x are <= it.
+
+    The store's provenance record (``StoreInfo.provenance``, ``xtrain.provenance.provenance``) is made
+    here, last, for every store: ``inputs`` (name -> a ``Volume`` or path: what the store was made from,
+    hashed before the rename) and ``started`` (``now()`` when the work began; default: when this
+    block was entered).  A ``provenance`` already in ``w.info`` (an upgraded store's) is kept as its
+    ``previous``.
     """
+    started = started or now()
     path = check_output(path, overwrite)
     layout = layout or default_layout(shape)
     tmp = path.parent / f".{path.name}.partial-{uuid.uuid4().hex[:8]}"
@@ -283,6 +297,7 @@ def write_store(path: str | os.PathLike, shape: tuple[int, int, int], layout: La
         ome.finish_group(group, path.stem, writer.info.voxel_size_nm, writer.info.classes, layout, pyramid_edge)
         writer.info.complete = True
         writer.info.all_chunks_written = True  # create_level: write_empty_chunks=True
+        writer.info.provenance = provenance(started, inputs=inputs, previous=writer.info.provenance or None)
         group.attrs.update({"xtrain": writer.info.to_dict()})
         replace_into_place(tmp, path)
     except BaseException:
@@ -324,7 +339,7 @@ def upgrade(path: str | os.PathLike) -> bool:
                                 "'xtrain segment' to get an OME-Zarr image with a label image")
     shape = tuple(src.shape)
     lay = Layout(tuple(src.chunks), tuple(src.shards) if src.shards else None)  # type: ignore[arg-type]
-    with write_store(path, shape, lay, overwrite=True) as w:
+    with write_store(path, shape, lay, overwrite=True, inputs={"store": path}) as w:  # hashed before the rename
         new = {"image": w.create_image(shape, src.dtype)}
         for name in (ome.GROUND_TRUTH, ome.PREDICTION):
             if name in old:
