@@ -159,7 +159,9 @@ def cmd_train(args: argparse.Namespace) -> int:
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from .evaluate.core import evaluate, open_image_volume, open_label_volume, to_json
     from .evaluate.report import format_tables, write_report
+    from .provenance import now
 
+    started = now()
     pred = open_label_volume(args.pred, label_map=args.pred_label_map)
     truth = open_label_volume(args.labels, label_map=args.label_map, unlabelled=args.unlabelled)
     image = open_image_volume(args.image) if args.image else None
@@ -178,7 +180,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         if args.z:
             pred, truth = pred.crop(*args.z), truth.crop(*args.z)
             image = image.crop(*args.z) if image is not None else None
-        write_report(result, args.report, pred, truth, image, slab=args.slab, overwrite=args.overwrite)
+        write_report(result, args.report, pred, truth, image, slab=args.slab, overwrite=args.overwrite,
+                     started=started)
     print(to_json(result) if args.json else format_tables(result))
     return 0
 

@@ -29,7 +29,7 @@ Where the record goes (docs/formats.md, "Provenance"): a store's and a Zarr segm
 ``xtrain.provenance`` attribute, a TIFF segmentation's ImageJ ``Info`` JSON (``xtrain.provenance``),
 a NeXus file's ``/entry/process`` (NXprocess, ``write_nxprocess``), ``metrics.json`` /
 ``compare.json`` / ``qc.json`` (``provenance``) with a summary in the Markdown reports
-(``markdown``), and model.pt / last.pt's ``provenance`` entry.
+(``markdown_lines``), and model.pt / last.pt's ``provenance`` entry.
 """
 
 from __future__ import annotations
@@ -185,7 +185,7 @@ def write_nxprocess(entry: Any, record: dict[str, Any], name: str = "process") -
     return proc
 
 
-def markdown(record: dict[str, Any]) -> list[str]:
+def markdown_lines(record: dict[str, Any]) -> list[str]:
     """A report's "Provenance" section (Markdown lines): command, version and commit, host, times,
     each input's and model's sha256; the whole record is in the report's JSON."""
     commit = record.get("git_commit") or "not a git checkout"

@@ -35,6 +35,7 @@ from ..io import atomic_write, disk_full_cause, disk_full_error, output_lock
 from ..config import Config, config_from_dict, config_to_dict, describe_differences, differences, save_config
 from ..errors import DiskFullError, RunStateError, SettingsMismatchError, XtrainError
 from ..models.checkpoint import load_checkpoint
+from ..provenance import command_line, now
 from .loop import LAST, WorkerContext, fit, preflight
 
 log = logging.getLogger(__name__)
@@ -189,7 +190,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
 
     ctx = WorkerContext(rank=rank, world_size=context.get_world_size(), device=ray.train.torch.get_device(),
-                        report=report, should_stop=lambda: (run_dir / STOP).exists())
+                        report=report, should_stop=lambda: (run_dir / STOP).exists(), command=config.get("command"),
+                        started=config.get("started") or now())
     fit(cfg, run_dir, ctx, resume)
 
 
@@ -236,12 +238,13 @@ def worker_error(exc: BaseException) -> BaseException | None:
 
 
 def make_trainer(cfg: Config, run_dir: Path, resume_from: Path | None, callbacks: list | None = None,
-                 cpus_per_worker: int | None = None):
+                 cpus_per_worker: int | None = None, command: str | None = None):
     """A ``TorchTrainer`` running ``train_loop_per_worker`` on ``cfg`` into ``run_dir``.
 
     Every launch gets a fresh run name (Ray silently resumes a reused one); resumption goes
     through RUN_DIR/last.pt.  ``cpus_per_worker`` (default Ray's 1): Ray sets each worker's
-    OMP_NUM_THREADS, so torch's thread count, to it.  Returns (trainer, attempt name)."""
+    OMP_NUM_THREADS, so torch's thread count, to it.  ``command``: the command line the checkpoints'
+    provenance records (default this process's; a Tune trial passes the sweep's).  Returns (trainer, attempt name)."""
     import ray.train
     from ray.train.torch import TorchConfig, TorchTrainer
 
@@ -249,7 +252,8 @@ def make_trainer(cfg: Config, run_dir: Path, resume_from: Path | None, callbacks
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config={"config": config_to_dict(cfg), "run_dir": str(run_dir),
-                           "resume": str(resume_from) if resume_from else None},
+                           "resume": str(resume_from) if resume_from else None,
+                           "command": command or command_line(), "started": now()},  # checkpoints' provenance
         torch_config=TorchConfig(backend="nccl" if cfg.train.use_gpu else "gloo"),
         scaling_config=ray.train.ScalingConfig(
             num_workers=cfg.train.workers, use_gpu=cfg.train.use_gpu,

@@ -9,7 +9,7 @@ TUNE_DIR holds
                          metrics.csv, config.yaml = the trial's resolved config, status.json),
   * ``results.csv``      one row per trial: parameters, final and best metrics, epochs, status,
   * ``best.yaml``        the resolved config of the best trial (``load_config`` reads it),
-  * ``best/model.pt``    a copy of the best trial's model,
+  * ``best/model.pt``    the best trial's model, its provenance the sweep's (the trial's kept as ``previous``),
   * ``experiment/``      Ray Tune's own state (what ``--resume`` restores).
 
 How it is built (Ray 2.60, checked here): a ``TorchTrainer`` cannot be handed to a Tuner, so
@@ -59,6 +59,8 @@ from typing import Any
 
 from .. import runtime
 from ..io import atomic_write, output_lock
+from ..models.checkpoint import load_checkpoint, save_checkpoint
+from ..provenance import command_line, now, provenance
 from ..io import write_csv
 from ..config import Config, config_from_dict, config_to_dict, describe_differences, differences, load_config, \
     save_config
@@ -151,8 +153,9 @@ def trial_config(base: dict[str, Any], params: dict[str, Any]) -> Config:
 # ----------------------------------------------------------------------------- one trial (Tune function)
 
 
-def run_trial(config: dict[str, Any], base: dict[str, Any], tune_dir: str) -> None:
-    """The Tune function trainable: one ``xtrain train`` run in TUNE_DIR/trials/<trial_id>/."""
+def run_trial(config: dict[str, Any], base: dict[str, Any], tune_dir: str, command: str | None = None) -> None:
+    """The Tune function trainable: one ``xtrain train`` run in TUNE_DIR/trials/<trial_id>/ (``command``:
+    the sweep's command line, for the checkpoints' provenance)."""
     quiet_tune()
     import ray.tune
     from ray.tune.integration.ray_train import TuneReportCallback
@@ -181,7 +184,7 @@ def run_trial(config: dict[str, Any], base: dict[str, Any], tune_dir: str) -> No
     atomic_write(run_dir / "params.json", json.dumps(params, indent=2, default=str), what="trial parameters")
 
     trainer, attempt = make_trainer(cfg, run_dir, run_dir / LAST if resume else None,
-                                    callbacks=[TuneReportCallback()])
+                                    callbacks=[TuneReportCallback()], command=command)
     if (tune_root / STOP).exists():  # SIGTERM arrived between the check above and the launch
         (run_dir / STOP).touch()
     metrics = fit_trainer(trainer, run_dir, attempt=attempt, trial_id=trial_id, resumed=resume)
@@ -407,14 +410,14 @@ def _sweep(cfg: Config, tune_dir: Path, resume: bool, should_stop: Callable[[], 
             if d.is_dir() and read_status(d).get("state") == "running":
                 (d / STOP).touch()
 
-    t0 = time.time()
+    t0, started = time.time(), now()
     with runtime.ray_session(dashboard=True):
         check_state_api()
         n_trials = t.num_samples * grid_size(params)
         slots = _cluster_slots(cfg)
         concurrent = min(t.max_concurrent or slots, slots, n_trials)
-        trainable = tune.with_resources(tune.with_parameters(run_trial, base=base, tune_dir=str(tune_dir)),
-                                        {"cpu": 0, "memory": TRIAL_MEMORY})
+        trial_fn = tune.with_parameters(run_trial, base=base, tune_dir=str(tune_dir), command=command_line())
+        trainable = tune.with_resources(trial_fn, {"cpu": 0, "memory": TRIAL_MEMORY})
         progress = _progress_callback(n_trials, params, tune_dir, t.metric, t.mode)
         run_config = tune.RunConfig(name=EXPERIMENT, storage_path=str(tune_dir), verbose=0, callbacks=[progress],
                                     failure_config=tune.FailureConfig(max_failures=0))
@@ -451,7 +454,7 @@ def _sweep(cfg: Config, tune_dir: Path, resume: bool, should_stop: Callable[[], 
     best = pick_best(rows, t.metric, t.mode)
     summary["best"] = best
     if best is not None and not summary["stopped"]:
-        export_best(tune_dir, best["trial_id"])
+        export_best(tune_dir, best["trial_id"], started)
     elif summary["stopped"]:
         log.warning("no best.yaml: trial(s) %s did not finish; --resume runs them", ", ".join(unfinished))
     return summary
@@ -568,12 +571,17 @@ def pick_best(rows: list[dict[str, Any]], metric: str, mode: str) -> dict[str, A
     return (max if mode == "max" else min)(cands, key=lambda r: r[key])
 
 
-def export_best(tune_dir: Path, trial_id: str) -> None:
-    """TUNE_DIR/best.yaml (resolved config of the best trial) and TUNE_DIR/best/model.pt."""
+def export_best(tune_dir: Path, trial_id: str, started: str | None = None) -> None:
+    """TUNE_DIR/best.yaml (resolved config of the best trial) and TUNE_DIR/best/model.pt: the trial's
+    model.pt with the sweep's provenance record (the training store, the trial's model.pt as ``models.trial``,
+    ``started``: when the sweep began) holding the trial's own as ``previous``."""
     run_dir = tune_dir / TRIALS / trial_id
     cfg = load_config(run_dir / "config.yaml")
     (tune_dir / "best").mkdir(exist_ok=True)
-    atomic_write(tune_dir / "best" / BEST, (run_dir / BEST).read_bytes(), what="the best model")
+    ckpt = load_checkpoint(run_dir / BEST)
+    ckpt["provenance"] = provenance(started or now(), inputs={"store": cfg.data.store},
+                                    models={"trial": run_dir / BEST}, previous=ckpt.get("provenance"))
+    save_checkpoint(ckpt, tune_dir / "best" / BEST)
     atomic_write(tune_dir / "best" / "trial", trial_id + "\n", what="the best trial id")
     save_config(cfg, tune_dir / BEST_YAML)  # last: best.yaml present means the export is complete
 
