@@ -47,3 +47,105 @@ def test_checksum_changes_with_one_byte_and_commit_is_the_checkouts():
     if (repo / ".git").exists():
         head = subprocess.run(["git", "-C", str(repo), "rev-parse", "HEAD"], capture_output=True, text=True)
         assert commit == head.stdout.strip()
+
+
+# ----------------------------------------------------------------------------- every writer uses it
+
+KEYS = {"command", "xtrain_version", "git_commit", "git_dirty", "host", "python", "started", "ended", "inputs",
+        "models"}
+
+
+def expected_checksum(*paths) -> str:
+    """The input checksum, computed here independently: each file's relative name, size and sha256, sorted."""
+    from pathlib import Path
+
+    files = []
+    for p in map(Path, paths):
+        files += [(str(f.relative_to(p.parent)), f) for f in p.rglob("*") if f.is_file()] if p.is_dir() \
+            else [(p.name, p)]
+    h = hashlib.sha256()
+    for name, f in sorted(files):
+        h.update(f"{name}\0{f.stat().st_size}\0".encode())
+        h.update(hashlib.sha256(f.read_bytes()).digest())
+    return h.hexdigest()
+
+
+def sha256sum(path) -> str:
+    return subprocess.run(["sha256sum", str(path)], capture_output=True, text=True, check=True).stdout.split()[0]
+
+
+def check_record(rec, inputs=None, models=None):
+    """``rec`` has every field, this process's command and the given inputs' / models' sha256."""
+    from xtrain.provenance import command_line
+
+    assert set(rec) - {"previous"} == KEYS, set(rec) ^ KEYS
+    assert rec["command"] == command_line() and rec["started"] <= rec["ended"]
+    assert {k: v["sha256"] for k, v in rec["inputs"].items()} == (inputs or {})
+    assert {k: v["sha256"] for k, v in rec["models"].items()} == (models or {})
+
+
+def test_stores_ingest_synth_and_upgrade_record_it(tmp_path):
+    from xtrain.cli import main
+    from xtrain.data.store import open_store
+
+    folder = tmp_path / "scan"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    for z in range(5):
+        tifffile.imwrite(folder / f"s{z:02d}.tif", rng.integers(0, 4000, (11, 13), dtype=np.uint16))
+    tifffile.imwrite(tmp_path / "lab.tif", np.array([0, 128, 255], np.uint8)[rng.integers(0, 3, (5, 11, 13))])
+    started = now()
+    assert main(["ingest", str(folder), str(tmp_path / "in.zarr"), "--labels", str(tmp_path / "lab.tif"),
+                 "--label-map", "0:0,128:1,255:2"]) == 0
+    rec = open_store(tmp_path / "in.zarr").info.provenance
+    check_record(rec, {"images": expected_checksum(*sorted(folder.iterdir())),
+                       "labels": expected_checksum(tmp_path / "lab.tif")})
+    assert rec["started"] >= started and rec["inputs"]["images"]["files"] == 5
+
+    assert main(["synth", str(tmp_path / "syn.zarr"), "--shape", "3,20,17", "--preset", "easy"]) == 0
+    check_record(open_store(tmp_path / "syn.zarr").info.provenance)
+
+    # upgrade: a store of the previous layout (format 1: root arrays) rewritten in place; the record
+    # hashes the old store (read before the rename)
+    import zarr
+
+    from xtrain.data.store import upgrade
+
+    old = zarr.open_group(str(tmp_path / "old.zarr"), mode="w-", zarr_format=3)
+    old.create_array("image", data=rng.integers(0, 9, (4, 8, 8), dtype=np.uint16), chunks=(2, 8, 8))
+    old.attrs.update({"xtrain": {"format": 1, "complete": True, "classes": ["pore", "ysz", "ni"], "source": {}}})
+    before = expected_checksum(tmp_path / "old.zarr")
+    assert upgrade(tmp_path / "old.zarr")
+    check_record(open_store(tmp_path / "old.zarr").info.provenance, {"store": before})
+
+
+def test_segmentations_zarr_tiff_and_nexus_record_it(tiny_model, tmp_path):
+    import h5py
+    import json
+
+    from conftest import make_store
+    from xtrain.infer import segment
+
+    store = make_store(tmp_path / "vol.zarr", (9, 21, 19))
+    volume, model = expected_checksum(store), sha256sum(tiny_model)
+    fast = dict(tile=32, halo=4, chunks=(8, 16, 16), shard=False)
+    records = {}
+    zarr_out = segment(tiny_model, store, tmp_path / "seg.zarr", **fast)
+    import zarr
+
+    records["zarr"] = dict(zarr.open_group(str(zarr_out), mode="r").attrs)["xtrain"]["provenance"]
+    tif = segment(tiny_model, store, tmp_path / "seg.tif", **fast)
+    with tifffile.TiffFile(tif) as t:
+        records["tiff"] = json.loads(t.imagej_metadata["Info"])["xtrain"]["provenance"]
+    h5 = segment(tiny_model, store, tmp_path / "seg.h5", **fast)
+    with h5py.File(h5, "r") as f:
+        proc = f["/entry/process"]
+        assert proc.attrs["NX_class"] == "NXprocess" and proc["program"][()].decode() == "xtrain"
+        records["nexus"] = json.loads(proc["provenance/data"][()])
+        assert proc["provenance"].attrs["NX_class"] == "NXnote"
+        assert proc["version"][()].decode() == records["nexus"]["xtrain_version"]
+        assert proc["date"][()].decode() == records["nexus"]["ended"]
+        assert json.loads(f["/entry/notes/data"][()])["xtrain"]["provenance"] == records["nexus"]
+    for rec in records.values():
+        check_record(rec, {"volume": volume}, {"model": model})
+        assert rec["models"]["model"]["path"] == str(tiny_model.resolve())
