@@ -43,7 +43,7 @@ import socket
 import subprocess
 import sys
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -97,6 +97,15 @@ def source_files(volume: Any) -> list[str]:
 def command_line() -> str:
     """This process's command line, shell-quoted (a Ray worker's is Ray's: the driver passes its own on)."""
     return shlex.join(sys.argv)
+
+
+@dataclass(frozen=True)
+class Origin:
+    """Where and when a run began: the command line and start time its workers' records carry (a Ray
+    worker's own ``sys.argv`` is Ray's, so the driver makes this and passes it on)."""
+
+    command: str = field(default_factory=command_line)
+    started: str = field(default_factory=now)
 
 
 @dataclass(frozen=True)

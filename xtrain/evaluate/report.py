@@ -226,12 +226,12 @@ def write_report(result: dict[str, Any], out_dir: str | os.PathLike, pred=None, 
     if (out / "report.md").exists() and not overwrite:
         raise OutputExistsError(f"report '{out / 'report.md'}' already exists; pass --overwrite or choose another DIR")
     out.mkdir(exist_ok=True)
-    if image is None:
-        image = getattr(truth, "image", None) or getattr(pred, "image", None)
     # the record: command, version, host, ``started`` (when the evaluation began) to now, the inputs' sha256
     inputs = {"prediction": pred if pred is not None else result["pred"],
               "labels": truth if truth is not None else result["labels"], **({"image": image} if image is not None else {})}
     record = provenance(started or now(), inputs=inputs)
+    if image is None:  # the labels' or prediction's store's own image: hashed with it above
+        image = getattr(truth, "image", None) or getattr(pred, "image", None)
     (out / "metrics.json").write_text(to_json({**result, "provenance": record}) + "\n")
     figures = []
     if pred is not None and truth is not None:

@@ -38,7 +38,7 @@ from ..malloc import keep_freed_memory
 from ..evaluate.metrics import ConfusionMatrix, allreduce_confusion, scores
 from ..models import create_model, model_kwargs
 from ..models.checkpoint import base_checkpoint, inference_checkpoint, save_checkpoint
-from ..provenance import hash_input, now, provenance
+from ..provenance import Origin, hash_input, provenance
 from .recipe import convert_sync_batchnorm, has_batchnorm, load_scheduler_states, make_ema, make_schedulers
 from .validate import ValidationSlab, selection_score
 
@@ -60,9 +60,8 @@ class WorkerContext:
     report: Callable[[dict[str, Any], Path | None], None] | None = None
     # local stop request (SIGTERM sentinel); any rank's request stops all ranks at the same step
     should_stop: Callable[[], bool] = lambda: False
-    # the run's command line and start (checkpoints' provenance); a Ray worker's own argv is Ray's
-    command: str | None = None
-    started: str = field(default_factory=now)
+    # the run's command line and start, for the checkpoints' provenance (a Ray worker's own argv is Ray's)
+    origin: Origin = field(default_factory=Origin)
 
 
 # ----------------------------------------------------------------------------- building
@@ -352,7 +351,7 @@ def fit(cfg: Config, run_dir: str | Path, ctx: WorkerContext | None = None,
             epoch=epoch_done, epoch_step=epoch_step, step=global_step, config=resolved,
             stats=store.info.stats, classes=classes, metrics=metrics, best_mean_dice=best_dice, best_score=best,
             split={"train": list(split.train), "val": list(split.val)}, store=str(cfg.data.store),
-            provenance=provenance(ctx.started, inputs={"store": store_input}, command=ctx.command),
+            provenance=provenance(ctx.origin.started, inputs={"store": store_input}, command=ctx.origin.command),
         )
 
     metrics: dict[str, Any] = {}

@@ -35,7 +35,7 @@ from ..io import atomic_write, disk_full_cause, disk_full_error, output_lock
 from ..config import Config, config_from_dict, config_to_dict, describe_differences, differences, save_config
 from ..errors import DiskFullError, RunStateError, SettingsMismatchError, XtrainError
 from ..models.checkpoint import load_checkpoint
-from ..provenance import command_line, now
+from ..provenance import Origin, command_line
 from .loop import LAST, WorkerContext, fit, preflight
 
 log = logging.getLogger(__name__)
@@ -190,8 +190,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
 
     ctx = WorkerContext(rank=rank, world_size=context.get_world_size(), device=ray.train.torch.get_device(),
-                        report=report, should_stop=lambda: (run_dir / STOP).exists(), command=config.get("command"),
-                        started=config.get("started") or now())
+                        report=report, should_stop=lambda: (run_dir / STOP).exists(),
+                        origin=config.get("origin") or Origin())
     fit(cfg, run_dir, ctx, resume)
 
 
@@ -253,7 +253,7 @@ def make_trainer(cfg: Config, run_dir: Path, resume_from: Path | None, callbacks
         train_loop_per_worker,
         train_loop_config={"config": config_to_dict(cfg), "run_dir": str(run_dir),
                            "resume": str(resume_from) if resume_from else None,
-                           "command": command or command_line(), "started": now()},  # checkpoints' provenance
+                           "origin": Origin(command or command_line())},  # the checkpoints' provenance
         torch_config=TorchConfig(backend="nccl" if cfg.train.use_gpu else "gloo"),
         scaling_config=ray.train.ScalingConfig(
             num_workers=cfg.train.workers, use_gpu=cfg.train.use_gpu,
