@@ -6,6 +6,9 @@
               normalisation statistics, classes, config, validation metrics and the
               inference settings the model is meant to be run with (``validated_inference``)
 
+Both hold ``provenance``: the record of the training run (``xtrain.provenance.provenance``: the
+command line, version and commit, host, start and end, the training store's sha256).
+
 Both are plain ``torch.save`` dicts of tensors and plain values, loadable without the config
 files that made them, and always loaded with ``torch.load(weights_only=True)``: a model file
 shared between users cannot run code (a pickle payload is refused naming the file, before
