@@ -89,7 +89,8 @@ class Store:
     ground truth if it has one, else the prediction (``label_images``: all, by name).
     ``probabilities`` (C, Z, Y, X) and ``entropy`` (1, Z, Y, X; (Z, Y, X) in the previous layout): a
     segmentation's, or None.
-    ``legacy``: a store of the previous layout (format 1), read as it is.
+    ``legacy``: a store of the previous layout (format 1), read as it is.  ``pyramids``: every level of the
+    label images ("labels/<name>"), probabilities and entropy, finest first (OME layout only).
     """
 
     path: Path
@@ -101,6 +102,7 @@ class Store:
     entropy: zarr.Array | None = None
     levels: list[zarr.Array] = field(default_factory=list)
     legacy: bool = False
+    pyramids: dict[str, list[zarr.Array]] = field(default_factory=dict)  # layout.Arrays.pyramids
 
     @property
     def shape(self) -> tuple[int, int, int]:
@@ -155,7 +157,7 @@ def _store(path: Path, group: zarr.Group, info: StoreInfo) -> Store:
         log.debug("store '%s' has the previous layout (format 1); 'xtrain upgrade' rewrites it as OME-Zarr 0.5", path)
     return Store(path=path, image=arrays.image, labels=arrays.main_labels(), info=info, label_images=arrays.labels,
                  probabilities=arrays.probabilities, entropy=arrays.entropy, levels=arrays.levels,
-                 legacy=arrays.legacy)
+                 legacy=arrays.legacy, pyramids=arrays.pyramids)
 
 
 def open_store(path: str | os.PathLike, mode: str = "r", require_image: bool = True) -> Store:
