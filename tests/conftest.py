@@ -4,6 +4,7 @@ xtrain's plugin manifest for the napari tests."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import subprocess
@@ -224,6 +225,16 @@ class StopAfter:
 
 
 
+def _die_with_parent() -> None:
+    """In the child before exec: SIGTERM when pytest's process ends (Linux prctl PR_SET_PDEATHSIG).  Xvfb must
+    outlive the QApplication: Qt exits the process when its X connection breaks, so it is never killed early."""
+    import ctypes
+    import signal
+
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # 1: PR_SET_PDEATHSIG
+
+
 def _start_xvfb() -> tuple[subprocess.Popen | None, str]:
     """A private Xvfb on a free display number (``-displayfd``); (None, why) when it cannot start."""
     exe = shutil.which("Xvfb")
@@ -231,7 +242,8 @@ def _start_xvfb() -> tuple[subprocess.Popen | None, str]:
         return None, "no X display (DISPLAY unset) and no Xvfb: install it (apt-get install xvfb) or set DISPLAY"
     read, write = os.pipe()
     proc = subprocess.Popen([exe, "-displayfd", str(write), "-screen", "0", "1280x900x24", "-nolisten", "tcp"],
-                            pass_fds=(write,), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                            pass_fds=(write,), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            preexec_fn=_die_with_parent)
     os.close(write)
     with os.fdopen(read) as f:
         number = f.readline().strip()  # Xvfb writes the display number once it accepts connections
@@ -268,9 +280,7 @@ def x_display():
             os.environ.pop(k, None)
         else:
             os.environ[k] = v
-    if proc is not None:
-        proc.kill()
-        proc.wait()
+    # the Xvfb (if ours) ends with this process (_die_with_parent): the QApplication lives until then
 
 
 @pytest.fixture

@@ -230,9 +230,9 @@ class LabelLoop(QWidget):
         from napari.qt.threading import create_worker
 
         self._stop.clear()
-        worker = create_worker(function, *args, _start_thread=False, **kwargs)
+        # errored connected here: without a handler of its own create_worker re-raises the error in the event loop
+        worker = create_worker(function, *args, _start_thread=False, _connect={"errored": self._on_error}, **kwargs)
         worker.returned.connect(on_done)
-        worker.errored.connect(self._on_error)
         worker.finished.connect(lambda: self._set_busy(False))
         self.worker = worker
         self._set_busy(True)
