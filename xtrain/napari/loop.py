@@ -3,10 +3,11 @@
     seg = segment_volume("model.pt", "scan.zarr", work, axes="z", progress=bar, should_stop=stop.is_set)
     picks = ranked_planes(seg, n=10, axes="z", labelled={"z": [40]})      # suggest's ranking of seg's entropy
     report = save_painted("scan-labels.zarr", painted, classes=classes, image=image)   # xtrain.data.painted
-    model = finetune(store, model, run_dir, progress, should_stop)        # not yet: needs xtrain train --init
+    new = finetune("scan-labels.zarr", "model.pt", run_dir, progress, should_stop)  # .finetune: in-process
 
 Each one is the library's own code (``xtrain.infer.segment`` with ``--probabilities``,
-``xtrain.infer.suggest``, ``xtrain.data.painted``), so the widget's results are those of the CLI.
+``xtrain.infer.suggest``, ``xtrain.data.painted``), so the widget's results are those of the CLI; ``finetune``
+(finetune.py) is the one-process fine-tune of an interactive round (no Ray start-up).
 """
 
 from __future__ import annotations
@@ -21,14 +22,12 @@ import numpy as np
 from ..data.volumes import Volume, array_volume, open_volume
 from ..infer.suggest import SPACING, Pick, entropy_scores, pick_planes
 from ..stop import never
+from .finetune import STEPS as FINETUNE_STEPS
+from .finetune import finetune
 
 log = logging.getLogger(__name__)
 
-# Fine-tuning from a model needs ``xtrain train --init MODEL.pt`` (issue 21: branch ``train``), which is not
-# merged yet; the widget's "Fine-tune" button stays disabled, with this reason as its tooltip, until
-# ``finetune`` below is written and this becomes None.
-FINETUNE_MISSING = ("Fine-tuning needs 'xtrain train --init MODEL.pt' (issue 21), which is not in this xtrain yet: "
-                    "train on the saved labels store with 'xtrain train' meanwhile")
+__all__ = ["FINETUNE_STEPS", "finetune", "ranked_planes", "segment_volume", "volume_of"]
 
 
 def volume_of(source: "str | os.PathLike | np.ndarray", name: str = "layer") -> Volume:
@@ -69,16 +68,3 @@ def ranked_planes(segmentation: str | os.PathLike, n: int, *, axes: str = "z", s
     scores = entropy_scores(open_segmentation(segmentation).entropy)
     planes = ("z",) if axes == "z" else ("z", "y", "x")
     return pick_planes({a: scores[a] for a in planes}, n, spacing, labelled)
-
-
-def finetune(store: str | os.PathLike, model: str | os.PathLike, run_dir: str | os.PathLike,
-             progress: Callable[[int, int], None] | None = None,
-             should_stop: Callable[[], bool] = never) -> Path:
-    """Fine-tune ``model`` on the sparse labels of ``store`` into ``run_dir``; returns ``run_dir/model.pt``.
-
-    To be written once ``xtrain train --init`` exists (see ``FINETUNE_MISSING``): call the in-process
-    ``xtrain.train.loop.fit`` (no Ray start-up: issue 23 section 3 measures which is faster) with the config
-    of ``model`` plus ``data.store=store`` and ``train.init=model``, reporting ``progress(step, steps)`` and
-    stopping at ``should_stop()``.  The widget then re-segments with the new model and replaces the
-    prediction layer (``LabelLoop._finetuned``)."""
-    raise NotImplementedError(FINETUNE_MISSING)

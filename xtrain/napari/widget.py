@@ -14,7 +14,10 @@
    prediction, to correct rather than paint from scratch.
 4. **Save labels** writes the painted voxels as sparse labels into the labels store (default: beside the
    image, ``NAME-labels.zarr``), merged with the labels it holds (painted voxels win; the message says so).
-5. **Fine-tune**: disabled until ``xtrain train --init`` exists (the tooltip says so; ``loop.finetune``).
+5. **Fine-tune**: the model is fine-tuned on the labels store in this process (``loop.finetune``: no Ray
+   start-up, a round takes seconds for the tiny model), then segments the image again; the new model replaces
+   the chosen one and the ``prediction`` and ``entropy`` layers are replaced (the old prediction is kept as
+   ``prediction (before)``, to compare).
 
 Errors show as napari notifications (one line), never as a traceback; the details go to the log.
 """
@@ -40,7 +43,7 @@ from .reader import label_kwargs, read_store
 
 log = logging.getLogger(__name__)
 
-PREDICTION, ENTROPY, CORRECTIONS = "prediction", "entropy", "corrections"
+PREDICTION, ENTROPY, CORRECTIONS, BEFORE = "prediction", "entropy", "corrections", "prediction (before)"
 
 
 def _notify(kind: str, message: str) -> None:
@@ -135,9 +138,13 @@ class LabelLoop(QWidget):
         self.save_button.setToolTip("write the painted voxels as sparse labels (merged with the store's)")
         self.save_button.clicked.connect(self.save_labels)
         self.finetune_button = QPushButton("Fine-tune")
-        self.finetune_button.setEnabled(loop.FINETUNE_MISSING is None)
-        self.finetune_button.setToolTip(loop.FINETUNE_MISSING or "fine-tune the model on the saved labels, then "
-                                        "segment again")
+        self.finetune_button.setToolTip("fine-tune the model on the saved labels store (in this process, no Ray), "
+                                        "then segment again with the new model")
+        self.finetune_button.clicked.connect(self.finetune)
+        self.steps_spin = QSpinBox()
+        self.steps_spin.setRange(1, 100_000)
+        self.steps_spin.setValue(loop.FINETUNE_STEPS)
+        self.steps_spin.setToolTip("optimiser steps of the fine-tune (batches of patches around painted pixels)")
         self.status = QLabel("")
         self.status.setWordWrap(True)
 
@@ -152,7 +159,11 @@ class LabelLoop(QWidget):
         box.addWidget(QLabel("<b>Labels</b>"))
         box.addWidget(self.labels_edit)
         box.addWidget(self.save_button)
-        box.addWidget(self.finetune_button)
+        tune_row = QHBoxLayout()
+        tune_row.addWidget(self.finetune_button)
+        tune_row.addWidget(QLabel("steps"))
+        tune_row.addWidget(self.steps_spin)
+        box.addLayout(tune_row)
         box.addWidget(self.status)
         box.addStretch(1)
         self._set_busy(False)
@@ -210,6 +221,7 @@ class LabelLoop(QWidget):
     def _set_busy(self, busy: bool) -> None:
         self.segment_button.setEnabled(not busy)
         self.save_button.setEnabled(not busy)
+        self.finetune_button.setEnabled(not busy)
         self.cancel_button.setEnabled(busy)
 
     def _on_progress(self, done: int, total: int) -> None:
@@ -240,7 +252,8 @@ class LabelLoop(QWidget):
         return worker
 
     def cancel(self) -> None:
-        """Stop the running segmentation at its next tile batch (nothing of it is shown)."""
+        """Stop the running segmentation at its next tile batch, a fine-tune at its next step (nothing of either
+        is shown or kept as the model)."""
         self._stop.set()
         self.status.setText("cancelling …")
 
@@ -301,6 +314,14 @@ class LabelLoop(QWidget):
         seg, picks = result
         image = self.image_layer()
         placement = {"scale": image.scale, "translate": image.translate}
+        self._show_segmentation(seg, placement)
+        self.segmentation, self.picks, self.current = seg, picks, -1
+        self.progress.setValue(100)
+        self.status.setText(f"segmented: {seg}; {len(picks)} planes suggested")
+        if picks:
+            self.next_plane()
+
+    def _show_segmentation(self, seg: Path, placement: dict[str, Any]) -> None:
         for data, kwargs, _kind in read_store(seg):
             role = kwargs["metadata"]["xtrain"]["role"]
             if role not in (PREDICTION, ENTROPY):
@@ -320,11 +341,6 @@ class LabelLoop(QWidget):
                                            metadata={"xtrain": {"role": CORRECTIONS, "classes": self.classes}})
             layer.selected_label = 1
         self.viewer.layers.selection.active = self.viewer.layers[CORRECTIONS]
-        self.segmentation, self.picks, self.current = seg, picks, -1
-        self.progress.setValue(100)
-        self.status.setText(f"segmented: {seg}; {len(picks)} planes suggested")
-        if picks:
-            self.next_plane()
 
     # ------------------------------------------------------------------ 2. suggested planes
 
@@ -392,3 +408,49 @@ class LabelLoop(QWidget):
     def _saved(self, report) -> None:
         self.status.setText(report.summary())
         _notify("warning" if report.replaced else "info", f"xtrain: {report.summary()}")
+
+    # ------------------------------------------------------------------ 5. fine-tune
+
+    def finetune(self) -> Any:
+        """Fine-tune the model on the labels store, then segment again, in a worker thread; returns the worker.
+        Progress: the fine-tune's steps fill the bar to half, the segmentation the rest."""
+        try:
+            model = self.model_edit.text().strip()
+            if not model:
+                raise InvalidInputError("choose a model.pt first")
+            labels = self.labels_edit.text().strip()
+            if not labels or not Path(labels).exists():
+                raise InvalidInputError(f"no labels store '{labels}' yet: paint corrections, then Save labels")
+            volume = self._volume(self.image_layer())
+            labelled = self.labelled_planes()
+        except Exception as exc:
+            self._on_error(exc)
+            return None
+        self._runs += 1
+        run, out = self._work_dir() / f"finetune-{self._runs}", self._work_dir() / f"segmentation-{self._runs}.zarr"
+        axes, n, spacing, steps = (self.axes_combo.currentText(), self.n_spin.value(), self.spacing_spin.value(),
+                                   self.steps_spin.value())
+        self.progress.setValue(0)
+        self.status.setText(f"fine-tuning {Path(model).name} on {Path(labels).name} ({steps} steps) …")
+
+        def work():
+            new = loop.finetune(labels, model, run, lambda i, k: self.progressed.emit(i, 2 * k),
+                                should_stop=self._stop.is_set, steps=steps)
+            seg = loop.segment_volume(new, volume, out, axes=axes, progress=lambda i, k: self.progressed.emit(
+                k + i, 2 * k), should_stop=self._stop.is_set)
+            return new, seg, loop.ranked_planes(seg, n, axes=axes, spacing=spacing, labelled=labelled)
+
+        return self._run(work, self._finetuned)
+
+    def _finetuned(self, result: tuple[Path, Path, list[Pick]]) -> None:
+        new, seg, picks = result
+        if PREDICTION in self.viewer.layers:  # kept to compare; replaced on the next round
+            if BEFORE in self.viewer.layers:
+                self.viewer.layers.remove(BEFORE)
+            self.viewer.layers[PREDICTION].name = BEFORE
+            self.viewer.layers[BEFORE].visible = False
+        self.model_edit.setText(str(new))
+        self._segmented((seg, picks))
+        self.status.setText(f"fine-tuned: {new}; segmented again: {seg}; {len(picks)} planes suggested")
+        _notify("info", f"xtrain: fine-tuned model {new}; the prediction layer shows its segmentation")
+
