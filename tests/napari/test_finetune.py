@@ -16,7 +16,7 @@ from xtrain.data.volumes import open_volume
 from xtrain.errors import InvalidInputError, RunInterrupted
 from xtrain.geometry import reflect
 from xtrain.models.checkpoint import file_checksum, load_checkpoint
-from xtrain.napari.finetune import draw_batch, finetune, labelled_planes
+from xtrain.napari.finetune import draw_batch, finetune, training_planes
 from xtrain.napari.loop import segment_volume
 
 SHAPE = (11, 45, 39)
@@ -57,7 +57,7 @@ def test_patches_come_from_labelled_planes_with_the_models_normalisation(painted
     scan, labels, ids = painted
     store, stats = open_store(labels), load_checkpoint(tiny_model)["stats"]
     vol = normalised_volume(open_volume(labels), train_stats=stats)
-    planes = labelled_planes(store, vol, ("z", "y"), slices=3)
+    planes = training_planes(store, vol, ("z", "y"), slices=3)
     # every y-plane crosses the painted z-plane 2 (one labelled row); y 30 holds the scribble too
     assert [(p.axis, p.index) for p in planes] == [("z", 2), ("z", 6), ("z", 7), ("z", 8)] + \
         [("y", i) for i in range(SHAPE[1])]
@@ -67,7 +67,7 @@ def test_patches_come_from_labelled_planes_with_the_models_normalisation(painted
     assert np.array_equal(z2.labels, ids[2]) and len(z2.labelled) == SHAPE[1] * SHAPE[2]
     y30 = planes[4 + 30]
     assert np.array_equal(y30.image, np.moveaxis(whole[:, 29:32], 1, 0)) and len(y30.labelled) == SHAPE[2] + 15
-    edge = labelled_planes(store, vol, ("z",), slices=5)[0]  # z 2 with 2 neighbours each side: 0..4
+    edge = training_planes(store, vol, ("z",), slices=5)[0]  # z 2 with 2 neighbours each side: 0..4
     assert np.array_equal(edge.image, whole[0:5])
     image, target = draw_batch(planes, np.random.default_rng(0), 64, 32, True, True)
     assert image.shape == (64, 3, 32, 32) and target.shape == (64, 32, 32) and image.dtype == torch.float32

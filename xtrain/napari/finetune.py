@@ -58,7 +58,7 @@ class Plane:
     labelled: np.ndarray  # (n, 2) int: (u, v) of the labelled pixels
 
 
-def labelled_planes(store, vol, axes: tuple[str, ...], slices: int) -> list[Plane]:
+def training_planes(store, vol, axes: tuple[str, ...], slices: int) -> list[Plane]:
     """Every plane normal to one of ``axes`` holding a label in ``store`` (an open ``Store``), with the 2.5D
     stack of ``slices`` planes of ``vol`` (a normalised ``Volume``) around it, mirrored at the borders."""
     counts = (LabelCensus.from_dict(store.info.labels) if store.info.labels else census(store.labels[:])).per_plane
@@ -126,7 +126,7 @@ def finetune(store: str | os.PathLike, model: str | os.PathLike, run_dir: str | 
                                 f"'{model}' predicts {info.classes}: save labels of the model's classes")
     vol = normalised_volume(open_volume(store), train_stats=ckpt.get("stats") or {})
     axes = AXES if cfg.data.axis == "any" else (cfg.data.axis,)
-    planes = labelled_planes(labels, vol, axes, info.in_channels)
+    planes = training_planes(labels, vol, axes, info.in_channels)
     rng, lr = np.random.default_rng(seed), float(lr if lr is not None else cfg.optim.lr)
     torch.manual_seed(seed)
     segmenter = net.generator if hasattr(net, "generator") and hasattr(net, "discriminator") else net
