@@ -37,7 +37,7 @@ from .losses import create_loss
 from ..malloc import keep_freed_memory
 from ..evaluate.metrics import ConfusionMatrix, allreduce_confusion, scores
 from ..models import create_model, model_kwargs
-from ..models.checkpoint import base_checkpoint, inference_checkpoint, rng_states, save_checkpoint
+from ..models.checkpoint import base_checkpoint, inference_checkpoint, save_checkpoint
 from .recipe import convert_sync_batchnorm, has_batchnorm, load_scheduler_states, make_ema, make_schedulers
 from .validate import ValidationSlab, selection_score
 
@@ -344,7 +344,7 @@ def fit(cfg: Config, run_dir: str | Path, ctx: WorkerContext | None = None,
             optimizer_states={k: o.state_dict() for k, o in optimizers.items()},
             scheduler_states={k: s.state_dict() for k, s in schedulers.items()},
             **({"ema_state": ema.state_dict()} if ema is not None else {}),
-            epoch=epoch_done, epoch_step=epoch_step, step=global_step, rng=rng_states(), config=resolved,
+            epoch=epoch_done, epoch_step=epoch_step, step=global_step, config=resolved,
             stats=store.info.stats, classes=classes, metrics=metrics, best_mean_dice=best_dice, best_score=best,
             split={"train": list(split.train), "val": list(split.val)}, store=str(cfg.data.store),
         )

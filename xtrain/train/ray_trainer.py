@@ -31,7 +31,7 @@ from collections.abc import Callable
 from typing import Any
 
 from .. import runtime
-from ..io import atomic_write, disk_full_cause, disk_full_error
+from ..io import atomic_write, disk_full_cause, disk_full_error, output_lock
 from ..config import Config, config_from_dict, config_to_dict, describe_differences, differences, save_config
 from ..errors import DiskFullError, RunStateError, SettingsMismatchError, XtrainError
 from ..models.checkpoint import load_checkpoint
@@ -89,25 +89,44 @@ def check_same_config(run_dir: Path, cfg: Config, what: str = "run") -> None:
                                     "or choose a new --out")
 
 
+FAILED_START = frozenset({"config.yaml", STOP})  # what a start that failed before training left behind
+
+
+def failed_start(folder: Path, extra: frozenset[str] = frozenset()) -> bool:
+    """``folder`` does not exist, or holds only what a start that failed before any work leaves
+    (``FAILED_START``, ``extra``, empty folders): nothing to keep, nothing to resume."""
+    if not folder.exists():
+        return True
+    return all(p.name in FAILED_START | extra and (p.is_file() or not any(p.iterdir())) for p in folder.iterdir())
+
+
 def prepare_run_dir(run_dir: str | Path, cfg: Config, resume: bool) -> tuple[Path, Path | None]:
     """Create RUN_DIR or check it may be resumed. Returns (absolute run dir, checkpoint to resume).
 
     ``--resume`` of a finished run raises ``AlreadyComplete`` when the settings are the same,
-    ``SettingsMismatchError`` (naming the key) when they are not."""
+    ``SettingsMismatchError`` (naming the key) when they are not.  A folder holding only what a
+    failed start left (``failed_start``: config.yaml) blocks neither a fresh start nor ``--resume``
+    (which then starts from the beginning)."""
     run_dir = Path(run_dir).resolve()
     last = run_dir / LAST
     state = read_status(run_dir).get("state")
+    empty = failed_start(run_dir)
     if resume:
         if state == "finished":
             check_same_config(run_dir, cfg)
             raise AlreadyComplete(str(run_dir))
         if not last.exists():
-            if not state:
+            if empty and run_dir.exists():
+                log.info("nothing to resume in '%s' (a start that failed left only config.yaml); starting from "
+                         "the beginning", run_dir)
+            elif not state:
                 raise RunStateError(f"cannot resume '{run_dir}': it has no {LAST}; start it without --resume")
-            check_same_config(run_dir, cfg)
-            log.warning("run '%s' stopped (%s) before its first checkpoint; starting it from epoch 1", run_dir, state)
+            else:
+                check_same_config(run_dir, cfg)
+                log.warning("run '%s' stopped (%s) before its first checkpoint; starting it from epoch 1", run_dir,
+                            state)
             resume = False
-    elif run_dir.exists() and any(run_dir.iterdir()):
+    elif not empty:
         hint = "pass --resume to continue it" if last.exists() and state != "finished" else "choose a new --out"
         raise RunStateError(f"run directory '{run_dir}' already exists and is not empty; {hint}")
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -283,12 +302,19 @@ def train(cfg: Config, run_dir: str | Path, resume: bool = False,
     ``stopped``: ``should_stop()`` turned true (the workers checkpointed and stopped within
     one step; ``resume=True`` continues).  ``already_complete``: ``resume`` of a finished run
     with the same settings (nothing is done).  Installs no signal handler; uses the connected
-    Ray or starts (and then stops) one."""
+    Ray or starts (and then stops) one.  ``LockedError`` while another process trains into
+    RUN_DIR (the lock file ``.RUN.lock`` beside it)."""
     preflight(cfg)
+    run_dir = Path(run_dir).resolve()
+    run_dir.parent.mkdir(parents=True, exist_ok=True)
+    with output_lock(run_dir, "train"):  # one writer per run folder: a second one names this pid
+        return _train(cfg, run_dir, resume, should_stop)
+
+
+def _train(cfg: Config, run_dir: Path, resume: bool, should_stop: Callable[[], bool]) -> dict[str, Any]:
     try:
         run_dir, resume_from = prepare_run_dir(run_dir, cfg, resume)
     except AlreadyComplete:
-        run_dir = Path(run_dir).resolve()
         return {**_last_metrics(run_dir), "stopped": False, "already_complete": True}
 
     def request_stop() -> None:  # Slurm time limit / preemption: every worker checkpoints and stops

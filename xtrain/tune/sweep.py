@@ -58,13 +58,13 @@ from pathlib import Path
 from typing import Any
 
 from .. import runtime
-from ..io import atomic_write
+from ..io import atomic_write, output_lock
 from ..io import write_csv
 from ..config import Config, config_from_dict, config_to_dict, describe_differences, differences, load_config, \
     save_config
 from ..errors import ConfigError, RunStateError, SettingsMismatchError, UnknownNameError
 from ..train.loop import BEST, LAST, METRICS, preflight, read_metrics
-from ..train.ray_trainer import STOP, fit_trainer, make_trainer, quiet_ray, read_status, write_status
+from ..train.ray_trainer import STOP, failed_start, fit_trainer, make_trainer, quiet_ray, read_status, write_status
 from .space import Param, apply_params, grid_size, parse_space, to_ray
 
 log = logging.getLogger(__name__)
@@ -213,7 +213,25 @@ def _cluster_slots(cfg: Config) -> int:
     return max(1, int(res.get("CPU", 1) // cfg.train.workers))
 
 
-def _progress_callback(total: int, params: list[Param], tune_dir: Path, metric: str):
+SETTLED = ("finished", "early-stopped")  # trial states (status.json) a resumed sweep does not rerun
+
+
+def _settled_trials(tune_dir: Path) -> set[str]:
+    """The trials of TUNE_DIR that ended before (finished or early-stopped): what --resume does not rerun."""
+    trials = tune_dir / TRIALS
+    if not trials.is_dir():
+        return set()
+    return {d.name for d in trials.iterdir() if d.is_dir() and read_status(d).get("state") in SETTLED}
+
+
+def _progress_callback(total: int, params: list[Param], tune_dir: Path, metric: str, mode: str = "max"):
+    """Tune callback: one line per trial that ends, "trial K/N": K counts the trials ended so far,
+    those a resumed sweep finished before included; a trial that ended before its first epoch says
+    so instead of "0 epochs, best nan".
+
+    The count starts from the trial folders in ``setup`` (called at the start of every run, also
+    after ``Tuner.restore``, which brings back the callback pickled with the sweep's first start,
+    not a new one)."""
     from ray.tune import Callback
 
     keys = [p.key for p in params if p.kind != "fixed"]
@@ -222,16 +240,25 @@ def _progress_callback(total: int, params: list[Param], tune_dir: Path, metric: 
         """One line per finished trial instead of Tune's tables."""
 
         def __init__(self):
-            self.done = 0
+            self.ended: set[str] = set()
+
+        def setup(self, **info):
+            self.ended = _settled_trials(tune_dir)
 
         def _line(self, trial, what: str) -> None:
-            self.done += 1
+            self.ended.add(trial.trial_id)
             rows = read_metrics(tune_dir / TRIALS / trial.trial_id / METRICS)
-            best = max((float(r.get(metric, "nan")) for r in rows if r.get(metric) not in (None, "")),
-                       default=float("nan"))
+            values = [float(r[metric]) for r in rows if r.get(metric) not in (None, "")]
+            values = [v for v in values if not math.isnan(v)]
+            if not rows:
+                result = "before its first epoch"
+            elif values:
+                best = (max if mode == "max" else min)(values)
+                result = f"{len(rows)} epoch{'s' if len(rows) != 1 else ''}, best {metric} {best:.4f}"
+            else:
+                result = f"{len(rows)} epoch{'s' if len(rows) != 1 else ''}, no {metric} yet"
             shown = "  ".join(f"{k}={_fmt(trial.config.get(k))}" for k in keys)
-            log.info("trial %d/%d %s %s: %d epochs, best %s %.4f  %s", self.done, total, trial.trial_id, what,
-                     len(rows), metric, best, shown)
+            log.info("trial %d/%d %s %s: %s  %s", len(self.ended), total, trial.trial_id, what, result, shown)
 
         def on_trial_complete(self, iteration, trials, trial, **info):
             self._line(trial, "finished")
@@ -265,8 +292,10 @@ def sweep_finished(tune_dir: Path) -> bool:
     return bool(rows) and all(r.get("status") in ("finished", "early-stopped") for r in rows)
 
 
-def prepare_tune_dir(tune_dir: str | Path, cfg: Config, resume: bool) -> tuple[Path, Config]:
-    """Create TUNE_DIR (refusing a non-empty one) or check it can be resumed; returns the base config.
+def prepare_tune_dir(tune_dir: str | Path, cfg: Config, resume: bool) -> tuple[Path, Config, bool]:
+    """Create TUNE_DIR (refusing a non-empty one) or check it can be resumed; returns (TUNE_DIR, the base
+    config, whether Tune's state is restored).  A folder holding only what a failed start left
+    (config.yaml, an empty trials/) blocks neither a fresh start nor ``--resume`` (a fresh start then).
 
     ``resume`` of a finished sweep raises ``SweepComplete`` with the same settings and
     ``SettingsMismatchError`` (naming the key) with others."""
@@ -284,20 +313,25 @@ def prepare_tune_dir(tune_dir: str | Path, cfg: Config, resume: bool) -> tuple[P
                                             f"{describe_differences(saved, new, keys)}; rerun with the same "
                                             "settings or choose a new --out")
             raise SweepComplete(str(tune_dir))
-        if not (tune_dir / "config.yaml").exists() or not Tuner.can_restore(str(exp)):
+        if tune_dir.exists() and failed_start(tune_dir, frozenset({TRIALS})):
+            log.info("nothing to resume in '%s' (a start that failed left only config.yaml); starting the sweep",
+                     tune_dir)
+            resume = False
+        elif not (tune_dir / "config.yaml").exists() or not Tuner.can_restore(str(exp)):
             raise RunStateError(f"cannot resume '{tune_dir}': it holds no sweep state; start it without --resume")
-        saved = load_config(tune_dir / "config.yaml")
-        if config_to_dict(saved) != config_to_dict(cfg):
-            log.warning("resuming with the sweep's own config %s (the --config/--set given now are ignored)",
-                        tune_dir / "config.yaml")
-        (tune_dir / STOP).unlink(missing_ok=True)
-        return tune_dir, saved
-    if tune_dir.exists() and any(tune_dir.iterdir()):
+        else:
+            saved = load_config(tune_dir / "config.yaml")
+            if config_to_dict(saved) != config_to_dict(cfg):
+                log.warning("resuming with the sweep's own config %s (the --config/--set given now are ignored)",
+                            tune_dir / "config.yaml")
+            (tune_dir / STOP).unlink(missing_ok=True)
+            return tune_dir, saved, True
+    if not failed_start(tune_dir, frozenset({TRIALS})):
         hint = "pass --resume to continue it" if exp.exists() and not sweep_finished(tune_dir) else "choose a new --out"
         raise RunStateError(f"tune directory '{tune_dir}' already exists and is not empty; {hint}")
     (tune_dir / TRIALS).mkdir(parents=True, exist_ok=True)
     save_config(cfg, tune_dir / "config.yaml")
-    return tune_dir, cfg
+    return tune_dir, cfg, False
 
 
 def fit_without_tune_signal_handlers(tuner, should_stop: Callable[[], bool]):
@@ -334,13 +368,22 @@ def sweep(cfg: Config, tune_dir: str | Path, resume: bool = False,
 
     ``should_stop()`` true: the running trials checkpoint and end "interrupted" (summary
     ``stopped``), ``resume=True`` runs them to their full length.  ``already_complete``:
-    ``resume`` of a finished sweep with the same settings.  Installs no signal handler."""
+    ``resume`` of a finished sweep with the same settings.  Installs no signal handler.
+    ``LockedError`` while another process sweeps into TUNE_DIR (the lock file ``.TUNE.lock`` beside it)."""
     quiet_tune()
+    params = check_tune_config(cfg)
+    tune_dir = Path(tune_dir).resolve()
+    tune_dir.parent.mkdir(parents=True, exist_ok=True)
+    with output_lock(tune_dir, "tune"):  # one sweep per folder: a second one names this pid
+        return _sweep(cfg, tune_dir, resume, should_stop, params)
+
+
+def _sweep(cfg: Config, tune_dir: Path, resume: bool, should_stop: Callable[[], bool] | None,
+           params: list[Param]) -> dict[str, Any]:
     stop = runtime.StopRequest()
     outer = should_stop or runtime.never
-    params = check_tune_config(cfg)
     try:
-        tune_dir, cfg = prepare_tune_dir(tune_dir, cfg, resume)
+        tune_dir, cfg, resume = prepare_tune_dir(tune_dir, cfg, resume)
     except SweepComplete:
         from ..io import read_csv
 
@@ -372,7 +415,7 @@ def sweep(cfg: Config, tune_dir: str | Path, resume: bool = False,
         concurrent = min(t.max_concurrent or slots, slots, n_trials)
         trainable = tune.with_resources(tune.with_parameters(run_trial, base=base, tune_dir=str(tune_dir)),
                                         {"cpu": 0, "memory": TRIAL_MEMORY})
-        progress = _progress_callback(n_trials, params, tune_dir, t.metric)
+        progress = _progress_callback(n_trials, params, tune_dir, t.metric, t.mode)
         run_config = tune.RunConfig(name=EXPERIMENT, storage_path=str(tune_dir), verbose=0, callbacks=[progress],
                                     failure_config=tune.FailureConfig(max_failures=0))
         if t.scheduler == "asha":
