@@ -17,9 +17,12 @@ import time
 import warnings
 from pathlib import Path
 
-import napari
-import npe2
-from PIL import Image
+# napari's deprecation warning for PyQt5 would show as a toast over the canvas: filtered before napari loads
+warnings.filterwarnings("ignore", message="napari support for the PyQt5 backend")
+
+import napari  # noqa: E402
+import npe2  # noqa: E402
+from PIL import Image  # noqa: E402
 
 MANIFEST = Path(__file__).resolve().parents[1] / "xtrain" / "napari" / "napari.yaml"
 
@@ -43,8 +46,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--colors", type=int, default=128, help="palette size of the PNG")
     args = parser.parse_args(argv)
 
-    # napari's deprecation warning for PyQt5 would show as a toast over the canvas
-    warnings.filterwarnings("ignore", message="napari support for the PyQt5 backend")
     pm = npe2.PluginManager.instance()
     if "xtrain" not in pm:  # a venv installed before the plugin existed: register this tree's manifest
         pm.register(npe2.PluginManifest.from_file(MANIFEST))
@@ -69,6 +70,8 @@ def main(argv: list[str] | None = None) -> int:
     for k in range(-20, 21, 4):
         corrections.paint((p.index, u + k, v + k), 3)
     viewer.layers["entropy"].visible = False
+    viewer.layers["prediction"].visible = False  # the corrections hold it on this plane; the grey values show
+    corrections.opacity = 0.5
     viewer.reset_view()
     for _ in range(40):
         napari.qt.get_qapp().processEvents()

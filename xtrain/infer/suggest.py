@@ -138,7 +138,7 @@ def plane_scores(predictor: Predictor, volume: Volume, scores: Sequence[str] = (
     those of the planes' parts inside.  Raises ``InvalidInputError`` for an unknown score, or
     "disagreement" from a single pass.
     """
-    from .segmentation import default_block
+    from .plan import default_block
 
     unknown = [s for s in scores if s not in SCORES or s == "spread"]
     if unknown:
