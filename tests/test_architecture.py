@@ -32,5 +32,6 @@ def test_a_training_worker_imports_no_plotting_image_library_or_segmentation_dri
     assert out.returncode == 0, out.stderr[-2000:]
     loaded = {line.split("|")[-1].strip() for line in out.stderr.splitlines() if line.startswith("import time:")}
     assert "xtrain.train.loop" in loaded  # the listing is what it says it is
-    for name in ("skimage", "matplotlib", "xtrain.infer.segmentation", "xtrain.pipelines.compare", "ray"):
+    for name in ("skimage", "matplotlib", "xtrain.infer.segmentation", "xtrain.pipelines.compare", "ray", "mlflow",
+                 "tensorboard", "tensorboardX", "torch.utils.tensorboard", "xtrain.train.tracking"):
         assert not {m for m in loaded if m == name or m.startswith(name + ".")}, f"{name} is imported"

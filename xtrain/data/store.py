@@ -39,6 +39,7 @@ import numpy as np
 import zarr
 
 from . import layout as ome
+from . import spatial
 from .layout import DEFAULT_CHUNKS, DEFAULT_SHARD_DEPTH, DEFAULT_SHARD_EDGE, Layout, compressor, default_layout  # noqa: F401
 from ..errors import CorruptFileError, InputNotFoundError, InvalidInputError, OutputExistsError
 from ..io import remove_path, replace_into_place
@@ -56,7 +57,9 @@ class StoreInfo:
     """The ``xtrain`` attribute block of a store."""
 
     classes: list[str] = field(default_factory=lambda: list(DEFAULT_CLASSES))
-    voxel_size_nm: float | None = None
+    # (z, y, x) nm; a store written before per-axis sizes holds one number: read as isotropic (spatial.voxel_size)
+    voxel_size_nm: Any = None
+    origin_nm: Any = None  # (z, y, x) nm of the centre of voxel (0, 0, 0); None: (0, 0, 0) (xtrain.data.spatial)
     source: dict[str, Any] = field(default_factory=dict)  # files, label map, generator preset ...
     stats: dict[str, Any] = field(default_factory=dict)  # see xtrain.data.stats.IntensityStats.to_dict
     labels: dict[str, Any] = field(default_factory=dict)  # label census (xtrain.data.labels.LabelCensus.to_dict); {}: none
@@ -75,7 +78,9 @@ class StoreInfo:
             "complete": self.complete,
             "all_chunks_written": self.all_chunks_written,
             "classes": list(self.classes),
-            "voxel_size_nm": self.voxel_size_nm,
+            "voxel_size_nm": list(vs) if (vs := spatial.voxel_size(self.voxel_size_nm)) else None,
+            # written only when not (0, 0, 0), its meaning when absent (a store as written before origins)
+            **({"origin_nm": list(org)} if (org := spatial.origin(self.origin_nm)) and any(org) and vs else {}),
             "source": self.source,
             "stats": self.stats,
             **({"labels": self.labels} if self.labels else {}),
@@ -86,7 +91,8 @@ class StoreInfo:
     def from_dict(cls, d: dict[str, Any]) -> "StoreInfo":
         return cls(
             classes=list(d.get("classes", DEFAULT_CLASSES)),
-            voxel_size_nm=d.get("voxel_size_nm"),
+            voxel_size_nm=spatial.voxel_size(d.get("voxel_size_nm"), "the store's voxel_size_nm"),
+            origin_nm=spatial.origin(d.get("origin_nm"), "the store's origin_nm"),
             source=dict(d.get("source", {})),
             stats=dict(d.get("stats", {})),
             labels=dict(d.get("labels", {})),
@@ -105,6 +111,7 @@ class Store:
     None only for a segmentation written as a TIFF/HDF5 work group).  ``labels``: the store's label
     image, ground truth if it has one, else the prediction (``label_images``: all, by name).
     ``probabilities`` (C, Z, Y, X) and ``entropy`` (1, Z, Y, X): a segmentation's, or None.
+    ``pyramids``: every level of the label images ("labels/<name>"), probabilities and entropy, finest first.
     """
 
     path: Path
@@ -115,6 +122,7 @@ class Store:
     probabilities: zarr.Array | None = None
     entropy: zarr.Array | None = None
     levels: list[zarr.Array] = field(default_factory=list)
+    pyramids: dict[str, list[zarr.Array]] = field(default_factory=dict)  # layout.Arrays.pyramids
 
     @property
     def shape(self) -> tuple[int, int, int]:
@@ -174,7 +182,8 @@ def _store(path: Path, group: zarr.Group, info: StoreInfo, allow_missing: bool =
         if array is not None:  # MissingDataError / CorruptFileError: a lost or truncated shard
             check_chunks(array, f"'{path}' {what}", complete=info.all_chunks_written, allow_missing=allow_missing)
     return Store(path=path, image=arrays.image, labels=arrays.main_labels(), info=info, label_images=arrays.labels,
-                 probabilities=arrays.probabilities, entropy=arrays.entropy, levels=arrays.levels)
+                 probabilities=arrays.probabilities, entropy=arrays.entropy, levels=arrays.levels,
+                 pyramids=arrays.pyramids)
 
 
 def open_store(path: str | os.PathLike, mode: str = "r", require_image: bool = True,
@@ -294,7 +303,8 @@ def write_store(path: str | os.PathLike, shape: tuple[int, int, int], layout: La
         group = zarr.open_group(str(tmp), mode="w-", zarr_format=3)
         writer = StoreWriter(group, path.stem, layout)
         yield writer
-        ome.finish_group(group, path.stem, writer.info.voxel_size_nm, writer.info.classes, layout, pyramid_edge)
+        ome.finish_group(group, path.stem, writer.info.voxel_size_nm, writer.info.classes, layout, pyramid_edge,
+                         writer.info.origin_nm)
         writer.info.complete = True
         writer.info.all_chunks_written = True  # create_level: write_empty_chunks=True
         writer.info.provenance = provenance(started, inputs=inputs, previous=writer.info.provenance or None)

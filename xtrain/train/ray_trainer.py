@@ -36,7 +36,8 @@ from ..config import Config, config_from_dict, config_to_dict, describe_differen
 from ..errors import DiskFullError, RunStateError, SettingsMismatchError, XtrainError
 from ..models.checkpoint import load_checkpoint
 from ..provenance import Origin, command_line
-from .loop import LAST, WorkerContext, fit, preflight
+from .loop import BEST, LAST, WorkerContext, fit, preflight
+from .tracking import Tracking, start_run_tracking, tracking_to_dict
 
 log = logging.getLogger(__name__)
 
@@ -189,10 +190,27 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             os.link(path, Path(tmp) / CHECKPOINT_FILE)  # no copy: Ray persists it into storage_path
             ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
 
+    # --track: rank 0 logs each epoch's report (loop.py knows nothing of it; see tracking.py)
+    tracker = start_run_tracking(config.get("track"), config["config"], run_dir, config.get("track_name")) \
+        if rank == 0 else None
+
+    def report_and_track(metrics: dict[str, Any], path: Path | None) -> None:
+        if tracker is not None:
+            tracker.epoch(metrics)
+        report(metrics, path)
+
     ctx = WorkerContext(rank=rank, world_size=context.get_world_size(), device=ray.train.torch.get_device(),
-                        report=report, should_stop=lambda: (run_dir / STOP).exists(),
+                        report=report_and_track, should_stop=lambda: (run_dir / STOP).exists(),
                         origin=config.get("origin") or Origin())
-    fit(cfg, run_dir, ctx, resume)
+    try:
+        metrics = fit(cfg, run_dir, ctx, resume)
+    except BaseException:
+        if tracker is not None:
+            tracker.close("FAILED")
+        raise
+    if tracker is not None:
+        stopped = bool(metrics.get("stopped"))
+        tracker.close("KILLED" if stopped else "FINISHED", model=None if stopped else run_dir / BEST)
 
 
 # ----------------------------------------------------------------------------- the driver
@@ -238,13 +256,16 @@ def worker_error(exc: BaseException) -> BaseException | None:
 
 
 def make_trainer(cfg: Config, run_dir: Path, resume_from: Path | None, callbacks: list | None = None,
-                 cpus_per_worker: int | None = None, command: str | None = None):
+                 cpus_per_worker: int | None = None, track: Tracking | None = None, track_name: str | None = None,
+                 command: str | None = None):
     """A ``TorchTrainer`` running ``train_loop_per_worker`` on ``cfg`` into ``run_dir``.
 
     Every launch gets a fresh run name (Ray silently resumes a reused one); resumption goes
     through RUN_DIR/last.pt.  ``cpus_per_worker`` (default Ray's 1): Ray sets each worker's
-    OMP_NUM_THREADS, so torch's thread count, to it.  ``command``: the command line the checkpoints'
-    provenance records (default this process's; a Tune trial passes the sweep's).  Returns (trainer, attempt name)."""
+    OMP_NUM_THREADS, so torch's thread count, to it.  ``track``: rank 0 logs to MLflow and/or
+    TensorBoard (DIR/``track_name``, default RUN_DIR's name; tracking.py).  ``command``: the command line
+    the checkpoints' provenance records (default this process's; a Tune trial passes the sweep's).
+    Returns (trainer, attempt name)."""
     import ray.train
     from ray.train.torch import TorchConfig, TorchTrainer
 
@@ -253,6 +274,7 @@ def make_trainer(cfg: Config, run_dir: Path, resume_from: Path | None, callbacks
         train_loop_per_worker,
         train_loop_config={"config": config_to_dict(cfg), "run_dir": str(run_dir),
                            "resume": str(resume_from) if resume_from else None,
+                           "track": tracking_to_dict(track), "track_name": track_name,
                            "origin": Origin(command or command_line())},  # the checkpoints' provenance
         torch_config=TorchConfig(backend="nccl" if cfg.train.use_gpu else "gloo"),
         scaling_config=ray.train.ScalingConfig(
@@ -300,22 +322,24 @@ def fit_trainer(trainer, run_dir: Path, **status: Any) -> dict[str, Any]:
 
 
 def train(cfg: Config, run_dir: str | Path, resume: bool = False,
-          should_stop: Callable[[], bool] = runtime.never) -> dict[str, Any]:
+          should_stop: Callable[[], bool] = runtime.never, track: Tracking | None = None) -> dict[str, Any]:
     """Train with Ray Train; returns the last reported metrics.
 
     ``stopped``: ``should_stop()`` turned true (the workers checkpointed and stopped within
     one step; ``resume=True`` continues).  ``already_complete``: ``resume`` of a finished run
     with the same settings (nothing is done).  Installs no signal handler; uses the connected
     Ray or starts (and then stops) one.  ``LockedError`` while another process trains into
-    RUN_DIR (the lock file ``.RUN.lock`` beside it)."""
+    RUN_DIR (the lock file ``.RUN.lock`` beside it).  ``track`` (``tracking.parse_track``): log the
+    parameters, every epoch's metrics and model.pt to MLflow and/or TensorBoard."""
     preflight(cfg)
     run_dir = Path(run_dir).resolve()
     run_dir.parent.mkdir(parents=True, exist_ok=True)
     with output_lock(run_dir, "train"):  # one writer per run folder: a second one names this pid
-        return _train(cfg, run_dir, resume, should_stop)
+        return _train(cfg, run_dir, resume, should_stop, track)
 
 
-def _train(cfg: Config, run_dir: Path, resume: bool, should_stop: Callable[[], bool]) -> dict[str, Any]:
+def _train(cfg: Config, run_dir: Path, resume: bool, should_stop: Callable[[], bool],
+           track: Tracking | None = None) -> dict[str, Any]:
     try:
         run_dir, resume_from = prepare_run_dir(run_dir, cfg, resume)
     except AlreadyComplete:
@@ -326,7 +350,7 @@ def _train(cfg: Config, run_dir: Path, resume: bool, should_stop: Callable[[], b
         (run_dir / STOP).touch()
 
     with runtime.ray_session():
-        trainer, attempt = make_trainer(cfg, run_dir, resume_from)
+        trainer, attempt = make_trainer(cfg, run_dir, resume_from, track=track)
         tail = LogTail(run_dir / TRAIN_LOG)
         tail.start()
         try:

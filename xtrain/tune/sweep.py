@@ -67,7 +67,9 @@ from ..config import Config, config_from_dict, config_to_dict, describe_differen
 from ..errors import ConfigError, RunStateError, SettingsMismatchError, UnknownNameError
 from ..train.loop import BEST, LAST, METRICS, preflight, read_metrics
 from ..train.ray_trainer import STOP, failed_start, fit_trainer, make_trainer, quiet_ray, read_status, write_status
+from ..train.tracking import Tracking
 from .space import Param, apply_params, grid_size, parse_space, to_ray
+from .tracking import param_space, tune_callbacks
 
 log = logging.getLogger(__name__)
 
@@ -153,15 +155,19 @@ def trial_config(base: dict[str, Any], params: dict[str, Any]) -> Config:
 # ----------------------------------------------------------------------------- one trial (Tune function)
 
 
-def run_trial(config: dict[str, Any], base: dict[str, Any], tune_dir: str, command: str | None = None) -> None:
-    """The Tune function trainable: one ``xtrain train`` run in TUNE_DIR/trials/<trial_id>/ (``command``:
-    the sweep's command line, for the checkpoints' provenance)."""
+def run_trial(config: dict[str, Any], base: dict[str, Any], tune_dir: str, keys: list[str] | None = None,
+              tensorboard: str | None = None, command: str | None = None) -> None:
+    """The Tune function trainable: one ``xtrain train`` run in TUNE_DIR/trials/<trial_id>/.
+
+    ``keys``: the searched keys of ``config`` (with MLflow tracking it also holds the rest of the
+    config as constants, tune/tracking.py); ``tensorboard``: rank 0 writes the epochs into
+    TENSORBOARD/<trial_id>; ``command``: the sweep's command line, for the checkpoints' provenance."""
     quiet_tune()
     import ray.tune
     from ray.tune.integration.ray_train import TuneReportCallback
 
     trial_id = ray.tune.get_context().get_trial_id()
-    params = {k: v for k, v in config.items()}
+    params = {k: v for k, v in config.items() if keys is None or k in keys}
     cfg = trial_config(base, params)
     tune_root = Path(tune_dir)
     run_dir = tune_root / TRIALS / trial_id
@@ -183,8 +189,10 @@ def run_trial(config: dict[str, Any], base: dict[str, Any], tune_dir: str, comma
     save_config(cfg, run_dir / "config.yaml")
     atomic_write(run_dir / "params.json", json.dumps(params, indent=2, default=str), what="trial parameters")
 
+    # MLflow is the Tune callback's (one run per trial, on the driver); TensorBoard curves come from rank 0
     trainer, attempt = make_trainer(cfg, run_dir, run_dir / LAST if resume else None,
-                                    callbacks=[TuneReportCallback()], command=command)
+                                    callbacks=[TuneReportCallback()], track=Tracking(tensorboard=tensorboard),
+                                    track_name=trial_id, command=command)
     if (tune_root / STOP).exists():  # SIGTERM arrived between the check above and the launch
         (run_dir / STOP).touch()
     metrics = fit_trainer(trainer, run_dir, attempt=attempt, trial_id=trial_id, resumed=resume)
@@ -366,23 +374,25 @@ def fit_without_tune_signal_handlers(tuner, should_stop: Callable[[], bool]):
 
 
 def sweep(cfg: Config, tune_dir: str | Path, resume: bool = False,
-          should_stop: Callable[[], bool] | None = None) -> dict[str, Any]:
+          should_stop: Callable[[], bool] | None = None, track: Tracking | None = None) -> dict[str, Any]:
     """Run (or resume) the sweep described by ``cfg.tune``; returns a summary with the best trial.
 
     ``should_stop()`` true: the running trials checkpoint and end "interrupted" (summary
     ``stopped``), ``resume=True`` runs them to their full length.  ``already_complete``:
     ``resume`` of a finished sweep with the same settings.  Installs no signal handler.
-    ``LockedError`` while another process sweeps into TUNE_DIR (the lock file ``.TUNE.lock`` beside it)."""
+    ``LockedError`` while another process sweeps into TUNE_DIR (the lock file ``.TUNE.lock`` beside it).
+    ``track``: one MLflow run per trial and/or TensorBoard events (tune/tracking.py); a resumed sweep
+    keeps the MLflow/TensorBoard callbacks of its first start (Tune restores them)."""
     quiet_tune()
     params = check_tune_config(cfg)
     tune_dir = Path(tune_dir).resolve()
     tune_dir.parent.mkdir(parents=True, exist_ok=True)
     with output_lock(tune_dir, "tune"):  # one sweep per folder: a second one names this pid
-        return _sweep(cfg, tune_dir, resume, should_stop, params)
+        return _sweep(cfg, tune_dir, resume, should_stop, params, track)
 
 
 def _sweep(cfg: Config, tune_dir: Path, resume: bool, should_stop: Callable[[], bool] | None,
-           params: list[Param]) -> dict[str, Any]:
+           params: list[Param], track: Tracking | None = None) -> dict[str, Any]:
     stop = runtime.StopRequest()
     outer = should_stop or runtime.never
     try:
@@ -416,10 +426,13 @@ def _sweep(cfg: Config, tune_dir: Path, resume: bool, should_stop: Callable[[], 
         n_trials = t.num_samples * grid_size(params)
         slots = _cluster_slots(cfg)
         concurrent = min(t.max_concurrent or slots, slots, n_trials)
-        trial_fn = tune.with_parameters(run_trial, base=base, tune_dir=str(tune_dir), command=command_line())
+        tensorboard = track.tensorboard if track else None
+        trial_fn = tune.with_parameters(run_trial, base=base, tune_dir=str(tune_dir), keys=[p.key for p in params],
+                                        tensorboard=tensorboard, command=command_line())
         trainable = tune.with_resources(trial_fn, {"cpu": 0, "memory": TRIAL_MEMORY})
         progress = _progress_callback(n_trials, params, tune_dir, t.metric, t.mode)
-        run_config = tune.RunConfig(name=EXPERIMENT, storage_path=str(tune_dir), verbose=0, callbacks=[progress],
+        run_config = tune.RunConfig(name=EXPERIMENT, storage_path=str(tune_dir), verbose=0,
+                                    callbacks=[progress, *tune_callbacks(track, tune_dir, tune_dir / TRIALS)],
                                     failure_config=tune.FailureConfig(max_failures=0))
         if t.scheduler == "asha":
             scheduler = tune.schedulers.ASHAScheduler(time_attr="epoch", max_t=cfg.train.epochs,
@@ -435,7 +448,7 @@ def _sweep(cfg: Config, tune_dir: Path, resume: bool, should_stop: Callable[[], 
         else:
             tuner = tune.Tuner(
                 trainable,
-                param_space=to_ray(params),
+                param_space=param_space(to_ray(params), base, track),
                 tune_config=tune.TuneConfig(metric=t.metric, mode=t.mode, num_samples=t.num_samples,
                                             scheduler=scheduler, max_concurrent_trials=concurrent,
                                             search_alg=_search_alg(t.seed)),
