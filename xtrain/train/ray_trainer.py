@@ -36,7 +36,7 @@ from ..config import Config, config_from_dict, config_to_dict, describe_differen
 from ..errors import DiskFullError, RunStateError, SettingsMismatchError, XtrainError
 from ..models.checkpoint import load_checkpoint
 from .loop import BEST, LAST, WorkerContext, fit, preflight
-from .tracking import Tracking, start_run_tracking, tracking_to_dict
+from .tracking import Tracking, check_tracking, start_run_tracking, tracking_to_dict
 
 log = logging.getLogger(__name__)
 
@@ -326,6 +326,7 @@ def train(cfg: Config, run_dir: str | Path, resume: bool = False,
     RUN_DIR (the lock file ``.RUN.lock`` beside it).  ``track`` (``tracking.parse_track``): log the
     parameters, every epoch's metrics and model.pt to MLflow and/or TensorBoard."""
     preflight(cfg)
+    check_tracking(track)
     run_dir = Path(run_dir).resolve()
     run_dir.parent.mkdir(parents=True, exist_ok=True)
     with output_lock(run_dir, "train"):  # one writer per run folder: a second one names this pid
