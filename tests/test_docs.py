@@ -120,7 +120,8 @@ def test_readme_test_command_is_the_ci_command():
 
 CODE_PATH = re.compile(r"(?<![\w/.-])((?:xtrain|bench|configs|slurm|jobs|tests|docs|\.ci)/[\w./-]*\w/?)")
 DOTTED = re.compile(r"(?<![\w.])xtrain(?:\.\w+)+")
-ATTRIBUTE_KEYS = ("xtrain.source.",)  # keys of the outputs' "xtrain" attributes, not Python names
+# keys of the outputs' "xtrain" attributes and the exported TorchScript's extra file, not Python names
+ATTRIBUTE_KEYS = ("xtrain.source.", "xtrain.json")
 
 
 def python_name_exists(dotted: str) -> bool:

@@ -72,6 +72,17 @@ def z_range(text: str) -> tuple[int, int]:
     return z0, z1
 
 
+def voxel_size_arg(text: str) -> tuple[float, float, float]:
+    """'N' (isotropic) or 'Z,Y,X' -> (z, y, x) nm."""
+    try:
+        values = [float(v) for v in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a voxel size; write NM or Z,Y,X in nm, e.g. 20,10,10") from None
+    if len(values) not in (1, 3) or not all(v > 0 and v < float("inf") for v in values):
+        raise argparse.ArgumentTypeError(f"voxel size '{text}' needs one or three positive numbers (nm), e.g. 20,10,10")
+    return (values[0],) * 3 if len(values) == 1 else (values[0], values[1], values[2])
+
+
 def name_list(text: str) -> list[str]:
     names = [n.strip() for n in text.split(",") if n.strip()]
     if not names:
@@ -88,7 +99,11 @@ def _add(sub, name: str, help: str, example: str) -> argparse.ArgumentParser:
 
 
 def _volume_options(p: argparse.ArgumentParser) -> None:
-    """--dataset/--channel/--time/--mask: which volume of the input (xtrain.data.volumes.open_volume)."""
+    """--dataset/--channel/--time/--mask/--voxel-size: which volume of the input (xtrain.data.volumes.open_volume)
+    and where it is."""
+    p.add_argument("--voxel-size", type=voxel_size_arg, default=None, metavar="NM|Z,Y,X",
+                   help="voxel size in nm: one number (isotropic) or Z,Y,X, for an input that does not say or says "
+                   "wrong (default: what the input says; docs/formats.md, 'Spatial metadata')")
     p.add_argument("--dataset", default=None, metavar="PATH", help="HDF5 dataset or Zarr array inside the input "
                    "(also FILE.h5:/PATH; default: NeXus signal, /exchange/data or the only 3-D dataset)")
     p.add_argument("--channel", type=int, default=None, help="channel of a multi-channel input (ImageJ hyperstack, "
@@ -199,7 +214,8 @@ def cmd_baseline(args: argparse.Namespace) -> int:
 
     check_output(args.out, args.overwrite)  # fail before the (slow) fit
     baseline = fit_baseline(args.name, args.fit, z_range=args.fit_z, seed=args.seed)
-    segment_baseline(baseline, args.volume, args.out, slab=args.slab, overwrite=args.overwrite, clean=args.clean)
+    segment_baseline(baseline, args.volume, args.out, slab=args.slab, overwrite=args.overwrite, clean=args.clean,
+                     voxel_size_nm=args.voxel_size)
     log.info("%s thresholds %s; wrote %s", baseline.name, ", ".join(f"{t:.6g}" for t in baseline.thresholds),
              args.out)
     return 0
@@ -251,6 +267,14 @@ def cmd_segment(args: argparse.Namespace) -> int:
     options = segment_options(args)  # bad options: one line, exit 2, before anything is read
     keep_freed_memory()
     segment(args.model, args.volume, args.out, options, should_stop=args.should_stop)
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from .pipelines.export import export
+
+    export(args.model, args.out, args.format, sample=args.sample, overwrite=args.overwrite, name=args.name,
+           authors=args.author, license=args.license)
     return 0
 
 
@@ -348,7 +372,6 @@ def build_parser() -> argparse.ArgumentParser:
                    "voxels: --label-map 1:0,2:1,3:2 --unlabelled 0)")
     p.add_argument("--chunks", type=int_tuple(3), default=None, metavar="Z,Y,X",
                    help="chunk shape (default 1,256,256 inside 32,512,512 shards: fast 2D patch reads with few files; bench/chunks.py)")
-    p.add_argument("--voxel-size", type=float, default=None, metavar="NM", help="voxel edge in nanometres")
     p.add_argument("--classes", type=name_list, default=None, metavar="A,B,C",
                    help="class names in class-id order (default pore,ysz,ni)")
     p.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
@@ -392,8 +415,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--unlabelled", type=int, default=None, metavar="V",
                    help="raw LABELS value that means 'not labelled' (a store's unlabelled voxels are known): scores "
                    "count labelled voxels only")
-    p.add_argument("--voxel-size", type=float, default=None, metavar="NM",
-                   help="voxel edge in nm for um-based densities (default: from the stores; none: per voxel)")
+    p.add_argument("--voxel-size", type=voxel_size_arg, default=None, metavar="NM|Z,Y,X",
+                   help="voxel size in nm, one number or Z,Y,X, for um-based densities (default: from the inputs; "
+                   "none: per voxel)")
     p.add_argument("--z", type=z_range, default=None, metavar="Z0,Z1", help="evaluate slices Z0..Z1-1 only")
     p.add_argument("--image", default=None, metavar="STORE",
                    help="grey values for the report's figures (default: the image of the LABELS or PRED store)")
@@ -419,6 +443,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--slab", type=int, default=None, help="z-slab depth (default: the store's shard depth)")
     p.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
     p.add_argument("--clean", action="store_true", help=CLEAN_HELP)
+    p.add_argument("--voxel-size", type=voxel_size_arg, default=None, metavar="NM|Z,Y,X",
+                   help="voxel size in nm of VOLUME, one number or Z,Y,X (default: what it says)")
     p.set_defaults(func=cmd_baseline)
 
     p = _add(sub, "tune", "Tune hyperparameters (or run a grid study) with Ray Tune over Ray Train trials.",
@@ -463,7 +489,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, default=None, help="Ray workers (default: 1 in-process on CPU; one per GPU "
                    "with --gpu)")
     p.add_argument("--threads", type=int, default=None, help="torch threads per worker (default: all cores / workers)")
-    p.add_argument("--gpu", action="store_true", help="one Ray worker per GPU")
+    p.add_argument("--gpu", action="store_true", help="one Ray worker per GPU; with --workers 1 one GPU in this process (no Ray)")
     p.add_argument("--resume", action="store_true", help="continue an interrupted run into OUT: redo only missing blocks")
     p.add_argument("--overwrite", action="store_true", help="replace OUT (or an interrupted run) if it exists")
     _volume_options(p)
@@ -476,7 +502,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--clean", action=argparse.BooleanOptionalAction, default=None,
                    help=CLEAN_HELP + "; default: the setting the model was validated with (clean for a model "
                    "trained on all axes), else no clean-up")
+    p.add_argument("--engine", default="eager", metavar="ENGINE", help="inference engine: eager (PyTorch fp32, "
+                   "default), compile, bf16, onnxruntime, openvino, openvino-bf16, or auto: the fastest that keeps "
+                   ">= 99.99 %% of eager's labels and is installed (xtrain/infer/engines.py); recorded, --resume keeps it")
     p.set_defaults(func=cmd_segment)
+
+    p = _add(sub, "export", "Export a trained model for use without xtrain: a bioimage.io package (ilastik, "
+             "deepImageJ, bioimageio.core), ONNX or TorchScript.",
+             "xtrain export runs/unet/model.pt soc-unet.zip --format bioimageio --sample soc.zarr")
+    p.add_argument("model", help="model.pt from 'xtrain train' (a Pix2Pix exports its generator)")
+    p.add_argument("out", type=Path, help="OUT.zip or a folder (bioimageio), OUT.onnx, OUT.pt (torchscript)")
+    p.add_argument("--format", required=True, metavar="FORMAT", help="bioimageio (normalisation as preprocessing; "
+                   "TorchScript, ONNX and state-dict weights), onnx or torchscript (normalisation and softmax inside "
+                   "the graph: raw intensities in, class probabilities out)")
+    p.add_argument("--sample", default=None, metavar="VOLUME", help="volume the bioimage.io test input is cut from "
+                   "(default: the training store named in model.pt)")
+    p.add_argument("--name", default=None, help="bioimage.io model name (default: from the model and its classes)")
+    p.add_argument("--author", action="append", default=None, metavar="NAME", help="bioimage.io author (repeatable; "
+                   "default: xtrain)")
+    p.add_argument("--license", default="BSD-3-Clause", metavar="SPDX", help="licence of the bioimage.io package "
+                   "(SPDX id, default BSD-3-Clause)")
+    p.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
+    p.set_defaults(func=cmd_export)
 
     p = _add(sub, "nightly", "Segment newly acquired scans: ingest, segment, QC, and a registry of what was done.",
              "xtrain nightly --watch /beamline/incoming --model runs/unet/model.pt --out /data/segmented --once")

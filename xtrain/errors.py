@@ -85,3 +85,9 @@ class DiskFullError(XtrainError, OSError):
 
 class SettingsMismatchError(RunStateError):
     """A finished or interrupted output made with other settings than the ones given now."""
+
+
+class SpatialMetadataError(InvalidInputError):
+    """Spatial metadata (voxel size, origin, units) that xtrain cannot carry through: a grid that is not
+    regular (uneven or decreasing coordinates, sheared planes), sizes that are not positive, metadata
+    that contradicts itself."""

@@ -84,7 +84,7 @@ def test_labels_and_attributes(tmp_path, scan):
     assert store.image.chunks == (1, 32, 32)
 
     info = store.info
-    assert info.classes == ["pore", "ysz", "ni"] and info.voxel_size_nm == 12.5
+    assert info.classes == ["pore", "ysz", "ni"] and info.voxel_size_nm == (12.5, 12.5, 12.5)
     for key in ("p0_5", "p99_5", "mean", "std", "hist"):
         assert key in info.stats
     assert sum(info.stats["hist"]["counts"]) == image.size

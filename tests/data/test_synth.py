@@ -162,7 +162,7 @@ def test_store_opens_with_stats_and_source(tmp_path):
     assert store.shape == ODD
     assert store.image.dtype == np.uint16 and store.labels is not None and store.labels.dtype == np.uint8
     assert store.info.classes == ["pore", "ysz", "ni"]
-    assert store.info.voxel_size_nm == 10.0
+    assert store.info.voxel_size_nm == (10.0, 10.0, 10.0)
     image = store.image[:]
     stats = store.info.stats
     assert stats["count"] == image.size

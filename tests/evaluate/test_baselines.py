@@ -143,7 +143,7 @@ def test_baseline_writes_ome_zarr_imagej_tiff_and_nexus(easy_store, tmp_path, ca
     ref = open_store(segment_baseline(b, easy_store, tmp_path / "s.zarr"))
     Image.from_zarr(zarr.open_group(str(tmp_path / "s.zarr"), mode="r"))
     assert set(ref.label_images) == {"prediction"}
-    voxel = open_store(easy_store).info.voxel_size_nm / 1000
+    voxel = open_store(easy_store).info.voxel_size_nm[0] / 1000  # (z, y, x) nm
     with tifffile.TiffFile(segment_baseline(b, easy_store, tmp_path / "s.tif")) as tif:
         assert tif.is_imagej and tif.series[0].axes == "ZYX"
         assert tif.imagej_metadata["spacing"] == pytest.approx(voxel)

@@ -100,7 +100,7 @@ def test_z_range_and_voxel_size_from_store(tmp_path):
     r = evaluate(pred, str(t_store), z_range=(3, 7))
     assert r["z_range"] == [3, 7] and r["shape"] == [4, 8, 8] and r["per_slice"]["z"] == [3, 4, 5, 6]
     assert np.array_equal(np.array(r["confusion_matrix"]), confusion_matrix(pred[3:7], truth[3:7], 3))
-    assert r["voxel_size_nm"] == 20.0 and r["microstructure"]["labels"]["units"]["tpb_density"] == "um^-2"
+    assert r["voxel_size_nm"] == [20.0, 20.0, 20.0] and r["microstructure"]["labels"]["units"]["tpb_density"] == "um^-2"
 
 
 def test_microstructure_side_by_side_and_ratio():

@@ -233,3 +233,50 @@ def test_bad_label_in_a_chunk_is_named_where_it_is():
     v[9, 11, 13] = 7
     with pytest.raises(LabelValueError, match="value 7 at z=9 y=11 x=13"):
         analyze(array_volume(da.from_array(v, chunks=(4, 5, 6))), percolation=False)
+
+
+# ----------------------------------------------------------------------------- anisotropic voxels (issue 22)
+# z = 20 nm, y = x = 10 nm: a voxel holds 2000 nm^3, a face normal to z 100 nm^2, normal to y or x 200 nm^2.
+ANISO = (20.0, 10.0, 10.0)
+
+
+def test_planar_interfaces_use_the_face_area_of_their_normal():
+    normal_z = np.full((5, 6, 7), YSZ, dtype=np.uint8)
+    normal_z[:2] = PORE  # plane z = 2: 6 x 7 = 42 faces of 10 x 10 nm = 4200 nm^2
+    normal_x = np.full((5, 6, 7), YSZ, dtype=np.uint8)
+    normal_x[:, :, :3] = PORE  # plane x = 3: 5 x 6 = 30 faces of 20 x 10 nm = 6000 nm^2
+    volume_nm3 = 5 * 6 * 7 * 2000.0  # 420000 nm^3
+    mz, mx = analyze(normal_z, voxel_size_nm=ANISO), analyze(normal_x, voxel_size_nm=ANISO)
+    assert mz["interface_faces"]["pore-ysz"] == 42 and mx["interface_faces"]["pore-ysz"] == 30
+    # nm^2 / nm^3 = nm^-1; x 1000 = um^-1: 4200 / 420000 = 0.01 nm^-1 = 10 um^-1; 6000 / 420000 = 14.2857 um^-1
+    assert mz["specific_area_raw"]["pore-ysz"] == pytest.approx(10.0)
+    assert mx["specific_area_raw"]["pore-ysz"] == pytest.approx(1000 * 6000 / volume_nm3)
+    assert mx["specific_area"]["pore-ysz"] == pytest.approx(STAIRCASE * 14.285714)
+    assert mz["voxel_size_nm"] == [20.0, 10.0, 10.0]
+
+
+def test_tpb_lines_along_z_and_along_x_have_their_own_edge_length():
+    along_z = np.full((5, 6, 7), YSZ, dtype=np.uint8)
+    along_z[:, :3, :3] = PORE  # y < 3: pore (x < 3) | Ni (x >= 3); y >= 3: YSZ -> one line along z at y, x = 3
+    along_z[:, :3, 3:] = NI
+    mz = analyze(along_z, voxel_size_nm=ANISO)
+    assert mz["tpb"]["edges"] == {"z": 5, "y": 0, "x": 0}
+    # 5 edges x 20 nm = 100 nm = 0.1 um; volume 5*6*7 x 2000 nm^3 = 4.2e-4 um^3 -> 238.095 um^-2 raw
+    assert mz["tpb"]["length"] == pytest.approx(STAIRCASE * 0.1)
+    assert mz["tpb"]["density_raw"] == pytest.approx(0.1 / 4.2e-4)
+    assert mz["tpb"]["density_raw"] == pytest.approx(238.0952, rel=1e-6)
+    mx = analyze(tpb_line(), voxel_size_nm=ANISO)  # 6 edges along x of 10 nm in (4, 4, 6) voxels
+    assert mx["tpb"]["edges"] == {"z": 0, "y": 0, "x": 6}
+    assert mx["tpb"]["density_raw"] == pytest.approx(0.06 / (4 * 4 * 6 * 2000e-9))  # 0.06 um / 1.92e-4 um^3 = 312.5
+    assert mx["tpb"]["active_density"]["x"] == pytest.approx(STAIRCASE * 312.5)
+
+
+def test_one_voxel_size_is_isotropic_and_a_bad_one_is_refused():
+    from xtrain.errors import SpatialMetadataError
+
+    v = tpb_line()
+    assert json.dumps(analyze(v, voxel_size_nm=10.0)) == json.dumps(analyze(v, voxel_size_nm=(10, 10, 10)))
+    with pytest.raises(SpatialMetadataError, match="one .isotropic. or three"):
+        analyze(v, voxel_size_nm=(10, 10))
+    with pytest.raises(SpatialMetadataError, match="not positive"):
+        analyze(v, voxel_size_nm=(20, 0, 10))

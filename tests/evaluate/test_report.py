@@ -36,7 +36,7 @@ def test_report_files_and_numbers_match_json(pair, tmp_path, capsys):
     ni = printed["microstructure"]["ratio"]["fractions"]["ni"]
     assert f"{dice:.4f}" in md and f"{dice:.4f}" in human
     assert f"{ni:.4f}" in md and "![" in md and "slices.png" in md
-    assert printed["z_range"] == [2, 11] and printed["voxel_size_nm"] == 10.0  # synth stores carry 10 nm
+    assert printed["z_range"] == [2, 11] and printed["voxel_size_nm"] == [10.0, 10.0, 10.0]  # synth stores carry 10 nm (z, y, x)
     # an existing report is not replaced silently
     assert main(["-q", "evaluate", str(pred), str(truth), "--report", str(rep)]) == 2
     assert main(["-q", "evaluate", str(pred), str(truth), "--report", str(rep), "--overwrite"]) == 0

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from xtrain.data.volumes import array_volume
-from xtrain.errors import InvalidInputError, SettingsMismatchError
+from xtrain.errors import InvalidInputError, SettingsMismatchError, UnknownNameError
 from xtrain.geometry import reflect
 from xtrain.infer.blocks import plan_tiles
 from xtrain.infer.options import SegmentOptions
@@ -106,7 +106,7 @@ def test_the_record_is_what_resume_compares(volume):
     assert rec["volume"] == "vol" and rec["shape"] == list(SHAPE) and rec["model_sha256"] == "abc"
     assert rec["settings"] == {"block": [16, 32, 32], "tile": 32, "halo": 4, "axes": "z", "tta": False,
                                "probabilities": False, "window": "gaussian", "batch_size": None, "threads": 3,
-                               "chunks": [8, 16, 16], "shard": False, "clean": False}
+                               "chunks": [8, 16, 16], "shard": False, "clean": False, "engine": "eager"}
     assert job.workers == 1 and not job.use_ray and not job.resume and not job.complete
 
 
@@ -131,6 +131,20 @@ def test_workers_and_threads_on_ray_and_a_gpu_request_without_gpus(volume):
     assert gpu.workers == 4 and gpu.gpu  # one per GPU
     with pytest.raises(InvalidInputError, match="--gpu was given but the Ray cluster has no GPUs"):
         plan(volume, MODEL, SegmentOptions(gpu=True, **FAST), resources=Resources(cpus=8, gpus=0))
+    # --gpu --workers 1: this process's GPU, no Ray
+    local = plan(volume, MODEL, SegmentOptions(gpu=True, workers=1, **FAST), resources=Resources(cpus=8, gpus=1))
+    assert local.gpu and not local.use_ray and local.workers == 1
+    with pytest.raises(InvalidInputError, match="--gpu was given but torch sees no CUDA device"):
+        plan(volume, MODEL, SegmentOptions(gpu=True, workers=1, **FAST), resources=Resources(cpus=8, gpus=0))
+
+
+def test_the_engine_is_a_setting_that_resume_compares(volume):
+    first = plan(volume, MODEL, SegmentOptions(engine="openvino", **FAST))
+    assert first.settings.engine == first.record["settings"]["engine"] == "openvino"
+    with pytest.raises(SettingsMismatchError, match="engine was 'openvino', now 'eager'"):
+        plan(volume, MODEL, SegmentOptions(**FAST), Previous("out.zarr", first.record, complete=False))
+    with pytest.raises(UnknownNameError, match="did you mean 'onnxruntime'"):
+        SegmentOptions(engine="onnx-runtime")
 
 
 ZYX_CLEAN = {"axes": "zyx", "clean": True}

@@ -422,3 +422,30 @@ def test_two_segment_resume_runs_into_one_output_one_refuses_naming_the_others_p
     assert first.returncode == 0, stderr
     assert open_segmentation(out)["labels"].shape == (13, 48, 45)
     assert not lock.exists() and not work_dir(out).exists()
+
+
+def test_probabilities_and_entropy_carry_the_per_axis_voxel_size_and_origin(tiny_model, tmp_path, caplog):
+    """An anisotropic OME-TIFF cutout through a model: every image of the .zarr output has the input's
+    (20, 10, 10) nm voxels and its origin; a model trained on 10 nm voxels warns about 20 nm z."""
+    from xtrain.data.volumes import open_volume
+
+    rng = np.random.default_rng(3)
+    image = (rng.integers(0, 3, (7, 33, 35)) * 1000 + 1000).astype(np.uint16)
+    src = tmp_path / "cut.ome.tif"
+    tifffile.imwrite(src, image, ome=True, metadata={
+        "axes": "ZYX", "PhysicalSizeZ": 0.02, "PhysicalSizeY": 0.01, "PhysicalSizeX": 0.01,
+        "Plane": {"PositionZ": [1.0 + 0.02 * i for i in range(7)], "PositionZUnit": ["µm"] * 7}})
+    ckpt = torch.load(tiny_model, weights_only=True)
+    ckpt["voxel_size_nm"] = [10.0, 10.0, 10.0]  # as train records it from its store
+    model = save_checkpoint(ckpt, tmp_path / "model.pt")
+    with caplog.at_level(logging.WARNING):
+        out = segment(model, src, tmp_path / "p.zarr", probabilities=True, **FAST)
+    assert "20 x 10 x 10 nm (z, y, x)" in caplog.text and "was trained on 10 x 10 x 10 nm" in caplog.text
+    group = zarr.open_group(str(out), mode="r")
+    for node, channel in ((group, 0), (group["labels/prediction"], 0), (group["probabilities"], 1),
+                          (group["entropy"], 1)):
+        level0 = node.attrs["ome"]["multiscales"][0]["datasets"][0]["coordinateTransformations"]
+        assert level0[0]["scale"][channel:] == pytest.approx([0.02, 0.01, 0.01])
+        assert level0[1]["translation"][channel:] == pytest.approx([1.0, 0.0, 0.0])
+    assert open_volume(out).voxel_size_zyx_nm == pytest.approx((20.0, 10.0, 10.0))
+    assert open_segmentation(out).info.source["model_voxel_size_nm"] == [10.0, 10.0, 10.0]

@@ -6,6 +6,7 @@ falling loss, and model.pt as an artifact."""
 from __future__ import annotations
 
 import csv
+import sys
 from pathlib import Path
 
 import pytest
@@ -46,6 +47,14 @@ def test_a_bad_track_spec_is_refused_naming_it(specs, error, message):
     with pytest.raises(error) as err:
         parse_track(specs)
     assert message in str(err.value)
+
+
+def test_a_tracker_whose_package_is_missing_is_refused_naming_the_extra(monkeypatch):
+    # hide mlflow from the import system as an install without the [track] extra would
+    monkeypatch.setitem(sys.modules, "mlflow", None)
+    with pytest.raises(ConfigError, match=r"--track mlflow: needs the mlflow package; install it with pip install "
+                                          r"'xtrain\[track\]'"):
+        parse_track(["mlflow:./mlruns"])
 
 
 @pytest.mark.parametrize("command", ["train", "tune"])

@@ -30,6 +30,7 @@ from tqdm.auto import tqdm
 
 from .. import __version__
 from ..errors import InvalidInputError
+from . import spatial
 from .stats import volume_stats
 from .store import DEFAULT_CLASSES, check_output, default_layout, write_store
 from .labels import LabelCensus, census
@@ -78,13 +79,27 @@ def _source(stack: Volume, images: Any, lab: Labels | None, labels: Any, mask: A
     }
 
 
+def _check_label_placement(stack: Volume, lab: Labels | None) -> None:
+    """Warn when the label volume says it lies elsewhere than the images (another voxel size or origin):
+    the store keeps the images' placement, voxel for voxel."""
+    placed = lab.volume if lab is not None else None
+    if placed is None or placed.voxel_size_zyx_nm is None or stack.voxel_size_zyx_nm is None:
+        return
+    if lab.z is None and not (spatial.close(placed.voxel_size_zyx_nm, stack.voxel_size_zyx_nm)
+                              and spatial.close(placed.origin_nm, stack.origin_nm, atol=1e-3)):
+        log.warning("labels '%s' are placed at %s but the images '%s' at %s; the store keeps the images' (the labels "
+                    "are matched voxel for voxel)", placed.spec,
+                    spatial.describe(placed.voxel_size_zyx_nm, placed.origin_nm), stack.spec,
+                    spatial.describe(stack.voxel_size_zyx_nm, stack.origin_nm))
+
+
 def ingest(
     images: str | os.PathLike,
     out: str | os.PathLike,
     labels: str | os.PathLike | None = None,
     label_map: Mapping[int, int] | None = None,
     chunks: tuple[int, int, int] | None = None,
-    voxel_size_nm: float | None = None,
+    voxel_size_nm: Any = None,
     classes: Sequence[str] | None = None,
     overwrite: bool = False,
     dataset: str | None = None,
@@ -104,6 +119,8 @@ def ingest(
     folder may hold fewer slices than the image folder: matched by slice number
     (``xtrain.data.sparse``), the other slices unlabelled.  The store records the label census
     (``StoreInfo.labels``) and ingest logs its summary; a class no voxel is labelled with is a warning.
+    ``voxel_size_nm``: one number or (z, y, x) nm, overriding what the input says (its origin is kept
+    when the input gives one, in the input's own voxels: ``spatial.override``); default: the input's.
     ``chunks``: chunk shape (Z, Y, X); default thin chunks inside shards (``default_layout``).
     ``allow_missing``: as ``open_volume`` (a foreign Zarr's absent chunks become its fill value in the
     store, a slice folder's number gaps are stacked over; recorded in the store's provenance).
@@ -118,9 +135,11 @@ def ingest(
         raise InvalidInputError(f"--unlabelled {unlabelled} was given without --labels; add --labels LABELS or drop it")
 
     stack = open_volume(images, dataset=dataset, channel=channel, time=time, allow_missing=allow_missing)  # headers
+    stack = stack.placed(voxel_size_nm)  # --voxel-size
     shape = stack.shape  # (Z, Y, X)
     mask_vol = open_volume(mask) if mask is not None else None
     lab = open_labels(labels, stack, label_map, len(classes), unlabelled, allow_missing) if labels is not None else None
+    _check_label_placement(stack, lab)
 
     layout = default_layout(shape, chunks)
     stats = volume_stats(stack, mask_vol)  # Dask graph; NaN/Inf and the fill value found before any write
@@ -147,7 +166,7 @@ def ingest(
                       for sl in w.slabs(shape[0])])
 
         w.info.classes = classes
-        w.info.voxel_size_nm = voxel_size_nm if voxel_size_nm is not None else stack.voxel_size_nm
+        w.info.voxel_size_nm, w.info.origin_nm = stack.voxel_size_zyx_nm, stack.origin_nm
         w.info.stats = stats
         w.info.labels = counted.to_dict() if counted is not None else {}
         w.info.source = _source(stack, images, lab, labels, mask, label_map, unlabelled, started)

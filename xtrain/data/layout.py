@@ -32,6 +32,8 @@ from typing import Any
 import numpy as np
 import zarr
 
+from . import spatial
+
 log = logging.getLogger(__name__)
 
 OME_VERSION = "0.5"
@@ -147,23 +149,26 @@ def axes(unit: str | None, channel: bool = False) -> list[dict[str, Any]]:
     return ([{"name": "c", "type": "channel"}] if channel else []) + space
 
 
-def multiscale(name: str, shapes: Sequence[Sequence[int]], voxel_size_nm: float | None, method: str,
-               paths: Sequence[str] | None = None) -> dict[str, Any]:
+def multiscale(name: str, shapes: Sequence[Sequence[int]], voxel_size_nm: Any, method: str,
+               paths: Sequence[str] | None = None, origin_nm: Any = None) -> dict[str, Any]:
     """One OME-Zarr 0.5 ``multiscales`` entry: axes, one dataset per level with its scale and
-    translation (a level-n voxel centre sits at (f - 1) / 2 level-0 voxels), type and metadata."""
+    translation, type and metadata.  ``voxel_size_nm``: one number or (z, y, x) nm of level 0;
+    ``origin_nm`` (z, y, x) nm.  Level n's scale is its factor x level 0's per axis; its first
+    voxel centre sits (f - 1) / 2 level-0 voxels from level 0's, plus the origin
+    (``spatial.level_transform``); in micrometres, or voxels without a voxel size."""
     import dask
 
-    unit = "micrometer" if voxel_size_nm else None
-    v = voxel_size_nm / 1000.0 if voxel_size_nm else 1.0
+    voxel = spatial.voxel_size(voxel_size_nm)
+    org = spatial.origin(origin_nm)
+    unit = "micrometer" if voxel else None
     channel = len(shapes[0]) == 4
     datasets = []
     for i, shape in enumerate(shapes):
         f = [s0 / s if s else 1 for s0, s in zip(shapes[0], shape)]
         f = [int(2 ** round(np.log2(x))) for x in f]  # exact powers of two (ceil rounding)
-        scale = [float(k * v) for k in f]
-        shift = [float((k - 1) / 2 * v) for k in f]
+        scale, shift = spatial.level_transform(voxel, org, f[-3:])
         if channel:
-            scale[0], shift[0] = 1.0, 0.0
+            scale, shift = [1.0, *scale], [0.0, *shift]
         transforms = [{"type": "scale", "scale": scale}]
         if any(shift):
             transforms.append({"type": "translation", "translation": shift})
@@ -310,19 +315,21 @@ def write_pyramid(group: zarr.Group, prefix: str, method: str, layout: Layout,
     return shapes
 
 
-def finish_image(group: zarr.Group, prefix: str, name: str, method: str, voxel_size_nm: float | None,
-                 layout: Layout, extra: dict[str, Any] | None = None, edge: int = PYRAMID_EDGE) -> None:
+def finish_image(group: zarr.Group, prefix: str, name: str, method: str, voxel_size_nm: Any,
+                 layout: Layout, extra: dict[str, Any] | None = None, edge: int = PYRAMID_EDGE,
+                 origin_nm: Any = None) -> None:
     """Write the pyramid of ``prefix`` and its ``ome`` attributes (multiscales, plus ``extra``)."""
     shapes = write_pyramid(group, prefix, method, layout, edge)
     node = group[prefix] if prefix else group
-    ome = {"version": OME_VERSION, "multiscales": [multiscale(name, shapes, voxel_size_nm, method)], **(extra or {})}
+    ome = {"version": OME_VERSION, "multiscales": [multiscale(name, shapes, voxel_size_nm, method, None, origin_nm)],
+           **(extra or {})}
     attrs = dict(node.attrs)
     attrs["ome"] = ome
     node.attrs.update(attrs)
 
 
-def finish_group(group: zarr.Group, name: str, voxel_size_nm: float | None, classes: Sequence[str],
-                 layout: Layout, edge: int = PYRAMID_EDGE) -> None:
+def finish_group(group: zarr.Group, name: str, voxel_size_nm: Any, classes: Sequence[str],
+                 layout: Layout, edge: int = PYRAMID_EDGE, origin_nm: Any = None) -> None:
     """Pyramids and OME attributes of everything in ``group`` written at level 0.
 
     The root image (``0``), every label image under ``labels/`` (mode pyramids, with
@@ -332,16 +339,16 @@ def finish_group(group: zarr.Group, name: str, voxel_size_nm: float | None, clas
     label_names = sorted(group[LABELS].group_keys()) if LABELS in group else []
     for label in label_names:
         finish_image(group, f"{LABELS}/{label}", label, "mode", voxel_size_nm, layout,
-                     {"image-label": image_label(classes)}, edge)
+                     {"image-label": image_label(classes)}, edge, origin_nm)
     if label_names:
         group[LABELS].attrs.update({"ome": {"version": OME_VERSION, "labels": label_names}})
     for sub in (PROBABILITIES, ENTROPY):
         if sub in group:
-            finish_image(group, sub, sub, "mean", voxel_size_nm, layout, None, edge)
+            finish_image(group, sub, sub, "mean", voxel_size_nm, layout, None, edge, origin_nm)
             channels = list(classes) if sub == PROBABILITIES else [ENTROPY]
             group[sub].attrs.update({"xtrain": {"channels": channels}})
     if "0" in group:
-        finish_image(group, "", name, "mean", voxel_size_nm, layout, None, edge)
+        finish_image(group, "", name, "mean", voxel_size_nm, layout, None, edge, origin_nm)
 
 
 # ----------------------------------------------------------------------------- reading

@@ -39,6 +39,7 @@ import numpy as np
 import zarr
 
 from . import layout as ome
+from . import spatial
 from .layout import DEFAULT_CHUNKS, DEFAULT_SHARD_DEPTH, DEFAULT_SHARD_EDGE, Layout, compressor, default_layout  # noqa: F401
 from ..errors import CorruptFileError, InputNotFoundError, InvalidInputError, OutputExistsError
 from ..io import remove_path, replace_into_place
@@ -55,7 +56,9 @@ class StoreInfo:
     """The ``xtrain`` attribute block of a store."""
 
     classes: list[str] = field(default_factory=lambda: list(DEFAULT_CLASSES))
-    voxel_size_nm: float | None = None
+    # (z, y, x) nm; a store written before per-axis sizes holds one number: read as isotropic (spatial.voxel_size)
+    voxel_size_nm: Any = None
+    origin_nm: Any = None  # (z, y, x) nm of the centre of voxel (0, 0, 0); None: (0, 0, 0) (xtrain.data.spatial)
     source: dict[str, Any] = field(default_factory=dict)  # files, label map, generator preset ...
     stats: dict[str, Any] = field(default_factory=dict)  # see xtrain.data.stats.IntensityStats.to_dict
     labels: dict[str, Any] = field(default_factory=dict)  # label census (xtrain.data.labels.LabelCensus.to_dict); {}: none
@@ -71,7 +74,9 @@ class StoreInfo:
             "complete": self.complete,
             "all_chunks_written": self.all_chunks_written,
             "classes": list(self.classes),
-            "voxel_size_nm": self.voxel_size_nm,
+            "voxel_size_nm": list(vs) if (vs := spatial.voxel_size(self.voxel_size_nm)) else None,
+            # written only when not (0, 0, 0), its meaning when absent (a store as written before origins)
+            **({"origin_nm": list(org)} if (org := spatial.origin(self.origin_nm)) and any(org) and vs else {}),
             "source": self.source,
             "stats": self.stats,
             **({"labels": self.labels} if self.labels else {}),
@@ -81,7 +86,8 @@ class StoreInfo:
     def from_dict(cls, d: dict[str, Any]) -> "StoreInfo":
         return cls(
             classes=list(d.get("classes", DEFAULT_CLASSES)),
-            voxel_size_nm=d.get("voxel_size_nm"),
+            voxel_size_nm=spatial.voxel_size(d.get("voxel_size_nm"), "the store's voxel_size_nm"),
+            origin_nm=spatial.origin(d.get("origin_nm"), "the store's origin_nm"),
             source=dict(d.get("source", {})),
             stats=dict(d.get("stats", {})),
             labels=dict(d.get("labels", {})),
@@ -280,7 +286,8 @@ def write_store(path: str | os.PathLike, shape: tuple[int, int, int], layout: La
         group = zarr.open_group(str(tmp), mode="w-", zarr_format=3)
         writer = StoreWriter(group, path.stem, layout)
         yield writer
-        ome.finish_group(group, path.stem, writer.info.voxel_size_nm, writer.info.classes, layout, pyramid_edge)
+        ome.finish_group(group, path.stem, writer.info.voxel_size_nm, writer.info.classes, layout, pyramid_edge,
+                         writer.info.origin_nm)
         writer.info.complete = True
         writer.info.all_chunks_written = True  # create_level: write_empty_chunks=True
         group.attrs.update({"xtrain": writer.info.to_dict()})

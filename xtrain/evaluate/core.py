@@ -31,6 +31,7 @@ from typing import Any
 
 import numpy as np
 
+from ..data import spatial
 from ..data.labels import IGNORE
 from ..data.store import DEFAULT_CLASSES
 from ..data.volumes import Volume, array_volume, is_store, label_lut, open_volume
@@ -113,13 +114,26 @@ def ratio(pred: Any, truth: Any) -> Any:
 _RATIO_KEYS = ("fractions", "specific_area", "tpb", "percolation")
 
 
-def evaluate(pred: Any, truth: Any, *, classes: Sequence[str] | None = None, voxel_size_nm: float | None = None,
+def _placement(pred: Volume, truth: Volume, given: Any) -> tuple[Any, Any]:
+    """(voxel size, origin) (z, y, x) nm of an evaluation: ``given``, else the truth's, else the prediction's."""
+    a, b = truth.voxel_size_zyx_nm, pred.voxel_size_zyx_nm
+    if given is None and a and b and not spatial.close(a, b):
+        log.warning("labels '%s' have voxels of %s but the prediction '%s' %s; densities use the labels'",
+                    truth.spec, spatial.describe(a), pred.spec, spatial.describe(b))
+    voxel = spatial.voxel_size(given, "--voxel-size") or a or b
+    origin = truth.origin_nm if a else pred.origin_nm if b else None
+    return voxel, origin if voxel else None
+
+
+def evaluate(pred: Any, truth: Any, *, classes: Sequence[str] | None = None, voxel_size_nm: Any = None,
              z_range: tuple[int, int] | None = None, slab: int = DEFAULT_SLAB,
              microstructure: bool = True, percolation: bool = True) -> dict[str, Any]:
     """Overlap scores and microstructure of ``pred`` against ``truth`` (anything ``open_label_volume`` takes).
 
-    ``z_range`` (z0, z1): evaluate slices z0 .. z1 - 1 only.  ``voxel_size_nm`` defaults to
-    that of the truth store, then of the prediction store; without one, densities are per voxel.
+    ``z_range`` (z0, z1): evaluate slices z0 .. z1 - 1 only.  ``voxel_size_nm`` (one number or
+    (z, y, x) nm) defaults to that of the truth, then of the prediction (a warning when they
+    differ); without one, densities are per voxel.  The result records the voxel size and the
+    origin (z, y, x) nm of the evaluated slices (``origin_nm``: moved by ``z_range``).
     Returns a dict of plain numbers (NaN where undefined; ``to_json`` writes them as null).
 
     Sparse truth (``IGNORE`` voxels: a store's sparse labels, ``--unlabelled``): the confusion matrix
@@ -137,8 +151,7 @@ def evaluate(pred: Any, truth: Any, *, classes: Sequence[str] | None = None, vox
         pred, truth = pred.crop(*z_range), truth.crop(*z_range)
     classes = list(classes or truth.classes or pred.classes or DEFAULT_CLASSES)
     k = len(classes)
-    if voxel_size_nm is None:
-        voxel_size_nm = truth.voxel_size_nm or pred.voxel_size_nm
+    voxel_size_nm, origin_nm = _placement(pred, truth, voxel_size_nm)
 
     cm = ConfusionMatrix(k, ignore_index=IGNORE)
     per_slice = _per_slice_confusion(pred, truth, k, slab)  # list of (n, K, K), in z order
@@ -152,7 +165,8 @@ def evaluate(pred: Any, truth: Any, *, classes: Sequence[str] | None = None, vox
         "shape": list(truth.shape),
         "z_range": [z_first, z_first + depth],
         "classes": classes,
-        "voxel_size_nm": voxel_size_nm,
+        "voxel_size_nm": list(voxel_size_nm) if voxel_size_nm else None,  # (z, y, x)
+        "origin_nm": list(origin_nm) if origin_nm else None,
         "confusion_matrix": cm.matrix.tolist(),
         "overlap": scores(cm.matrix, classes),
         "per_slice": _per_slice_scores(slice_cm, z_first, classes),

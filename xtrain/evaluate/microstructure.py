@@ -1,6 +1,6 @@
 """Microstructure of a three-phase label volume: a Dask graph over chunks, plus slab-wise percolation.
 
-    m = analyze(volume, voxel_size_nm=10)     # a Volume (open_volume, a label view) or a (Z, Y, X) array
+    m = analyze(volume, voxel_size_nm=(20, 10, 10))  # a Volume (open_volume, a label view) or a (Z, Y, X) array
     m["fractions"]["ni"], m["tpb"]["density"], m["percolation"]["pore"]["z"]
 
 Phases are class ids 0, 1, 2 = pore, YSZ, Ni (``classes`` only names them).
@@ -21,16 +21,25 @@ Definitions (all on the voxel grid, only interior faces/edges: the outer surface
 volume is not an interface):
 
 * **Volume fraction**: voxels of a phase / all voxels.
-* **Interfacial area** between phases i and j: the number of voxel faces with an i voxel
-  on one side and a j voxel on the other, times the face area (voxel size squared), per
-  unit volume (µm⁻¹ with a voxel size, voxel⁻¹ without).  Counting faces overestimates a
+* **Voxel size** (z, y, x) per axis (one number: isotropic): a voxel holds vz * vy * vx, a
+  face normal to z has area vy * vx (normal to y: vz * vx, to x: vz * vy), an edge along z
+  is vz long.  Densities are per unit of the true volume (number of voxels x vz * vy * vx).
+* **Interfacial area** between phases i and j: the voxel faces with an i voxel on one side
+  and a j voxel on the other, each counted with its own area (faces normal to z, y and x
+  are counted separately), per unit volume (µm⁻¹ with a voxel size, voxel⁻¹ without).
+  Counting faces overestimates a
   smooth surface: a plane with unit normal n is counted as |n_x| + |n_y| + |n_z| times its
   area, which averages 3/2 over all orientations, so ``specific_area`` is multiplied by
   2/3 (exact on average for isotropic structures; a plane aligned with the grid is then
   under-estimated by 1/3).  ``specific_area_raw`` and the face counts are kept too.
+  The factor assumes what it assumes for cubic voxels, in physical space: orientations
+  isotropic in nm (not in voxels) and features much larger than a voxel.  Then it holds for
+  anisotropic voxels unchanged, since the staircase of a plane or a line over a (vz, vy, vx)
+  grid has, in nm, the same |n_x| + |n_y| + |n_z| (or |t_x| + |t_y| + |t_z|) excess as over a
+  cubic one; a feature a few voxels thin along the coarse axis is resolved worse along it.
 * **Triple-phase boundary (TPB)**: a voxel edge is shared by 4 voxels; it is a TPB edge
   when those 4 voxels hold all three phases.  Edges along z, y and x are counted
-  separately.  The length is edges x voxel size x 2/3: a line with unit direction t is
+  separately.  The length is (edges along z x vz + along y x vy + along x x vx) x 2/3: a line with unit direction t is
   traced as a staircase of length (|t_x| + |t_y| + |t_z|) x its length, 3/2 on average
   over directions.  Density = length / volume: µm⁻² with a voxel size, voxel⁻² without.
 * **Percolation** of a phase along an axis: the fraction of its voxels that lie in a
@@ -60,6 +69,7 @@ import numpy as np
 from scipy import ndimage, sparse
 from scipy.sparse.csgraph import connected_components
 
+from ..data import spatial
 from ..errors import InvalidInputError, LabelValueError
 
 log = logging.getLogger(__name__)
@@ -134,24 +144,23 @@ def local_counts(labels: np.ndarray, owned: Sequence[int], num_classes: int) -> 
     more on the high side of each axis; ``owned`` (nz, ny, nx): the chunk's own extent (the
     whole shape for a whole volume).  A face or edge counts when its lowest voxel is in
     ``[0, nz) x [0, ny) x [0, nx)``, so summing over chunks counts each exactly once.
-    Returns int64 [K voxel counts, K*K face counts (i, j) with i != j (both orders, i.e.
-    symmetric), TPB edges along z, y, x].
+    Returns int64 [K voxel counts, 3 x K*K face counts (i, j) with i != j normal to z, y, x
+    (both orders, i.e. symmetric), TPB edges along z, y, x].
     """
     k = num_classes
     own = tuple(slice(0, int(n)) for n in owned)
     phase = np.bincount(labels[own].ravel(), minlength=k)[:k]
-    faces = np.zeros(k * k, dtype=np.int64)
+    faces = []
     for axis in range(3):  # faces normal to z, y, x: voxel i and i + 1 along the axis
         lo = [slice(None)] * 3
         hi = [slice(None)] * 3
         lo[axis], hi[axis] = slice(None, -1), slice(1, None)
         u, v = labels[tuple(lo)][own], labels[tuple(hi)][own]
         differ = u != v
-        faces += np.bincount(u[differ].astype(np.int64) * k + v[differ], minlength=k * k)
-    m = faces.reshape(k, k)
-    faces = (m + m.T).ravel()  # a face i|j may appear as (i, j) or (j, i)
+        m = np.bincount(u[differ].astype(np.int64) * k + v[differ], minlength=k * k).reshape(k, k)
+        faces.append((m + m.T).ravel())  # a face i|j may appear as (i, j) or (j, i)
     edges = [np.count_nonzero(e[own]) for e in edge_maps(_bits(labels))]
-    return np.concatenate([phase, faces, np.array(edges, dtype=np.int64)])
+    return np.concatenate([phase, *faces, np.array(edges, dtype=np.int64)])
 
 
 def _chunk_counts(block: np.ndarray, num_classes: int, block_info=None) -> np.ndarray:
@@ -171,7 +180,7 @@ def count_graph(array: Any, num_classes: int):
     import dask.array as da
 
     ext = da.overlap.overlap(array, depth={0: (0, 1), 1: (0, 1), 2: (0, 1)}, boundary="none")
-    length = num_classes + num_classes**2 + 3
+    length = num_classes + 3 * num_classes**2 + 3
     per_chunk = da.map_blocks(_chunk_counts, ext, num_classes, dtype=np.int64, new_axis=3,
                               meta=np.empty((0, 0, 0, 0), np.int64),
                               chunks=tuple((1,) * len(c) for c in ext.chunks) + ((length,),))
@@ -179,7 +188,7 @@ def count_graph(array: Any, num_classes: int):
 
 
 def counts(volume: Any, num_classes: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(voxels per phase (K,), faces (K, K), TPB edges along z, y, x (3,)) of a volume.
+    """(voxels per phase (K,), faces normal to z, y, x (3, K, K), TPB edges along z, y, x (3,)) of a volume.
 
     A numpy array is counted whole; anything else through ``count_graph`` over its lazy
     array (``.array``, or the dask array itself), computed by ``xtrain.data.scheduler.compute``.
@@ -192,7 +201,7 @@ def counts(volume: Any, num_classes: int) -> tuple[np.ndarray, np.ndarray, np.nd
 
         array = as_volume(volume).array
         (total,) = compute(count_graph(array, k))
-    return total[:k], total[k:k + k * k].reshape(k, k), total[k + k * k:]
+    return total[:k], total[k:k + 3 * k * k].reshape(3, k, k), total[k + 3 * k * k:]
 
 
 # ----------------------------------------------------------------------------- percolation
@@ -280,17 +289,20 @@ class _Clusters:
 # ----------------------------------------------------------------------------- analysis
 
 
-def analyze(volume: Any, voxel_size_nm: float | None = None, classes: Sequence[str] = DEFAULT_CLASSES,
+def analyze(volume: Any, voxel_size_nm: Any = None, classes: Sequence[str] = DEFAULT_CLASSES,
             slab: int = DEFAULT_SLAB, percolation: bool = True) -> dict[str, Any]:
     """Fractions, interfacial areas, TPB density, percolation and active TPB of a label volume.
 
     ``volume``: a ``Volume`` (``shape``, ``read``; with ``array``, a lazy dask.array: the
     local counts run as a Dask graph over its chunks), a (Z, Y, X) dask array, or a (Z, Y, X)
-    numpy array of class ids 0..2 (counted whole).  ``slab``: z-slab depth of the percolation
+    numpy array of class ids 0..2 (counted whole).  ``voxel_size_nm``: (z, y, x) nm, or one
+    number (isotropic), or None (per voxel).  ``slab``: z-slab depth of the percolation
     passes.  Returns plain JSON-able numbers; see the module docstring for the definitions
     and ``units`` in the result for the units.  Raises ``LabelValueError`` for a value that
-    is not a class id, ``InvalidInputError`` for other than 3 classes.
+    is not a class id, ``InvalidInputError`` for other than 3 classes, ``SpatialMetadataError``
+    for a voxel size that is not one or three positive numbers.
     """
+    voxel = spatial.voxel_size(voxel_size_nm)
     classes = tuple(classes)
     k = len(classes)
     if k != 3:
@@ -309,25 +321,28 @@ def analyze(volume: Any, voxel_size_nm: float | None = None, classes: Sequence[s
         active = _active_edges(volume, slab, clusters)
 
     n_vox = int(np.prod(shape))
-    vs_um = voxel_size_nm / 1000.0 if voxel_size_nm else None
-    # TPB: length = edges * vs * 2/3, volume = n * vs^3 -> density in 1/length^2
-    length_unit = vs_um if vs_um else 1.0
+    # lengths in um (voxel edges without a voxel size): edge along axis a = v[a], face normal to a = v / v[a]
+    v = np.asarray(voxel, dtype=float) / 1000.0 if voxel else np.ones(3)
+    cell = float(np.prod(v)) * n_vox  # the true volume
+    face_area = np.prod(v) / v  # normal to z: vy * vx, ...
     tpb_total = int(tpb.sum())
-    tpb_density = STAIRCASE * tpb_total / (n_vox * length_unit**2) if n_vox else math.nan
+    tpb_raw = float(tpb @ v)  # staircase length
+    tpb_density = STAIRCASE * tpb_raw / cell if n_vox else math.nan
     areas, areas_raw, face_out = {}, {}, {}
     for i in range(k):
         for j in range(i + 1, k):
             key = f"{classes[i]}-{classes[j]}"
-            face_out[key] = int(faces[i, j])
-            areas_raw[key] = faces[i, j] / (n_vox * length_unit) if n_vox else math.nan
+            face_out[key] = int(faces[:, i, j].sum())
+            areas_raw[key] = float(faces[:, i, j] @ face_area) / cell if n_vox else math.nan
             areas[key] = STAIRCASE * areas_raw[key]
     result: dict[str, Any] = {
         "shape": list(shape),
         "voxels": n_vox,
-        "voxel_size_nm": voxel_size_nm,
+        "voxel_size_nm": list(voxel) if voxel else None,  # (z, y, x)
         "units": {
-            "tpb_density": "um^-2" if vs_um else "voxel^-2",
-            "specific_area": "um^-1" if vs_um else "voxel^-1",
+            "tpb_density": "um^-2" if voxel else "voxel^-2",
+            "specific_area": "um^-1" if voxel else "voxel^-1",
+            "tpb_length": "um" if voxel else "voxel edges",
         },
         "fractions": {name: (int(phase[c]) / n_vox if n_vox else math.nan) for c, name in enumerate(classes)},
         "voxel_counts": {name: int(phase[c]) for c, name in enumerate(classes)},
@@ -337,7 +352,7 @@ def analyze(volume: Any, voxel_size_nm: float | None = None, classes: Sequence[s
         "tpb": {
             "edges": dict(zip(AXES, (int(v) for v in tpb))),
             "edges_total": tpb_total,
-            "length": STAIRCASE * tpb_total * length_unit,  # um, or voxel edges
+            "length": STAIRCASE * tpb_raw,  # um, or voxel edges
             "density": tpb_density,
             "density_raw": tpb_density / STAIRCASE,
         },
@@ -347,8 +362,8 @@ def analyze(volume: Any, voxel_size_nm: float | None = None, classes: Sequence[s
         result["percolation"] = perc_fractions
         result["tpb"]["active_fraction"] = {a: (int(act[i]) / tpb_total if tpb_total else math.nan)
                                             for i, a in enumerate(AXES)}
-        result["tpb"]["active_density"] = {a: STAIRCASE * int(act[i]) / (n_vox * length_unit**2)
-                                           for i, a in enumerate(AXES)}
+        # an active edge has the length of its orientation: active[axis, orientation] @ v
+        result["tpb"]["active_density"] = {a: STAIRCASE * float(active[i] @ v) / cell for i, a in enumerate(AXES)}
     log.debug("microstructure of %s: TPB edges %s, fractions %s", shape, tpb.tolist(), result["fractions"])
     return result
 

@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 
+from ..data import spatial
 from ..data.labels import IGNORE
 from ..errors import InputNotFoundError, OutputExistsError
 from .microstructure import AXES
@@ -102,10 +103,10 @@ def confusion_rows(result: dict[str, Any]) -> tuple[list[str], list[list[Any]]]:
 def format_tables(result: dict[str, Any], markdown: bool = False) -> str:
     """The overlap, confusion-matrix and microstructure tables, as the CLI prints them."""
     z0, z1 = result["z_range"]
-    vs = result["voxel_size_nm"]
+    vs = spatial.voxel_size(result["voxel_size_nm"])
     head = (f"PRED {result['pred']}  vs  LABELS {result['labels']}\n"
             f"shape {tuple(result['shape'])} (z {z0}..{z1 - 1}), voxel size "
-            f"{f'{vs:g} nm' if vs else 'unknown (densities per voxel)'}")
+            f"{spatial.describe(vs, result.get('origin_nm')) if vs else 'unknown (densities per voxel)'}")
     h = "## " if markdown else ""  # section titles become Markdown headings
     parts = [head, f"{h}Overlap (whole volume; per-slice Dice along z as mean ± std)",
              table(*overlap_rows(result), markdown),

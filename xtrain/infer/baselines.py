@@ -92,7 +92,7 @@ def baseline_inputs(baseline: Baseline, vol: Volume, clean: bool) -> Inputs:
 
 
 def segment_baseline(baseline: Baseline, volume: Any, out: str | os.PathLike, slab: int | None = None,
-                     overwrite: bool = False, clean: bool = False) -> Path:
+                     overwrite: bool = False, clean: bool = False, voxel_size_nm: Any = None) -> Path:
     """Segment ``volume`` (store, TIFF stack, any input ``open_volume`` reads, or a ``Volume``) with a
     fitted ``baseline`` into ``out``, block by block (blocks of ``slab`` z-slices, default the output's
     shard depth, rounded up to whole shards).
@@ -101,12 +101,13 @@ def segment_baseline(baseline: Baseline, volume: Any, out: str | os.PathLike, sl
     evaluate', napari and the report can use it alone), ``.tif``/``.tiff`` (ImageJ hyperstack) or
     ``.h5``/``.hdf5``/``.nxs`` (NeXus HDF5).  ``clean``: the 3x3x3 majority filter
     (``postprocess.majority_labels``), exact across blocks.  An interrupted run into ``out`` is
-    continued (the baseline is deterministic); ``overwrite`` starts over.
+    continued (the baseline is deterministic); ``overwrite`` starts over.  ``voxel_size_nm``: one number
+    or (z, y, x) nm replacing the input's (``Volume.placed``).
     Raises InvalidInputError for another suffix, OutputExistsError for an existing ``out``.
     """
     out = Path(out)
     SegmentOptions().validate(out)
-    vol = open_volume(volume)
+    vol = open_volume(volume).placed(voxel_size_nm)
     check_output(out, overwrite)  # before any work
     depth = slab or default_layout(vol.shape).slab
     options = SegmentOptions(block=(depth, *vol.shape[1:]), axes="z", clean=clean, overwrite=overwrite,

@@ -17,8 +17,10 @@ from __future__ import annotations
 from dataclasses import dataclass, fields
 from pathlib import Path
 
+from ..data import spatial
 from ..data.volumes.formats import OUTPUT_HDF5_SUFFIXES, OUTPUT_TIFF_SUFFIXES
-from ..errors import InvalidInputError
+from ..errors import InvalidInputError, UnknownNameError
+from .engines import ENGINES
 from .predict import AXES, WINDOWS
 
 NORMALISATIONS = ("auto", "train", "own", "peaks")  # xtrain.data.normalise.choose_mapping's modes
@@ -58,21 +60,25 @@ class SegmentOptions:
     channel: int | None = None
     time: int | None = None
     mask: str | None = None
+    voxel_size: tuple[float, float, float] | None = None  # (z, y, x) nm replacing the input's (--voxel-size)
     allow_missing: bool = False  # as open_volume: a foreign Zarr's absent chunks / a folder's number gaps, warned
     resume: bool = False
     overwrite: bool = False
+    engine: str = "eager"  # xtrain.infer.engines: a name or "auto" (resolved before the plan)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "block", _ints(self.block))
         object.__setattr__(self, "chunks", _ints(self.chunks))
+        object.__setattr__(self, "voxel_size", spatial.voxel_size(self.voxel_size, "--voxel-size"))
         if self.mask is not None:
             object.__setattr__(self, "mask", str(self.mask))
         self.validate()
 
     @property
     def use_ray(self) -> bool:
-        """Whether the blocks run on Ray actors (``gpu``, or more than one worker) instead of in-process."""
-        return self.gpu or (self.workers or 1) > 1
+        """Whether the blocks run on Ray actors (more than one worker, or ``gpu`` without ``workers``: one
+        per GPU of the cluster) instead of in-process (``gpu`` with ``workers=1``: this process's GPU)."""
+        return (self.workers or 1) > 1 or (self.gpu and self.workers is None)
 
     def validate(self, out: Path | None = None) -> None:
         """Refuse a bad option (and, given ``out``, an output it cannot write) with ``InvalidInputError``."""
@@ -88,6 +94,8 @@ class SegmentOptions:
                                    ("normalisation", self.normalisation, NORMALISATIONS)):
             if value is not None and value not in valid:
                 raise InvalidInputError(f"{name} '{value}' is not one of {', '.join(valid)}")
+        if self.engine not in (*ENGINES, "auto"):
+            raise UnknownNameError("engine", self.engine, (*ENGINES, "auto"))
         for name, value in (("workers", self.workers), ("batch size", self.batch_size), ("threads", self.threads)):
             if value is not None and value < 1:
                 raise InvalidInputError(f"{name} {value} must be at least 1")
@@ -128,3 +136,4 @@ class Settings:
     chunks: tuple[int, int, int] | None
     shard: bool
     clean: bool = False  # 3D majority filter over the probabilities (postprocess.py)
+    engine: str = "eager"  # the inference engine that ran (engines.py): its kernels round differently

@@ -71,6 +71,7 @@ class PredictorInfo:
     sha256: str
     context: int
     inference: dict[str, Any] | None = None
+    norm: str | None = None  # the U-Net's norm layer ("batch", "group"; engines.network_norm): what auto picks by
 
 
 @dataclass(frozen=True)
@@ -140,7 +141,8 @@ def workers_and_threads(options: SegmentOptions, resources: Resources, previous:
     workers = options.workers
     if options.gpu:
         if resources.gpus < 1:
-            raise InvalidInputError("--gpu was given but the Ray cluster has no GPUs; drop --gpu or run on a GPU node")
+            where = "the Ray cluster has no GPUs" if options.use_ray else "torch sees no CUDA device"
+            raise InvalidInputError(f"--gpu was given but {where}; drop --gpu or run on a GPU node")
         workers = workers or resources.gpus
     workers = int(workers or 1)
     threads = options.threads
@@ -189,7 +191,7 @@ def plan(volume: Any, model_info: PredictorInfo, options: SegmentOptions, previo
     aligned = align_block(requested, layout.shards or layout.chunks, shape)
     settings = Settings(aligned, options.tile, options.halo, mode["axes"], options.tta, options.probabilities,
                         options.window, options.batch_size, threads, tuple(layout.chunks), options.shard,
-                        mode["clean"])
+                        mode["clean"], options.engine if model_info.kind == "model" else "eager")
     record = {"kind": volume.kind, "volume": volume.spec, "shape": list(shape), "model_sha256": model_info.sha256,
               "settings": json.loads(json.dumps(asdict(settings))), "stats": volume.stats,
               "normalisation": volume.mapping}

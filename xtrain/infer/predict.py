@@ -29,19 +29,18 @@ Why the output is bit-identical whatever the block size or worker count:
 
 from __future__ import annotations
 
-import copy
 import logging
 from collections.abc import Callable
 
 import numpy as np
 import torch
 from torch import nn
-from torch.nn.utils import fuse_conv_bn_eval
 
 from ..data.volumes import Volume
 from ..geometry import Box, reflect
 from ..stop import never
 from .blocks import input_box, plan_tiles, tiles_touching
+from .engines import create_engine
 
 log = logging.getLogger(__name__)
 
@@ -73,28 +72,6 @@ class PredictionStopped(Exception):
     (nothing of it is written) and runs again on ``--resume``."""
 
 
-def inference_model(model: nn.Module, device: str | torch.device = "cpu") -> nn.Module:
-    """A copy of ``model`` for prediction: eval mode, every Conv2d -> BatchNorm2d pair inside
-    an ``nn.Sequential`` folded into one convolution (``torch.nn.utils.fuse_conv_bn_eval``;
-    the same function of the input up to float rounding, about 1e-7), in ``channels_last``
-    memory format.  The caller's model is left as it was (training validates a live model).
-
-    Why: on 2 CPU cores a width-16 depth-4 U-Net on (4, 1, 256, 256) batches runs at
-    0.61 Mvox/s as is, 0.87 in channels_last and 0.97 with BatchNorm folded in as well
-    (oneDNN's NHWC convolutions skip a reorder per layer).  Training stays in the default
-    format: there channels_last was slower (GroupNorm, 128^2 patches: 12.0 vs 16.3 patches/s).
-    """
-    model = copy.deepcopy(model).eval()
-    for seq in model.modules():
-        if isinstance(seq, nn.Sequential):
-            for i in range(len(seq) - 1):
-                conv, norm = seq[i], seq[i + 1]
-                # without running statistics eval-mode BatchNorm normalises by the batch: not foldable
-                if isinstance(conv, nn.Conv2d) and isinstance(norm, nn.BatchNorm2d) and norm.running_mean is not None:
-                    seq[i], seq[i + 1] = fuse_conv_bn_eval(conv, norm), nn.Identity()
-    return model.to(device=device, memory_format=torch.channels_last)
-
-
 class Predictor:
     """Blended 2D/2.5D tile prediction of block cores (no I/O besides ``volume.read``)."""
 
@@ -102,12 +79,12 @@ class Predictor:
 
     def __init__(self, model: nn.Module, in_channels: int, num_classes: int, *, tile: int = 256, halo: int = 16,
                  axes: str = "z", tta: bool = False, window: str = "gaussian", batch_size: int | None = None,
-                 device: str | torch.device = "cpu"):
+                 device: str | torch.device = "cpu", engine: str = "eager"):
         if in_channels < 1 or in_channels % 2 == 0:
             raise ValueError(f"in_channels={in_channels} must be odd (a centre slice and its neighbours)")
         if not 0 <= 2 * halo < tile:
             raise ValueError(f"halo={halo} must satisfy 0 <= 2*halo < tile={tile}")
-        self.model = inference_model(model, device)
+        self.engine = create_engine(engine, model, in_channels=in_channels, device=device)  # engines.py
         self.device = torch.device(device)
         self.in_channels, self.num_classes = in_channels, num_classes
         self.context = in_channels // 2  # neighbour slices on each side of the centre slice
@@ -121,15 +98,12 @@ class Predictor:
     def forward(self, x: np.ndarray) -> np.ndarray:
         """(B, C, U, V) float32 normalised -> (B, K, U, V) float32 probabilities (TTA-averaged)."""
         flips = [()] + ([(2,), (3,), (2, 3)] if self.tta else [])
-        t = torch.from_numpy(x).to(self.device).contiguous(memory_format=torch.channels_last)
         total = None
-        with torch.inference_mode():
-            for dims in flips:
-                logits = self.model(t.flip(dims) if dims else t).float()
-                p = torch.softmax(logits, dim=1)
-                p = p.flip(dims) if dims else p
-                total = p if total is None else total + p
-        return (total / len(flips)).contiguous().cpu().numpy()  # back to (B, K, U, V) row-major
+        for dims in flips:
+            p = self.engine(np.ascontiguousarray(np.flip(x, dims)) if dims else x)
+            p = np.flip(p, dims) if dims else p
+            total = p if total is None else total + p
+        return np.ascontiguousarray(total / np.float32(len(flips)))  # (B, K, U, V) row-major
 
     def batch_for(self, tu: int, tv: int) -> int:
         return self.batch_size or int(np.clip(TILE_VOXELS // (tu * tv), 1, 16))

@@ -47,7 +47,7 @@ class ModelSource:
         model, info = model_from_checkpoint(load_checkpoint(self.path, map_location="cpu"), self.path)
         return Predictor(model, info.in_channels, info.num_classes, tile=settings.tile, halo=settings.halo,
                          axes=settings.axes, tta=settings.tta, window=settings.window, batch_size=settings.batch_size,
-                         device=device)
+                         device=device, engine=settings.engine)
 
 
 @dataclass
@@ -131,5 +131,5 @@ def run_local(job: Job, todo: list[Block], done: Callable[[Block], None], should
 
 
 def local_resources() -> Resources:
-    """This machine's cores and this process's torch threads (what an in-process run uses)."""
-    return Resources(cpus=os.cpu_count() or 1, gpus=0, threads=torch.get_num_threads())
+    """This machine's cores, its CUDA devices and this process's torch threads (what an in-process run uses)."""
+    return Resources(cpus=os.cpu_count() or 1, gpus=torch.cuda.device_count(), threads=torch.get_num_threads())

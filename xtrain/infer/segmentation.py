@@ -49,6 +49,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from .. import __version__
+from ..data import spatial
 from ..data.normalise import SHIFT_WARN, distribution_shift, normalised_volume
 from ..data.store import StoreInfo
 from ..data.volumes import Volume, open_volume
@@ -58,6 +59,7 @@ from ..models.checkpoint import file_checksum, load_checkpoint, model_from_check
 from ..stop import never
 from . import pool
 from .blocks import Block
+from .engines import network_norm, resolve
 from .options import SegmentOptions
 from .plan import Plan, PredictorInfo, Previous, plan
 from .runner import Job, ModelSource, local_resources, run_local
@@ -113,6 +115,7 @@ def segment(model: str | os.PathLike, volume: str | os.PathLike, out: str | os.P
     with output_lock(out, "segment"), writing(out, "the segmentation"), pool.session(options.use_ray):
         previous = previous_run(out, options.resume, options.overwrite)
         inputs = model_inputs(model, volume, options, previous)
+        options = replace(options, engine=engine_for(options, previous, inputs.info.norm))
         resources = pool.cluster_resources() if options.use_ray else local_resources()
         job = plan(inputs.volume, inputs.info, options, previous, resources)
         return execute(job, inputs, out, Hooks(should_stop, on_block, on_actors))
@@ -123,24 +126,52 @@ def model_inputs(model: str | os.PathLike, volume: str | os.PathLike, options: S
     """model.pt and the volume, read and checked; the volume normalised as the model needs it
     (``choose_mapping``; on ``--resume`` with the recorded statistics)."""
     ckpt = load_checkpoint(model)
-    _, info = model_from_checkpoint(ckpt, model)  # the weights fit the architecture
+    network, info = model_from_checkpoint(ckpt, model)  # the weights fit the architecture
     train_stats = ckpt.get("stats") or {}
     raw = open_volume(volume, dataset=options.dataset, channel=options.channel, time=options.time,
-                      allow_missing=options.allow_missing)
+                      allow_missing=options.allow_missing).placed(options.voxel_size)
     vol = normalised_volume(raw, train_stats=train_stats, mode=options.normalisation,
                             mask=open_volume(options.mask) if options.mask is not None else None,
                             stats=previous.record.get("stats") if previous else None)
     shift = _check_normalisation(vol, train_stats, model, volume)
+    _check_voxel_size(raw, ckpt.get("voxel_size_nm"), model)
     sha = file_checksum(model)
     predictor = PredictorInfo("model", ckpt["model_name"], info.num_classes, tuple(info.classes), sha,
-                              info.in_channels // 2, info.inference)
+                              info.in_channels // 2, info.inference, network_norm(network))
     provenance = {
         "kind": "segmentation", "volume": vol.spec, "volume_kind": vol.kind, "model": str(Path(model).resolve()),
         "model_name": ckpt["model_name"], "model_sha256": sha, "model_config": ckpt.get("config"),
-        "model_stats": train_stats, "distribution_shift": shift, "normalisation": vol.mapping,
+        "model_stats": train_stats, "model_voxel_size_nm": ckpt.get("voxel_size_nm"), "distribution_shift": shift, "normalisation": vol.mapping,
         "volume_provenance": vol.provenance,
     }
     return Inputs(ModelSource(str(Path(model).resolve())), predictor, vol, provenance, vol.stats)
+
+
+def _check_voxel_size(vol: Volume, trained: Any, model: Any) -> None:
+    """Warn when the volume's voxel size (z, y, x) differs from the training data's (model.pt
+    ``voxel_size_nm``, None for models trained before it was recorded): features then have another
+    size in voxels than the network learnt."""
+    if trained is None or vol.voxel_size_zyx_nm is None:
+        return
+    trained = spatial.voxel_size(trained, f"model '{model}' voxel_size_nm")
+    if not spatial.close(trained, vol.voxel_size_zyx_nm, rtol=0.05):
+        log.warning("volume '%s' has voxels of %s but model '%s' was trained on %s; features have another size in "
+                    "voxels than it learnt: resample the volume, or retrain", vol.spec,
+                    spatial.describe(vol.voxel_size_zyx_nm), model, spatial.describe(trained))
+
+
+def engine_for(options: SegmentOptions, previous: Previous | None, norm: str | None) -> str:
+    """The concrete engine (``engines.resolve``; logged): with ``auto`` a resumed run keeps the recorded
+    one (like the threads: the same bits); a run recorded before engines existed ran eager."""
+    recorded = previous.record.get("settings") if previous is not None else None
+    if isinstance(recorded, dict):
+        recorded.setdefault("engine", "eager")
+    auto = options.engine == "auto"
+    engine = recorded["engine"] if auto and isinstance(recorded, dict) else options.engine
+    chosen = resolve(engine, "cuda" if options.gpu else "cpu", norm)
+    log.info("engine: %s%s", chosen, (" (auto, as recorded)" if isinstance(recorded, dict) else " (auto)") if auto
+             else "")
+    return chosen
 
 
 def _check_normalisation(vol: Volume, train_stats: dict[str, Any], model: Any, volume: Any) -> float | None:
@@ -170,8 +201,8 @@ def output_info(job: Plan, inputs: Inputs) -> dict[str, Any]:
     if inputs.info.kind == "model":
         source["inference"] = job.inference
     source["xtrain_version"] = __version__
-    return StoreInfo(classes=list(inputs.info.classes), voxel_size_nm=inputs.volume.voxel_size_nm,
-                     stats=inputs.stats, source=source).to_dict()
+    return StoreInfo(classes=list(inputs.info.classes), voxel_size_nm=inputs.volume.voxel_size_zyx_nm,
+                     origin_nm=inputs.volume.origin_nm, stats=inputs.stats, source=source).to_dict()
 
 
 def execute(job: Plan, inputs: Inputs, out: Path, hooks: Hooks = Hooks()) -> Path:

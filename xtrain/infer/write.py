@@ -43,6 +43,7 @@ import numpy as np
 import zarr
 
 from ..data import layout as ome
+from ..data import spatial
 from ..data.layout import Layout
 from ..data.store import open_segmentation  # noqa: F401 (re-export)
 from ..data.volumes.formats import OUTPUT_HDF5_SUFFIXES as HDF5_SUFFIXES
@@ -120,7 +121,7 @@ class ZarrSink:
             self.entropy[(slice(0, 1), *sl)] = entropy[None]
 
 
-def segmentation_attrs(name: str, info: dict[str, Any], voxel_size_nm: float | None) -> dict[str, Any]:
+def segmentation_attrs(name: str, info: dict[str, Any], voxel_size_nm: Any = None) -> dict[str, Any]:
     """The work group's attributes: the ``xtrain`` block (``ome`` is written by ``finish``)."""
     return {"xtrain": info}
 
@@ -217,18 +218,19 @@ def _provenance(info: dict[str, Any]) -> dict[str, Any]:
 
 
 def write_label_tiff(path: Path, slabs: Iterator[np.ndarray], shape: tuple[int, int, int], classes: list[str],
-                     voxel_size_nm: float | None, provenance: dict[str, Any]) -> None:
+                     voxel_size_nm: Any, provenance: dict[str, Any], origin_nm: Any = None) -> None:
     """Stream (Z, Y, X) uint8 class-id slabs into a zlib-compressed ImageJ hyperstack.
 
-    Axes ZYX; ``spacing`` (z) and the XY resolution (pixels per um) from the voxel size,
-    unit ``um`` (without a voxel size: 1 pixel); class names in the ImageJ properties
+    Axes ZYX; ``spacing`` (z) and the Y and X resolution (pixels per um) from the (z, y, x) voxel
+    size, unit ``um`` (without a voxel size: 1 pixel); the origin as ImageJ's ``zorigin``/``yorigin``/
+    ``xorigin`` (in pixels, negated: ImageJ's position = (i - origin) x size); class names in the ImageJ properties
     (``class_0`` = pore ...), a colour LUT (``layout.class_colours``), the provenance as
     JSON in ``Info``.  ImageJ files are classic TIFF (< 4 GiB); a larger label volume is
     written as a BigTIFF with the same metadata in ``ImageDescription`` (Fiji opens it with Bio-Formats).
     """
     import tifffile
 
-    um = voxel_size_nm / 1000.0 if voxel_size_nm else None
+    voxel, org = spatial.voxel_size(voxel_size_nm), spatial.origin(origin_nm)
     lut = np.zeros((3, 256), np.uint8)
     for i, (r, g, b, _) in enumerate(ome.class_colours(len(classes))):
         lut[:, i] = (r, g, b)
@@ -237,12 +239,17 @@ def write_label_tiff(path: Path, slabs: Iterator[np.ndarray], shape: tuple[int, 
     metadata: dict[str, Any] = {"axes": "ZYX", "Info": json.dumps(provenance, default=str), "Properties": props,
                                 "LUTs": [lut], "min": 0, "max": 255}
     kwargs: dict[str, Any] = {}
-    if um:
-        metadata.update(spacing=um, unit="um")
-        kwargs["resolution"] = (1.0 / um, 1.0 / um)
+    if voxel:
+        z, y, x = (v / 1000.0 for v in voxel)
+        metadata.update(spacing=z, unit="um")
+        kwargs["resolution"] = (1.0 / x, 1.0 / y)
+        if org and any(org):
+            metadata.update({f"{a}origin": -o / v for a, o, v in zip("zyx", org, voxel)})
     big = int(np.prod(shape)) >= 2**32 - 2**25  # ImageJ hyperstacks cannot be BigTIFF
     if big:
         log.warning("labels of %d voxels exceed an ImageJ TIFF (4 GiB); writing a BigTIFF instead", int(np.prod(shape)))
+        if voxel:  # the y/x pixel size in the TIFF tags (pixels per cm) for readers that ignore the description
+            kwargs.update(resolution=(1e7 / voxel[2], 1e7 / voxel[1]), resolutionunit="CENTIMETER")
 
     def pages() -> Iterator[np.ndarray]:
         for block in slabs:
@@ -254,18 +261,22 @@ def write_label_tiff(path: Path, slabs: Iterator[np.ndarray], shape: tuple[int, 
 
 
 def write_label_hdf5(path: Path, slabs: Iterator[np.ndarray], shape: tuple[int, int, int], classes: list[str],
-                     voxel_size_nm: float | None, provenance: dict[str, Any]) -> None:
+                     voxel_size_nm: Any, provenance: dict[str, Any], origin_nm: Any = None) -> None:
     """Stream (Z, Y, X) uint8 class-id slabs into a NeXus HDF5 file at ``/entry/data/data``.
 
-    ``/entry`` (NXentry, default "data") > ``/entry/data`` (NXdata, signal "data", axes z, y, x
-    with coordinates in um when the voxel size is known) > ``data``: chunked (<= 16 x 256 x 256),
-    gzip level 4, attributes ``classes``, ``voxel_size`` and ``voxel_size_units`` ("um"),
+    ``/entry`` (NXentry, default "data") > ``/entry/data`` (NXdata, signal "data", axes z, y, x:
+    the voxel centres, origin + i x size per axis, in um (``units``) when the voxel size is known,
+    else voxel indices in 'pixel') > ``data``: chunked (<= 16 x 256 x 256), gzip level 4,
+    attributes ``classes``, ``voxel_size`` (z, y, x) and ``voxel_size_units`` ("um"), ``offset`` (z, y, x),
     ``long_name``.  The provenance is JSON in ``/entry/notes/data`` (NXnote).
     """
     import h5py
 
     chunks = (min(16, shape[0]), min(256, shape[1]), min(256, shape[2]))
-    um = voxel_size_nm / 1000.0 if voxel_size_nm else None
+    voxel, org = spatial.voxel_size(voxel_size_nm), spatial.origin(origin_nm)
+    step = [v / 1000.0 for v in voxel] if voxel else [1.0, 1.0, 1.0]
+    start = [o / 1000.0 for o in org] if (voxel and org) else [0.0, 0.0, 0.0]
+    unit = "um" if voxel else "pixel"
     with h5py.File(path, "w") as f:
         f.attrs["default"] = "entry"
         entry = f.create_group("entry")
@@ -276,11 +287,11 @@ def write_label_hdf5(path: Path, slabs: Iterator[np.ndarray], shape: tuple[int, 
         data = nxdata.create_dataset("data", shape=shape, dtype=np.uint8, chunks=chunks, compression="gzip",
                                      compression_opts=4)
         data.attrs.update({"long_name": "class id (" + ", ".join(f"{i}={c}" for i, c in enumerate(classes)) + ")",
-                           "classes": [str(c) for c in classes], "voxel_size_units": "um" if um else "pixel",
-                           "voxel_size": [um or 1.0] * 3})
+                           "classes": [str(c) for c in classes], "voxel_size_units": unit,
+                           "voxel_size": step, "offset": start})
         for i, axis in enumerate("zyx"):
-            coord = nxdata.create_dataset(axis, data=np.arange(shape[i]) * (um or 1.0))
-            coord.attrs["units"] = "um" if um else "pixel"
+            coord = nxdata.create_dataset(axis, data=start[i] + np.arange(shape[i]) * step[i])
+            coord.attrs["units"] = unit
         note = entry.create_group("notes")
         note.attrs["NX_class"] = "NXnote"
         note.create_dataset("type", data="application/json")
@@ -317,12 +328,12 @@ def read_labels_file_provenance(out: Path) -> tuple[dict[str, Any], list[int]]:
 
 
 def write_labels_file(out: Path, slabs: Iterator[np.ndarray], shape: tuple[int, int, int], classes: list[str],
-                      voxel_size_nm: float | None, provenance: dict[str, Any]) -> None:
+                      voxel_size_nm: Any, provenance: dict[str, Any], origin_nm: Any = None) -> None:
     """Write label slabs as ``out``'s format (.tif ImageJ / .h5 NeXus) under a temporary name, then rename."""
     tmp = out.parent / f".{out.name}.{uuid.uuid4().hex[:8]}.tmp{out.suffix}"
     writer = write_label_tiff if is_tiff(out) else write_label_hdf5
     try:
-        writer(tmp, slabs, shape, classes, voxel_size_nm, provenance)
+        writer(tmp, slabs, shape, classes, voxel_size_nm, provenance, origin_nm)
         replace_into_place(tmp, out)
     except BaseException:
         remove_path(tmp)
@@ -349,15 +360,15 @@ def finish(work: Path, out: Path, slab: int, volume: Any = None, layout: Layout 
     arrays = ome.read_arrays(group)
     labels = arrays.labels[ome.PREDICTION]
     classes = list(info.get("classes") or [])
-    voxel = info.get("voxel_size_nm")
+    voxel, org = info.get("voxel_size_nm"), info.get("origin_nm")  # StoreInfo: (z, y, x) nm
     if is_tiff(out) or is_hdf5(out):
         info["complete"] = True
-        write_labels_file(out, _slabs(labels, slab), tuple(labels.shape), classes, voxel, _provenance(info))
+        write_labels_file(out, _slabs(labels, slab), tuple(labels.shape), classes, voxel, _provenance(info), org)
     else:
         if arrays.image is not None and volume is not None:
             copy_image(volume, ome.writable(arrays.image), slab)
         lay = layout or Layout(tuple(labels.chunks), tuple(labels.shards) if labels.shards else None)
-        ome.finish_group(group, out.stem, voxel, classes, lay)
+        ome.finish_group(group, out.stem, voxel, classes, lay, origin_nm=org)
         info["complete"] = True
         info["all_chunks_written"] = True  # create_level / writable: write_empty_chunks=True
         group.attrs["xtrain"] = info

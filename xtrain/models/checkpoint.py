@@ -40,7 +40,7 @@ from .registry import create_model
 
 FORMAT = 1
 INFERENCE_KEYS = ("format", "kind", "model_name", "model_kwargs", "model_state", "config", "stats", "classes",
-                  "epoch", "metrics", "xtrain_version", "inference")
+                  "epoch", "metrics", "xtrain_version", "inference", "voxel_size_nm")
 # ``segment`` settings a model is run with unless the user says otherwise (validated_inference)
 INFERENCE_ALL_AXES = {"axes": "zyx", "clean": True}
 INFERENCE_Z = {"axes": "z", "clean": False}

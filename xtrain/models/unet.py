@@ -52,8 +52,6 @@ def pad_to_multiple(x: torch.Tensor, multiple: int) -> tuple[torch.Tensor, tuple
     """
     _, _, ny, nx = x.shape
     py, px = (-ny) % multiple, (-nx) % multiple
-    if py == 0 and px == 0:
-        return x, (0, 0, ny, nx)
     top, left = py // 2, px // 2
     pads = (left, px - left, top, py - top)  # F.pad order: last dim first
     mode = "reflect" if py < ny and px < nx else "replicate"
@@ -126,6 +124,7 @@ class UNet(nn.Module):
         if norm not in NORMS:
             raise UnknownNameError("norm", norm, NORMS)
         self.in_channels, self.num_classes, self.depth = in_channels, num_classes, depth
+        self.multiple = 2**depth  # input sizes are padded to a multiple of this
 
         chans = [width * 2**i for i in range(depth + 1)]  # e.g. 32, 64, 128, 256, 512
         self.stem = ConvBlock(in_channels, chans[0], norm)
@@ -137,13 +136,13 @@ class UNet(nn.Module):
         self.head = nn.Conv2d(chans[0], num_classes, kernel_size=1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x, box = pad_to_multiple(x, 2**self.depth)  # (B, C, Y', X'), Y' and X' divisible
+        x, box = pad_to_multiple(x, self.multiple)  # (B, C, Y', X'), Y' and X' divisible
         x = self.stem(x)  # (B, w, Y', X')
         skips = []
         for block in self.down:
             skips.append(x)
             x = block(F.max_pool2d(x, 2))  # (B, 2c, Y/2, X/2) at each level
         x = self.drop(x)  # bottleneck: (B, w * 2**depth, Y' / 2**depth, X' / 2**depth)
-        for up, skip in zip(self.up, reversed(skips)):
-            x = up(x, skip)  # back up one level: (B, c, 2Y, 2X)
+        for i, up in enumerate(self.up):  # indexing, not reversed(): TorchScript (export) has no reversed list
+            x = up(x, skips[-1 - i])  # back up one level: (B, c, 2Y, 2X)
         return crop(self.head(x), box)  # (B, num_classes, Y, X)

@@ -346,6 +346,7 @@ def fit(cfg: Config, run_dir: str | Path, ctx: WorkerContext | None = None,
             **({"ema_state": ema.state_dict()} if ema is not None else {}),
             epoch=epoch_done, epoch_step=epoch_step, step=global_step, config=resolved,
             stats=store.info.stats, classes=classes, metrics=metrics, best_mean_dice=best_dice, best_score=best,
+            voxel_size_nm=list(store.info.voxel_size_nm) if store.info.voxel_size_nm else None,  # (z, y, x)
             split={"train": list(split.train), "val": list(split.val)}, store=str(cfg.data.store),
         )
 

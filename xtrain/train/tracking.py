@@ -39,6 +39,7 @@ import logging
 import os
 import re
 from dataclasses import dataclass
+from importlib.util import find_spec
 from pathlib import Path
 from typing import Any
 
@@ -47,6 +48,8 @@ from ..errors import ConfigError, UnknownNameError
 log = logging.getLogger(__name__)
 
 KINDS = ("mlflow", "tensorboard")
+# the package each kind imports (torch's SummaryWriter needs tensorboard)
+_PACKAGE = {"mlflow": "mlflow", "tensorboard": "tensorboard"}
 DEFAULT_EXPERIMENT = "xtrain"  # MLflow experiment of every run unless MLFLOW_EXPERIMENT_NAME says otherwise
 MLFLOW_RUN_ID_FILE = "mlflow_run_id"  # RUN_DIR/mlflow_run_id: the MLflow run a resumed run continues
 _SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*:")
@@ -94,6 +97,10 @@ def parse_track(specs: list[str] | None) -> Tracking:
         if kind in found:
             raise ConfigError(f"--track {kind} is given twice ({found[kind]} and {target}); give it once")
         found[kind] = target.strip()
+    for kind in found:
+        if find_spec(_PACKAGE[kind]) is None:  # refuse before any run folder is made, not on a Ray worker
+            raise ConfigError(f"--track {kind}: needs the {_PACKAGE[kind]} package; "
+                              "install it with pip install 'xtrain[track]'")
     return Tracking(
         mlflow=mlflow_uri(found["mlflow"]) if "mlflow" in found else None,
         tensorboard=str(Path(found["tensorboard"]).expanduser().resolve()) if "tensorboard" in found else None,

@@ -30,6 +30,7 @@ import numpy as np
 
 from ...errors import CorruptFileError, InvalidInputError, LabelValueError
 from ...geometry import Box
+from .. import spatial
 from ..labels import IGNORE
 from ..normalise import apply_mapping
 
@@ -38,9 +39,6 @@ log = logging.getLogger(__name__)
 SUPPORTED_DTYPES = tuple(np.dtype(t) for t in ("uint8", "uint16", "uint32", "int8", "int16", "int32",
                                                 "float32", "float64"))
 TARGET_CHUNK_BYTES = 8 * 2**20  # Dask chunks grow in z to about this size (whole shards of a store: 32x512x512 uint16 = 16 MB)
-_UNIT_NM = {"angstrom": 0.1, "nanometer": 1.0, "nm": 1.0, "micrometer": 1e3, "micron": 1e3, "um": 1e3, "µm": 1e3,
-            "\\u00B5m": 1e3, "millimeter": 1e6, "mm": 1e6, "centimeter": 1e7, "cm": 1e7, "meter": 1e9, "m": 1e9}
-
 
 class CodecError(InvalidInputError):
     """A compressed file whose codec cannot be loaded (a missing package, not a corrupt file)."""
@@ -55,8 +53,11 @@ class Volume:
 
     ``raw_dtype``: the dtype of the grey values (float64 sources are read as float32); ``dtype``
     is what ``read`` returns: ``raw_dtype``, float32 for a normalised view, uint8 for a label view.
-    ``voxel_size_nm``: the in-plane voxel edge in nm (None when the file does not say);
-    ``voxel_size_zyx_nm`` all three when known.  ``provenance``: format, file(s), dataset,
+    ``voxel_size_zyx_nm``: the voxel size (z, y, x) in nm, the one value every output is written
+    with (None when the file does not say); ``voxel_size_nm`` its in-plane (x) edge, for what
+    needs one number.  ``origin_nm``: (z, y, x) nm of the centre of voxel (0, 0, 0) of this view
+    (a crop's origin is moved by its first slice; see ``xtrain.data.spatial``); (0, 0, 0) when the
+    file gives a voxel size without one, None without a voxel size.  ``provenance``: format, file(s), dataset,
     channel/time, the source's axes and dtype, for the output's attributes.  ``info``: an
     xtrain store's attribute block ({} for other formats).
 
@@ -70,6 +71,7 @@ class Volume:
     raw_dtype: np.dtype
     voxel_size_nm: float | None = None
     voxel_size_zyx_nm: tuple[float, float, float] | None = None
+    origin_nm: tuple[float, float, float] | None = None
     provenance: dict[str, Any] = field(default_factory=dict)
     info: dict[str, Any] = field(default_factory=dict)
     options: dict[str, Any] = field(default_factory=dict)  # dataset/channel/time: how to reopen
@@ -193,6 +195,15 @@ class Volume:
         out._array, out._reader = fresh._array, fresh._reader
         return out
 
+    def placed(self, voxel_size_nm: Any) -> "Volume":
+        """The same volume with the voxel size ``voxel_size_nm`` (``--voxel-size``: one number or (z, y, x)
+        nm; None: as it is) and its origin moved with it (``spatial.override``)."""
+        if voxel_size_nm is None:
+            return self
+        voxel, org = spatial.override(self.voxel_size_zyx_nm, self.origin_nm, voxel_size_nm, f"'{self.spec}'")
+        changes = dict(voxel_size_nm=voxel[2] if voxel else None, voxel_size_zyx_nm=voxel, origin_nm=org)
+        return self._copy(**changes, mask=self.mask, image=self.image.placed(voxel_size_nm) if self.image else None)
+
     def crop(self, z0: int, z1: int) -> "Volume":
         """The view of slices z0 .. z1 - 1 (a ``z_range``; the mask and image are cropped alike); nothing is read."""
         if not 0 <= z0 < z1 <= self.shape[0]:
@@ -201,6 +212,7 @@ class Volume:
             )
         self._source_array()  # opened once, shared by the views
         return self._copy(shape=(z1 - z0, *self.shape[1:]), z_offset=self.z_offset + z0,
+                          origin_nm=spatial.cropped_origin(self.origin_nm, self.voxel_size_zyx_nm, z0),
                           mask=self.mask.crop(z0, z1) if self.mask is not None else None,
                           image=self.image.crop(z0, z1) if self.image is not None else None)
 
@@ -440,32 +452,26 @@ def as_dask(reader: Reader, chunks: tuple[int, ...], name: str):
 
 
 def make_volume(spec: str, kind: str, reader: Reader, source_dtype: np.dtype, *, chunks=None,
-                voxel_size_zyx_nm=None, provenance=None, info=None) -> Volume:
-    """The ``Volume`` of a backend's reader (float64 sources become float32 lazily)."""
+                voxel_size_zyx_nm=None, origin_nm=None, provenance=None, info=None) -> Volume:
+    """The ``Volume`` of a backend's reader (float64 sources become float32 lazily).  ``voxel_size_zyx_nm``:
+    one number or (z, y, x) nm; ``origin_nm`` (z, y, x) nm (``spatial.placement``: checked, SpatialMetadataError)."""
     dtype = np.dtype(np.float32) if source_dtype == np.float64 else np.dtype(source_dtype)
     chunks = chunks or z_chunks(reader.shape, np.dtype(source_dtype).itemsize)
     array = as_dask(reader, chunks, f"{spec}-{kind}")
     if array.dtype != dtype:
         array = array.astype(dtype)
-    size = None
-    if voxel_size_zyx_nm is not None:
-        voxel_size_zyx_nm = tuple(float(v) for v in voxel_size_zyx_nm)
-        size = voxel_size_zyx_nm[2]
-        if not np.allclose(voxel_size_zyx_nm, size, rtol=0.01):
-            log.warning("'%s' has anisotropic voxels %s nm (z, y, x); densities use the in-plane size %.4g nm",
-                        spec, ", ".join(f"{v:.4g}" for v in voxel_size_zyx_nm), size)
+    voxel, org = spatial.placement(voxel_size_zyx_nm, origin_nm, f"'{spec}'")
     prov = {"format": kind, "source_dtype": np.dtype(source_dtype).name, **(provenance or {})}
-    vol = Volume(spec, kind, tuple(int(s) for s in reader.shape), dtype, size, voxel_size_zyx_nm, prov, dict(info or {}))
+    vol = Volume(spec, kind, tuple(int(s) for s in reader.shape), dtype, voxel_size_nm=voxel[2] if voxel else None,
+                 voxel_size_zyx_nm=voxel, origin_nm=org, provenance=prov, info=dict(info or {}))
     vol._array, vol._reader = array, reader
     return vol
 
 
 def unit_to_nm(value: float, unit: str | None) -> float | None:
-    """A length in ``unit`` (OME / UDUNITS names, ImageJ 'micron') in nm; None when the unit is unknown."""
-    if unit is None:
-        return None
-    factor = _UNIT_NM.get(str(unit).strip().lower())
-    return None if factor is None else float(value) * factor
+    """A length in ``unit`` (OME / UDUNITS names, ImageJ 'micron') in nm; None when the unit is unknown
+    (``spatial.length_nm``)."""
+    return spatial.length_nm(value, unit)
 
 
 def missing_codec(exc: BaseException, package: str) -> str | None:

@@ -39,6 +39,7 @@ from typing import Any
 import numpy as np
 
 from ...errors import CorruptFileError, InputNotFoundError, InvalidInputError, MissingDataError
+from .. import spatial
 from .base import HandleReader, Volume, check_dtype, decode_error, make_volume, select_axes, z_chunks
 
 log = logging.getLogger(__name__)
@@ -282,6 +283,41 @@ def _axes(dset, ndim: int, where: str) -> str:
                             "time); write one 3-D (Z, Y, X) dataset, or name its axes")
 
 
+def _placement(dset, axes: str, where: str) -> tuple[Any, Any]:
+    """(voxel size, origin) (z, y, x) nm of a dataset: the coordinates of its NeXus axes (the NXdata
+    group's ``axes`` names, each a 1-D field with ``units``: voxel centres or bin edges, evenly
+    spaced), else its attributes (``spatial.from_attributes``).  Raises ``SpatialMetadataError`` for
+    coordinates that are not a regular grid."""
+    names = dset.parent.attrs.get("axes") if _nx_class(dset.parent) == "NXdata" else None
+    names = [_decode(n) for n in np.atleast_1d(names)] if names is not None else []
+    found: dict[str, tuple[float, float | None]] = {}
+    if len(names) == dset.ndim:
+        for i, (letter, name) in enumerate(zip(axes, names)):
+            coord = dset.parent.get(name) if letter in "ZYX" and name != "." else None
+            if coord is None or not hasattr(coord, "shape") or coord.ndim != 1:
+                continue
+            what = f"'{dset.file.filename}:{coord.name}'"
+            unit = coord.attrs.get("units")
+            unit = _decode(unit) if unit is not None else None
+            first, step = spatial.regular_axis(coord[()], int(dset.shape[i]), what)
+            if unit is None or spatial.length_nm(1.0, unit) is None:
+                if unit is None:
+                    log.warning("%s has no units attribute; its coordinates are not taken as nm (the voxel size is "
+                                "read as unknown: give --voxel-size Z,Y,X to ingest)", what)
+                else:
+                    spatial.unit_problem(unit, what)
+                return None, None
+            factor = spatial.length_nm(1.0, unit)
+            found[letter.lower()] = (first * factor, step * factor if step is not None else None)
+    if found and all(a in found for a in "yx"):
+        steps = {a: found[a][1] for a in found}
+        steps.setdefault("z", None)
+        fallback = steps["x"] or steps["y"]
+        voxel = tuple(steps[a] or fallback for a in "zyx")
+        return voxel, tuple(found[a][0] if a in found else 0.0 for a in "zyx")
+    return spatial.from_attributes(dset.attrs, where) or (None, None)
+
+
 class Hdf5Reader(HandleReader):
     """One dataset of one file, (Z, Y, X) after ``index``; picklable (path + names only)."""
 
@@ -343,14 +379,10 @@ def open_hdf5(spec: str, path: Path, dataset: str | None, channel: int | None, t
         source_shape = [int(s) for s in dset.shape]
         filters = [str(k) for k in (dset.compression, *(["shuffle"] if dset.shuffle else []))] if dset.compression \
             else []
-        voxel = None
-        for key in ("voxel_size_nm", "pixel_size_nm"):
-            if key in dset.attrs:
-                v = np.atleast_1d(dset.attrs[key]).astype(float)
-                voxel = tuple(v) if v.size == 3 else (float(v[0]),) * 3
+        voxel, org = _placement(dset, axes, where)
     reader = Hdf5Reader(path.resolve(), name, index, zaxis, shape, source_dtype)
     return make_volume(spec, "hdf5", reader, source_dtype, chunks=z_chunks(shape, source_dtype.itemsize, native_z),
-                       voxel_size_zyx_nm=voxel, provenance={
+                       voxel_size_zyx_nm=voxel, origin_nm=org, provenance={
                            "files": str(path.resolve()), "dataset": name, "found_by": how, "axes": axes,
                            "source_shape": source_shape, "filters": filters,
                            "channel": channel, "time": time,

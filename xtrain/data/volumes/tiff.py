@@ -31,12 +31,14 @@ import os
 import re
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import tifffile
 
 from ...errors import CorruptFileError, InputNotFoundError, InvalidInputError, MissingDataError, ShapeMismatchError
-from .base import HandleReader, Reader, Volume, check_dtype, decode_error, make_volume, select_axes, unit_to_nm
+from .. import spatial
+from .base import HandleReader, Reader, Volume, check_dtype, decode_error, make_volume, select_axes
 from .formats import GLOB_CHARS, TIFF_SUFFIXES, glob_files, natural_key
 
 log = logging.getLogger(__name__)
@@ -115,33 +117,113 @@ def _log_errors(records: list[logging.LogRecord], path: Path, pages: int) -> Non
         )
 
 
-def _voxel_size(tif: tifffile.TiffFile, page) -> tuple[float, float, float] | None:
-    """(z, y, x) nm from OME PhysicalSize* or ImageJ spacing/unit + the resolution tags; None if unknown."""
+def _placement(tif: tifffile.TiffFile, page, depth: int, where: str) -> tuple[Any, Any]:
+    """(voxel size, origin) (z, y, x) nm of a TIFF: OME ``Pixels`` PhysicalSize* and ``Plane``
+    Position*, else ImageJ ``spacing``/``unit``/``x|y|zorigin`` + the resolution tags, else the
+    resolution tags of a plain TIFF in centimetres.  (None, None) when the file does not say.
+    Raises ``SpatialMetadataError`` for metadata xtrain cannot honour (sheared planes, uneven z)."""
+    if tif.is_ome and tif.ome_metadata:
+        found = _ome_placement(tif.ome_metadata, where)
+        if found is not None:
+            return found
+    if tif.is_imagej and tif.imagej_metadata is not None:
+        return _imagej_placement(tif.imagej_metadata, page, depth, where)
     try:
-        if tif.is_ome and tif.ome_metadata:
-            import xml.etree.ElementTree as ET
+        unit = int(page.tags["ResolutionUnit"].value) if "ResolutionUnit" in page.tags else 2
+        xres, yres = page.get_resolution() if page is not None else (None, None)
+    except Exception:  # a broken resolution tag: the voxel size is unknown, the pixels are fine
+        return None, None
+    if unit != 3 or not xres or not yres:  # dpi (unit 2, the default) is a print size, not a voxel size
+        return None, None
+    y, x = 1e7 / yres, 1e7 / xres
+    if depth > 1:
+        log.warning("%s gives a pixel size (resolution tags) but no slice spacing; z is taken as the in-plane size "
+                    "%.4g nm: give --voxel-size Z,Y,X to ingest if it differs", where, x)
+    return (x, y, x), None
 
-            root = ET.fromstring(tif.ome_metadata)
-            pixels = next(el for el in root.iter() if el.tag.endswith("Pixels"))
-            sizes = []
-            for axis in "ZYX":
-                value = pixels.get(f"PhysicalSize{axis}")
-                unit = pixels.get(f"PhysicalSize{axis}Unit", "µm")
-                sizes.append(unit_to_nm(float(value), unit) if value else None)
-            if sizes[1] and sizes[2]:
-                return (sizes[0] or sizes[2], sizes[1], sizes[2])
-        meta = tif.imagej_metadata
-        if meta and meta.get("unit") and page is not None:
-            unit = str(meta["unit"])
-            xres, yres = page.get_resolution() if hasattr(page, "get_resolution") else (None, None)
-            if xres and yres:
-                x, y = unit_to_nm(1.0 / xres, unit), unit_to_nm(1.0 / yres, unit)
-                z = unit_to_nm(float(meta["spacing"]), unit) if meta.get("spacing") else x
-                if x and y and z:
-                    return (z, y, x)
-    except Exception as exc:  # metadata is optional: a broken tag must not stop the read
-        log.debug("no voxel size from the TIFF metadata: %s", exc)
-    return None
+
+def _ome_placement(xml: str, where: str) -> tuple[Any, Any] | None:
+    """OME-XML ``Pixels`` PhysicalSizeZ/Y/X (unit default µm) and the first ``Plane``'s PositionZ/Y/X."""
+    import xml.etree.ElementTree as ET
+
+    try:
+        root = ET.fromstring(xml)
+        pixels = next(el for el in root.iter() if el.tag.endswith("Pixels"))
+    except Exception as exc:  # malformed OME-XML: the pixels are still readable
+        log.warning("%s has OME-XML that cannot be parsed (%s); its voxel size is unknown", where, exc)
+        return None
+    sizes = []
+    for axis in "ZYX":
+        value, unit = pixels.get(f"PhysicalSize{axis}"), pixels.get(f"PhysicalSize{axis}Unit", "µm")
+        nm = spatial.length_nm(float(value), unit) if value else None
+        if value and nm is None:
+            spatial.unit_problem(unit, f"{where} PhysicalSize{axis}Unit")
+            return None, None
+        sizes.append(nm)
+    if not (sizes[1] and sizes[2]):
+        return None
+    planes = [el for el in pixels if el.tag.endswith("Plane") and el.get("TheC", "0") == "0"
+              and el.get("TheT", "0") == "0"]
+    planes.sort(key=lambda el: int(el.get("TheZ", "0")))
+    pos: list[float | None] = []
+    for axis in "ZYX":
+        values = [el.get(f"Position{axis}") for el in planes]
+        units = {el.get(f"Position{axis}Unit", "reference frame") for el in planes}
+        if not values or None in values:
+            pos.append(None)
+            continue
+        unit = units.pop() if len(units) == 1 else None
+        nm = [spatial.length_nm(float(v), unit) for v in values]
+        if None in nm:
+            if not spatial.is_uncalibrated(unit):
+                spatial.unit_problem(unit, f"{where} Plane Position{axis}Unit")
+            pos.append(None)
+            continue
+        if axis == "Z":
+            first, step = spatial.regular_axis(nm, len(nm), f"{where} Plane PositionZ")
+            if step is not None and sizes[0] and not spatial.close((step,) * 3, (sizes[0],) * 3):
+                raise spatial.SpatialMetadataError(
+                    f"{where}: the planes are {step:g} nm apart (PositionZ) but PhysicalSizeZ is {sizes[0]:g} nm; "
+                    "fix the OME-XML (xtrain needs one slice spacing)")
+            sizes[0] = sizes[0] or step
+        elif max(nm) - min(nm) > 1e-3 * sizes["ZYX".index(axis)]:
+            raise spatial.SpatialMetadataError(f"{where}: the planes' Position{axis} differ ({min(nm):g} to "
+                                               f"{max(nm):g} nm), a sheared stack; resample it onto a (Z, Y, X) grid")
+        else:
+            first = nm[0]
+        pos.append(first)
+    if sizes[0] is None:
+        sizes[0] = sizes[2]
+        if len(planes) > 1:
+            log.warning("%s has no PhysicalSizeZ; z is taken as the in-plane size %.4g nm", where, sizes[2])
+    org = tuple(p or 0.0 for p in pos) if any(p is not None for p in pos) else None
+    return tuple(sizes), org
+
+
+def _imagej_placement(meta: dict, page, depth: int, where: str) -> tuple[Any, Any]:
+    """ImageJ: pixel width/height from the resolution tags, ``spacing`` (z), all in ``unit``;
+    ``xorigin``/``yorigin``/``zorigin`` in pixels (ImageJ's Calibration: position = (i - origin) x size)."""
+    unit = meta.get("unit")
+    if unit is None or spatial.is_uncalibrated(unit):
+        return None, None
+    try:
+        xres, yres = page.get_resolution()
+    except Exception:
+        xres = yres = None
+    x = spatial.length_nm(1.0 / xres, unit) if xres else None
+    if x is None:
+        if xres:
+            spatial.unit_problem(unit, f"{where} ImageJ unit")
+        return None, None
+    y = spatial.length_nm(1.0 / yres, unit) if yres else x
+    z = spatial.length_nm(float(meta["spacing"]), unit) if meta.get("spacing") else None
+    if z is None:
+        z = x
+        if depth > 1:
+            log.warning("%s has no ImageJ spacing; z is taken as the in-plane size %.4g nm", where, x)
+    voxel = (z, y, x)
+    org = tuple(-float(meta.get(f"{a}origin", 0.0) or 0.0) * v for a, v in zip("zyx", voxel))
+    return voxel, org
 
 
 class TiffFileReader(HandleReader):
@@ -259,7 +341,7 @@ def _open_file(spec: str, path: Path, channel: int | None, time: int | None) -> 
                 _check_strips(page, path, f" (page {i})" if n_pages > 1 else "", size)
         yx = [n for a, n in zip(axes, shape) if a in "YX"]
         zyx = (depth, yx[0], yx[1])
-        voxel = _voxel_size(tif, keyframe)
+        voxel, org = _placement(tif, keyframe, depth, where)
         kind = "ome-tiff" if tif.is_ome else "imagej" if tif.is_imagej else "tiff"
         bigtiff = tif.is_bigtiff
         images = int((tif.imagej_metadata or {}).get("images") or 0) if tif.is_imagej else 0
@@ -278,7 +360,7 @@ def _open_file(spec: str, path: Path, channel: int | None, time: int | None) -> 
         reader: Reader = TiffMemmapReader(path.resolve(), index, zaxis, zyx, source_dtype)
     else:
         reader = TiffFileReader(path.resolve(), pages, zyx, source_dtype)
-    return make_volume(spec, "tiff", reader, source_dtype, voxel_size_zyx_nm=voxel, provenance={
+    return make_volume(spec, "tiff", reader, source_dtype, voxel_size_zyx_nm=voxel, origin_nm=org, provenance={
         "files": str(path.resolve()), "tiff_kind": kind, "bigtiff": bigtiff, "axes": axes, "source_shape": list(shape),
         "channel": channel, "time": time, **({"layout": "contiguous (ImageJ big stack)"} if truncated else {}),
     })
@@ -341,7 +423,7 @@ def _open_folder(spec: str, files: list[Path], channel: int | None, time: int | 
     if channel is not None or time is not None:
         raise InvalidInputError(f"'{spec}' is a stack of single-slice files; drop --channel/--time")
     gaps = [] if numbered else _check_gaps(spec, files, allow_missing)
-    first_shape, first_dtype, voxel = None, None, None
+    first_shape, first_dtype, voxel, org = None, None, None, None
     for z, path in enumerate(files):
         size = path.stat().st_size
         with _opening(path) as records, tifffile.TiffFile(path) as tif:
@@ -362,7 +444,7 @@ def _open_folder(spec: str, files: list[Path], channel: int | None, time: int | 
             if z == 0:
                 first_shape, first_dtype = shape, dtype
                 check_dtype(dtype if dtype is not None else "V", f"'{path}'")
-                voxel = _voxel_size(tif, page)
+                voxel, org = _placement(tif, page, len(files), f"'{path}'")
             elif shape != first_shape:
                 raise ShapeMismatchError(f"'{path}' has shape {shape} but the stack's first slice '{files[0]}' has "
                                          f"{first_shape}; all slices must have the same size")
@@ -371,7 +453,7 @@ def _open_folder(spec: str, files: list[Path], channel: int | None, time: int | 
                                         f"{first_dtype}; all slices must have the same dtype")
     source_dtype, _ = check_dtype(first_dtype, f"'{files[0]}'")
     reader = TiffFolderReader([f.resolve() for f in files], (len(files), *first_shape), source_dtype)
-    return make_volume(spec, "tiff", reader, source_dtype, voxel_size_zyx_nm=voxel, provenance={
+    return make_volume(spec, "tiff", reader, source_dtype, voxel_size_zyx_nm=voxel, origin_nm=org, provenance={
         "files": [str(f.resolve()) for f in files], "tiff_kind": "slices", **({"number_gaps": gaps} if gaps else {}),
     })
 

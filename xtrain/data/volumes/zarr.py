@@ -25,9 +25,10 @@ from typing import Any
 
 import numpy as np
 
-from ...errors import CorruptFileError, InputNotFoundError, InvalidInputError
+from ...errors import CorruptFileError, InputNotFoundError, InvalidInputError, SpatialMetadataError
+from .. import spatial
 from ..chunks import DECODE_ERRORS, array_path, check_chunks, damaged_part
-from .base import Volume, as_dask, check_dtype, make_volume, select_axes, unit_to_nm, z_chunks
+from .base import Volume, as_dask, check_dtype, make_volume, select_axes, z_chunks
 
 log = logging.getLogger(__name__)
 
@@ -92,7 +93,7 @@ def _native_z(array: Any, zaxis: int) -> int:
     return int(chunks[zaxis]) if zaxis >= 0 else 1
 
 
-def _volume(spec: str, kind: str, array: Any, axes: str, channel, time, where: str, *, voxel=None,
+def _volume(spec: str, kind: str, array: Any, axes: str, channel, time, where: str, *, voxel=None, origin=None,
             provenance: dict[str, Any] | None = None, info=None, allow_missing: bool = False,
             checked: bool = False) -> Volume:
     """The ``Volume`` of one zarr array, checked for missing and truncated shards/chunks first
@@ -113,7 +114,10 @@ def _volume(spec: str, kind: str, array: Any, axes: str, channel, time, where: s
         plane = shape[1] * shape[2] * source_dtype.itemsize
         if plane > (32 << 20):
             chunks = (native, int(src[1]), int(src[2]))
-    return make_volume(spec, kind, reader, source_dtype, chunks=chunks, voxel_size_zyx_nm=voxel, info=info,
+    if voxel is None and origin is None and kind == "zarr":  # plain Zarr: the array's attributes, if any
+        voxel, origin = spatial.from_attributes(array.attrs, where) or (None, None)
+    return make_volume(spec, kind, reader, source_dtype, chunks=chunks, voxel_size_zyx_nm=voxel, origin_nm=origin,
+                       info=info,
                        provenance={"axes": axes, "source_shape": [int(s) for s in array.shape],
                                    "zarr_format": int(getattr(array.metadata, "zarr_format", 0) or 0),
                                    "channel": channel, "time": time, **(provenance or {})})
@@ -142,6 +146,7 @@ def _ome(group: Any, path: Path, channel, time, spec: str, allow_missing: bool =
     """Level 0 of the first multiscale of an OME-Zarr 0.4 / 0.5 image."""
     attrs = dict(group.attrs)
     version = "0.5" if "ome" in attrs else str(attrs.get("multiscales", [{}])[0].get("version", "0.4"))
+    _refuse_transforms((attrs.get("ome") or attrs).get("multiscales") or [], f"'{path}'")
     try:
         if version == "0.5":
             from ome_zarr_models.v05.image import ImageAttrs
@@ -156,27 +161,63 @@ def _ome(group: Any, path: Path, channel, time, spec: str, allow_missing: bool =
     level0 = ms.datasets[0]
     axes = "".join({"space": "", "channel": "C", "time": "T"}.get(a.type or "", "") or a.name.upper()[0]
                    for a in ms.axes)
-    scale = np.ones(len(ms.axes))
-    for transforms in (level0.coordinateTransformations, ms.coordinateTransformations or ()):
-        for t in transforms:
-            if getattr(t, "type", None) == "scale" and getattr(t, "scale", None) is not None:
-                scale = scale * np.asarray(t.scale, dtype=float)
-    voxel = None
-    sizes = {}
-    for a, s in zip(ms.axes, scale):
-        if a.type == "space":
-            sizes[a.name.lower()] = unit_to_nm(s, a.unit)
-    if all(sizes.get(k) for k in "zyx"):
-        voxel = (sizes["z"], sizes["y"], sizes["x"])
-    elif all(sizes.get(k) for k in "yx"):
-        voxel = (sizes["x"], sizes["y"], sizes["x"])
+    voxel, org, scale = _ome_placement(ms, f"'{path}'")
     if level0.path not in group:
         raise CorruptFileError(f"'{path}' names level '{level0.path}' but has no such array; write it again")
     array = group[level0.path]
     where = f"'{path}/{level0.path}'"
-    return _volume(spec, "ome-zarr", array, axes, channel, time, where, voxel=voxel, allow_missing=allow_missing,
+    return _volume(spec, "ome-zarr", array, axes, channel, time, where, voxel=voxel, origin=org,
+                   allow_missing=allow_missing,
                    provenance={"files": str(path.resolve()), "dataset": level0.path, "ome_version": version,
-                               "scale": scale.tolist()})
+                               "scale": scale})
+
+
+HONOURED = ("scale", "translation", "identity")
+
+
+def _refuse_transforms(multiscales: list[Any], where: str) -> None:
+    """Coordinate transformations other than scale and translation (an affine, a rotation, a
+    transform stored in a file): xtrain holds a (Z, Y, X) grid with a scale and an origin only."""
+    for ms in multiscales if isinstance(multiscales, list) else []:
+        blocks = [ms.get("coordinateTransformations") or []] + [d.get("coordinateTransformations") or []
+                                                                  for d in ms.get("datasets") or []]
+        for t in (t for block in blocks for t in block):
+            kind = t.get("type") if isinstance(t, dict) else None
+            if kind not in HONOURED or (isinstance(t, dict) and "path" in t):
+                raise SpatialMetadataError(
+                    f"{where} places its image with the coordinate transformation '{kind}'"
+                    f"{' stored in a file' if isinstance(t, dict) and 'path' in t else ''}; xtrain carries a scale "
+                    "and a translation only: resample the image onto its (z, y, x) axes first")
+
+
+def _ome_placement(ms: Any, where: str) -> tuple[Any, Any, list[float]]:
+    """(voxel size, origin) (z, y, x) nm of level 0 and its scale per axis: the dataset's scale and
+    translation, then the multiscale's (OME-Zarr 0.4/0.5: x = s2 (s1 i + t1) + t2), in each axis' unit."""
+    n = len(ms.axes)
+    scale, shift = np.ones(n), np.zeros(n)
+    for transforms in (ms.datasets[0].coordinateTransformations, ms.coordinateTransformations or ()):
+        for t in transforms:
+            if getattr(t, "type", None) == "scale":
+                s = np.asarray(t.scale, dtype=float)
+                scale, shift = scale * s, shift * s
+            elif getattr(t, "type", None) == "translation":
+                shift = shift + np.asarray(t.translation, dtype=float)
+    sizes, starts = {}, {}
+    for a, s, t in zip(ms.axes, scale, shift):
+        if a.type != "space":
+            continue
+        name = a.name.lower()
+        if a.unit is None or spatial.is_uncalibrated(a.unit):
+            return None, None, scale.tolist()
+        sizes[name], starts[name] = spatial.length_nm(s, a.unit), spatial.length_nm(t, a.unit)
+        if sizes[name] is None:
+            spatial.unit_problem(a.unit, f"{where} axis '{a.name}'")
+            return None, None, scale.tolist()
+    if all(k in sizes for k in "zyx"):
+        return tuple(sizes[k] for k in "zyx"), tuple(starts[k] for k in "zyx"), scale.tolist()
+    if all(k in sizes for k in "yx"):  # a 2-D image: one slice
+        return (sizes["x"], sizes["y"], sizes["x"]), (0.0, starts["y"], starts["x"]), scale.tolist()
+    return None, None, scale.tolist()
 
 
 def _arrays_3d(group: Any) -> list[tuple[str, tuple[int, ...]]]:
@@ -231,10 +272,17 @@ def open_zarr(spec: str, path: Path, dataset: str | None, channel, time, allow_m
             return _ome(member, path / name, channel, time, spec, allow_missing)
         raise InvalidInputError(f"'{path}/{name}' is a group, not an array; name an array with --dataset")
     where = f"'{path}/{name}'"
-    vs = (info or {}).get("voxel_size_nm")  # a segmentation output (xtrain attributes, no image)
+    vs, org = _info_placement(info)  # a segmentation output (xtrain attributes, no image); else the array's own
     return _volume(spec, "zarr", member, _array_axes(member, where), channel, time, where,
-                   voxel=(vs, vs, vs) if vs else None, info=info, allow_missing=allow_missing,
+                   voxel=vs, origin=org, info=info, allow_missing=allow_missing,
                    provenance={"files": str(path.resolve()), "dataset": name})
+
+
+def _info_placement(info: dict[str, Any] | None) -> tuple[Any, Any]:
+    """(voxel size, origin) of an xtrain attribute block: ``voxel_size_nm`` one number (stores written
+    before per-axis sizes: isotropic) or (z, y, x), ``origin_nm`` (z, y, x) (absent: (0, 0, 0))."""
+    info = info or {}
+    return info.get("voxel_size_nm"), info.get("origin_nm")
 
 
 def _store(spec: str, path: Path, dataset: str | None, channel, time, allow_missing: bool = False) -> Volume:
@@ -255,8 +303,8 @@ def _store(spec: str, path: Path, dataset: str | None, channel, time, allow_miss
     else:
         raise InvalidInputError(f"store '{path}': dataset must be 'image' or 'labels', not '{dataset}'")
     info = store.info.to_dict()
-    vs = store.info.voxel_size_nm
     where = f"'{path}' {which}"
-    vol = _volume(spec, "store", array, "ZYX", channel, time, where, voxel=(vs, vs, vs) if vs else None,
+    vol = _volume(spec, "store", array, "ZYX", channel, time, where, voxel=store.info.voxel_size_nm,
+                  origin=store.info.origin_nm,
                   info=info, checked=True, provenance={"files": str(path.resolve()), "dataset": which})
     return vol
