@@ -105,6 +105,7 @@ class Store:
     None only for a segmentation written as a TIFF/HDF5 work group).  ``labels``: the store's label
     image, ground truth if it has one, else the prediction (``label_images``: all, by name).
     ``probabilities`` (C, Z, Y, X) and ``entropy`` (1, Z, Y, X): a segmentation's, or None.
+    ``pyramids``: every level of the label images ("labels/<name>"), probabilities and entropy, finest first.
     """
 
     path: Path
@@ -115,6 +116,7 @@ class Store:
     probabilities: zarr.Array | None = None
     entropy: zarr.Array | None = None
     levels: list[zarr.Array] = field(default_factory=list)
+    pyramids: dict[str, list[zarr.Array]] = field(default_factory=dict)  # layout.Arrays.pyramids
 
     @property
     def shape(self) -> tuple[int, int, int]:
@@ -174,7 +176,8 @@ def _store(path: Path, group: zarr.Group, info: StoreInfo, allow_missing: bool =
         if array is not None:  # MissingDataError / CorruptFileError: a lost or truncated shard
             check_chunks(array, f"'{path}' {what}", complete=info.all_chunks_written, allow_missing=allow_missing)
     return Store(path=path, image=arrays.image, labels=arrays.main_labels(), info=info, label_images=arrays.labels,
-                 probabilities=arrays.probabilities, entropy=arrays.entropy, levels=arrays.levels)
+                 probabilities=arrays.probabilities, entropy=arrays.entropy, levels=arrays.levels,
+                 pyramids=arrays.pyramids)
 
 
 def open_store(path: str | os.PathLike, mode: str = "r", require_image: bool = True,
