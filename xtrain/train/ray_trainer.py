@@ -37,7 +37,7 @@ from ..errors import DiskFullError, RunStateError, SettingsMismatchError, Xtrain
 from ..models.checkpoint import load_checkpoint
 from ..provenance import Origin, command_line
 from .loop import BEST, LAST, WorkerContext, fit, preflight
-from .tracking import Tracking, start_run_tracking, tracking_to_dict
+from .tracking import Tracking, check_tracking, start_run_tracking, tracking_to_dict
 
 log = logging.getLogger(__name__)
 
@@ -332,6 +332,7 @@ def train(cfg: Config, run_dir: str | Path, resume: bool = False,
     RUN_DIR (the lock file ``.RUN.lock`` beside it).  ``track`` (``tracking.parse_track``): log the
     parameters, every epoch's metrics and model.pt to MLflow and/or TensorBoard."""
     preflight(cfg)
+    check_tracking(track)
     run_dir = Path(run_dir).resolve()
     run_dir.parent.mkdir(parents=True, exist_ok=True)
     with output_lock(run_dir, "train"):  # one writer per run folder: a second one names this pid

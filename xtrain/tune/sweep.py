@@ -67,7 +67,7 @@ from ..config import Config, config_from_dict, config_to_dict, describe_differen
 from ..errors import ConfigError, RunStateError, SettingsMismatchError, UnknownNameError
 from ..train.loop import BEST, LAST, METRICS, preflight, read_metrics
 from ..train.ray_trainer import STOP, failed_start, fit_trainer, make_trainer, quiet_ray, read_status, write_status
-from ..train.tracking import Tracking
+from ..train.tracking import Tracking, check_tracking
 from .space import Param, apply_params, grid_size, parse_space, to_ray
 from .tracking import param_space, tune_callbacks
 
@@ -385,6 +385,7 @@ def sweep(cfg: Config, tune_dir: str | Path, resume: bool = False,
     keeps the MLflow/TensorBoard callbacks of its first start (Tune restores them)."""
     quiet_tune()
     params = check_tune_config(cfg)
+    check_tracking(track)
     tune_dir = Path(tune_dir).resolve()
     tune_dir.parent.mkdir(parents=True, exist_ok=True)
     with output_lock(tune_dir, "tune"):  # one sweep per folder: a second one names this pid
