@@ -1,9 +1,14 @@
 """Shared fixtures: tiny synthetic stores, the real-data path, one Ray session per test run,
-a tiny trained model, and the model tests' single-thread and overfitting helpers."""
+a tiny trained model, the model tests' single-thread and overfitting helpers, and an X display plus
+xtrain's plugin manifest for the napari tests."""
 
 from __future__ import annotations
 
+import contextlib
 import os
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +27,7 @@ quiet_ray()
 os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.5")
 
 REPO = Path(__file__).resolve().parents[1]
+MANIFEST = REPO / "xtrain" / "napari" / "napari.yaml"
 REAL_DATA = Path(os.environ.get("XTRAIN_REAL_DATA", REPO.parent / "shared" / "data" / "soc_pxct"))
 
 
@@ -230,6 +236,83 @@ class StopAfter:
     def __call__(self) -> bool:
         self.calls += 1
         return self.calls > self.n
+
+
+# --------------------------------------------------------------------------- napari tests
+# napari draws through vispy/OpenGL; Qt's ``offscreen`` platform has no OpenGL context here (vispy fails
+# on glGetParameter), so the napari tests run on an X server: the one in ``DISPLAY``, else a private
+# ``Xvfb`` started for the session (``apt-get install xvfb``: .ci/run does).  Without either, or when Qt
+# cannot start on it (missing xcb libraries), every napari test skips and says why.
+
+
+
+def _die_with_parent() -> None:
+    """In the child before exec: SIGTERM when pytest's process ends (Linux prctl PR_SET_PDEATHSIG).  Xvfb must
+    outlive the QApplication: Qt exits the process when its X connection breaks, so it is never killed early."""
+    import ctypes
+    import signal
+
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # 1: PR_SET_PDEATHSIG
+
+
+def _start_xvfb() -> tuple[subprocess.Popen | None, str]:
+    """A private Xvfb on a free display number (``-displayfd``); (None, why) when it cannot start."""
+    exe = shutil.which("Xvfb")
+    if exe is None:
+        return None, "no X display (DISPLAY unset) and no Xvfb: install it (apt-get install xvfb) or set DISPLAY"
+    read, write = os.pipe()
+    proc = subprocess.Popen([exe, "-displayfd", str(write), "-screen", "0", "1280x900x24", "-nolisten", "tcp"],
+                            pass_fds=(write,), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            preexec_fn=_die_with_parent)
+    os.close(write)
+    with os.fdopen(read) as f:
+        number = f.readline().strip()  # Xvfb writes the display number once it accepts connections
+    if not number:
+        proc.kill()
+        return None, "Xvfb did not start"
+    return proc, f":{number}"
+
+
+@pytest.fixture(scope="session")
+def x_display():
+    """DISPLAY for the session's Qt; ask for it before ``make_napari_viewer`` (so it exists before pytest-qt's
+    QApplication).  Skips with the reason when no display can be made."""
+    proc = None
+    display = os.environ.get("DISPLAY")
+    if not display:
+        proc, display = _start_xvfb()
+        if proc is None:
+            pytest.skip(display)
+    env = {**os.environ, "DISPLAY": display, "QT_QPA_PLATFORM": "xcb"}
+    # Qt aborts the process when its platform plugin cannot load: try it in a child first
+    probe = subprocess.run([sys.executable, "-c", "from qtpy.QtWidgets import QApplication; QApplication([])"],
+                           env=env, capture_output=True, text=True, timeout=120)
+    if probe.returncode:
+        if proc is not None:
+            proc.kill()
+        tail = (probe.stderr.strip().splitlines() or ["no output"])[-1]
+        pytest.skip(f"Qt cannot start on display {display} ({tail}); install the xcb libraries (.ci/run)")
+    saved = {k: os.environ.get(k) for k in ("DISPLAY", "QT_QPA_PLATFORM")}
+    os.environ.update(DISPLAY=display, QT_QPA_PLATFORM="xcb")
+    yield display
+    for k, v in saved.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
+    # the Xvfb (if ours) ends with this process (_die_with_parent): the QApplication lives until then
+
+
+@pytest.fixture
+def xtrain_plugin():
+    """npe2's plugin manager with xtrain's manifest: the installed entry point's (``pip install -e '.[napari]'``),
+    else this tree's napari.yaml registered directly (a venv installed before the plugin existed)."""
+    npe2 = pytest.importorskip("npe2")
+    pm = npe2.PluginManager.instance()
+    if "xtrain" not in pm:
+        pm.register(npe2.PluginManifest.from_file(MANIFEST))
+    return pm
 
 
 HOLD_LOCK = """

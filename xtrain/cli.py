@@ -30,7 +30,7 @@ log = logging.getLogger("xtrain")
 PRESET_NAMES = ("easy", "medium", "hard")  # xtrain.data.synth.PRESETS (not imported: keeps --help fast)
 RESUMABLE = ("train", "tune", "segment", "nightly")  # stop on SIGTERM/SIGUSR1, exit 3, continue with --resume
 # run volume-wide Dask graphs: on Ray inside a Ray cluster (runtime.volume_scheduler, decided once here)
-VOLUME_GRAPHS = ("ingest", "evaluate", "baseline", "segment", "nightly", "compare")
+VOLUME_GRAPHS = ("ingest", "evaluate", "baseline", "segment", "suggest", "nightly", "compare")
 EXIT_INTERRUPTED = 3
 
 
@@ -183,7 +183,9 @@ def cmd_train(args: argparse.Namespace) -> int:
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from .evaluate.core import evaluate, open_image_volume, open_label_volume, to_json
     from .evaluate.report import format_tables, write_report
+    from .provenance import now
 
+    started = now()
     pred = open_label_volume(args.pred, label_map=args.pred_label_map)
     truth = open_label_volume(args.labels, label_map=args.label_map, unlabelled=args.unlabelled)
     image = open_image_volume(args.image) if args.image else None
@@ -202,7 +204,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         if args.z:
             pred, truth = pred.crop(*args.z), truth.crop(*args.z)
             image = image.crop(*args.z) if image is not None else None
-        write_report(result, args.report, pred, truth, image, slab=args.slab, overwrite=args.overwrite)
+        write_report(result, args.report, pred, truth, image, slab=args.slab, overwrite=args.overwrite,
+                     started=started)
     print(to_json(result) if args.json else format_tables(result))
     return 0
 
@@ -267,6 +270,19 @@ def cmd_segment(args: argparse.Namespace) -> int:
     options = segment_options(args)  # bad options: one line, exit 2, before anything is read
     keep_freed_memory()
     segment(args.model, args.volume, args.out, options, should_stop=args.should_stop)
+    return 0
+
+
+def cmd_suggest(args: argparse.Namespace) -> int:
+    from .infer.suggest import suggest
+
+    picks = suggest(args.model, args.volume, n=args.n, axes=args.axes, score=args.score, spacing=args.spacing,
+                    exclude_labelled=args.exclude_labelled, z_range=args.z, out=args.out, overwrite=args.overwrite,
+                    block=args.block, tile=args.tile, normalisation=args.normalisation, dataset=args.dataset,
+                    channel=args.channel, time=args.time, mask=args.mask)
+    print("rank,axis,index,score")
+    for p in picks:
+        print(f"{p.rank},{p.axis},{p.index},{p.score:.6g}")
     return 0
 
 
@@ -506,6 +522,35 @@ def build_parser() -> argparse.ArgumentParser:
                    "default), compile, bf16, onnxruntime, openvino, openvino-bf16, or auto: the fastest that keeps "
                    ">= 99.99 %% of eager's labels and is installed (xtrain/infer/engines.py); recorded, --resume keeps it")
     p.set_defaults(func=cmd_segment)
+
+    p = _add(sub, "suggest", "Rank the planes of a volume by the model's uncertainty: which planes to label next "
+             "(skips labelled planes, spreads the picks; CSV + the planes as ImageJ TIFF for labelling).",
+             "xtrain suggest runs/soc/model.pt scan.zarr --n 5 --exclude-labelled scan-labels.zarr --out next/")
+    p.add_argument("model", help="model.pt from 'xtrain train'")
+    p.add_argument("volume", help="the volume to label: any input 'xtrain segment' reads")
+    p.add_argument("--n", type=int, required=True, metavar="K", help="how many planes to suggest")
+    p.add_argument("--axes", choices=("z", "zyx"), default="z", help="rank z-planes from the z pass, or planes "
+                   "normal to z, y and x from the averaged z/y/x passes (3x the time; default z)")
+    p.add_argument("--score", choices=("entropy", "disagreement", "boundary", "spread"), default="entropy",
+                   help="mean entropy of the plane (default); disagreement between the z/y/x passes (needs --axes "
+                        "zyx); share of uncertain boundary voxels; or spread: the planes farthest from the labelled "
+                        "ones, no model needed (see xtrain/infer/suggest.py)")
+    p.add_argument("--spacing", type=int, default=5, help="least distance in planes between two picks and from a "
+                   "labelled plane (default 5)")
+    p.add_argument("--exclude-labelled", default=None, metavar="STORE", help="a store with (sparse) labels of this "
+                   "volume: its labelled planes are skipped (its label census says which)")
+    p.add_argument("--z", type=z_range, default=None, metavar="Z0,Z1", help="pick only inside slices Z0..Z1-1 (e.g. "
+                   "the training slab)")
+    p.add_argument("--out", type=Path, default=None, metavar="DIR", help="write DIR/suggestions.csv (rank, axis, "
+                   "index, score) and DIR/planes_z.tif (planes_y/x.tif): the picked planes, a page each")
+    p.add_argument("--overwrite", action="store_true", help="replace the suggestions in DIR")
+    p.add_argument("--block", type=int_tuple(3), default=None, metavar="Z,Y,X", help="prediction block (memory; "
+                   "default as xtrain segment)")
+    p.add_argument("--tile", type=int, default=512, help="largest 2D tile edge (as xtrain segment; default 512)")
+    p.add_argument("--normalisation", choices=("auto", "train", "own", "peaks"), default="auto",
+                   help="intensity mapping, as xtrain segment (default auto)")
+    _volume_options(p)
+    p.set_defaults(func=cmd_suggest)
 
     p = _add(sub, "export", "Export a trained model for use without xtrain: a bioimage.io package (ilastik, "
              "deepImageJ, bioimageio.core), ONNX or TorchScript.",

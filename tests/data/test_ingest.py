@@ -469,4 +469,6 @@ def test_dense_labels_are_stored_exactly_as_before(tmp_path, scan):
     assert info_new.pop("source").keys() == {"kind", "images", "labels", "provenance", "label_map", "ingested",
                                             "xtrain_version"}
     info_ref.pop("source")
+    # the provenance record (tests/test_provenance.py): ingest's names its inputs, the bare write_store's none
+    assert set(info_new.pop("provenance")["inputs"]) == {"images", "labels"} and not info_ref.pop("provenance")["inputs"]
     assert info_new == info_ref

@@ -30,7 +30,9 @@ def test_report_files_and_numbers_match_json(pair, tmp_path, capsys):
     human = capsys.readouterr().out
     for name in ("report.md", "metrics.json", "slices.png", "confusion.png", "dice_z.png"):
         assert (rep / name).is_file() and (rep / name).stat().st_size > 0, name
-    assert json.loads((rep / "metrics.json").read_text()) == printed
+    written = json.loads((rep / "metrics.json").read_text())
+    assert set(written.pop("provenance")["inputs"]) == {"prediction", "labels"}  # tests/test_provenance.py
+    assert written == printed
     md = (rep / "report.md").read_text()
     dice = printed["overlap"]["per_class"]["ni"]["dice"]
     ni = printed["microstructure"]["ratio"]["fractions"]["ni"]

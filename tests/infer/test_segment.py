@@ -20,7 +20,8 @@ from xtrain.errors import CorruptFileError, OutputExistsError, RunStateError
 from xtrain.infer import open_segmentation, segment
 from xtrain.infer.write import work_dir
 from xtrain.models import create_model, model_kwargs
-from xtrain.models.checkpoint import file_checksum, save_checkpoint
+from xtrain.models.checkpoint import save_checkpoint
+from xtrain.provenance import file_sha256
 
 SHAPE = (37, 61, 53)
 # small tiles and an unsharded 8x16x16 output layout, so a 37x61x53 volume has many blocks and tiles
@@ -62,7 +63,7 @@ def test_labels_vary_and_attributes_record_the_provenance(data, tmp_path):
     info = attrs["xtrain"]
     assert info["complete"] and info["classes"] == ["pore", "ysz", "ni"]
     src = info["source"]
-    assert src["model_name"] == "unet" and src["model_sha256"] == file_checksum(data["model"])
+    assert src["model_name"] == "unet" and src["model_sha256"] == file_sha256(data["model"])
     assert src["volume"] == str(data["store"].resolve()) and src["xtrain_version"] and src["model_config"]
     assert attrs["ome"]["multiscales"][0]["datasets"][0]["path"] == "0"
     assert np.array_equal(g.image[:], open_store(data["store"]).image[:])  # the input image, copied

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import time
 
@@ -13,6 +14,7 @@ from conftest import make_store
 from xtrain.data.store import open_store
 from xtrain.errors import DiskFullError, RunInterrupted
 from xtrain.infer import SegmentOptions, open_segmentation
+from xtrain.provenance import checksum
 from xtrain.pipelines.nightly import REGISTRY, LockedError, Registry, exclusive_lock, find_scans, run_nightly
 from xtrain.runtime import StopRequest
 
@@ -60,6 +62,12 @@ def test_segments_new_scans_marks_corrupt_ones_and_never_redoes(tiny_model, tmp_
 
     qc = json.loads((results / "scan_a" / "qc.json").read_text())
     assert abs(sum(qc["phase_fractions"].values()) - 1) < 1e-9 and 0 <= qc["mean_entropy"] <= np.log(3)
+    rec = qc["provenance"]  # the record (xtrain.provenance): the scan, its segmentation and the model, hashed
+    assert rec["models"]["model"]["sha256"] == hashlib.sha256(tiny_model.read_bytes()).hexdigest()
+    assert rec["inputs"]["scan"]["sha256"] == checksum([incoming / "scan_a"])
+    assert rec["inputs"]["segmentation"]["sha256"] == checksum([results / "scan_a" / "labels.zarr"])
+    seg = open_segmentation(results / "scan_a" / "labels.zarr").attrs["xtrain"]["provenance"]
+    assert seg["models"] == rec["models"] and seg["inputs"]["volume"]["sha256"] == checksum([results / "scan_a" / "scan.zarr"])
     stamp = (results / "scan_a" / "labels.zarr" / "zarr.json").stat().st_mtime_ns
 
     # Second night: the finished scan is skipped, the failed one retried once more, then given up.

@@ -21,6 +21,7 @@ from xtrain.cli import main
 from xtrain.errors import RunStateError, SettingsMismatchError
 from xtrain.runtime import StopRequest
 from xtrain.models.checkpoint import load_checkpoint
+from xtrain.provenance import checksum, command_line
 from xtrain.train.ray_trainer import train
 from xtrain.train.run_dir import PIDS, read_status
 
@@ -65,6 +66,8 @@ def test_two_node_ddp_run_then_sigterm_resume_is_exact(ray_cluster, train_store,
     assert read_status(tmp_path / "full")["state"] == "finished"
     assert [r["epoch"] for r in rows(tmp_path / "full")] == [str(e) for e in range(1, 9)]
     assert float(rows(tmp_path / "full")[-1]["train_loss"]) < float(rows(tmp_path / "full")[0]["train_loss"])
+    rec = load_checkpoint(tmp_path / "full" / "model.pt")["provenance"]  # written on a Ray worker, the driver's command
+    assert rec["command"] == command_line() and rec["inputs"]["store"]["sha256"] == checksum([train_store])
 
     # A finished run is never clobbered; --resume of it is "already complete", or names the setting.
     with pytest.raises(RunStateError, match="already exists"):

@@ -154,3 +154,15 @@ def test_a_stopped_and_resumed_run_continues_its_mlflow_run(ray_cluster, train_s
     assert sorted(m.step for m in history) == [1, 2, 3, 4, 5, 6]  # every epoch once, across both attempts
     assert sorted(m.value for m in history) == sorted(float(r["train_loss"]) for r in rows(out / "metrics.csv"))
     assert [a.path for a in client.list_artifacts(run.info.run_id)] == ["model.pt"]
+
+
+def test_a_store_that_does_not_work_is_refused_in_one_line_before_training(tmp_path, capsys, train_store):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    for spec, message in ((f"mlflow:{blocker / 'mlruns'}", "the MLflow store does not work"),
+                          (f"tensorboard:{blocker / 'tb'}", "cannot make the folder")):
+        code = main(["train", "--config", "configs/tiny.yaml", "--data", str(train_store), "--out",
+                     str(tmp_path / "out"), "--track", spec])
+        err = capsys.readouterr().err.strip()
+        assert code == 2 and len(err.splitlines()) == 1 and message in err, err
+        assert not (tmp_path / "out").exists()

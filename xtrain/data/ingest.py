@@ -17,7 +17,6 @@ Order of work, so that bad input fails fast and never leaves an output behind:
 
 from __future__ import annotations
 
-import datetime as _dt
 import logging
 import os
 from collections.abc import Mapping, Sequence
@@ -30,6 +29,7 @@ from tqdm.auto import tqdm
 
 from .. import __version__
 from ..errors import InvalidInputError
+from ..provenance import now
 from . import spatial
 from .stats import volume_stats
 from .store import DEFAULT_CLASSES, check_output, default_layout, write_store
@@ -62,7 +62,7 @@ def _census(lab: Labels, spec: str, classes: Sequence[str]) -> LabelCensus:
 
 
 def _source(stack: Volume, images: Any, lab: Labels | None, labels: Any, mask: Any,
-            label_map: Mapping[int, int] | None, unlabelled: int | None, started: _dt.datetime) -> dict[str, Any]:
+            label_map: Mapping[int, int] | None, unlabelled: int | None, started: str) -> dict[str, Any]:
     """The store's ``source`` attributes: the inputs, their provenance, the label map and when."""
     return {
         "kind": stack.kind,
@@ -74,7 +74,7 @@ def _source(stack: Volume, images: Any, lab: Labels | None, labels: Any, mask: A
         "label_map": {str(k): int(v) for k, v in label_map.items()} if label_map else None,
         **({"unlabelled": int(unlabelled)} if unlabelled is not None else {}),
         **({"label_z": lab.z} if lab is not None and lab.z is not None else {}),
-        "ingested": started.isoformat(timespec="seconds"),
+        "ingested": started,
         "xtrain_version": __version__,
     }
 
@@ -127,6 +127,7 @@ def ingest(
     Missing or damaged input is refused (``MissingDataError`` / ``CorruptFileError``) before
     anything is written.
     """
+    started = now()
     out = check_output(out, overwrite)  # before reading any data
     classes = list(classes) if classes else list(DEFAULT_CLASSES)
     if label_map and labels is None:
@@ -147,8 +148,9 @@ def ingest(
     image = stack.array
     ids = lab.ids if lab is not None else None
 
-    started = _dt.datetime.now(_dt.timezone.utc)
-    with write_store(out, shape, layout, overwrite) as w:
+    inputs = {"images": stack, **({"labels": lab.volume} if lab is not None else {}),
+              **({"mask": mask_vol} if mask_vol is not None else {})}
+    with write_store(out, shape, layout, overwrite, inputs=inputs, started=started) as w:
         image_arr = w.create("image", shape, stack.raw_dtype)
         label_arr = w.create("labels", shape, np.uint8) if lab is not None else None
         with tqdm(total=shape[0], desc=f"ingest {out.name}", unit="slice", disable=None) as bar:

@@ -363,6 +363,8 @@ class Arrays:
     probabilities: zarr.Array | None = None
     entropy: zarr.Array | None = None
     levels: list[zarr.Array] = field(default_factory=list)
+    # every level, finest first, of the other images: "labels/<name>", "probabilities", "entropy" (viewers)
+    pyramids: dict[str, list[zarr.Array]] = field(default_factory=dict)
 
     def main_labels(self) -> zarr.Array | None:
         """The label image a reader means by "the labels": ground truth, else the prediction, else the first."""
@@ -388,14 +390,20 @@ def read_arrays(group: zarr.Group) -> Arrays:
     """Find the arrays of ``group`` in the OME layout (a group of the previous layout: ``previous_layout``)."""
     levels = _levels(group)
     labels: dict[str, zarr.Array] = {}
+    pyramids: dict[str, list[zarr.Array]] = {}
     if LABELS in group:
         lab = group[LABELS]
         names = dict(lab.attrs).get("ome", {}).get("labels") or sorted(lab.group_keys())
         for name in names:
             if name in lab and "0" in lab[name]:
                 labels[name] = lab[name]["0"]
+                pyramids[f"{LABELS}/{name}"] = _levels(lab[name])
 
     def sub(name: str) -> zarr.Array | None:
-        return group[name]["0"] if name in group and "0" in group[name] else None
+        if name in group and "0" in group[name]:
+            pyramids[name] = _levels(group[name])
+            return group[name]["0"]
+        return None
 
-    return Arrays(levels[0] if levels else None, labels, sub(PROBABILITIES), sub(ENTROPY), levels)
+    return Arrays(levels[0] if levels else None, labels, sub(PROBABILITIES), sub(ENTROPY), levels,
+                  pyramids=pyramids)

@@ -43,6 +43,7 @@ from . import spatial
 from .layout import DEFAULT_CHUNKS, DEFAULT_SHARD_DEPTH, DEFAULT_SHARD_EDGE, Layout, compressor, default_layout  # noqa: F401
 from ..errors import CorruptFileError, InputNotFoundError, InvalidInputError, OutputExistsError
 from ..io import remove_path, replace_into_place
+from ..provenance import now, provenance
 from .chunks import check_chunks
 
 log = logging.getLogger(__name__)
@@ -67,6 +68,9 @@ class StoreInfo:
     # every chunk was written, all-zero ones too (write_empty_chunks=True): an absent one is damage.
     # False for stores written before xtrain did that (their absent chunks may be all-zero ones).
     all_chunks_written: bool = False
+    # how the store was made (xtrain.provenance.provenance: command, version, host, times, input checksums);
+    # written by write_store, {} in stores written before xtrain recorded it
+    provenance: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -80,6 +84,7 @@ class StoreInfo:
             "source": self.source,
             "stats": self.stats,
             **({"labels": self.labels} if self.labels else {}),
+            **({"provenance": self.provenance} if self.provenance else {}),
         }
 
     @classmethod
@@ -94,6 +99,7 @@ class StoreInfo:
             complete=bool(d.get("complete", False)),
             format=int(d.get("format", FORMAT_VERSION)),
             all_chunks_written=bool(d.get("all_chunks_written", False)),
+            provenance=dict(d.get("provenance", {})),
         )
 
 
@@ -105,6 +111,7 @@ class Store:
     None only for a segmentation written as a TIFF/HDF5 work group).  ``labels``: the store's label
     image, ground truth if it has one, else the prediction (``label_images``: all, by name).
     ``probabilities`` (C, Z, Y, X) and ``entropy`` (1, Z, Y, X): a segmentation's, or None.
+    ``pyramids``: every level of the label images ("labels/<name>"), probabilities and entropy, finest first.
     """
 
     path: Path
@@ -115,6 +122,7 @@ class Store:
     probabilities: zarr.Array | None = None
     entropy: zarr.Array | None = None
     levels: list[zarr.Array] = field(default_factory=list)
+    pyramids: dict[str, list[zarr.Array]] = field(default_factory=dict)  # layout.Arrays.pyramids
 
     @property
     def shape(self) -> tuple[int, int, int]:
@@ -167,7 +175,8 @@ def _store(path: Path, group: zarr.Group, info: StoreInfo, allow_missing: bool =
         if array is not None:  # MissingDataError / CorruptFileError: a lost or truncated shard
             check_chunks(array, f"'{path}' {what}", complete=info.all_chunks_written, allow_missing=allow_missing)
     return Store(path=path, image=arrays.image, labels=arrays.main_labels(), info=info, label_images=arrays.labels,
-                 probabilities=arrays.probabilities, entropy=arrays.entropy, levels=arrays.levels)
+                 probabilities=arrays.probabilities, entropy=arrays.entropy, levels=arrays.levels,
+                 pyramids=arrays.pyramids)
 
 
 def open_store(path: str | os.PathLike, mode: str = "r", require_image: bool = True,
@@ -257,7 +266,8 @@ def check_output(path: str | os.PathLike, overwrite: bool) -> Path:
 
 @contextlib.contextmanager
 def write_store(path: str | os.PathLike, shape: tuple[int, int, int], layout: Layout | None = None,
-                overwrite: bool = False, pyramid_edge: int = ome.PYRAMID_EDGE) -> Iterator[StoreWriter]:
+                overwrite: bool = False, pyramid_edge: int = ome.PYRAMID_EDGE, *, inputs: dict[str, Any] | None = None,
+                started: str | None = None) -> Iterator[StoreWriter]:
     """Create a store atomically.
 
         with write_store(out, shape) as w:
@@ -271,7 +281,14 @@ def write_store(path: str | os.PathLike, shape: tuple[int, int, int], layout: La
     attributes get ``complete: true`` and the folder is renamed into place (replacing an
     old store only now, when ``overwrite``).  On any exception the partial folder is removed
     and ``path`` is untouched.  ``pyramid_edge``: the pyramid stops once y and x are <= it.
+
+    The store's provenance record (``StoreInfo.provenance``, ``xtrain.provenance.provenance``) is made
+    here, last, for every store: ``inputs`` (name -> a ``Volume`` or path: what the store was made from,
+    hashed before the rename) and ``started`` (``now()`` when the work began; default: when this
+    block was entered).  A ``provenance`` already in ``w.info`` (an upgraded store's) is kept as its
+    ``previous``.
     """
+    started = started or now()
     path = check_output(path, overwrite)
     layout = layout or default_layout(shape)
     tmp = path.parent / f".{path.name}.partial-{uuid.uuid4().hex[:8]}"
@@ -283,6 +300,7 @@ def write_store(path: str | os.PathLike, shape: tuple[int, int, int], layout: La
                          writer.info.origin_nm)
         writer.info.complete = True
         writer.info.all_chunks_written = True  # create_level: write_empty_chunks=True
+        writer.info.provenance = provenance(started, inputs=inputs, previous=writer.info.provenance or None)
         group.attrs.update({"xtrain": writer.info.to_dict()})
         replace_into_place(tmp, path)
     except BaseException:
@@ -324,7 +342,7 @@ def upgrade(path: str | os.PathLike) -> bool:
                                 "'xtrain segment' to get an OME-Zarr image with a label image")
     shape = tuple(src.shape)
     lay = Layout(tuple(src.chunks), tuple(src.shards) if src.shards else None)  # type: ignore[arg-type]
-    with write_store(path, shape, lay, overwrite=True) as w:
+    with write_store(path, shape, lay, overwrite=True, inputs={"store": path}) as w:  # hashed before the rename
         new = {"image": w.create_image(shape, src.dtype)}
         for name in (ome.GROUND_TRUTH, ome.PREDICTION):
             if name in old:

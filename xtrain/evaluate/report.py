@@ -210,13 +210,15 @@ def _plot_dice_z(path: Path, result: dict[str, Any]) -> None:
 
 
 def write_report(result: dict[str, Any], out_dir: str | os.PathLike, pred=None, truth=None, image=None,
-                 slab: int = 32, overwrite: bool = False) -> Path:
-    """``out_dir/report.md``, ``metrics.json`` (as ``--json``) and the PNG figures; returns report.md's path.
+                 slab: int = 32, overwrite: bool = False, started: str | None = None) -> Path:
+    """``out_dir/report.md``, ``metrics.json`` (as ``--json``, plus ``provenance``) and the PNG figures;
+    returns report.md's path.
 
     ``pred`` / ``truth``: the label views (``open_label_volume``) the result came from (cropped as evaluated),
     needed for the slice figure (left out when missing); ``image``: grey values, or taken
     from ``truth.image`` / ``pred.image`` when those came from stores with an image.
     """
+    from ..provenance import markdown_lines, now, provenance
     from .core import to_json
 
     out = Path(out_dir)
@@ -225,9 +227,13 @@ def write_report(result: dict[str, Any], out_dir: str | os.PathLike, pred=None, 
     if (out / "report.md").exists() and not overwrite:
         raise OutputExistsError(f"report '{out / 'report.md'}' already exists; pass --overwrite or choose another DIR")
     out.mkdir(exist_ok=True)
-    if image is None:
+    # the record: command, version, host, ``started`` (when the evaluation began) to now, the inputs' sha256
+    inputs = {"prediction": pred if pred is not None else result["pred"],
+              "labels": truth if truth is not None else result["labels"], **({"image": image} if image is not None else {})}
+    record = provenance(started or now(), inputs=inputs)
+    if image is None:  # the labels' or prediction's store's own image: hashed with it above
         image = getattr(truth, "image", None) or getattr(pred, "image", None)
-    (out / "metrics.json").write_text(to_json(result) + "\n")
+    (out / "metrics.json").write_text(to_json({**result, "provenance": record}) + "\n")
     figures = []
     if pred is not None and truth is not None:
         _plot_slices(out / "slices.png", truth, pred, image, slab)
@@ -247,6 +253,7 @@ def write_report(result: dict[str, Any], out_dir: str | os.PathLike, pred=None, 
            "all three phases (see xtrain/evaluate/microstructure.py). All numbers are in metrics.json.", ""]
     for name, caption in figures:
         md += [f"## {caption}", "", f"![{caption}]({name})", ""]
+    md += markdown_lines(record)
     path = out / "report.md"
     path.write_text("\n".join(md))
     log.info("wrote report %s", path)

@@ -30,7 +30,7 @@ Why the output is bit-identical whatever the block size or worker count:
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import numpy as np
 import torch
@@ -128,6 +128,18 @@ class Predictor:
         if len(self.axes) > 1:
             out /= len(self.axes)
         return out
+
+    def predict_passes(self, volume: Volume, core: Box, should_stop: Callable[[], bool] = never
+                       ) -> Iterator[tuple[int, np.ndarray]]:
+        """(axis, probabilities (K, z, y, x) float32) of each slicing pass of the block ``core`` separately,
+        one pass at a time (``predict`` is their mean): the committee whose disagreement ``xtrain suggest``
+        scores.  Reads the read box once; raises ``PredictionStopped`` as ``predict`` does."""
+        box = self.input_box(core, volume.shape)
+        data = volume.read(box)
+        for axis in self.axes:
+            out = np.zeros((self.num_classes, *(b - a for a, b in core)), np.float32)
+            self._axis_pass(data, box, core, volume.shape, axis, out, should_stop)
+            yield axis, out
 
     def _axis_pass(self, data: np.ndarray, box: Box, core: Box, shape: tuple[int, int, int],
                    axis: int, out: np.ndarray, should_stop: Callable[[], bool] = never) -> None:

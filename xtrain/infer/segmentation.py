@@ -55,7 +55,8 @@ from ..data.store import StoreInfo
 from ..data.volumes import Volume, open_volume
 from ..errors import RunInterrupted
 from ..io import output_lock, writing
-from ..models.checkpoint import file_checksum, load_checkpoint, model_from_checkpoint
+from .. import provenance as prov
+from ..models.checkpoint import load_checkpoint, model_from_checkpoint
 from ..stop import never
 from . import pool
 from .blocks import Block
@@ -89,6 +90,7 @@ class Inputs:
     volume: Volume  # a model's normalised view; a baseline's raw grey values
     provenance: dict[str, Any]  # StoreInfo.source, without the settings (the plan's)
     stats: dict[str, Any] = field(default_factory=dict)  # StoreInfo.stats
+    started: str = field(default_factory=prov.now)  # when this run began: the output's provenance record
 
 
 def segment(model: str | os.PathLike, volume: str | os.PathLike, out: str | os.PathLike,
@@ -135,7 +137,7 @@ def model_inputs(model: str | os.PathLike, volume: str | os.PathLike, options: S
                             stats=previous.record.get("stats") if previous else None)
     shift = _check_normalisation(vol, train_stats, model, volume)
     _check_voxel_size(raw, ckpt.get("voxel_size_nm"), model)
-    sha = file_checksum(model)
+    sha = prov.file_sha256(model)
     predictor = PredictorInfo("model", ckpt["model_name"], info.num_classes, tuple(info.classes), sha,
                               info.in_channels // 2, info.inference, network_norm(network))
     provenance = {
@@ -225,7 +227,9 @@ def execute(job: Plan, inputs: Inputs, out: Path, hooks: Hooks = Hooks()) -> Pat
         if left:
             raise RunInterrupted(f"segmentation of '{out}' stopped with {left} of {len(job.blocks)} blocks to do; "
                                  "rerun the same command with --resume to finish it")
-    finish(work, out, slab=job.layout.slab, volume=inputs.volume, layout=job.layout)
+    model = {"model": inputs.source.path} if isinstance(inputs.source, ModelSource) else None
+    record = prov.provenance(inputs.started, inputs={"volume": inputs.volume}, models=model)  # hashed before the rename
+    finish(work, out, slab=job.layout.slab, volume=inputs.volume, layout=job.layout, record=record)
     log.info("wrote %s", out)
     return out
 

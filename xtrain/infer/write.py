@@ -24,7 +24,11 @@ becomes one of:
   colour LUT and the provenance in the ImageJ metadata), zlib-compressed, streamed slab
   by slab (TIFF pages must be written in z order, which blocks finishing in any order cannot do).
 * ``.h5``/``.hdf5``/``.nxs``: NeXus HDF5, labels at ``/entry/data/data`` (NXdata, signal),
-  chunked and gzip-compressed, voxel size and class names as attributes.
+  chunked and gzip-compressed, voxel size and class names as attributes, the provenance record
+  in ``/entry/process`` (NXprocess, ``xtrain.provenance.write_nxprocess``).
+
+Every output's ``xtrain`` attributes (the Zarr group's, the TIFF's ``Info``, the HDF5 NXnote's)
+hold ``provenance``: the record of the run that finished it (``xtrain.provenance.provenance``).
 
 Until the final rename OUT does not exist, and the group itself says ``complete: false``,
 which ``open_store`` and ``open_segmentation`` refuse.
@@ -51,6 +55,7 @@ from ..data.volumes.formats import OUTPUT_TIFF_SUFFIXES as TIFF_SUFFIXES
 from ..errors import CorruptFileError, InvalidInputError, OutputExistsError
 from ..geometry import Box
 from ..io import atomic_write, remove_path, replace_into_place
+from ..provenance import write_nxprocess
 from .blocks import Block
 from .plan import Plan, Previous
 
@@ -268,7 +273,8 @@ def write_label_hdf5(path: Path, slabs: Iterator[np.ndarray], shape: tuple[int, 
     the voxel centres, origin + i x size per axis, in um (``units``) when the voxel size is known,
     else voxel indices in 'pixel') > ``data``: chunked (<= 16 x 256 x 256), gzip level 4,
     attributes ``classes``, ``voxel_size`` (z, y, x) and ``voxel_size_units`` ("um"), ``offset`` (z, y, x),
-    ``long_name``.  The provenance is JSON in ``/entry/notes/data`` (NXnote).
+    ``long_name``.  The provenance is JSON in ``/entry/notes/data`` (NXnote); its record
+    (``provenance["xtrain"]["provenance"]``) also in ``/entry/process`` (NXprocess, ``write_nxprocess``).
     """
     import h5py
 
@@ -296,6 +302,9 @@ def write_label_hdf5(path: Path, slabs: Iterator[np.ndarray], shape: tuple[int, 
         note.attrs["NX_class"] = "NXnote"
         note.create_dataset("type", data="application/json")
         note.create_dataset("data", data=json.dumps(provenance, default=str))
+        record = provenance.get("xtrain", {}).get("provenance")
+        if record:
+            write_nxprocess(entry, record)
         z0 = 0
         for block in slabs:
             data[z0:z0 + block.shape[0]] = block
@@ -348,8 +357,10 @@ def copy_image(volume: Any, image: zarr.Array, slab: int) -> None:
         image[z0:min(z0 + slab, z)] = raw.read(raw.planes(z0, min(z0 + slab, z)))
 
 
-def finish(work: Path, out: Path, slab: int, volume: Any = None, layout: Layout | None = None) -> Path:
-    """Turn the work group into ``out`` (.zarr / .tif / .h5); remove ``work``.
+def finish(work: Path, out: Path, slab: int, volume: Any = None, layout: Layout | None = None,
+           record: dict[str, Any] | None = None) -> Path:
+    """Turn the work group into ``out`` (.zarr / .tif / .h5); remove ``work``.  ``record``: the
+    provenance record (``xtrain.provenance.provenance``) written as ``xtrain.provenance``.
 
     ``.zarr``: copy the input image from ``volume`` (a ``Volume``, raw or a view), build the
     pyramids and OME attributes (``layout.finish_group``), mark complete, rename.  Running it
@@ -361,6 +372,8 @@ def finish(work: Path, out: Path, slab: int, volume: Any = None, layout: Layout 
     labels = arrays.labels[ome.PREDICTION]
     classes = list(info.get("classes") or [])
     voxel, org = info.get("voxel_size_nm"), info.get("origin_nm")  # StoreInfo: (z, y, x) nm
+    if record is not None:
+        info["provenance"] = record
     if is_tiff(out) or is_hdf5(out):
         info["complete"] = True
         write_labels_file(out, _slabs(labels, slab), tuple(labels.shape), classes, voxel, _provenance(info), org)

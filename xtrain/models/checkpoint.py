@@ -6,6 +6,9 @@
               normalisation statistics, classes, config, validation metrics and the
               inference settings the model is meant to be run with (``validated_inference``)
 
+Both hold ``provenance``: the record of the training run (``xtrain.provenance.provenance``: the
+command line, version and commit, host, start and end, the training store's sha256).
+
 Both are plain ``torch.save`` dicts of tensors and plain values, loadable without the config
 files that made them, and always loaded with ``torch.load(weights_only=True)``: a model file
 shared between users cannot run code (a pickle payload is refused naming the file, before
@@ -22,7 +25,6 @@ Checkpoints belong to the models: inference (``model_from_checkpoint``) needs no
 
 from __future__ import annotations
 
-import hashlib
 import io
 import os
 import pickle
@@ -36,11 +38,13 @@ import torch
 from .. import __version__
 from ..errors import CorruptFileError, InputNotFoundError, InvalidInputError, XtrainError
 from ..io import atomic_write
+from ..provenance import file_sha256
 from .registry import create_model
 
 FORMAT = 1
 INFERENCE_KEYS = ("format", "kind", "model_name", "model_kwargs", "model_state", "config", "stats", "classes",
-                  "epoch", "metrics", "xtrain_version", "inference", "voxel_size_nm")
+                  "epoch", "metrics", "xtrain_version", "inference", "voxel_size_nm", "provenance")
+file_checksum = file_sha256  # the one sha256 helper is xtrain.provenance's; this name stays for other callers
 # ``segment`` settings a model is run with unless the user says otherwise (validated_inference)
 INFERENCE_ALL_AXES = {"axes": "zyx", "clean": True}
 INFERENCE_Z = {"axes": "z", "clean": False}
@@ -115,15 +119,6 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     if not isinstance(ckpt, dict) or "model_state" not in ckpt or "model_name" not in ckpt:
         raise CorruptFileError(f"'{path}' is not an xtrain checkpoint (no model_name/model_state)")
     return ckpt
-
-
-def file_checksum(path: str | os.PathLike) -> str:
-    """sha256 of a file (model provenance in segmentation outputs)."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def base_checkpoint(**fields: Any) -> dict[str, Any]:

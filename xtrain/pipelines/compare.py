@@ -28,6 +28,7 @@ from ..errors import InputNotFoundError, OutputExistsError
 from ..evaluate.core import evaluate, open_label_volume, to_json
 from ..evaluate.report import table
 from ..io import atomic_write, read_csv, write_csv
+from ..provenance import markdown_lines, now, provenance
 
 log = logging.getLogger(__name__)
 
@@ -121,6 +122,7 @@ def compare(entries: Sequence[str], labels: str, report_dir: str | os.PathLike, 
     report folder behind; predictions already made stay (a rerun reuses them)."""
     from ..infer import SegmentOptions
 
+    started = now()
     out = Path(report_dir)
     if (out / "compare.md").exists() and not overwrite:
         raise OutputExistsError(f"comparison '{out / 'compare.md'}' already exists; pass --overwrite or another --report")
@@ -137,7 +139,7 @@ def compare(entries: Sequence[str], labels: str, report_dir: str | os.PathLike, 
     created = [d for d in (out, out / "predictions") if not d.exists()]
     try:
         _predict(items, source, out / "predictions", options, fit, fit_z)
-        return _report(items, truth, labels, source, out, z_range, studies)
+        return _report(items, truth, labels, source, out, z_range, studies, started)
     except BaseException:
         for folder in reversed(created):  # a refused comparison leaves no empty report folder behind
             with contextlib.suppress(OSError):
@@ -146,8 +148,10 @@ def compare(entries: Sequence[str], labels: str, report_dir: str | os.PathLike, 
 
 
 def _report(items: list[Entry], truth: Any, labels: str, source: str, out: Path, z_range: tuple[int, int] | None,
-            studies: Sequence[str]) -> dict[str, Any]:
-    """Evaluate every entry's prediction against ``truth``; write compare.{json,csv,md} and the figures."""
+            studies: Sequence[str], started: str) -> dict[str, Any]:
+    """Evaluate every entry's prediction against ``truth``; write compare.{json,csv,md} and the figures.
+    The provenance record (compare.json ``provenance``, a section of compare.md): the labels, the image,
+    every prediction and every model, hashed; ``started``: when the comparison began."""
     results, rows = {}, []
     for item in items:
         log.info("evaluating %s", item.name)
@@ -156,9 +160,13 @@ def _report(items: list[Entry], truth: Any, labels: str, source: str, out: Path,
         rows.append(summary_row(item.name, result, inference_label(Path(item.prediction))))
     rows.append(labels_row(next(iter(results.values()))))
     study_rows = {Path(s).name: read_study(s) for s in studies}
+    inputs = {"labels": truth, **({"image": source} if source != labels else {}),
+              **{f"prediction {item.name}": item.prediction for item in items}}
+    record = provenance(started, inputs=inputs, models={item.name: item.source for item in items if item.kind == "model"})
 
     atomic_write(out / "compare.json", to_json({"labels": str(labels), "z_range": list(z_range) if z_range else None,
-                                               "summary": rows, "studies": study_rows, "results": results}) + "\n",
+                                               "summary": rows, "studies": study_rows, "results": results,
+                                               "provenance": record}) + "\n",
                  what="the comparison")
     write_csv(out / "compare.csv", rows)
     figures = [_plot_summary(out / "compare.png", rows)]
@@ -172,6 +180,7 @@ def _report(items: list[Entry], truth: Any, labels: str, source: str, out: Path,
     if "sparse_labels" in first:  # one line: no labels' TPB, no TPB ratio
         md += [first["sparse_labels"]["note"], ""]
     md += [f"![{f.stem}]({f.name})" for f in figures if f]
+    md += [""] + markdown_lines(record)
     atomic_write(out / "compare.md", "\n".join(md) + "\n", what="the comparison report")
     return {"summary": rows, "studies": study_rows, "report": str(out / "compare.md")}
 

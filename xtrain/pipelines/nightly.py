@@ -266,6 +266,9 @@ def process_scan(scan: Scan, model: Path, results: Path, segment_options: Segmen
     from ..data.ingest import ingest
     from ..io import remove_path
     from ..infer import segment
+    from ..provenance import now, provenance
+
+    started = now()
 
     out_dir = version_dir(results, scan.name, version)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -285,6 +288,7 @@ def process_scan(scan: Scan, model: Path, results: Path, segment_options: Segmen
     options = replace(segment_options, resume=resume, overwrite=not resume, probabilities=True)
     segment(model, volume, labels, options, should_stop=should_stop, on_block=on_block)
     qc = quality_summary(volume, labels, model)
+    qc["provenance"] = provenance(started, inputs={"scan": scan.path, "segmentation": labels}, models={"model": model})
     atomic_write(out_dir / "qc.json", json.dumps(qc, indent=2), what="the QC summary")
     return qc
 
@@ -353,14 +357,15 @@ def run_nightly(incoming: str | Path, model: str | Path, results: str | Path, *,
     and resumes next time) and ``DiskFullError`` when the results file system is full.
     """
     from ..infer.options import SegmentOptions
-    from ..models.checkpoint import file_checksum, load_checkpoint
+    from ..models.checkpoint import load_checkpoint
+    from ..provenance import file_sha256
 
     incoming, model, results = Path(incoming), Path(model), Path(results)
     segment_options = segment_options or SegmentOptions()
     load_checkpoint(model)  # a bad model is one clear error before anything else
     find_scans(incoming)
     results.mkdir(parents=True, exist_ok=True)
-    model_sha = file_checksum(model)
+    model_sha = file_sha256(model)
     totals = {"done": 0, "failed": 0, "skipped": 0, "waiting": 0}
     with exclusive_lock(results / LOCK, f"another 'xtrain nightly' is running on '{results}'"):
         registry = Registry(results / REGISTRY)

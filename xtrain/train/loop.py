@@ -51,6 +51,7 @@ from .losses import create_loss, one_hot
 from .recipe import load_scheduler_states, make_ema, make_schedulers
 from .run_dir import BEST, LAST, write_metrics_row
 from .validate import PlaneValidation, ValidationSlab, selection_score
+from ..provenance import Origin, hash_input, provenance
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +67,8 @@ class WorkerContext:
     report: Callable[[dict[str, Any], Path | None], None] | None = None
     # local stop request (SIGTERM sentinel); any rank's request stops all ranks at the same step
     should_stop: Callable[[], bool] = lambda: False
+    # the run's command line and start, for the checkpoints' provenance (a Ray worker's own argv is Ray's)
+    origin: Origin = field(default_factory=Origin)
 
 
 # ----------------------------------------------------------------------------- building
@@ -142,6 +145,8 @@ class Run:
     global_step: int = 0
     best: float = -math.inf  # best selection score so far (validate.selection_score)
     best_dice: float = -1.0
+    origin: Origin = field(default_factory=Origin)  # the run's command line and start (WorkerContext.origin)
+    store_input: Any = None  # the training store's provenance entry (hashed once, rank 0)
 
     @property
     def num_classes(self) -> int:
@@ -217,6 +222,8 @@ def build_run(cfg: Config, ctx: WorkerContext, resume: dict[str, Any] | None = N
               **build_validation(cfg, plan, store.info.stats, ctx), split=plan.split, classes=classes,
               stats=store.info.stats, model_kwargs=resolved_model_kwargs(cfg, cfg.data.slices, len(classes)),
               voxel_size_nm=list(store.info.voxel_size_nm) if store.info.voxel_size_nm else None)
+    run.origin = ctx.origin
+    run.store_input = hash_input(cfg.data.store) if ctx.rank == 0 else None  # hashed once, for every checkpoint
     if resume is not None:
         restore_progress(run, resume, total_steps)
     return run
@@ -429,6 +436,7 @@ def make_checkpoint(run: Run, epoch_done: int, epoch_step: int, metrics: dict[st
         epoch=epoch_done, epoch_step=epoch_step, step=run.global_step, config=config_to_dict(cfg),
         stats=run.stats, classes=run.classes, metrics=metrics, best_mean_dice=run.best_dice, best_score=run.best,
         voxel_size_nm=run.voxel_size_nm,  # (z, y, x) nm of the training store, or None
+        provenance=provenance(run.origin.started, inputs={"store": run.store_input}, command=run.origin.command),
         split={"train": list(run.split.train), "val": list(run.split.val) if run.split.val else None},
         store=str(cfg.data.store),
     )

@@ -35,11 +35,12 @@ from ..config import Config, config_from_dict, config_to_dict
 from ..errors import DiskFullError, XtrainError
 from ..malloc import keep_freed_memory
 from ..models.checkpoint import load_checkpoint
+from ..provenance import Origin, command_line
 from .distributed import all_gather
 from .loop import WorkerContext, fit, preflight
 from .run_dir import BEST, LAST, STOP, TRAIN_LOG, AlreadyComplete, last_metrics, log_to_run, prepare_run_dir, \
     read_status, record_worker, run_lock, write_status
-from .tracking import Tracking, start_run_tracking, tracking_to_dict
+from .tracking import Tracking, check_tracking, start_run_tracking, tracking_to_dict
 
 log = logging.getLogger(__name__)
 
@@ -102,7 +103,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         report(metrics, path)
 
     ctx = WorkerContext(rank=rank, world_size=context.get_world_size(), device=ray.train.torch.get_device(),
-                        report=report_and_track, should_stop=lambda: (run_dir / STOP).exists())
+                        report=report_and_track, should_stop=lambda: (run_dir / STOP).exists(),
+                        origin=config.get("origin") or Origin())
     try:
         metrics = fit(cfg, run_dir, ctx, resume)
     except BaseException:
@@ -157,13 +159,16 @@ def worker_error(exc: BaseException) -> BaseException | None:
 
 
 def make_trainer(cfg: Config, run_dir: Path, resume_from: Path | None, callbacks: list | None = None,
-                 cpus_per_worker: int | None = None, track: Tracking | None = None, track_name: str | None = None):
+                 cpus_per_worker: int | None = None, track: Tracking | None = None, track_name: str | None = None,
+                 command: str | None = None):
     """A ``TorchTrainer`` running ``train_loop_per_worker`` on ``cfg`` into ``run_dir``.
 
     Every launch gets a fresh run name (Ray silently resumes a reused one); resumption goes
     through RUN_DIR/last.pt.  ``cpus_per_worker`` (default Ray's 1): Ray sets each worker's
     OMP_NUM_THREADS, so torch's thread count, to it.  ``track``: rank 0 logs to MLflow and/or
-    TensorBoard (DIR/``track_name``, default RUN_DIR's name; tracking.py).  Returns (trainer, attempt name)."""
+    TensorBoard (DIR/``track_name``, default RUN_DIR's name; tracking.py).  ``command``: the command line
+    the checkpoints' provenance records (default this process's; a Tune trial passes the sweep's).
+    Returns (trainer, attempt name)."""
     import ray.train
     from ray.train.torch import TorchConfig, TorchTrainer
 
@@ -172,7 +177,8 @@ def make_trainer(cfg: Config, run_dir: Path, resume_from: Path | None, callbacks
         train_loop_per_worker,
         train_loop_config={"config": config_to_dict(cfg), "run_dir": str(run_dir),
                            "resume": str(resume_from) if resume_from else None,
-                           "track": tracking_to_dict(track), "track_name": track_name},
+                           "track": tracking_to_dict(track), "track_name": track_name,
+                           "origin": Origin(command or command_line())},  # the checkpoints' provenance
         torch_config=TorchConfig(backend="nccl" if cfg.train.use_gpu else "gloo"),
         scaling_config=ray.train.ScalingConfig(
             num_workers=cfg.train.workers, use_gpu=cfg.train.use_gpu,
@@ -229,6 +235,7 @@ def train(cfg: Config, run_dir: str | Path, resume: bool = False,
     RUN_DIR (the lock file ``.RUN.lock`` beside it).  ``track`` (``tracking.parse_track``): log the
     parameters, every epoch's metrics and model.pt to MLflow and/or TensorBoard."""
     preflight(cfg)
+    check_tracking(track)
     run_dir = Path(run_dir).resolve()
     with run_lock(run_dir, "train"):  # one writer per run folder: a second one names this pid
         return _train(cfg, run_dir, resume, should_stop, track)

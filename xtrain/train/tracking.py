@@ -114,6 +114,33 @@ def tracking_to_dict(tracking: Tracking | None) -> dict[str, Any] | None:
                                       "experiment": tracking.experiment}
 
 
+def check_tracking(track: Tracking | None) -> None:
+    """In the driver, before any worker starts: the MLflow store answers (its experiment is made
+    here if new) and the TensorBoard folder can be made; else one ``ConfigError`` line naming it.
+
+    A server that does not answer takes MLflow's own HTTP retries (``MLFLOW_HTTP_REQUEST_MAX_RETRIES``)."""
+    if not track:
+        return
+    if track.tensorboard:
+        try:
+            Path(track.tensorboard).mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise ConfigError(f"--track tensorboard:{track.tensorboard}: cannot make the folder ({exc.strerror or exc}); "
+                              "give a folder you can write") from None
+    if track.mlflow:
+        from mlflow import MlflowClient
+
+        allow_file_store(track.mlflow)
+        try:
+            client = MlflowClient(tracking_uri=track.mlflow)
+            if client.get_experiment_by_name(track.experiment) is None:
+                client.create_experiment(track.experiment)
+        except Exception as exc:  # noqa: BLE001 - whatever MLflow raises, the store cannot be used
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+            raise ConfigError(f"--track mlflow:{track.mlflow}: the MLflow store does not work "
+                              f"({type(exc).__name__}: {first[:300]}); check the URI or start the server") from None
+
+
 def allow_file_store(uri: str | None) -> None:
     """MLflow 3 refuses its file store unless ``MLFLOW_ALLOW_FILE_STORE=true`` (see the module
     docstring); set it in this process (the CLI driver or a Ray worker: the edges) for a ``file:`` URI."""
@@ -160,12 +187,19 @@ class RunTracker:
         self.mlflow, self.writer = mlflow, writer
 
     def epoch(self, metrics: dict[str, Any]) -> None:
+        """Log one epoch's report at step = epoch.  A tracker that fails (a tracking server gone) is
+        warned about once and dropped: the training, hours of it perhaps, goes on."""
         if metrics.get("stopped"):
             return  # a stop request's report: not an epoch
         values = epoch_metrics(metrics)
         step = int(values.get("epoch", 0))
         if self.mlflow is not None:
-            self.mlflow.log_metrics(values, step=step)
+            try:
+                self.mlflow.log_metrics(values, step=step)
+            except Exception as exc:  # noqa: BLE001 - any MLflow failure: the same warning
+                log.warning("MLflow logging failed at epoch %d (%s: %s); no more MLflow logging for this run",
+                            step, type(exc).__name__, str(exc)[:300])
+                self.mlflow = None
         if self.writer is not None:
             for key, value in values.items():
                 if key != "epoch":
@@ -178,9 +212,13 @@ class RunTracker:
         if self.writer is not None:
             self.writer.close()
         if self.mlflow is not None:
-            if model is not None and model.exists():
-                self.mlflow.log_artifact(str(model))
-            self.mlflow.end_run(status=status)
+            try:
+                if model is not None and model.exists():
+                    self.mlflow.log_artifact(str(model))
+                self.mlflow.end_run(status=status)
+            except Exception as exc:  # noqa: BLE001 - as in epoch(): warn, never fail a trained run
+                log.warning("MLflow could not record the end of the run (%s: %s)", type(exc).__name__,
+                            str(exc)[:300])
 
 
 def start_run_tracking(track: dict[str, Any] | None, config: dict[str, Any], run_dir: Path,
@@ -194,7 +232,11 @@ def start_run_tracking(track: dict[str, Any] | None, config: dict[str, Any], run
         return None
     tracker = RunTracker()
     if track.get("mlflow"):
-        tracker.mlflow = _start_mlflow(track, config, run_dir)
+        try:
+            tracker.mlflow = _start_mlflow(track, config, run_dir)
+        except Exception as exc:  # noqa: BLE001 - the driver checked the store (check_tracking): warn, train on
+            log.warning("MLflow tracking could not start (%s: %s); training without it", type(exc).__name__,
+                        str(exc)[:300])
     if track.get("tensorboard"):
         # Ray has no TensorBoard integration inside a Ray Train function (its TBXLoggerCallback is a
         # Tune callback, which Train V2 refuses): torch's own writer, on rank 0 only

@@ -9,7 +9,7 @@ TUNE_DIR holds
                          metrics.csv, config.yaml = the trial's resolved config, status.json),
   * ``results.csv``      one row per trial: parameters, final and best metrics, epochs, status,
   * ``best.yaml``        the resolved config of the best trial (``load_config`` reads it),
-  * ``best/model.pt``    a copy of the best trial's model,
+  * ``best/model.pt``    the best trial's model, its provenance the sweep's (the trial's kept as ``previous``),
   * ``experiment/``      Ray Tune's own state (what ``--resume`` restores).
 
 How it is built (Ray 2.60, checked here): a ``TorchTrainer`` cannot be handed to a Tuner, so
@@ -58,6 +58,8 @@ from typing import Any
 
 from .. import runtime
 from ..io import atomic_write
+from ..models.checkpoint import load_checkpoint, save_checkpoint
+from ..provenance import command_line, now, provenance
 from ..io import write_csv
 from ..config import Config, config_from_dict, config_to_dict, load_config, save_config
 from ..errors import RunStateError
@@ -65,7 +67,7 @@ from ..train.loop import preflight
 from ..train.ray_trainer import fit_trainer, make_trainer, quiet_ray
 from ..train.run_dir import BEST, CONFIG, METRICS, STOP, check_same_config, failed_start, numeric, prepare_trial_dir, \
     read_metrics, read_status, run_lock, write_status
-from ..train.tracking import Tracking
+from ..train.tracking import Tracking, check_tracking
 from .space import Param, apply_params, grid_size, parse_space, to_ray
 from .tracking import param_space, tune_callbacks
 
@@ -143,12 +145,12 @@ def trial_config(base: dict[str, Any], params: dict[str, Any]) -> Config:
 
 
 def run_trial(config: dict[str, Any], base: dict[str, Any], tune_dir: str, keys: list[str] | None = None,
-              tensorboard: str | None = None) -> None:
+              tensorboard: str | None = None, command: str | None = None) -> None:
     """The Tune function trainable: one ``xtrain train`` run in TUNE_DIR/trials/<trial_id>/.
 
     ``keys``: the searched keys of ``config`` (with MLflow tracking it also holds the rest of the
     config as constants, tune/tracking.py); ``tensorboard``: rank 0 writes the epochs into
-    TENSORBOARD/<trial_id>."""
+    TENSORBOARD/<trial_id>; ``command``: the sweep's command line, for the checkpoints' provenance."""
     quiet_tune()
     import ray.tune
     from ray.tune.integration.ray_train import TuneReportCallback
@@ -173,7 +175,7 @@ def run_trial(config: dict[str, Any], base: dict[str, Any], tune_dir: str, keys:
 
     # MLflow is the Tune callback's (one run per trial, on the driver); TensorBoard curves come from rank 0
     trainer, attempt = make_trainer(cfg, run_dir, resume, callbacks=[TuneReportCallback()],
-                                    track=Tracking(tensorboard=tensorboard), track_name=trial_id)
+                                    track=Tracking(tensorboard=tensorboard), track_name=trial_id, command=command)
     if (tune_root / STOP).exists():  # SIGTERM arrived between the check above and the launch
         (run_dir / STOP).touch()
     metrics = fit_trainer(trainer, run_dir, attempt=attempt, trial_id=trial_id, resumed=resume is not None)
@@ -346,6 +348,7 @@ def sweep(cfg: Config, tune_dir: str | Path, resume: bool = False,
     keeps the MLflow/TensorBoard callbacks of its first start (Tune restores them)."""
     quiet_tune()
     params = check_tune_config(cfg)
+    check_tracking(track)
     tune_dir = Path(tune_dir).resolve()
     with run_lock(tune_dir, "tune"):  # one sweep per folder: a second one names this pid
         return _sweep(cfg, tune_dir, resume, should_stop, params, track)
@@ -380,16 +383,16 @@ def _sweep(cfg: Config, tune_dir: Path, resume: bool, should_stop: Callable[[], 
             if d.is_dir() and read_status(d).get("state") == "running":
                 (d / STOP).touch()
 
-    t0 = time.time()
+    t0, started = time.time(), now()
     with runtime.ray_session(dashboard=True):
         check_state_api()
         n_trials = t.num_samples * grid_size(params)
         slots = _cluster_slots(cfg)
         concurrent = min(t.max_concurrent or slots, slots, n_trials)
         tensorboard = track.tensorboard if track else None
-        trainable = tune.with_resources(tune.with_parameters(run_trial, base=base, tune_dir=str(tune_dir),
-                                                             keys=[p.key for p in params], tensorboard=tensorboard),
-                                        {"cpu": 0, "memory": TRIAL_MEMORY})
+        trial_fn = tune.with_parameters(run_trial, base=base, tune_dir=str(tune_dir), keys=[p.key for p in params],
+                                        tensorboard=tensorboard, command=command_line())
+        trainable = tune.with_resources(trial_fn, {"cpu": 0, "memory": TRIAL_MEMORY})
         progress = _progress_callback(n_trials, params, tune_dir, t.metric, t.mode)
         run_config = tune.RunConfig(name=EXPERIMENT, storage_path=str(tune_dir), verbose=0,
                                     callbacks=[progress, *tune_callbacks(track, tune_dir, tune_dir / TRIALS)],
@@ -427,7 +430,7 @@ def _sweep(cfg: Config, tune_dir: Path, resume: bool, should_stop: Callable[[], 
     best = pick_best(rows, t.metric, t.mode)
     summary["best"] = best
     if best is not None and not summary["stopped"]:
-        export_best(tune_dir, best["trial_id"])
+        export_best(tune_dir, best["trial_id"], started)
     elif summary["stopped"]:
         log.warning("no best.yaml: trial(s) %s did not finish; --resume runs them", ", ".join(unfinished))
     return summary
@@ -544,12 +547,17 @@ def pick_best(rows: list[dict[str, Any]], metric: str, mode: str) -> dict[str, A
     return (max if mode == "max" else min)(cands, key=lambda r: r[key])
 
 
-def export_best(tune_dir: Path, trial_id: str) -> None:
-    """TUNE_DIR/best.yaml (resolved config of the best trial) and TUNE_DIR/best/model.pt."""
+def export_best(tune_dir: Path, trial_id: str, started: str | None = None) -> None:
+    """TUNE_DIR/best.yaml (resolved config of the best trial) and TUNE_DIR/best/model.pt: the trial's
+    model.pt with the sweep's provenance record (the training store, the trial's model.pt as ``models.trial``,
+    ``started``: when the sweep began) holding the trial's own as ``previous``."""
     run_dir = tune_dir / TRIALS / trial_id
     cfg = load_config(run_dir / "config.yaml")
     (tune_dir / "best").mkdir(exist_ok=True)
-    atomic_write(tune_dir / "best" / BEST, (run_dir / BEST).read_bytes(), what="the best model")
+    ckpt = load_checkpoint(run_dir / BEST)
+    ckpt["provenance"] = provenance(started or now(), inputs={"store": cfg.data.store},
+                                    models={"trial": run_dir / BEST}, previous=ckpt.get("provenance"))
+    save_checkpoint(ckpt, tune_dir / "best" / BEST)
     atomic_write(tune_dir / "best" / "trial", trial_id + "\n", what="the best trial id")
     save_config(cfg, tune_dir / BEST_YAML)  # last: best.yaml present means the export is complete
 
