@@ -3,6 +3,9 @@ draws patches only where labels are, stops on request without writing, and refus
 
 from __future__ import annotations
 
+import hashlib
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -48,6 +51,10 @@ def test_the_finetuned_model_predicts_what_was_painted(painted, tiny_model, tmp_
     ckpt, old = load_checkpoint(new), load_checkpoint(tiny_model)
     record = ckpt["finetune"]
     assert record["from_sha256"] == file_checksum(tiny_model) and record["steps"] == 40
+    # its own provenance record (made here, from the painted store and the parent), the parent's kept as previous
+    made = ckpt["provenance"]
+    assert made["models"]["parent"]["sha256"] == hashlib.sha256(Path(tiny_model).read_bytes()).hexdigest()
+    assert made["inputs"]["labels"]["sha256"] and made["previous"] == old.get("provenance")
     assert record["planes"] == {"z": [2, 6, 7, 8]}  # the tiny model trains on z-planes: the scribble's too
     assert ckpt["classes"] == old["classes"] and ckpt["stats"] == old["stats"] and ckpt["config"] == old["config"]
     assert any(not torch.equal(ckpt["model_state"][k], v) for k, v in old["model_state"].items())

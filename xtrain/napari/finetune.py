@@ -36,7 +36,8 @@ from ..data.store import open_store
 from ..data.volumes import open_volume
 from ..errors import InvalidInputError, RunInterrupted
 from ..geometry import reflect
-from ..models.checkpoint import file_checksum, load_checkpoint, model_from_checkpoint, save_checkpoint
+from ..models.checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
+from ..provenance import file_sha256, now, provenance
 from ..stop import never
 from ..train.losses import create_loss
 
@@ -116,7 +117,7 @@ def finetune(store: str | os.PathLike, model: str | os.PathLike, run_dir: str | 
     classes differ from the model's or it holds no labels, and what ``load_checkpoint`` / ``open_store`` raise.
     The new model.pt is the old one with the new weights and a ``finetune`` record (source model and its
     sha256, labels store, steps, lr, the last loss); it is written atomically."""
-    t0 = time.perf_counter()
+    t0, started = time.perf_counter(), now()
     ckpt = load_checkpoint(model)
     net, info = model_from_checkpoint(ckpt, model)
     cfg = config_from_dict(ckpt.get("config") or {})
@@ -148,10 +149,12 @@ def finetune(store: str | os.PathLike, model: str | os.PathLike, run_dir: str | 
             progress(step + 1, steps)
     out = Path(run_dir) / MODEL
     Path(run_dir).mkdir(parents=True, exist_ok=True)
-    record = {"from": str(model), "from_sha256": file_checksum(model), "labels": str(store), "steps": steps,
+    record = {"from": str(model), "from_sha256": file_sha256(model), "labels": str(store), "steps": steps,
               "batch": batch, "lr": lr, "seed": seed, "last_loss": loss,
               "planes": {a: [p.index for p in planes if p.axis == a] for a in axes}}
-    save_checkpoint({**ckpt, "model_state": net.state_dict(), "finetune": record}, out)
+    # the parent's record stays as "previous": this model was made here, from the painted store and the parent
+    made = provenance(started, inputs={"labels": store}, models={"parent": model}, previous=ckpt.get("provenance"))
+    save_checkpoint({**ckpt, "model_state": net.state_dict(), "finetune": record, "provenance": made}, out)
     log.info("fine-tuned %s on %d labelled planes of %s: %d steps of %d, last loss %.4f, %.1f s -> %s", model,
              len(planes), store, steps, batch, loss, time.perf_counter() - t0, out)
     return out
