@@ -108,6 +108,8 @@ def config_from_args(args: argparse.Namespace, extra: list[str]):
     from .config import load_config
 
     overrides = [*(args.set or []), f"data.store={Path(args.data).resolve()}", *extra]
+    if getattr(args, "init", None):  # train and tune: fine-tune from a model (xtrain/train/finetune.py)
+        overrides.append(f"train.init={Path(args.init).resolve()}")
     if args.gpu:
         overrides.append("train.use_gpu=true")
     return load_config(args.config, overrides)
@@ -272,6 +274,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 CLEAN_HELP = ("clean-up: replace each voxel's class by the majority of its 3x3x3 neighbourhood (mean "
               "probabilities; removes isolated wrong voxels that inflate TPB; see xtrain/infer/postprocess.py)")
+INIT_HELP = ("fine-tune: start from this model's weights (same architecture and classes; the normalisation, lr "
+             "and warm-up are the new run's: configs/soc_unet_finetune_cpu.yaml); sets train.init")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -335,6 +339,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config key, e.g. --set "
                    "optim.lr=3e-4 (repeatable)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    p.add_argument("--init", metavar="MODEL.pt", default=None, help=INIT_HELP)
     p.set_defaults(func=cmd_train)
 
     p = _add(sub, "evaluate", "Score a segmentation against labels: Dice/IoU/precision/recall, per-slice Dice, "
@@ -389,6 +394,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "train.epochs=10 (repeatable)")
     p.add_argument("--resume", action="store_true", help="continue the interrupted sweep in --out (finished trials "
                    "are kept)")
+    p.add_argument("--init", metavar="MODEL.pt", default=None, help=INIT_HELP + "; every trial starts from it")
     p.set_defaults(func=cmd_tune)
 
     p = _add(sub, "segment", "Segment a whole volume blockwise with a trained model (no seams, resumable, Ray workers).",

@@ -32,7 +32,7 @@ from .registry import create_model
 
 FORMAT = 1
 INFERENCE_KEYS = ("format", "kind", "model_name", "model_kwargs", "model_state", "config", "stats", "classes",
-                  "epoch", "metrics", "xtrain_version")
+                  "epoch", "metrics", "xtrain_version", "parent")
 
 
 def save_checkpoint(ckpt: dict[str, Any], path: str | os.PathLike) -> Path:
@@ -88,6 +88,7 @@ class ModelInfo:
     in_channels: int  # 2.5D: the centre slice and (in_channels - 1) / 2 neighbours on each side
     num_classes: int
     classes: list[str]
+    parent: dict[str, str] | None = None  # a fine-tune's parent model {"path", "sha256"}; None: trained from scratch
 
 
 def model_info(ckpt: dict[str, Any], path: str | os.PathLike) -> ModelInfo:
@@ -102,7 +103,17 @@ def model_info(ckpt: dict[str, Any], path: str | os.PathLike) -> ModelInfo:
     if len(classes) != k:
         raise CorruptFileError(f"model '{path}' predicts {k} classes but names {len(classes)} ({classes}); "
                                "it is inconsistent, export it again")
-    return ModelInfo(c, k, classes)
+    return ModelInfo(c, k, classes, parent=_parent_record(ckpt.get("parent"), path))
+
+
+def _parent_record(record: Any, path: str | os.PathLike) -> dict[str, str] | None:
+    """model.pt's ``parent`` entry (the model a fine-tune started from, train/finetune.py), checked."""
+    if record is None:
+        return None
+    if not isinstance(record, dict) or not {"path", "sha256"} <= set(record):
+        raise CorruptFileError(f"model '{path}' records its parent model as {record!r}, not "
+                               "{'path': ..., 'sha256': ...}; export it again")
+    return {"path": str(record["path"]), "sha256": str(record["sha256"])}
 
 
 def model_from_checkpoint(ckpt: dict[str, Any], path: str | os.PathLike) -> tuple[torch.nn.Module, ModelInfo]:
@@ -119,3 +130,10 @@ def model_from_checkpoint(ckpt: dict[str, Any], path: str | os.PathLike) -> tupl
         raise CorruptFileError(f"model '{path}' does not load into a {ckpt['model_name']} network ({first}); "
                                "it is damaged or from another xtrain version, export it again") from exc
     return model, info
+
+
+def state_dict_error(exc: BaseException, details: int = 3) -> str:  # TEMP: main's, until train merges main
+    lines = [line.strip().rstrip(".") for line in str(exc).splitlines() if line.strip()] or [type(exc).__name__]
+    head, rest = lines[0], lines[1:]
+    more = f"; and {len(rest) - details} more" if len(rest) > details else ""
+    return " ".join([head, "; ".join(rest[:details])]).strip() + more
