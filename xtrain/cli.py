@@ -109,10 +109,13 @@ def config_from_args(args: argparse.Namespace, extra: list[str]):
 
     overrides = [*(args.set or []), f"data.store={Path(args.data).resolve()}", *extra]
     if getattr(args, "init", None):  # train and tune: fine-tune from a model (xtrain/train/finetune.py)
-        overrides.append(f"train.init={Path(args.init).resolve()}")
+        overrides.append(f"train.init={args.init}")
     if args.gpu:
         overrides.append("train.use_gpu=true")
-    return load_config(args.config, overrides)
+    cfg = load_config(args.config, overrides)
+    if cfg.train.init:  # absolute, however given: Ray workers do not run in this directory
+        cfg.train.init = str(Path(cfg.train.init).expanduser().resolve())
+    return cfg
 
 
 def cmd_ingest(args: argparse.Namespace) -> int:

@@ -23,6 +23,7 @@ from xtrain.train.losses import create_loss
 from xtrain.train.loop import WorkerContext, fit, plan_data, preflight
 from xtrain.train.run_dir import prepare_run_dir
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # 2 threads on the shared 2 cores: each step ~15x slower
 ARCH = "model.kwargs={width: 8, depth: 2, norm: group, dropout: 0.2}"  # dropout: the step's RNG must match too
 
 
@@ -32,7 +33,12 @@ def parent(tmp_path_factory):
     root = tmp_path_factory.mktemp("parent")
     store = make_store(root / "old.zarr", shape=(33, 50, 47), seed=1)
     (root / "run").mkdir()
-    fit(tiny_config(store, "train.epochs=2", ARCH), root / "run")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as the one_thread fixture (function-scoped) does for the tests
+    try:
+        fit(tiny_config(store, "train.epochs=2", ARCH), root / "run")
+    finally:
+        torch.set_num_threads(threads)
     return root / "run" / "model.pt"
 
 
@@ -102,7 +108,7 @@ def test_a_model_that_does_not_fit_is_refused_with_exit_2_and_nothing_written(pa
     cases = [
         (two, [], "predicts classes ['pore', 'ysz', 'ni'] but the store has ['pore', 'solid']"),
         (same, ["model.kwargs={width: 16, depth: 2, norm: group, dropout: 0.2}"], "width=8 (this run: 16)"),
-        (same, ["data.slices=3"], "in_channels=1 (this run: 3)"),
+        (same, ["data.slices=3"], "in_channels=1 (this run: 3); set data.slices=1, or"),
         (same, ["model.name=mlp", "model.kwargs={}"], "is a unet and this run trains a mlp"),
     ]
     for store, sets, message in cases:
@@ -150,6 +156,8 @@ def test_a_resumed_fine_tune_equals_an_uninterrupted_one_and_does_not_init_again
     assert b["parent"]["sha256"] == original == a["parent"]["sha256"]
     # train.init is a setting of the run: a resume with another parent is refused, naming it
     run_dir, _ = prepare_run_dir(tmp_path / "c", cfg, resume=False)
+    (run_dir / "last.pt").write_bytes((tmp_path / "b" / "last.pt").read_bytes())  # a run that checkpointed
+    assert prepare_run_dir(run_dir, cfg, resume=True)[1] == run_dir / "last.pt"  # same settings: resumed
     with pytest.raises(SettingsMismatchError, match="train.init"):
         prepare_run_dir(run_dir, tiny_config(new, "train.epochs=2", ARCH, f"train.init={copy}"), resume=True)
 
@@ -183,12 +191,13 @@ def test_fine_tuned_from_easy_beats_scratch_on_two_slices_of_hard(tmp_path):
     easy = _synthetic_store(tmp_path / "easy.zarr", "easy", 0)
     hard = _synthetic_store(tmp_path / "hard.zarr", "hard", 3, labelled=(6, 16))
     common = ["data.train_z=[0, 20]", "data.val_z=[24, 32]", "data.patch=32", "data.val_patches=16",
-              "model.kwargs={width: 8, depth: 2, norm: group}"]
-    fit_new(tiny_config(easy, "train.epochs=6", "data.samples_per_epoch=128", *common), tmp_path / "base")
-    short = ["train.epochs=3", "data.samples_per_epoch=32", "optim.lr=1e-3", *common]
+              "model.kwargs={width: 8, depth: 2, norm: batch}"]
+    base = fit_new(tiny_config(easy, "train.epochs=12", "data.samples_per_epoch=128", *common), tmp_path / "base")
+    short = ["train.epochs=4", "data.samples_per_epoch=64", *common]  # 16 steps of 16 patches
     tuned = fit_new(tiny_config(hard, *short, f"train.init={tmp_path / 'base' / 'model.pt'}"), tmp_path / "ft")
     scratch = fit_new(tiny_config(hard, *short), tmp_path / "scratch")
-    print(json.dumps({"finetune": tuned["val_mean_dice"], "scratch": scratch["val_mean_dice"]}))
+    print(json.dumps({"base_on_easy": base["val_mean_dice"], "finetune": tuned["val_mean_dice"],
+                      "scratch": scratch["val_mean_dice"]}))
     assert tuned["val_mean_dice"] > scratch["val_mean_dice"] + 0.05
 
 

@@ -118,9 +118,10 @@ def check_parent(parent: Parent, new_name: str, new_kwargs: dict[str, Any], clas
     differ = [k for k in shared if parent.model_kwargs[k] != new_kwargs[k]]
     if differ:
         what = ", ".join(f"{k}={parent.model_kwargs[k]!r} (this run: {new_kwargs[k]!r})" for k in differ)
-        fix = " (data.slices)" if "in_channels" in differ else ""
-        raise ModelMismatchError(f"{where} has another architecture: {what}; set the run's model.kwargs{fix} "
-                                 "to the parent's, or train from scratch")
+        fixes = [f"data.slices={parent.model_kwargs['in_channels']}"] if "in_channels" in differ else []
+        fixes += ["the run's model.kwargs to the parent's"] if set(differ) - {"in_channels"} else []
+        raise ModelMismatchError(f"{where} has another architecture: {what}; set {' and '.join(fixes)}, or train "
+                                 "from scratch")
 
 
 def _target(model: nn.Module, parent: Parent, new_name: str) -> tuple[nn.Module, dict[str, Any]]:
