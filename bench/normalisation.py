@@ -67,7 +67,7 @@ def main() -> None:
     tifffile.imwrite(work / "full.tif", image)
     tifffile.imwrite(work / "masked.tif", masked)
     core = np.broadcast_to(inside, SHAPE)
-    opts = dict(tile=64, halo=8)
+    opts = dict(tile=64, halo=8, axes="z", clean=False)  # the z pass, whatever the model records
 
     def run(name: str, src: str, **kw) -> np.ndarray:
         out = work / f"{name}.zarr"

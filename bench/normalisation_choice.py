@@ -176,7 +176,7 @@ def main() -> None:
                     row[mode] = {"not_run": True}
                     continue
                 if not out.exists():
-                    segment(args.model, tif, out, normalisation=mode)
+                    segment(args.model, tif, out, normalisation=mode, axes="z", clean=False)  # as measured
                 pred = np.asarray(open_segmentation(out).labels[:])
                 entry.update(score(pred, truth), seconds=round(time.perf_counter() - start, 1))
                 done[key] = mode

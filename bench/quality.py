@@ -38,14 +38,16 @@ from pathlib import Path
 
 log = logging.getLogger("bench.quality")
 REPO = Path(__file__).resolve().parents[1]
-VARIANTS = {"z": ["--axes", "z"], "zyx": ["--axes", "zyx"], "zyx_clean": ["--axes", "zyx", "--clean"]}
+# every variant names both settings: the recipe's model.pt records zyx --clean, which segment uses otherwise
+VARIANTS = {"z": ["--axes", "z", "--no-clean"], "zyx": ["--axes", "zyx", "--no-clean"],
+            "zyx_clean": ["--axes", "zyx", "--clean"]}
 # --suspects: one change each against "z" / "zyx", for issue 11's list of suspects
 SUSPECTS = {
-    "z_own": ["--axes", "z", "--normalisation", "own"],  # the volume's own percentiles
-    "z_train": ["--axes", "z", "--normalisation", "train"],  # the training statistics
-    "z_tile256": ["--axes", "z", "--tile", "256"],  # 3x3 Gaussian-blended 256^2 tiles per 501^2 plane
+    "z_own": ["--axes", "z", "--no-clean", "--normalisation", "own"],  # the volume's own percentiles
+    "z_train": ["--axes", "z", "--no-clean", "--normalisation", "train"],  # the training statistics
+    "z_tile256": ["--axes", "z", "--no-clean", "--tile", "256"],  # 3x3 Gaussian-blended 256^2 tiles per 501^2 plane
     "z_clean": ["--axes", "z", "--clean"],
-    "zyx_block64": ["--axes", "zyx", "--block", "64,512,512"],  # y/x planes only 64 (+halo) deep
+    "zyx_block64": ["--axes", "zyx", "--no-clean", "--block", "64,512,512"],  # y/x planes only 64 (+halo) deep
 }
 
 

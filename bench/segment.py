@@ -146,6 +146,9 @@ def bench_plain(store: Path, model_path: Path) -> float:
 def child(args: argparse.Namespace) -> None:
     """Run segment in this process and print its voxels/s and peak RSS (VmHWM)."""
     from xtrain.infer import segment
+    from xtrain.malloc import keep_freed_memory
+
+    keep_freed_memory()  # what `xtrain segment` (the CLI, the edge) does before an in-process run
 
     class Stop(Exception):
         pass
@@ -209,7 +212,7 @@ def main() -> None:
         logging.getLogger().setLevel(logging.WARNING)
         return child(args)
 
-    # xtrain's segment calls keep_freed_memory() in its worker; give (a) and (b) the same allocator
+    # `xtrain segment` and its Ray workers call keep_freed_memory(); give (a) and (b) the same allocator
     from xtrain.malloc import keep_freed_memory
 
     keep_freed_memory()

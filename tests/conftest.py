@@ -230,3 +230,37 @@ class StopAfter:
     def __call__(self) -> bool:
         self.calls += 1
         return self.calls > self.n
+
+
+HOLD_LOCK = """
+import sys
+from xtrain.io import output_lock
+with output_lock(sys.argv[1], sys.argv[2]):
+    print("locked", flush=True)
+    sys.stdin.readline()
+"""
+
+
+class LockHolder:
+    """Another real process holding the output lock of ``out`` for ``xtrain COMMAND`` until ``release()``."""
+
+    def __init__(self, out: Path, command: str):
+        import subprocess
+        import sys
+
+        env = {**os.environ, "PYTHONPATH": str(REPO)}
+        self.proc = subprocess.Popen([sys.executable, "-c", HOLD_LOCK, str(out), command], stdin=subprocess.PIPE,
+                                     stdout=subprocess.PIPE, text=True, env=env)
+        assert self.proc.stdout.readline().strip() == "locked"
+        self.pid = self.proc.pid
+
+    def release(self) -> None:
+        self.proc.communicate("done\n", timeout=60)
+        assert self.proc.returncode == 0
+
+    def __enter__(self) -> "LockHolder":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.proc.poll() is None:
+            self.release()

@@ -124,3 +124,55 @@ print("OK")
     env.pop("RAY_ADDRESS")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, env=env, timeout=300)
     assert out.returncode == 0 and out.stdout.strip().endswith("OK"), out.stderr[-2000:]
+
+
+LONG_TMPDIR = "slurm_jobdir/1355700/tmp.t0016/" + "x" * 40  # a job-scratch path like verl #1120's
+
+
+def test_a_long_tmpdir_gives_ray_a_short_root_and_a_long_ray_tmpdir_is_refused(tmp_path, monkeypatch):
+    from xtrain.errors import ConfigError
+    from xtrain.runtime import SOCKET_PATH_MAX, short_ray_tmpdir
+
+    long_dir = tmp_path / LONG_TMPDIR
+    assert len(f"{long_dir}/ray/session_2026-12-02_07-42-49_830804_23842/sockets/plasma_store") > SOCKET_PATH_MAX
+    monkeypatch.delenv("RAY_TMPDIR", raising=False)
+    monkeypatch.setenv("TMPDIR", "/tmp")
+    assert short_ray_tmpdir() is None and "RAY_TMPDIR" not in os.environ  # short enough: nothing changes
+    monkeypatch.setenv("TMPDIR", str(long_dir))
+    short = short_ray_tmpdir()
+    assert short == f"/tmp/xtrain-ray-{os.getuid()}" and os.environ["RAY_TMPDIR"] == short and os.path.isdir(short)
+    monkeypatch.setenv("RAY_TMPDIR", str(long_dir))  # chosen on purpose: said, not overridden
+    with pytest.raises(ConfigError, match=r"RAY_TMPDIR='.*' is too long for Ray's socket paths \(\d+ bytes, at most "
+                                          r"107\); set RAY_TMPDIR to a folder of at most \d+ characters"):
+        short_ray_tmpdir()
+
+
+def _xtrain(args: list[str], tmp_path: Path) -> subprocess.CompletedProcess:
+    """``xtrain ARGS`` in a process of its own, under a long $TMPDIR and outside any Ray cluster."""
+    long_dir = tmp_path / LONG_TMPDIR
+    long_dir.mkdir(parents=True, exist_ok=True)
+    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "RAY_TMPDIR")}
+    env.update(TMPDIR=str(long_dir), PYTHONPATH=str(REPO))
+    return subprocess.run([sys.executable, "-m", "xtrain.cli", *args], capture_output=True, text=True, cwd=REPO,
+                          env=env, timeout=600)
+
+
+@pytest.mark.slow
+def test_train_under_a_long_tmpdir_runs(train_store, tmp_path):
+    out = _xtrain(["train", "--config", "configs/tiny.yaml", "--data", str(train_store), "--out", str(tmp_path / "run"),
+                   "--workers", "1", "--set", "train.epochs=1", "--set", "data.patch=32",
+                   "--set", "data.samples_per_epoch=32", "--set", "data.val_patches=8"], tmp_path)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert (tmp_path / "run" / "model.pt").exists() and "AF_UNIX" not in out.stderr
+
+
+@pytest.mark.slow
+def test_segment_with_two_workers_under_a_long_tmpdir_runs(tiny_model, tmp_path):
+    from conftest import make_store
+    from xtrain.infer import open_segmentation
+
+    store = make_store(tmp_path / "vol.zarr", shape=(9, 40, 36), seed=3)
+    out = _xtrain(["segment", str(tiny_model), str(store), str(tmp_path / "seg.zarr"), "--workers", "2",
+                   "--tile", "32", "--halo", "4"], tmp_path)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert open_segmentation(tmp_path / "seg.zarr")["labels"].shape == (9, 40, 36)

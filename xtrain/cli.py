@@ -98,6 +98,10 @@ def _volume_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--mask", default=None, help="volume of the same shape, non-zero = sample: statistics only "
                    "inside it (default: a constant fill value such as zeros outside the reconstruction circle is "
                    "detected and left out)")
+    p.add_argument("--allow-missing", action="store_true", help="accept input with parts that may never have been "
+                   "written: a foreign Zarr's absent chunks (read as its fill value), an HDF5 virtual dataset's absent "
+                   "sources, gaps in a numbered slice folder (the slices present, in order); each is a warning. "
+                   "Without it they are refused; a damaged xtrain store is refused always")
 
 
 # ----------------------------------------------------------------------------- subcommands
@@ -125,7 +129,8 @@ def cmd_ingest(args: argparse.Namespace) -> int:
     with writing(args.out, "the ingested store"):  # a full disk: one line, nothing left behind
         ingest(args.images, args.out, labels=args.labels, label_map=args.label_map, chunks=args.chunks,
                voxel_size_nm=args.voxel_size, classes=args.classes, overwrite=args.overwrite,
-               dataset=args.dataset, channel=args.channel, time=args.time, mask=args.mask)
+               dataset=args.dataset, channel=args.channel, time=args.time, mask=args.mask,
+               unlabelled=args.unlabelled, allow_missing=args.allow_missing)
     return 0
 
 
@@ -161,7 +166,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from .evaluate.report import format_tables, write_report
 
     pred = open_label_volume(args.pred, label_map=args.pred_label_map)
-    truth = open_label_volume(args.labels, label_map=args.label_map)
+    truth = open_label_volume(args.labels, label_map=args.label_map, unlabelled=args.unlabelled)
     image = open_image_volume(args.image) if args.image else None
     if image is not None and tuple(image.shape) != tuple(truth.shape):
         from .errors import ShapeMismatchError
@@ -184,8 +189,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_baseline(args: argparse.Namespace) -> int:
-    from .evaluate.baselines import fit_baseline, segment_baseline
     from .data.store import check_output
+    from .evaluate.baselines import fit_baseline
+    from .infer.baselines import segment_baseline
 
     check_output(args.out, args.overwrite)  # fail before the (slow) fit
     baseline = fit_baseline(args.name, args.fit, z_range=args.fit_z, seed=args.seed)
@@ -217,21 +223,36 @@ def cmd_tune(args: argparse.Namespace) -> int:
     return 0
 
 
+def segment_options(args: argparse.Namespace, names: tuple[str, ...] | None = None):
+    """The ``SegmentOptions`` of a command from its arguments ``names`` (default: every option its parser
+    has; the rest keep their defaults).  A bad value raises ``InvalidInputError`` (one line, exit 2)."""
+    from .infer.options import SegmentOptions
+
+    names = names or tuple(name for name in SegmentOptions.names() if hasattr(args, name))
+    return SegmentOptions(**{name: getattr(args, name) for name in names})
+
+
+def keep_freed_memory() -> None:
+    """Process state of the commands that predict in this process (xtrain/malloc.py): set here, at the edge."""
+    from .malloc import keep_freed_memory as keep
+
+    keep()
+
+
 def cmd_segment(args: argparse.Namespace) -> int:
     from .infer import segment
 
-    segment(args.model, args.volume, args.out, block=args.block, tile=args.tile, halo=args.halo, axes=args.axes,
-            tta=args.tta, probabilities=args.probabilities, workers=args.workers, gpu=args.gpu, resume=args.resume,
-            overwrite=args.overwrite, threads=args.threads, dataset=args.dataset, channel=args.channel,
-            time=args.time, mask=args.mask, normalisation=args.normalisation, should_stop=args.should_stop,
-            clean=args.clean)
+    options = segment_options(args)  # bad options: one line, exit 2, before anything is read
+    keep_freed_memory()
+    segment(args.model, args.volume, args.out, options, should_stop=args.should_stop)
     return 0
 
 
 def cmd_nightly(args: argparse.Namespace) -> int:
     from .pipelines.nightly import run_nightly
 
-    options = {"workers": args.workers, "gpu": args.gpu, "block": args.block}  # block None: segment's default
+    options = segment_options(args, ("workers", "gpu", "block"))  # block None: segment's default
+    keep_freed_memory()
     counts = run_nightly(args.watch, args.model, args.out, once=args.once, interval=args.interval,
                          settle=args.settle, max_attempts=args.max_attempts, redo=args.redo, segment_options=options,
                          should_stop=args.should_stop)
@@ -243,9 +264,11 @@ def cmd_nightly(args: argparse.Namespace) -> int:
 def cmd_compare(args: argparse.Namespace) -> int:
     from .pipelines.compare import compare, summary_table
 
+    options = segment_options(args, ("workers",))
+    keep_freed_memory()
     result = compare(args.entries, args.labels, args.report, image=args.image, z_range=args.z,
                      label_map=args.label_map, baselines=args.baselines or (), fit=args.fit, fit_z=args.fit_z,
-                     studies=args.study or (), segment_options={"workers": args.workers}, overwrite=args.overwrite)
+                     studies=args.study or (), segment_options=options, overwrite=args.overwrite)
     print(summary_table(result["summary"]))
     log.info("report: %s", result["report"])
     return 0
@@ -266,6 +289,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from .pipelines.compare import summary_table
     from .pipelines.demo import run_demo
 
+    keep_freed_memory()
     result = run_demo(args.out, workers=args.workers, epochs=args.epochs, overwrite=args.overwrite)
     print(summary_table(result["summary"]))
     log.info("demo finished in %.0f s; report: %s", result["seconds"], result["report"])
@@ -281,6 +305,8 @@ INIT_HELP = ("fine-tune: start from this model's weights (same architecture and 
              "and warm-up are the new run's: configs/soc_unet_finetune_cpu.yaml); sets train.init")
 
 
+# Long by design: a flat list of argparse declarations, one block per subcommand, read top to bottom like the
+# CLI reference that docs/hooks/cli_reference.py generates from it; no logic lives here.
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="xtrain",
@@ -308,9 +334,14 @@ def build_parser() -> argparse.ArgumentParser:
                    "by the number in the name), a quoted glob such as 'scan/*.tif', HDF5/NeXus (FILE.h5[:/PATH]), "
                    "Zarr v2/v3 or OME-Zarr 0.4/0.5")
     p.add_argument("out", type=Path, help="output store, e.g. scan.zarr")
-    p.add_argument("--labels", help="label stack in the same forms as IMAGES (same shape)")
+    p.add_argument("--labels", help="label volume in the same forms as IMAGES (same shape), or a folder of fewer "
+                   "label slices matched to the image slices by the last number in their names "
+                   "(slice__021.tif labels SOCprist0021.tiff; slices without one are unlabelled)")
     p.add_argument("--label-map", type=label_map, default=None, metavar="RAW:CLASS,...",
                    help="map raw label values to class ids, e.g. 0:0,128:1,255:2 (default: values are class ids)")
+    p.add_argument("--unlabelled", type=int, default=None, metavar="V",
+                   help="raw label value that means 'not labelled' (napari's Labels layer writes 0 for unpainted "
+                   "voxels: --label-map 1:0,2:1,3:2 --unlabelled 0)")
     p.add_argument("--chunks", type=int_tuple(3), default=None, metavar="Z,Y,X",
                    help="chunk shape (default 1,256,256 inside 32,512,512 shards: fast 2D patch reads with few files; bench/chunks.py)")
     p.add_argument("--voxel-size", type=float, default=None, metavar="NM", help="voxel edge in nanometres")
@@ -354,6 +385,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="raw LABELS values -> class ids, e.g. 0:0,128:1,255:2 (default: values are class ids)")
     p.add_argument("--pred-label-map", type=label_map, default=None, metavar="RAW:CLASS,...",
                    help="the same for PRED")
+    p.add_argument("--unlabelled", type=int, default=None, metavar="V",
+                   help="raw LABELS value that means 'not labelled' (a store's unlabelled voxels are known): scores "
+                   "count labelled voxels only")
     p.add_argument("--voxel-size", type=float, default=None, metavar="NM",
                    help="voxel edge in nm for um-based densities (default: from the stores; none: per voxel)")
     p.add_argument("--z", type=z_range, default=None, metavar="Z0,Z1", help="evaluate slices Z0..Z1-1 only")
@@ -415,8 +449,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "to the plane, so a plane up to TILE a side is one tile (default 512)")
     p.add_argument("--halo", type=int, default=16, help="adjacent tiles overlap by 2*HALO voxels, blended by a "
                    "Gaussian window (default 16)")
-    p.add_argument("--axes", choices=("z", "zyx"), default="z", help="slice normal to z only, or to z, y and x "
-                   "with the probabilities averaged (3x the time)")
+    p.add_argument("--axes", choices=("z", "zyx"), default=None, help="slice normal to z only, or to z, y and x "
+                   "with the probabilities averaged (3x the time); default: the setting the model was validated "
+                   "with (zyx for a model trained on all axes, data.axis: any), else z")
     p.add_argument("--tta", action="store_true", help="also predict the 3 in-plane flips of every tile and average (4x)")
     p.add_argument("--probabilities", action="store_true", help="also write float16 'probabilities' (C, Z, Y, X) and "
                    "per-voxel 'entropy' (.zarr output only)")
@@ -433,7 +468,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "found), or auto: train when its phase peaks lie on the training ones, peaks when they "
                         "are the training ones on another grey scale, else train/own by grey-range overlap with a "
                         "warning; recorded in the output")
-    p.add_argument("--clean", action="store_true", help=CLEAN_HELP)
+    p.add_argument("--clean", action=argparse.BooleanOptionalAction, default=None,
+                   help=CLEAN_HELP + "; default: the setting the model was validated with (clean for a model "
+                   "trained on all axes), else no clean-up")
     p.set_defaults(func=cmd_segment)
 
     p = _add(sub, "nightly", "Segment newly acquired scans: ingest, segment, QC, and a registry of what was done.",

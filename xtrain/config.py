@@ -324,15 +324,58 @@ def config_from_dict(values: dict[str, Any] | None, cls: type = Config) -> Any:
     return _build(cls, values or {})
 
 
+class UniqueKeyLoader(yaml.SafeLoader):
+    """PyYAML's SafeLoader, refusing a mapping that holds the same key twice (PyYAML keeps the last one
+    silently, so a second ``data:`` section would replace the first): ``ConfigError`` naming the key
+    and both line numbers."""
+
+    source = "the YAML"
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":  # "<<: *base": keys given here override it, as meant
+                continue
+            key = self.construct_object(key_node, deep=True)
+            line = key_node.start_mark.line + 1
+            try:
+                first = seen.get(key)
+                seen[key] = line
+            except TypeError:  # an unhashable key: the base class says so
+                break
+            if first is not None:
+                where = f"lines {first} and {line}" if first != line else f"both on line {line}"
+                raise ConfigError(f"{self.source} has the key '{key}' twice ({where}); YAML would keep only the "
+                                  "second: merge them into one")
+        return super().construct_mapping(node, deep=deep)
+
+
+def load_yaml(text: str, source: str) -> Any:
+    """``text`` parsed as YAML with ``UniqueKeyLoader`` (``source`` names it in errors)."""
+    loader = UniqueKeyLoader(text)
+    loader.source = source
+    try:
+        return loader.get_single_data()
+    finally:
+        loader.dispose()
+
+
 def parse_override(text: str) -> tuple[list[str], Any]:
-    """``"optim.lr=3e-4"`` -> (["optim", "lr"], 0.0003). The value is parsed as YAML."""
+    """``"optim.lr=3e-4"`` -> (["optim", "lr"], 0.0003). The value is parsed as YAML; one that is
+    not valid YAML is a ``ConfigError`` (one line), not a traceback."""
     if "=" not in text:
         raise ConfigError(f"override '{text}' is not KEY=VALUE; write e.g. --set optim.lr=3e-4")
     key, raw = text.split("=", 1)
     key = key.strip()
     if not key:
         raise ConfigError(f"override '{text}' has an empty key; write e.g. --set optim.lr=3e-4")
-    return key.split("."), yaml.safe_load(raw) if raw.strip() else None
+    try:
+        value = load_yaml(raw, f"--set '{text}'") if raw.strip() else None
+    except yaml.YAMLError as exc:
+        problem = getattr(exc, "problem", None) or type(exc).__name__
+        raise ConfigError(f"--set '{text}': the value is not valid YAML ({problem}); close every bracket and quote "
+                          "text with special characters, e.g. --set 'model.kwargs={width: 8, depth: 2}'") from None
+    return key.split("."), value
 
 
 def apply_overrides(values: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
@@ -354,7 +397,7 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     if not path.is_file():
         raise InputNotFoundError(f"config file '{path}' does not exist; pass a YAML file such as configs/unet.yaml")
     try:
-        values = yaml.safe_load(path.read_text()) or {}
+        values = load_yaml(path.read_text(), f"config file '{path}'") or {}
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark else ""

@@ -33,6 +33,12 @@ class CorruptFileError(InvalidInputError):
     """A file that exists but cannot be decoded (truncated or corrupt TIFF, broken store)."""
 
 
+class MissingDataError(CorruptFileError):
+    """A volume with parts missing: a lost Zarr shard or chunk, an HDF5 virtual dataset's source file or an
+    external link's file that is not there, a gap in a numbered slice folder.  Refused, never filled in;
+    the message names the missing part and the z range it holds."""
+
+
 class ShapeMismatchError(InvalidInputError):
     """Two inputs that must agree in shape (image/labels, slices of a stack) do not."""
 
@@ -67,6 +73,10 @@ class UnknownNameError(XtrainError, ValueError):
 
 class RunStateError(XtrainError, RuntimeError):
     """A run directory in a state that does not allow the requested action."""
+
+
+class LockedError(RunStateError):
+    """Another process holds the output's exclusive lock (one writer per output); the message names its pid."""
 
 
 class RunInterrupted(XtrainError, RuntimeError):

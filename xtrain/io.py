@@ -8,8 +8,10 @@
 ``atomic_write`` is the one way small files (csv, status.json, job.json, qc.json,
 checkpoints, best.yaml, compare reports) reach the disk: a temporary sibling renamed over the
 target, so a reader never sees half a file.  A full disk anywhere becomes ``DiskFullError``:
-one line naming the path and what was being written.  This module imports nothing of xtrain
-but its errors, so every layer may use it.
+one line naming the path and what was being written.  ``exclusive_lock`` / ``output_lock``:
+one writer per output (nightly's results folder, a segmentation, a training run, a sweep): a
+second process refuses in one line naming the pid that holds the lock.  This module imports
+nothing of xtrain but its errors, so every layer may use it.
 """
 
 from __future__ import annotations
@@ -17,15 +19,17 @@ from __future__ import annotations
 import contextlib
 import csv
 import errno
+import fcntl
 import io
 import os
 import shutil
+import socket
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from .errors import DiskFullError
+from .errors import DiskFullError, LockedError
 
 DISK_FULL_ERRNOS = frozenset(e for e in (errno.ENOSPC, getattr(errno, "EDQUOT", None), errno.EFBIG) if e)
 
@@ -134,3 +138,64 @@ def read_csv(path: Path) -> list[dict[str, Any]]:
         return []
     with open(path, newline="") as f:
         return list(csv.DictReader(f))
+
+
+# ----------------------------------------------------------------------------- one writer per output
+
+
+@contextlib.contextmanager
+def exclusive_lock(path: str | os.PathLike, what: str, remove: bool = False) -> Iterator[None]:
+    """Hold the lock file ``path`` exclusively while the block runs (``flock``: the OS releases it
+    when the process dies, so a crash never leaves a stale lock).
+
+    The holder writes "PID on HOST" into the file; a second process raises ``LockedError``
+    "``what`` (pid PID on HOST); wait for it to finish", e.g. ``what`` = "another 'xtrain
+    segment' is writing 'out.zarr'".  ``remove``: delete the file at the end, still holding the
+    lock; a process that opened it meanwhile sees that the path no longer names the file it
+    locked (inode check) and locks the new one instead, so two processes never both hold "the" lock.
+    """
+    path = Path(path)
+    while True:
+        f = open(path, "a+")
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.seek(0)
+            holder = f.read().strip() or "unknown"
+            f.close()
+            raise LockedError(f"{what} (pid {holder}); wait for it to finish, or stop that process") from None
+        try:
+            current = os.stat(path).st_ino == os.fstat(f.fileno()).st_ino
+        except FileNotFoundError:
+            current = False
+        if current:
+            break
+        f.close()  # removed by the previous holder between our open and flock: lock the new file
+    try:
+        f.seek(0)
+        f.truncate()
+        f.write(f"{os.getpid()} on {socket.gethostname()}")
+        f.flush()
+        yield
+    finally:
+        if remove:
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
+        fcntl.flock(f, fcntl.LOCK_UN)
+        f.close()
+
+
+def lock_path(out: str | os.PathLike) -> Path:
+    """The lock file of output ``out`` (a file or folder): the hidden sibling ``.NAME.lock``."""
+    out = Path(out).absolute()
+    return out.parent / f".{out.name}.lock"
+
+
+def output_lock(out: str | os.PathLike, command: str) -> contextlib.AbstractContextManager[None]:
+    """``exclusive_lock`` on ``lock_path(out)`` for ``xtrain COMMAND`` writing ``out`` (removed at the end).
+
+    A missing parent folder takes no lock: nothing can be written there, and the command says so."""
+    path = lock_path(out)
+    if not path.parent.is_dir():
+        return contextlib.nullcontext()
+    return exclusive_lock(path, f"another 'xtrain {command}' is writing '{out}'", remove=True)

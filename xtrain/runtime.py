@@ -11,7 +11,9 @@ Library functions take a ``should_stop`` callable (``xtrain.stop.StopRequest`` i
 install no signal handler, so they run on any thread.  ``ray_session`` starts Ray only when
 this process is not connected to one, stops exactly what it started, and puts back the
 SIGTERM / SIGUSR1 / SIGINT handlers that ``ray.init`` replaces on the main thread (Ray 2.60
-``ray._private.worker.init`` sets SIGTERM to ``sys.exit``).
+``ray._private.worker.init`` sets SIGTERM to ``sys.exit``).  A ``$TMPDIR`` too long for Ray's
+socket paths (a Slurm job-scratch path) gives the Ray it starts a short temp root
+(``short_ray_tmpdir``).
 
 ``volume_scheduler`` is the edges' one decision where volume-wide Dask graphs run (Ray
 inside a Ray cluster, else threads); library code only reads it (``xtrain.data.scheduler``).
@@ -35,6 +37,9 @@ from .stop import StopRequest, never  # noqa: F401  (the CLI's stop request; re-
 log = logging.getLogger(__name__)
 
 API_SERVER_ENV = "RAY_API_SERVER_ADDRESS"  # where Ray's state API clients look (ray.dashboard.utils)
+SOCKET_PATH_MAX = 107  # Linux sockaddr_un.sun_path (108 bytes with the NUL); Ray checks the same
+# the longest socket Ray makes under its temp root (session dir name with a 7-digit pid)
+RAY_SOCKET_TAIL = "ray/session_2000-01-01_00-00-00_000000_1234567/sockets/plasma_store"
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)  # Slurm's time-limit warning / preemption, `scancel`
 
 # Keep Ray's own chatter out of the user's terminal (set before ray is imported).
@@ -130,9 +135,11 @@ def ray_session(num_cpus: int | None = None, dashboard: bool = False) -> Iterato
     # which the driver tails, so the terminal shows xtrain's lines and not Ray's.
     kwargs: dict[str, Any] = {"logging_level": logging.WARNING, "configure_logging": False, "log_to_driver": False}
     pinned = None
+    previous_tmp = os.environ.get("RAY_TMPDIR")
     if os.environ.get("RAY_ADDRESS"):
         ray.init(**kwargs)
     else:
+        short_ray_tmpdir()  # a long Slurm $TMPDIR: Ray's socket paths would not fit
         # Ray Train's PlacementGroupCleaner asks the state API whether its controller lives, at
         # an address it guesses from /tmp/ray: on a shared machine another user's Ray, whose
         # answer "no such actor" made it remove our workers' placement group mid-run (measured).
@@ -155,11 +162,49 @@ def ray_session(num_cpus: int | None = None, dashboard: bool = False) -> Iterato
         yield True
     finally:
         ray.shutdown()
-        if pinned:
-            if previous_api is None:
-                os.environ.pop(API_SERVER_ENV, None)
-            else:
-                os.environ[API_SERVER_ENV] = previous_api
+        _restore_env(API_SERVER_ENV, previous_api if pinned else os.environ.get(API_SERVER_ENV))
+        _restore_env("RAY_TMPDIR", previous_tmp)
+
+
+def _restore_env(name: str, value: str | None) -> None:
+    if value is None:
+        os.environ.pop(name, None)
+    else:
+        os.environ[name] = value
+
+
+def short_ray_tmpdir() -> str | None:
+    """Give the Ray this process starts a short temp root when the one Ray would pick is too long.
+
+    Ray puts its sockets under ``$RAY_TMPDIR``, else ``$TMPDIR`` (Linux), else /tmp, and fails
+    with a traceback when a socket path passes 107 bytes (``RAY_SOCKET_TAIL`` below the root), as
+    under a long Slurm job-scratch ``$TMPDIR`` (ray #7945).  A long ``$TMPDIR`` is replaced, for
+    Ray only (``RAY_TMPDIR``, put back by ``ray_session``), by ``/tmp/xtrain-ray-UID``; a long
+    ``$RAY_TMPDIR`` was chosen on purpose and is refused, naming it (``ConfigError``).  Returns the
+    root used when it was changed."""
+    from .errors import ConfigError
+
+    name = "RAY_TMPDIR" if os.environ.get("RAY_TMPDIR") else "TMPDIR" if os.environ.get("TMPDIR") else None
+    root = os.environ.get(name, "/tmp") if name else "/tmp"
+    length = len(os.path.join(root, RAY_SOCKET_TAIL).encode())
+    if length <= SOCKET_PATH_MAX:
+        return None
+    if name == "RAY_TMPDIR":
+        raise ConfigError(f"RAY_TMPDIR='{root}' is too long for Ray's socket paths ({length} bytes, at most "
+                          f"{SOCKET_PATH_MAX}); set RAY_TMPDIR to a folder of at most "
+                          f"{SOCKET_PATH_MAX - len(RAY_SOCKET_TAIL) - 1} characters, e.g. /tmp/ray-$USER")
+    short = f"/tmp/xtrain-ray-{os.getuid()}"
+    try:
+        os.makedirs(short, mode=0o700, exist_ok=True)
+        if not os.access(short, os.W_OK):
+            raise PermissionError(short)
+    except OSError as exc:
+        raise ConfigError(f"TMPDIR='{root}' is too long for Ray's socket paths ({length} bytes, at most "
+                          f"{SOCKET_PATH_MAX}) and '{short}' cannot be used instead ({exc}); set RAY_TMPDIR to a "
+                          "short writable folder, e.g. /tmp/ray-$USER") from None
+    log.info("TMPDIR is %d bytes long, too long for Ray's socket paths; Ray uses %s instead", len(root), short)
+    os.environ["RAY_TMPDIR"] = short
+    return short
 
 
 DASK_ON_RAY_ENV = "XTRAIN_DASK_ON_RAY"  # "0": volume-wide Dask graphs stay on local threads inside a Ray cluster

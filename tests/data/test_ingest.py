@@ -178,10 +178,15 @@ def test_unsupported_dtype(capsys, tmp_path):
 
 
 def test_image_label_shape_mismatch(capsys, tmp_path, scan):
+    """A label volume of another shape, and label slices of another size (a folder of fewer slices is
+    matched by number instead: tests/data/test_sparse.py)."""
     images, _, _, _ = scan
-    labels = write_folder(tmp_path / "short", raw_labels(shape=(36, 61, 53)))
-    line = run_bad(capsys, tmp_path, [images, "--labels", labels, "--label-map", "0:0,128:1,255:2"])
+    tifffile.imwrite(tmp_path / "short.tif", raw_labels(shape=(36, 61, 53)))
+    line = run_bad(capsys, tmp_path, [images, "--labels", tmp_path / "short.tif", "--label-map", "0:0,128:1,255:2"])
     assert "(36, 61, 53)" in line and "(37, 61, 53)" in line and "short" in line
+    labels = write_folder(tmp_path / "narrow", raw_labels(shape=(3, 61, 52)))
+    line = run_bad(capsys, tmp_path, [images, "--labels", labels, "--label-map", "0:0,128:1,255:2"])
+    assert "(3, 61, 52)" in line and "(37, 61, 53)" in line and "narrow" in line
 
 
 def test_label_value_not_in_map(capsys, tmp_path, scan):
@@ -270,3 +275,198 @@ def test_full_disk_is_one_line_exit_2_naming_the_store_and_nothing_is_left(capsy
     assert err.startswith("xtrain ingest: error: no space left on device while writing the ingested store")
     assert str(mnt / "scan.zarr") in err and "\n" not in err
     assert list(mnt.iterdir()) == []  # no partial store
+
+
+# ----------------------------------------------------------------------------- sparse labels: --unlabelled
+
+
+def painted_volume(shape=(9, 44, 38), seed=3):
+    """A synthetic scan (uint16) and its exact classes; napari-style labels: 0 unpainted, classes painted as
+    1, 2, 3 on two y-normal planes (y 10, 30) and one x-normal plane (x 7)."""
+    from xtrain.data.synth import generate
+
+    image, ids, _ = generate(shape, "easy", seed)
+    painted = np.zeros(shape, np.uint8)
+    for y in (10, 30):
+        painted[:, y, :] = ids[:, y, :] + 1
+    painted[:, :, 7] = ids[:, :, 7] + 1
+    return image, ids, painted
+
+
+def write_labels_as(fmt, path, painted):
+    """``painted`` written the way each tool writes a label image; returns the spec to give --labels."""
+    if fmt == "tiff":  # napari's Labels layer saves through tifffile
+        tifffile.imwrite(path / "painted.tif", painted)
+        return path / "painted.tif"
+    if fmt == "hdf5":
+        import h5py
+
+        with h5py.File(path / "painted.h5", "w") as f:
+            f.create_dataset("labels", data=painted, chunks=(1, 16, 16), compression="gzip")
+        return f"{path / 'painted.h5'}:/labels"
+    if fmt == "zarr-v2":
+        import zarr
+
+        zarr.create_array(str(path / "painted.zarr"), data=painted, chunks=(3, 16, 16), zarr_format=2)
+        return path / "painted.zarr"
+    import zarr  # ome-zarr-py: an image with a label image under labels/, as napari-ome-zarr reads them
+    from ome_zarr.io import parse_url
+    from ome_zarr.writer import write_image, write_labels
+
+    root = zarr.group(store=parse_url(str(path / "scan.ome.zarr"), mode="w").store)
+    write_image(np.zeros(painted.shape, np.uint16), root, axes="zyx", scale_factors=(2,))
+    write_labels(painted, root, name="painted", axes="zyx", scale_factors=(2,))
+    return path / "scan.ome.zarr" / "labels" / "painted"
+
+
+@pytest.mark.parametrize("fmt", ["tiff", "hdf5", "zarr-v2", "ome-zarr"])
+def test_unlabelled_value_in_every_label_format(tmp_path, fmt, caplog):
+    """--labels painted --label-map 1:0,2:1,3:2 --unlabelled 0: planes painted normal to y and x."""
+    import logging
+
+    from xtrain.data.labels import IGNORE, LabelCensus, census
+
+    image, ids, painted = painted_volume()
+    tifffile.imwrite(tmp_path / "scan.tif", image)
+    spec = write_labels_as(fmt, tmp_path, painted)
+    out = tmp_path / "s.zarr"
+    with caplog.at_level(logging.INFO, logger="xtrain"):
+        assert main(["ingest", str(tmp_path / "scan.tif"), str(out), "--labels", str(spec),
+                     "--label-map", "1:0,2:1,3:2", "--unlabelled", "0"]) == 0
+    store = open_store(out)
+    expected = np.where(painted == 0, IGNORE, painted - 1).astype(np.uint8)
+    np.testing.assert_array_equal(store.labels[:], expected)
+    counted = LabelCensus.from_dict(store.info.labels)
+    assert counted == census(expected, num_classes=3)
+    assert counted.painted("y") == [10, 30] and counted.painted("x") == [7] and counted.painted("z") == []
+    assert store.info.source["unlabelled"] == 0
+    assert counted.summary() in caplog.text and "labels on 2 of 44 y-planes, 1 of 38 x-planes" in caplog.text
+
+
+def test_scribbles_normal_to_y_and_x(tmp_path):
+    """Strokes inside phase regions that never touch a boundary (phase regions of y- and x-normal planes
+    eroded, every 5th line kept): stored as painted, IGNORE elsewhere, found by the census as scribbles."""
+    from scipy import ndimage
+
+    from xtrain.data.labels import IGNORE, LabelCensus
+
+    image, ids, _ = painted_volume(shape=(24, 44, 38))
+    painted = np.zeros(ids.shape, np.uint8)
+    for axis, index in ((1, 12), (1, 31), (2, 20)):
+        plane = np.take(ids, index, axis=axis)  # (Z, X) or (Z, Y)
+        strokes = np.zeros(plane.shape, np.uint8)
+        for c in range(3):
+            inside = ndimage.binary_erosion(plane == c, iterations=2)  # >= 2 voxels from any boundary
+            inside[:, np.arange(plane.shape[1]) % 5 != 0] = False  # lines along z, 5 apart
+            strokes[inside] = c + 1
+        target = [slice(None)] * 3
+        target[axis] = index
+        painted[tuple(target)] = np.maximum(painted[tuple(target)], strokes)
+    known = painted > 0
+    assert 0.001 < known.mean() < 0.05  # a few % of the voxels, at most
+    # no stroke voxel touches another phase within its plane: a scribble, not a boundary label
+    for axis, index in ((1, 12), (1, 31), (2, 20)):
+        plane, strokes = np.take(ids, index, axis=axis), np.take(painted, index, axis=axis)
+        for c in range(3):
+            near = ndimage.binary_dilation(plane != c)
+            assert not (near & (strokes == c + 1)).any()
+
+    tifffile.imwrite(tmp_path / "scan.tif", image)
+    tifffile.imwrite(tmp_path / "strokes.tif", painted)
+    store = open_store(ingest(tmp_path / "scan.tif", tmp_path / "s.zarr", labels=tmp_path / "strokes.tif",
+                              label_map={1: 0, 2: 1, 3: 2}, unlabelled=0))
+    np.testing.assert_array_equal(store.labels[:], np.where(known, ids, IGNORE))
+    counted = LabelCensus.from_dict(store.info.labels)
+    assert counted.per_plane == {a: known.sum(axis=axes).tolist()
+                                 for a, axes in (("z", (1, 2)), ("y", (0, 2)), ("x", (0, 1)))}
+    assert counted.labelled == int(known.sum()) and not any(counted.painted(a) for a in "zyx")
+    assert counted.summary().startswith("partial labels (scribbles) on ")
+
+
+def test_unlabelled_and_not_allowed_are_distinct(capsys, tmp_path):
+    """IGNORE (255) is the stored id of an unlabelled voxel and label_lut's old 'not a class' entry: a raw 255
+    outside the map is still refused, never silently taken for unlabelled; the unlabelled value never errs."""
+    from xtrain.data.labels import IGNORE
+    from xtrain.data.volumes import UNMAPPED, label_lut
+
+    lut = label_lut(np.uint8, {1: 0, 2: 1, 3: 2}, 3, "p.tif", unlabelled=0)
+    assert lut[0] == IGNORE and lut[1] == 0 and lut[255] == UNMAPPED != IGNORE and lut[4] == UNMAPPED
+    image, _, painted = painted_volume()
+    tifffile.imwrite(tmp_path / "scan.tif", image)
+    painted[4, 10, 5] = 255
+    tifffile.imwrite(tmp_path / "painted.tif", painted)
+    line = run_bad(capsys, tmp_path, [tmp_path / "scan.tif", "--labels", tmp_path / "painted.tif",
+                                      "--label-map", "1:0,2:1,3:2", "--unlabelled", "0"])
+    assert "label value 255 at z=4 y=10 x=5" in line and "valid raw values: 1,2,3, unlabelled: 0" in line
+
+
+@pytest.mark.parametrize("args, expected", [
+    (["--label-map", "0:0,1:1,2:2", "--unlabelled", "0"], "--unlabelled 0 is also in --label-map (0:0)"),
+    (["--unlabelled", "2"], "--unlabelled 2 is class id 2 (without --label-map the raw values 0..2"),
+    (["--label-map", "1:0,2:1,3:2", "--unlabelled", "300"], "--unlabelled 300 can never occur in uint8 labels"),
+])
+def test_unlabelled_refusals(capsys, tmp_path, args, expected):
+    image, _, painted = painted_volume()
+    tifffile.imwrite(tmp_path / "scan.tif", image)
+    tifffile.imwrite(tmp_path / "painted.tif", painted)
+    assert expected in run_bad(capsys, tmp_path, [tmp_path / "scan.tif", "--labels", tmp_path / "painted.tif", *args])
+
+
+def test_labels_that_label_no_voxel_and_unlabelled_without_labels(capsys, tmp_path):
+    image, _, _ = painted_volume()
+    tifffile.imwrite(tmp_path / "scan.tif", image)
+    tifffile.imwrite(tmp_path / "blank.tif", np.zeros(image.shape, np.uint8))
+    line = run_bad(capsys, tmp_path, [tmp_path / "scan.tif", "--labels", tmp_path / "blank.tif",
+                                      "--label-map", "1:0,2:1,3:2", "--unlabelled", "0"])
+    assert "label no voxel: every voxel holds the unlabelled value 0" in line and "blank.tif" in line
+    assert "without --labels" in run_bad(capsys, tmp_path, [tmp_path / "scan.tif", "--unlabelled", "0"])
+
+
+def test_a_class_never_labelled_is_a_warning(tmp_path, caplog):
+    import logging
+
+    image, ids, painted = painted_volume()
+    painted[painted == 3] = 0  # no Ni painted anywhere
+    tifffile.imwrite(tmp_path / "scan.tif", image)
+    tifffile.imwrite(tmp_path / "painted.tif", painted)
+    with caplog.at_level(logging.WARNING, logger="xtrain"):
+        store = open_store(ingest(tmp_path / "scan.tif", tmp_path / "s.zarr", labels=tmp_path / "painted.tif",
+                                  label_map={1: 0, 2: 1, 3: 2}, unlabelled=0))
+    warned = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warned) == 1 and "class 'ni' (id 2) is never labelled" in warned[0] and "cannot learn it" in warned[0]
+    assert store.info.labels["per_class"][2] == 0
+
+
+def test_dense_labels_are_stored_exactly_as_before(tmp_path, scan):
+    """A dense ingest writes the same arrays (every chunk file, byte for byte) and attributes as a store written
+    directly with the mapped labels; only the census is new, and it says dense."""
+    import json
+
+    from xtrain.data.labels import census
+    from xtrain.data.stats import volume_stats
+    from xtrain.data.store import write_store
+    from xtrain.data.volumes import open_volume
+
+    images, labels, image, raw = scan
+    out = ingest(images, tmp_path / "new.zarr", labels=labels, label_map={0: 0, 128: 1, 255: 2}, voxel_size_nm=10.0)
+    ids = np.searchsorted(RAW_LABELS, raw).astype(np.uint8)
+    (tmp_path / "ref").mkdir()
+    ref_path = tmp_path / "ref" / "new.zarr"  # the same name: the OME multiscale is named after it
+    with write_store(ref_path, SHAPE) as w:  # the store as ingest wrote it before sparse labels
+        w.create("image", SHAPE, np.uint16)[:] = image
+        w.create("labels", SHAPE, np.uint8)[:] = ids
+        w.info.voxel_size_nm = 10.0
+        w.info.stats = volume_stats(open_volume(images))
+    new_files = {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    ref_files = {p.relative_to(ref_path): p.read_bytes() for p in ref_path.rglob("*") if p.is_file()}
+    assert new_files.keys() == ref_files.keys()
+    root = {name for name in new_files if str(name) == "zarr.json"}
+    assert {n for n in new_files if new_files[n] != ref_files[n]} == root  # only the root attributes differ
+    new, ref = (json.loads(f[next(iter(root))])["attributes"] for f in (new_files, ref_files))
+    assert new["ome"] == ref["ome"]
+    info_new, info_ref = new["xtrain"], ref["xtrain"]
+    assert info_new.pop("labels") == census(ids, num_classes=3).to_dict() and "labels" not in info_ref
+    assert info_new.pop("source").keys() == {"kind", "images", "labels", "provenance", "label_map", "ingested",
+                                            "xtrain_version"}
+    info_ref.pop("source")
+    assert info_new == info_ref

@@ -31,3 +31,15 @@ def test_summary_names_painted_planes_scribbles_and_dense_labels():
     scribbles[[10, 30], 5:10, 5:25] = 2
     assert census(scribbles).summary().startswith("partial labels (scribbles) on 2 of 50 z-planes")
     assert census(np.zeros((3, 4, 5), np.uint8)).dense
+
+
+def test_census_per_class_counts_labelled_voxels_of_each_class_and_round_trips():
+    rng = np.random.default_rng(1)
+    labels = rng.integers(0, 3, (7, 9, 11)).astype(np.uint8)
+    labels[rng.random(labels.shape) < 0.6] = IGNORE
+    labels[labels == 2] = IGNORE  # class 2 never labelled
+    c = census(labels, num_classes=3)
+    assert c.per_class == [int((labels == k).sum()) for k in range(3)] and c.per_class[2] == 0
+    assert sum(c.per_class) == c.labelled
+    assert LabelCensus.from_dict(c.to_dict()) == c and census(labels).per_class is None
+    assert "per_class" not in census(labels).to_dict()  # without num_classes: the interface as it was

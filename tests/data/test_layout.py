@@ -15,6 +15,7 @@ from ome_zarr_models.v05.image import Image
 from xtrain.cli import main
 from xtrain.data import layout
 from xtrain.data.store import open_store, upgrade, write_store
+from xtrain.errors import CorruptFileError
 
 SHAPE = (9, 21, 19)  # odd everywhere: every level pads its edge
 EDGE = 8  # pyramid down to <= 8 in y/x: (9, 21, 19) -> (5, 11, 10) -> (3, 6, 5)
@@ -104,7 +105,7 @@ def test_ingested_store_validates(tmp_path):
     validate(out)
     store = open_store(out)
     assert [lv.shape for lv in store.levels] == [(5, 300, 17), (3, 150, 9)]  # 300 > 256: one more level
-    assert not store.legacy and store.labels is store.label_images["ground_truth"]
+    assert store.labels is store.label_images["ground_truth"]
 
 
 def test_synth_store_validates(tmp_path):
@@ -127,25 +128,46 @@ def legacy_store(path, image, labels, kind="test"):
     return path
 
 
-def test_previous_layout_opens_as_it_is_and_upgrades(tmp_path, capsys):
+def test_previous_layout_is_refused_until_upgraded(tmp_path, capsys):
     rng = np.random.default_rng(2)
     image = rng.integers(0, 9, SHAPE, dtype=np.uint16)
     labels = rng.integers(0, 3, SHAPE, dtype=np.uint8)
     path = legacy_store(tmp_path / "old.zarr", image, labels)
-    old = open_store(path)
-    assert old.legacy and len(old.levels) == 1
-    np.testing.assert_array_equal(old.labels[:], labels)
+    with pytest.raises(CorruptFileError, match="xtrain upgrade"):
+        open_store(path)  # the format-1 reader is gone: one line with the fix
     with pytest.raises(Exception):
         validate(path)  # what the issue reported: 'labels' is an array, not a group
 
     assert main(["upgrade", str(path)]) == 0
     validate(path)
     new = open_store(path)
-    assert not new.legacy and new.info.format == 2 and new.info.stats == {"p0_5": 1.0}
+    assert len(new.levels) == 1 and new.info.format == 2 and new.info.stats == {"p0_5": 1.0}
     np.testing.assert_array_equal(new.image[:], image)
+    np.testing.assert_array_equal(new.labels[:], labels)
     np.testing.assert_array_equal(new.label_images["ground_truth"][:], labels)
     assert upgrade(path) is False  # nothing left to do
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporary left behind
+
+
+def test_upgraded_previous_layout_segmentation_keeps_probabilities_and_entropy(tmp_path):
+    rng = np.random.default_rng(4)
+    image = rng.integers(0, 9, SHAPE, dtype=np.uint16)
+    pred = rng.integers(0, 3, SHAPE, dtype=np.uint8)
+    prob = rng.random((3, *SHAPE)).astype(np.float16)
+    entropy = rng.random(SHAPE).astype(np.float16)
+    path = legacy_store(tmp_path / "seg.zarr", image, pred, kind="segmentation")
+    group = zarr.open_group(str(path), mode="r+")
+    group.create_array("probabilities", data=prob, chunks=(1, 2, 8, 8))
+    group.create_array("entropy", data=entropy, chunks=(2, 8, 8))
+    assert upgrade(path) is True
+    from xtrain.data.store import open_segmentation
+
+    seg = open_segmentation(path)
+    assert set(seg.label_images) == {"prediction"}
+    np.testing.assert_array_equal(seg.labels[:], pred)
+    np.testing.assert_array_equal(seg.probabilities[:], prob)
+    np.testing.assert_array_equal(seg.entropy[:], entropy[np.newaxis])  # the OME layout's channel axis
+    validate(path)
 
 
 def test_upgrade_of_something_else_is_one_line_exit_2(tmp_path, capsys):
@@ -165,7 +187,7 @@ def test_downsample_keeps_an_exact_power_of_two_scale():
     assert json.dumps(ms)  # plain JSON
 
 
-def test_previous_layout_segmentation_opens_and_upgrade_refuses_it(tmp_path, capsys):
+def test_previous_layout_segmentation_without_image_is_refused_and_left_alone(tmp_path, capsys):
     from xtrain.data.store import open_segmentation
 
     labels = np.random.default_rng(3).integers(0, 3, SHAPE, dtype=np.uint8)
@@ -173,10 +195,11 @@ def test_previous_layout_segmentation_opens_and_upgrade_refuses_it(tmp_path, cap
     group.create_array("labels", data=labels, chunks=(2, 8, 8))
     group.attrs.update({"xtrain": {"format": 1, "complete": True, "classes": ["pore", "ysz", "ni"],
                                    "source": {"kind": "segmentation"}}})
-    seg = open_segmentation(tmp_path / "seg.zarr")
-    assert seg.legacy and seg.image is None and set(seg.label_images) == {"prediction"}
-    np.testing.assert_array_equal(seg.labels[:], labels)
+    before = sorted((p.relative_to(tmp_path), p.read_bytes()) for p in tmp_path.rglob("*") if p.is_file())
+    with pytest.raises(CorruptFileError, match="xtrain upgrade"):
+        open_segmentation(tmp_path / "seg.zarr")
     assert main(["upgrade", str(tmp_path / "seg.zarr")]) == 2
     err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1 and "without an image" in err
-    assert open_segmentation(tmp_path / "seg.zarr").legacy  # untouched
+    assert len(err.splitlines()) == 1 and "without an image" in err and "xtrain segment" in err
+    after = sorted((p.relative_to(tmp_path), p.read_bytes()) for p in tmp_path.rglob("*") if p.is_file())
+    assert after == before  # untouched

@@ -233,7 +233,9 @@ def test_the_store_is_opened_through_the_volume_layer(tiny_store):
     z, y, x = ds.position(len(ds) - 1)
     _, label = ds[len(ds) - 1]
     assert np.array_equal(label.numpy(), labels.array[z, y:y + 32, x:x + 32].compute())
-    assert isinstance(ds.arrays[0].array, zarr.Array)  # read directly (cached chunks), not a Dask graph per patch
+    # read directly (cached chunks), not a Dask graph per patch: the zarr array behind the reader that names
+    # a damaged chunk (xtrain.data.volumes.zarr.ZarrReader)
+    assert isinstance(ds.arrays[0].array.array, zarr.Array) and ds.arrays[0].unit == ds.arrays[0].array.shards
 
     worker = pickle.dumps(ds)  # what a spawned DataLoader worker or a Ray worker receives
     shutil.rmtree(tiny_store)
@@ -429,3 +431,23 @@ def test_scribbles_are_not_held_out():
     hold = hold_out(census(labels), (0, 30), 0.2, ema=False)
     assert hold.planes == () and hold.message.startswith("partial labels (scribbles) on 6 z-planes: no validation")
     assert hold.message.endswith("model.pt is the last epoch's weights")
+
+
+def test_scribble_patches_lie_around_the_strokes_in_their_plane(tmp_path):
+    """Strokes (partial labels) on three y-planes: every patch is y-normal, through a stroke, and holds it."""
+    from xtrain.data.labels import IGNORE
+
+    mask = np.zeros(TINY, bool)
+    for k, y in enumerate((10, 30, 50)):
+        mask[3 + 5 * k:30, y, 6 + 10 * k:9 + 10 * k] = True  # a stroke 3 wide along z in the plane y
+    path, labels = index_store(tmp_path / "s.zarr", mask)
+    cfg = DataConfig(patch=16, axis="any", samples_per_epoch=60, augment=GEOMETRY_AUG)
+    ds = RandomPatches(path, cfg, (0, 37), seed=5)
+    seen = set()
+    for image, label in items(ds):
+        v = voxels(image)
+        known = label.numpy() != IGNORE
+        assert known.any() and len(np.unique(v[..., 1])) == 1  # a y-normal patch holding labels
+        assert np.array_equal(label.numpy()[known], labels[tuple(v[known].T)])
+        seen.add(int(v[0, 0, 1]))
+    assert seen == {10, 30, 50}

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import tifffile
 
+from xtrain.data.volumes import open_volume
 from xtrain.data.volumes.tiff import natural_key, open_tiff as open_stack
 from xtrain.errors import CorruptFileError, InputNotFoundError, InvalidInputError, ShapeMismatchError
 
@@ -149,3 +150,24 @@ def test_unsupported_dtype(tmp_path, dtype):
     write_folder(tmp_path / "s", np.zeros(SHAPE, dtype))
     with pytest.raises(InvalidInputError, match=f"slice_1.tif.*{np.dtype(dtype).name}"):
         open_stack(tmp_path / "s")
+
+
+def test_imagej_big_stack_layout_read_through_the_series(tmp_path):
+    """ImageJ writes stacks > 4 GB as one IFD followed by every slice's data; tifffile's
+    ``truncate=True`` writes the same layout, and its ImageJ metadata says how many slices follow."""
+    data = np.random.default_rng(2).integers(0, 60000, (23, 19, 17)).astype(np.uint16)
+    tifffile.imwrite(tmp_path / "big.tif", data, imagej=True, truncate=True, metadata={"axes": "ZYX"})
+    with tifffile.TiffFile(tmp_path / "big.tif") as tif:
+        assert len(tif.pages) == 1 and tif.series[0].shape == data.shape
+    v = open_volume(tmp_path / "big.tif")
+    assert v.shape == data.shape and v.provenance["layout"] == "contiguous (ImageJ big stack)"
+    np.testing.assert_array_equal(v.array.compute(), data)
+    w = pickle.loads(pickle.dumps(v))
+    np.testing.assert_array_equal(w.read(w.planes(5, 9)), data[5:9])
+    hyper = np.stack([data, data[::-1]], axis=1)  # ZCYX hyperstack in the same layout: channels stay channels
+    tifffile.imwrite(tmp_path / "hyper.tif", hyper, imagej=True, truncate=True, metadata={"axes": "ZCYX"})
+    np.testing.assert_array_equal(open_volume(tmp_path / "hyper.tif", channel=1).array.compute(), data[::-1])
+    raw = (tmp_path / "big.tif").read_bytes()
+    (tmp_path / "cut.tif").write_bytes(raw[: len(raw) - 1000])
+    with pytest.raises(CorruptFileError, match=r"'.*cut.tif' is truncated: its ImageJ metadata says 23 images but 1 "):
+        open_volume(tmp_path / "cut.tif")  # tifffile alone falls back to the first slice, with a warning

@@ -63,6 +63,53 @@ def test_nexus_default_signal(tmp_path):
     assert v.provenance["found_by"] == "NeXus default/signal"
 
 
+def _nexus(path, root_default: bool, entry_default: bool, signal: str | None, data, entries: int = 1):
+    """The issue's layout: /entry (NXentry) > recon (NXdata) > volume, plus a 2-frame 'dark' field."""
+    with h5py.File(path, "w") as f:
+        if root_default:
+            f.attrs["default"] = "entry"
+        for i in range(entries):
+            entry = f.create_group("entry" if i == 0 else f"entry{i}")
+            entry.attrs["NX_class"] = "NXentry"
+            if entry_default:
+                entry.attrs["default"] = "recon"
+            recon = entry.create_group("recon")
+            recon.attrs["NX_class"] = "NXdata"
+            recon["volume"] = data
+            if signal == "attribute":
+                recon.attrs["signal"] = "volume"
+            elif signal == "legacy":  # NeXus before 2014: signal=1 on the field
+                recon["volume"].attrs["signal"] = 1
+            entry["dark"] = np.zeros((2, *data.shape[1:]), data.dtype)
+
+
+@pytest.mark.parametrize("root_default", [True, False])
+@pytest.mark.parametrize("entry_default", [True, False])
+@pytest.mark.parametrize("signal", ["attribute", "legacy"])
+def test_nexus_chain_with_and_without_each_attribute(tmp_path, root_default, entry_default, signal):
+    data = vol(seed=3)
+    _nexus(tmp_path / "scan.nxs", root_default, entry_default, signal, data)
+    v = open_volume(tmp_path / "scan.nxs")  # the 'dark' field beside it never makes it ambiguous
+    same(v, data)
+    assert v.provenance["dataset"] == "/entry/recon/volume" and v.provenance["found_by"] == "NeXus default/signal"
+
+
+def test_nexus_chain_that_says_nothing_or_names_nothing(tmp_path):
+    data = vol(seed=3)
+    _nexus(tmp_path / "nosignal.nxs", False, True, None, data)  # no signal: two 3-D fields, nothing decides
+    with pytest.raises(InvalidInputError, match="2 3-D datasets, so the volume is ambiguous"):
+        open_volume(tmp_path / "nosignal.nxs")
+    _nexus(tmp_path / "two.nxs", False, True, "attribute", data, entries=2)  # two NXentry, no root default
+    with pytest.raises(InvalidInputError, match="ambiguous"):
+        open_volume(tmp_path / "two.nxs")
+    _nexus(tmp_path / "root.nxs", True, True, "attribute", data, entries=2)  # ... the root's default decides
+    same(open_volume(tmp_path / "root.nxs"), data)
+    with h5py.File(tmp_path / "root.nxs", "r+") as f:
+        f["entry"].attrs["default"] = "reconstruction"
+    with pytest.raises(InvalidInputError, match=r"NeXus attribute /entry@default='reconstruction' names nothing"):
+        open_volume(tmp_path / "root.nxs")
+
+
 @pytest.mark.parametrize("codec", ["bitshuffle-lz4", "blosc", "lz4"])
 def test_tomopy_exchange_data_with_beamline_filters(tmp_path, codec):
     data = vol()

@@ -77,7 +77,8 @@ def easy_store(tmp_path_factory):
 
 @pytest.mark.parametrize("name", ["otsu", "kmeans", "median-otsu"])
 def test_fitted_baselines_separate_an_easy_volume(easy_store, tmp_path, name):
-    from xtrain.evaluate.baselines import fit_baseline, segment_baseline
+    from xtrain.evaluate.baselines import fit_baseline
+    from xtrain.infer.baselines import segment_baseline
     from xtrain.data.store import open_store
 
     b = fit_baseline(name, easy_store, z_range=(0, 20))
@@ -97,7 +98,8 @@ def test_fitted_baselines_separate_an_easy_volume(easy_store, tmp_path, name):
 
 @pytest.mark.parametrize("name", ["median-otsu", "kmeans"])
 def test_baseline_output_independent_of_slab_size(easy_store, tmp_path, name):
-    from xtrain.evaluate.baselines import fit_baseline, segment_baseline
+    from xtrain.evaluate.baselines import fit_baseline
+    from xtrain.infer.baselines import segment_baseline
     from xtrain.data.store import open_store
 
     b = fit_baseline(name, easy_store, z_range=(0, 16))
@@ -132,7 +134,8 @@ def test_baseline_writes_ome_zarr_imagej_tiff_and_nexus(easy_store, tmp_path, ca
     import zarr
     from ome_zarr_models.v05.image import Image
 
-    from xtrain.evaluate.baselines import fit_baseline, segment_baseline
+    from xtrain.evaluate.baselines import fit_baseline
+    from xtrain.infer.baselines import segment_baseline
     from xtrain.cli import main
     from xtrain.data.store import open_store
 

@@ -163,3 +163,76 @@ def test_cli_errors(tmp_path, capsys):
 
     assert main(["evaluate", t_store, str(tif), "--label-map", "0:0,128:1,255:2", "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["overlap"]["mean_dice"] == 1.0
+
+
+# ----------------------------------------------------------------------------- sparse truth
+
+
+def sparse_truth(truth, planes=(2, 6), scribble=(4, slice(3, 9), slice(2, 5))):
+    """``truth`` with IGNORE everywhere but whole z-planes and one scribble (what a sparse store holds)."""
+    from xtrain.data.labels import IGNORE
+
+    sparse = np.full(truth.shape, IGNORE, np.uint8)
+    sparse[list(planes)] = truth[list(planes)]
+    sparse[scribble] = truth[scribble]
+    return sparse
+
+
+def test_sparse_truth_scores_labelled_voxels_only():
+    from xtrain.data.labels import IGNORE
+
+    truth = random_labels((9, 13, 11), seed=7)
+    pred = noisy_copy(truth, seed=8)
+    sparse = sparse_truth(truth)
+    known = sparse != IGNORE
+    r = evaluate(pred, open_label_volume(sparse, unlabelled=IGNORE), slab=4)
+    assert np.array_equal(np.array(r["confusion_matrix"]), confusion_matrix(pred[known], truth[known], 3))
+    assert r["overlap"] == scores(confusion_matrix(pred[known], truth[known], 3), ["pore", "ysz", "ni"])
+    assert r["per_slice"]["z"] == [2, 4, 6]  # slices with labels only; slice 4 holds the scribble
+    for i, z in enumerate((2, 4, 6)):
+        s = scores(confusion_matrix(pred[z][known[z]], truth[z][known[z]], 3))
+        assert r["per_slice"]["mean_dice"][i] == pytest.approx(s["mean_dice"])
+    # the prediction at unlabelled voxels changes nothing: they are never counted as a class
+    flipped = pred.copy()
+    flipped[~known] = (flipped[~known] + 1) % 3
+    again = evaluate(flipped, open_label_volume(sparse, unlabelled=IGNORE), slab=4, microstructure=False)
+    assert again["confusion_matrix"] == r["confusion_matrix"] and again["per_slice"] == r["per_slice"]
+    # no microstructure of partial labels: the labels' TPB and the ratio are absent, and the result says why
+    ms = r["microstructure"]
+    assert ms["labels"] is None and ms["ratio"] is None and ms["pred"]["tpb"]["density"] > 0
+    assert r["sparse_labels"]["labelled_voxels"] == int(known.sum()) and r["sparse_labels"]["labelled_slices"] == 3
+    assert "microstructure (fractions, TPB, percolation) is not computed" in r["sparse_labels"]["note"]
+    assert "sparse_labels" not in evaluate(pred, truth, microstructure=False)  # dense truth: as before
+
+
+def test_evaluate_a_sparse_store_and_a_painted_tiff_through_the_cli(tmp_path, capsys):
+    """xtrain evaluate PRED STORE with the store's sparse labels, and LABELS painted in napari (0 = unpainted)."""
+    from xtrain.cli import main
+    from xtrain.data.labels import IGNORE
+
+    truth = random_labels((9, 13, 11), seed=9)
+    pred = noisy_copy(truth, seed=10)
+    sparse = sparse_truth(truth)
+    tifffile.imwrite(tmp_path / "pred.tif", pred, photometric="minisblack")
+    store = write_store_labels(tmp_path / "sparse.zarr", sparse)
+    assert main(["evaluate", str(tmp_path / "pred.tif"), str(store), "--json"]) == 0
+    by_store = json.loads(capsys.readouterr().out)
+    known = sparse != IGNORE
+    assert by_store["confusion_matrix"] == confusion_matrix(pred[known], truth[known], 3).tolist()
+    painted = np.where(known, truth + 1, 0).astype(np.uint8)
+    tifffile.imwrite(tmp_path / "painted.tif", painted, photometric="minisblack")
+    assert main(["evaluate", str(tmp_path / "pred.tif"), str(tmp_path / "painted.tif"), "--label-map",
+                 "1:0,2:1,3:2", "--unlabelled", "0", "--json"]) == 0
+    by_tiff = json.loads(capsys.readouterr().out)
+    for key in ("confusion_matrix", "overlap", "per_slice", "sparse_labels"):
+        assert by_tiff[key] == by_store[key], key
+    # the report and the tables say it in one line, and show no labels' TPB
+    assert main(["-q", "evaluate", str(tmp_path / "pred.tif"), str(store), "--report", str(tmp_path / "rep")]) == 0
+    printed = capsys.readouterr().out
+    md = (tmp_path / "rep" / "report.md").read_text()
+    for text in (printed, md):
+        assert text.count("is not computed, it needs every voxel labelled") == 1
+        assert "PRED/LABELS" not in text and "TPB density" in text  # the prediction's own numbers only
+    # without --unlabelled the painted zeros are class ids of nothing: refused, never ignored
+    assert "is not a class" in _cli_error(["evaluate", str(tmp_path / "pred.tif"), str(tmp_path / "painted.tif"),
+                                           "--label-map", "1:0,2:1,3:2"], capsys)

@@ -61,3 +61,31 @@ def test_report_without_image_uses_three_columns(tmp_path):
     pv, tv = open_label_volume(t), open_label_volume(t)
     path = write_report(evaluate(pv, tv), tmp_path / "r", pv, tv)
     assert path.read_text().count("![") == 3 and (tmp_path / "r" / "slices.png").exists()
+
+
+def test_figures_leave_no_pyplot_or_backend_behind(tmp_path):
+    """Library code draws on matplotlib.figure.Figure: writing a report and the comparison's figures in a fresh
+    process imports no pyplot and leaves the backend the process chose (here svg) as it was."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, numpy as np, matplotlib\n"
+        "from xtrain.evaluate.core import evaluate, open_label_volume\n"
+        "from xtrain.evaluate.report import write_report\n"
+        "from xtrain.pipelines.compare import _plot_study, _plot_summary\n"
+        "t = np.random.default_rng(0).integers(0, 3, (5, 8, 9)).astype(np.uint8)\n"
+        "pv, tv = open_label_volume(t), open_label_volume(t)\n"
+        f"out = {str(tmp_path)!r}\n"
+        "write_report(evaluate(pv, tv), out + '/r', pv, tv)\n"
+        "_plot_summary(out + '/c.png', [{'method': 'a', 'mean_dice': 0.9, 'dice_ni': 0.8, 'tpb_ratio': 1.1}])\n"
+        "_plot_study(out + '/s.png', 'x', [{'parameter': 'p', 'value': 1.0, 'dice': 0.9}])\n"
+        "assert 'matplotlib.pyplot' not in sys.modules, 'pyplot imported'\n"
+        "print(matplotlib.get_backend())\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          env={**__import__("os").environ, "MPLBACKEND": "svg"})
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "svg"
+    for name in ("r/slices.png", "r/confusion.png", "r/dice_z.png", "c.png", "s.png"):
+        assert (tmp_path / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", name

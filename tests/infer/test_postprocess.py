@@ -87,7 +87,8 @@ def image_store(path, labels):
 
 @pytest.mark.parametrize("slab", [3, 8])
 def test_baseline_clean_removes_exactly_the_speckles(tmp_path, slab):
-    from xtrain.evaluate.baselines import fit_baseline, segment_baseline
+    from xtrain.evaluate.baselines import fit_baseline
+    from xtrain.infer.baselines import segment_baseline
 
     noisy, _ = speckled()
     store = image_store(tmp_path / "img.zarr", noisy)

@@ -319,7 +319,7 @@ def test_bad_input_is_one_line_exit_2_and_no_output(data, tmp_path, capsys, case
         model = str(_bad_model(tmp_path / "even.pt", in_channels=2, width=4, depth=1))
     elif case == "wrong weights":
         model = str(tmp_path / "wrong.pt")
-        ckpt = torch.load(data["model"], weights_only=False)
+        ckpt = torch.load(data["model"], weights_only=True)
         ckpt["model_kwargs"] = {**ckpt["model_kwargs"], "width": 6}
         save_checkpoint(ckpt, model)
     elif case == "bad suffix":
@@ -334,3 +334,91 @@ def test_bad_input_is_one_line_exit_2_and_no_output(data, tmp_path, capsys, case
     err = capsys.readouterr().err.strip()
     assert err.startswith("xtrain segment: error:") and "\n" not in err, err
     assert not out.exists() and not work_dir(out).exists()
+
+
+# ----------------------------------------------------------------------------- the model's validated settings
+
+
+@pytest.fixture(scope="module")
+def all_axes_model(data, tmp_path_factory):
+    """The tiny model's weights in a model.pt that records ``--axes zyx --clean`` (trained on all axes)."""
+    ckpt = torch.load(data["model"], weights_only=False)
+    ckpt["inference"] = {"axes": "zyx", "clean": True}
+    return save_checkpoint(ckpt, tmp_path_factory.mktemp("all_axes") / "model.pt")
+
+
+def test_segment_runs_the_models_validated_settings_unless_told_otherwise(data, all_axes_model, tmp_path, caplog):
+    with caplog.at_level(logging.INFO, logger="xtrain"):
+        default = segment(all_axes_model, data["store"], tmp_path / "default.zarr", **FAST)
+    assert "axes zyx, clean (the model's validated settings; --axes z or --no-clean to override)" in caplog.text
+    src = open_segmentation(default).info.source
+    assert (src["settings"]["axes"], src["settings"]["clean"]) == ("zyx", True)
+    assert src["inference"]["chosen_by"] == {"axes": "model", "clean": "model"}
+    # the same bits as asking for them of the z-trained model
+    explicit = segment(data["model"], data["store"], tmp_path / "explicit.zarr", axes="zyx", clean=True, **FAST)
+    assert np.array_equal(arrays(default)["labels"], arrays(explicit)["labels"])
+    assert open_segmentation(explicit).info.source["inference"]["chosen_by"] == {"axes": "options", "clean": "options"}
+    # the CLI's --axes / --no-clean override the model's; without them its settings run
+    out = tmp_path / "cli.zarr"
+    assert main(["segment", str(all_axes_model), str(data["store"]), str(out), "--tile", "32", "--halo", "4",
+                 "--axes", "z", "--no-clean"]) == 0
+    src = open_segmentation(out).info.source
+    assert (src["settings"]["axes"], src["settings"]["clean"]) == ("z", False)
+    # a z-trained model (conftest.tiny_model: data.axis z) records z without clean-up
+    z_model = segment(data["model"], data["store"], tmp_path / "z.zarr", tile=32, halo=4)
+    src = open_segmentation(z_model).info.source
+    assert src["inference"]["chosen_by"] == {"axes": "model", "clean": "model"} and src["settings"]["axes"] == "z"
+    assert np.array_equal(arrays(out)["labels"], arrays(z_model)["labels"])
+    # a model.pt from before the record: xtrain's default, z without clean-up
+    ckpt = torch.load(data["model"], weights_only=False)
+    del ckpt["inference"]
+    old = segment(save_checkpoint(ckpt, tmp_path / "old.pt"), data["store"], tmp_path / "old.zarr", tile=32, halo=4)
+    src = open_segmentation(old).info.source
+    assert src["inference"]["chosen_by"] == {"axes": "default", "clean": "default"} and not src["settings"]["clean"]
+    assert np.array_equal(arrays(old)["labels"], arrays(z_model)["labels"])
+
+
+def test_an_in_process_run_leaves_the_torch_thread_count_as_it_was(data, tmp_path):
+    before = torch.get_num_threads()
+    want = 1 if before != 1 else 2
+    out = segment(data["model"], data["store"], tmp_path / "t.zarr", threads=want, **FAST)
+    assert open_segmentation(out).info.source["settings"]["threads"] == want
+    assert torch.get_num_threads() == before
+
+
+@pytest.mark.slow
+def test_two_segment_resume_runs_into_one_output_one_refuses_naming_the_others_pid(tiny_model, tmp_path, capsys):
+    """Two real ``xtrain segment ... --resume`` processes into one OUT (autosubmit #2027): the second
+    refuses in one line naming the first one's pid, exit 2; the first finishes a complete output."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    from xtrain.io import lock_path
+
+    store = make_store(tmp_path / "vol.zarr", shape=(13, 48, 45), seed=5)
+    out = tmp_path / "seg.zarr"
+    args = ["segment", str(tiny_model), str(store), str(out), "--resume", "--tile", "32", "--halo", "4"]
+    repo = Path(__file__).resolve().parents[2]
+    first = subprocess.Popen([sys.executable, "-m", "xtrain.cli", *args], stderr=subprocess.PIPE, text=True,
+                             env={**os.environ, "PYTHONPATH": str(repo)})
+    lock = lock_path(out)
+    t0 = time.monotonic()
+    while not (lock.exists() and lock.read_text().startswith(f"{first.pid} ")):
+        assert first.poll() is None and time.monotonic() - t0 < 120, "the first segment never took the lock"
+        time.sleep(0.01)
+    os.kill(first.pid, signal.SIGSTOP)  # frozen while it holds the lock: the second one surely overlaps it
+    try:
+        assert main(args) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.startswith(f"xtrain segment: error: another 'xtrain segment' is writing '{out}' (pid {first.pid} "
+                              "on ") and "\n" not in err, err
+    finally:
+        os.kill(first.pid, signal.SIGCONT)
+    _, stderr = first.communicate(timeout=300)
+    assert first.returncode == 0, stderr
+    assert open_segmentation(out)["labels"].shape == (13, 48, 45)
+    assert not lock.exists() and not work_dir(out).exists()

@@ -12,11 +12,11 @@ import tifffile
 from conftest import make_store
 from xtrain.data.store import open_store
 from xtrain.errors import DiskFullError, RunInterrupted
-from xtrain.infer import open_segmentation
+from xtrain.infer import SegmentOptions, open_segmentation
 from xtrain.pipelines.nightly import REGISTRY, LockedError, Registry, exclusive_lock, find_scans, run_nightly
 from xtrain.runtime import StopRequest
 
-FAST = {"tile": 32, "halo": 4, "chunks": (8, 16, 16), "shard": False, "block": (8, 16, 16)}
+FAST = SegmentOptions(tile=32, halo=4, chunks=(8, 16, 16), shard=False, block=(8, 16, 16))
 
 
 def scan_folder(path, seed=0, shape=(12, 40, 36)):
@@ -96,7 +96,7 @@ def test_one_instance_at_a_time(tiny_model, tmp_path):
     incoming, results = tmp_path / "incoming", tmp_path / "results"
     incoming.mkdir()
     results.mkdir()
-    with exclusive_lock(results / ".nightly.lock"):
+    with exclusive_lock(results / ".nightly.lock", "held by the test"):
         with pytest.raises(LockedError, match="another 'xtrain nightly' is running"):
             run_nightly(incoming, tiny_model, results, once=True)
 
@@ -115,11 +115,11 @@ def test_a_crash_mid_scan_resumes_next_time_bit_identical(tiny_model, tmp_path):
 
     with pytest.raises(SystemExit):
         run_nightly(incoming, tiny_model, results, once=True, settle=60,
-                    segment_options={**FAST, "on_block": crash_after_two})
+                    segment_options=FAST, on_block=crash_after_two)
     assert registry(results)["vol"]["state"] == "running"
     resumed = []
     counts = run_nightly(incoming, tiny_model, results, once=True, settle=60,
-                         segment_options={**FAST, "on_block": resumed.append})
+                         segment_options=FAST, on_block=resumed.append)
     assert counts["done"] == 1 and registry(results)["vol"]["attempts"] == 2
     # reference: the same scan segmented without interruption
     ref_in, ref_out = tmp_path / "ref_in", tmp_path / "ref_out"
@@ -127,7 +127,7 @@ def test_a_crash_mid_scan_resumes_next_time_bit_identical(tiny_model, tmp_path):
     make_store(ref_in / "vol.zarr", shape=(21, 40, 36), seed=3)
     age(ref_in)
     total = []
-    run_nightly(ref_in, tiny_model, ref_out, once=True, settle=60, segment_options={**FAST, "on_block": total.append})
+    run_nightly(ref_in, tiny_model, ref_out, once=True, settle=60, segment_options=FAST, on_block=total.append)
     assert len(resumed) == len(total) - 2  # only the missing blocks were redone
     a = open_segmentation(results / "vol" / "labels.zarr")
     b = open_segmentation(ref_out / "vol" / "labels.zarr")
@@ -210,12 +210,12 @@ def test_a_stop_request_leaves_the_scan_interrupted_and_the_next_run_resumes_it(
 
     with pytest.raises(RunInterrupted, match="--resume"):
         run_nightly(incoming, tiny_model, results, once=True, settle=60, should_stop=stop,
-                    segment_options={**FAST, "on_block": stop_after_two})
+                    segment_options=FAST, on_block=stop_after_two)
     reg = registry(results)["vol"]
     assert reg["state"] == "interrupted" and reg["attempts"] == 0 and reg["result"] is None
     resumed = []
     counts = run_nightly(incoming, tiny_model, results, once=True, settle=60,
-                         segment_options={**FAST, "on_block": resumed.append})
+                         segment_options=FAST, on_block=resumed.append)
     assert counts["done"] == 1 and registry(results)["vol"]["attempts"] == 1
     assert len(resumed) == 27 - 2  # 3 x 3 x 3 blocks, two were already written
 
@@ -259,8 +259,9 @@ def test_nightly_with_ray_workers_leaves_no_ray_running(tiny_model, tmp_path):
     age(incoming)
     code = f"""
 import ray
+from xtrain.infer import SegmentOptions
 from xtrain.pipelines.nightly import run_nightly
-opts = dict(tile=32, halo=4, chunks=(8, 16, 16), shard=False, block=(8, 16, 16), workers=2, threads=1)
+opts = SegmentOptions(tile=32, halo=4, chunks=(8, 16, 16), shard=False, block=(8, 16, 16), workers=2, threads=1)
 counts = run_nightly({str(incoming)!r}, {str(tiny_model)!r}, {str(tmp_path / 'results')!r}, once=True, settle=60,
                      segment_options=opts)
 assert counts["done"] == 1, counts
@@ -270,3 +271,83 @@ print("OK")
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=600)
     assert out.returncode == 0 and out.stdout.strip().endswith("OK"), out.stderr[-3000:]
+
+
+WRITER = """
+import sys, h5py, numpy as np
+f = h5py.File(sys.argv[1], "w", libver="latest" if sys.argv[2] == "swmr" else "earliest")
+data = np.load(sys.argv[3])
+d = f.create_dataset("exchange/data", data=data, maxshape=(None, *data.shape[1:]), chunks=(1, *data.shape[1:]))
+if sys.argv[2] == "swmr":
+    f.swmr_mode = True
+f.flush()
+print("ready", flush=True)
+sys.stdin.readline()  # hold the file open until told
+f.close()
+"""
+
+
+@pytest.mark.parametrize("mode", ["plain", "swmr"])
+def test_an_hdf5_scan_held_open_by_its_writer_waits_without_using_an_attempt(tiny_model, tmp_path, mode):
+    import subprocess
+    import sys
+
+    incoming, results = tmp_path / "incoming", tmp_path / "results"
+    incoming.mkdir()
+    image = open_store(make_store(tmp_path / "src.zarr", shape=(12, 40, 36), seed=2)).image[:]
+    np.save(tmp_path / "image.npy", image)
+    scan = incoming / "tomo.h5"
+    writer = subprocess.Popen([sys.executable, "-c", WRITER, str(scan), mode, str(tmp_path / "image.npy")],
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert writer.stdout.readline().strip() == "ready"
+        age(scan)  # looks settled: only the writer's hold says otherwise
+        for _ in range(2):
+            counts = run_nightly(incoming, tiny_model, results, once=True, settle=60, max_attempts=1,
+                                 segment_options=FAST)
+            assert counts == {"done": 0, "failed": 0, "skipped": 0, "waiting": 1}
+        assert "tomo" not in registry(results)  # no attempt used
+    finally:
+        writer.communicate("close\n", timeout=60)
+    assert writer.returncode == 0
+    age(scan)
+    counts = run_nightly(incoming, tiny_model, results, once=True, settle=60, max_attempts=1, segment_options=FAST)
+    assert counts["done"] == 1 and registry(results)["tomo"]["attempts"] == 1
+
+
+def test_a_failed_scan_is_retried_once_its_files_change(tiny_model, tmp_path):
+    incoming, results = tmp_path / "incoming", tmp_path / "results"
+    incoming.mkdir()
+    folder = scan_folder(incoming / "scan")
+    held_back = folder / "slice_5.tif"
+    data = held_back.read_bytes()
+    held_back.unlink()  # the copy is missing one slice: a gap in the numbers
+    age(incoming)
+    counts = run_nightly(incoming, tiny_model, results, once=True, settle=60, max_attempts=1, segment_options=FAST)
+    assert counts["failed"] == 1 and "no slice numbered 5" in registry(results)["scan"]["error"]
+    counts = run_nightly(incoming, tiny_model, results, once=True, settle=60, max_attempts=1, segment_options=FAST)
+    assert counts == {"done": 0, "failed": 0, "skipped": 1, "waiting": 0}  # same files: left failed
+    held_back.write_bytes(data)  # the missing slice arrives
+    age(incoming)
+    counts = run_nightly(incoming, tiny_model, results, once=True, settle=60, max_attempts=1, segment_options=FAST)
+    assert counts["done"] == 1
+    rec = registry(results)["scan"]
+    assert rec["state"] == "done" and rec["attempts"] == 1
+    assert open_segmentation(results / "scan" / "labels.zarr")["labels"].shape == (12, 40, 36)
+
+
+def test_every_suffix_open_volume_reads_is_a_scan(tmp_path):
+    import h5py
+
+    from xtrain.data.volumes.formats import HDF5_SUFFIXES, TIFF_SUFFIXES
+
+    for suffix in (*HDF5_SUFFIXES, *TIFF_SUFFIXES):
+        path = tmp_path / f"scan{suffix.replace('.', '_')}{suffix}"
+        if suffix in HDF5_SUFFIXES:
+            with h5py.File(path, "w") as f:
+                f["data"] = np.zeros((2, 3, 4), np.uint16)
+        else:
+            tifffile.imwrite(path, np.zeros((2, 3, 4), np.uint16))
+    found = {s.path.suffix: s.kind for s in find_scans(tmp_path)}
+    assert found == {**{s: "hdf5" for s in HDF5_SUFFIXES}, **{s: "tiff" for s in TIFF_SUFFIXES}}
+    assert {".nx", ".he5", ".btf"} <= set(found)

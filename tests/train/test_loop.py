@@ -86,7 +86,7 @@ def test_preflight_rejects_bad_config(train_store, tmp_path):
     import numpy as np
 
     with write_store(unlabelled, (5, 8, 8)) as w:
-        w.create("image", (5, 8, 8), np.uint16)
+        w.create("image", (5, 8, 8), np.uint16)[:] = 1  # every chunk written: only the labels are absent
     with pytest.raises(InvalidInputError, match="no labels"):
         preflight(tiny_config(unlabelled))
 
@@ -170,3 +170,52 @@ def test_the_discriminator_sees_no_unlabelled_pixel():
     assert (real[unlabelled] == 0).all() and (fake[unlabelled] == 0).all()
     assert torch.equal(real.argmax(1)[label != IGNORE], label[label != IGNORE])
     assert torch.allclose(fake.sum(1)[label != IGNORE], torch.ones(4))
+
+
+def test_few_labelled_planes_train_a_fixed_schedule_and_say_so(tmp_path, caplog):
+    """1 painted z-plane: no hold-out (the rule needs 6), no validation row, model.pt is the last epoch's EMA."""
+    from conftest import make_store, planes
+
+    shape = (33, 50, 47)
+    store = make_store(tmp_path / "sparse.zarr", shape=shape, labelled=planes(shape, "z", at=(12,)))
+    cfg = tiny_config(store, "train.epochs=2", "train.ema_decay=0.9")
+    (tmp_path / "run").mkdir()
+    with caplog.at_level("INFO", logger="xtrain"):
+        metrics = fit(cfg, tmp_path / "run")
+    assert ("1 labelled plane: no validation hold-out (it needs 6 whole labelled planes); training runs its fixed "
+            "schedule and model.pt is the last epoch's EMA weights") in caplog.text
+    assert "(no validation)" in caplog.text
+    with open(tmp_path / "run" / "metrics.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [r["epoch"] for r in rows] == ["1", "2"] and not any(k.startswith("val_") for k in rows[0])
+    best, last = load_checkpoint(tmp_path / "run" / "model.pt"), load_checkpoint(tmp_path / "run" / "last.pt")
+    assert best["epoch"] == 2 and metrics["epoch"] == 2
+    for k, v in best["model_state"].items():  # the EMA weights of the last epoch, not the raw ones
+        assert torch.equal(v, last["ema_state"][f"module.{k}"]), k
+
+
+def test_six_labelled_planes_validate_on_a_held_out_one(tmp_path, caplog):
+    from conftest import make_store, planes
+
+    shape = (33, 50, 47)
+    store = make_store(tmp_path / "sparse.zarr", shape=shape, labelled=planes(shape, "z", at=(2, 7, 12, 17, 22, 27)))
+    (tmp_path / "run").mkdir()
+    with caplog.at_level("INFO", logger="xtrain"):
+        metrics = fit(tiny_config(store, "train.epochs=1"), tmp_path / "run")
+    # tiny.yaml: val_fraction 0.25 of 6 planes -> 2, evenly spread
+    assert "6 labelled planes: validating on 2 held out whole (z 7, z 22), training on the other 4" in caplog.text
+    assert 0.0 <= metrics["val_mean_dice"] <= 1.0 and "val_tpb_ratio" not in metrics
+
+
+def test_a_validation_slab_of_a_sparse_store_must_be_labelled_whole(tmp_path):
+    from conftest import make_store, planes
+
+    shape = (33, 50, 47)
+    mask = planes(shape, "z", at=(3, 9))
+    mask[26:] = True
+    store = make_store(tmp_path / "sparse.zarr", shape=shape, labelled=mask)
+    preflight(tiny_config(store, "data.train_z=[0, 22]", "data.val_z=[26, 33]"))  # dense slab: as today
+    with pytest.raises(InvalidInputError, match=r"data.val_z=\[24, 33\] holds unlabelled voxels \(z 24 first\)"):
+        preflight(tiny_config(store, "data.train_z=[0, 20]", "data.val_z=[24, 33]"))
+    with pytest.raises(InvalidInputError, match="no labelled voxel in the training region"):
+        preflight(tiny_config(store, "data.train_z=[10, 20]", "data.val_z=[26, 33]"))

@@ -168,3 +168,33 @@ def test_full_disk_fails_the_status_with_the_reason_exit_3_and_resume_continues(
     subprocess.run(["mount", "-o", "remount,size=256m", str(small_disk)], check=True)
     assert main([*args, "--resume"]) == 0  # no checkpoint was written: --resume starts it again
     assert read_status(run)["state"] == "finished" and len(rows(run)) == 2
+
+
+def test_a_second_train_into_the_same_run_folder_is_refused_naming_the_pid(train_store, tmp_path, capsys):
+    from conftest import LockHolder
+
+    run = tmp_path / "run"
+    args = ["train", "--config", "configs/tiny.yaml", "--data", str(train_store), "--out", str(run), "--resume"]
+    with LockHolder(run.resolve(), "train") as holder:  # another process is training into it
+        assert main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"xtrain train: error: another 'xtrain train' is writing '{run.resolve()}' "
+                          f"(pid {holder.pid} on ") and "\n" not in err, err
+    assert not run.exists()  # refused before anything was written
+
+
+def test_a_run_folder_holding_only_config_yaml_blocks_neither_a_fresh_start_nor_resume(train_store, tmp_path, caplog):
+    from xtrain.config import save_config
+    from xtrain.train.run_dir import prepare_run_dir
+
+    cfg = tiny_config(train_store)
+    run = tmp_path / "run"
+    run.mkdir()
+    save_config(cfg, run / "config.yaml")  # what a start that failed before Ray came up leaves
+    assert prepare_run_dir(run, cfg, resume=False) == (run.resolve(), None)
+    with caplog.at_level("INFO"):
+        assert prepare_run_dir(run, cfg, resume=True) == (run.resolve(), None)
+    assert "nothing to resume" in caplog.text and "left only config.yaml" in caplog.text
+    (run / "metrics.csv").write_text("epoch\n1\n")  # something was made: refused as before
+    with pytest.raises(RunStateError, match="already exists and is not empty"):
+        prepare_run_dir(run, cfg, resume=False)

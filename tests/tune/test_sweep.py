@@ -59,13 +59,15 @@ def test_two_trial_asha_sweep_writes_results_best_config_and_model(ray_cluster, 
     assert best.optim.lr == float(best_row["optim.lr"]) and best.optim.beta1 == float(best_row["optim.beta1"])
     assert best.train.epochs == 2 and best.data.store == str(train_store)
     assert summary["best"]["trial_id"] == best_row["trial_id"]
-    ckpt = torch.load(out / "best" / "model.pt", weights_only=False)
+    ckpt = torch.load(out / "best" / "model.pt", weights_only=True)
     assert ckpt["config"]["optim"]["lr"] == best.optim.lr
     with pytest.raises(RunStateError, match="already exists"):  # never clobbered without --resume
         sweep(cfg, out)
 
 
-def test_a_stop_request_ends_the_sweep_and_resume_does_not_rerun_finished_trials(ray_cluster, train_store, tmp_path):
+def test_a_stop_request_ends_the_sweep_and_resume_does_not_rerun_finished_trials(ray_cluster, train_store, tmp_path,
+                                                                                  caplog):
+    caplog.set_level("INFO", logger="xtrain")
     out = tmp_path / "tune"
     cfg = tiny(train_store, "tune.space={optim.lr: {grid: [0.001, 0.01]}}", "tune.scheduler=fifo",
                "tune.max_concurrent=1", "tune.num_samples=1")
@@ -86,6 +88,8 @@ def test_a_stop_request_ends_the_sweep_and_resume_does_not_rerun_finished_trials
     stop.set("test")
     t.join()
     stopped = box["summary"]
+    ended = [r.getMessage() for r in caplog.records if r.getMessage().startswith("trial ")]
+    assert not any("nan" in line for line in ended), ended  # "interrupted: before its first epoch" instead
     assert stopped["stopped"] and not (out / "best.yaml").exists()
     rows = {r["trial_id"]: r for r in results(out)}
     done = [k for k, r in rows.items() if r["status"] == "finished"]
@@ -94,8 +98,15 @@ def test_a_stop_request_ends_the_sweep_and_resume_does_not_rerun_finished_trials
     first = out / "trials" / done[0]
     before = {p.name: p.stat().st_mtime_ns for p in first.iterdir() if p.is_file()}
 
+    caplog.clear()
     resumed = sweep(cfg, out, resume=True)
     assert not resumed["stopped"]
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("trial ")]
+    resumed_id = next(k for k in rows if k not in done)
+    # the progress line of the resumed trial: counted after the one finished before, with its epochs
+    assert len(lines) == 1 and lines[0].startswith(f"trial 2/2 {resumed_id} finished: 2 epochs, best val_mean_dice 0."), \
+        lines
+    assert "nan" not in lines[0]
     rows = results(out)
     assert len(rows) == 2 and all(r["status"] == "finished" and r["epochs"] == "2" for r in rows), rows
     assert {p.name: p.stat().st_mtime_ns for p in first.iterdir() if p.is_file()} == before  # not rerun
@@ -189,3 +200,26 @@ def test_a_tune_folder_from_a_failed_start_blocks_nothing_and_resume_checks_the_
     with pytest.raises(SettingsMismatchError, match="train.epochs was 2, now 3"):
         prepare_tune_dir(out, tiny(train_store, "tune.space={optim.lr: {grid: [0.001]}}", "train.epochs=3"),
                          resume=True)
+
+
+def test_a_second_tune_into_the_same_folder_is_refused_naming_the_pid(train_store, tmp_path, capsys):
+    from conftest import LockHolder
+
+    out = tmp_path / "tune"
+    args = ["tune", "--config", "configs/tiny.yaml", "--data", str(train_store), "--out", str(out), "--resume"]
+    with LockHolder(out.resolve(), "tune") as holder:
+        assert main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert f"another 'xtrain tune' is writing '{out.resolve()}' (pid {holder.pid} on " in err and "\n" not in err
+
+
+def test_a_tune_folder_from_a_failed_start_blocks_neither_a_fresh_start_nor_resume(train_store, tmp_path):
+    from xtrain.config import save_config
+    from xtrain.tune.sweep import prepare_tune_dir
+
+    cfg = tiny(train_store)
+    out = tmp_path / "tune"
+    (out / "trials").mkdir(parents=True)
+    save_config(cfg, out / "config.yaml")  # Ray never came up: nothing else was written
+    assert prepare_tune_dir(out, cfg, resume=True)[2] is False  # a fresh start, not Tune's restore
+    assert prepare_tune_dir(out, cfg, resume=False)[0] == out.resolve()

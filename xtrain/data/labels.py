@@ -5,6 +5,7 @@
     c.dense, c.labelled, c.fraction         # every voxel labelled?  how many?  which share?
     c.per_plane["z"][k]                     # labelled voxels in the plane normal to z at index k
     c.painted("z")                          # indices of z-planes labelled (mostly) whole
+    census(labels, num_classes=3).per_class # labelled voxels of each class id (ingest warns about a 0)
     c.summary()                             # "labels on 5 of 250 z-planes, 2.0 % of voxels; no labels on y/x planes"
     StoreInfo.labels = c.to_dict()          # recorded in the store's ``xtrain`` attributes
 
@@ -33,6 +34,7 @@ class LabelCensus:
 
     shape: tuple[int, int, int]
     per_plane: dict[str, list[int]]  # axis -> labelled voxels of each plane normal to it (len Z, Y or X)
+    per_class: list[int] | None = None  # labelled voxels of each class id 0..K-1 (census(..., num_classes=K))
 
     @property
     def labelled(self) -> int:
@@ -82,16 +84,20 @@ class LabelCensus:
 
     def to_dict(self) -> dict[str, Any]:
         return {"shape": list(self.shape), "labelled": self.labelled, "dense": self.dense,
-                "per_plane": {a: list(map(int, v)) for a, v in self.per_plane.items()}}
+                "per_plane": {a: list(map(int, v)) for a, v in self.per_plane.items()},
+                **({"per_class": list(map(int, self.per_class))} if self.per_class is not None else {})}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "LabelCensus":
-        return cls(tuple(int(n) for n in d["shape"]), {a: [int(n) for n in d["per_plane"][a]] for a in AXES})
+        per_class = d.get("per_class")
+        return cls(tuple(int(n) for n in d["shape"]), {a: [int(n) for n in d["per_plane"][a]] for a in AXES},
+                   [int(n) for n in per_class] if per_class is not None else None)
 
 
-def census(labels: Any) -> LabelCensus:
+def census(labels: Any, num_classes: int | None = None) -> LabelCensus:
     """The census of a (Z, Y, X) label volume (numpy, dask or zarr array of class ids, ``IGNORE`` = unlabelled),
-    as one Dask graph run by ``xtrain.data.scheduler.compute``."""
+    as one Dask graph run by ``xtrain.data.scheduler.compute``; with ``num_classes`` K also the labelled
+    voxels of each class id 0..K-1 (``per_class``), in the same pass."""
     import dask.array as da
 
     from .scheduler import compute
@@ -99,6 +105,8 @@ def census(labels: Any) -> LabelCensus:
     arr = labels if isinstance(labels, da.Array) else da.from_array(labels, chunks=getattr(labels, "chunks", "auto"))
     if arr.ndim != 3:
         raise ValueError(f"labels must be (Z, Y, X), got shape {tuple(arr.shape)}")
-    known = (arr != IGNORE).astype(np.int64)
-    z, y, x = compute(known.sum(axis=(1, 2)), known.sum(axis=(0, 2)), known.sum(axis=(0, 1)))
-    return LabelCensus(tuple(int(n) for n in arr.shape), {"z": z.tolist(), "y": y.tolist(), "x": x.tolist()})
+    known = arr != IGNORE  # summed as int64 without an int64 copy of the volume
+    classes = [(arr == c).sum(dtype=np.int64) for c in range(num_classes or 0)]
+    z, y, x, *per_class = compute(*(known.sum(axis=a, dtype=np.int64) for a in ((1, 2), (0, 2), (0, 1))), *classes)
+    return LabelCensus(tuple(int(n) for n in arr.shape), {"z": z.tolist(), "y": y.tolist(), "x": x.tolist()},
+                       [int(n) for n in per_class] if num_classes is not None else None)

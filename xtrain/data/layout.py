@@ -17,8 +17,8 @@ segmentation writer (``infer/write.py``), the sampler and evaluate read and writ
       probabilities/ 0/ 1/ ...       OME image (C, Z, Y, X) float16 softmax (segment --probabilities)
       entropy/ 0/ 1/ ...             OME image (1, Z, Y, X) float16, nats (segment --probabilities)
 
-The previous layout (format 1: root arrays ``image`` and ``labels``, one level) is still read
-as it is (``read_arrays``); ``xtrain upgrade STORE`` rewrites it in this layout.
+The previous layout (format 1: root arrays ``image`` and ``labels``, one level) is no longer
+read; ``xtrain upgrade STORE`` (``store.upgrade``) rewrites it in this layout.
 Spec: https://ngff.openmicroscopy.org/0.5/ (multiscales, labels, image-label).
 """
 
@@ -244,12 +244,28 @@ def compressor(dtype: np.dtype):
     return BloscCodec(cname="zstd", clevel=3, shuffle="bitshuffle" if np.dtype(dtype).itemsize > 1 else "shuffle")
 
 
+WRITE_CONFIG = {"write_empty_chunks": True}  # every chunk on disk, all-zero ones too: absent = lost
+
+
+def writable(array: zarr.Array) -> zarr.Array:
+    """``array`` (opened again, e.g. by ``--resume``) writing every chunk, as ``create_level`` does:
+    zarr's runtime config is not stored with the array, and its default skips all-zero chunks."""
+    return array.with_config(WRITE_CONFIG)
+
+
 def create_level(group: zarr.Group, path: str, shape: Sequence[int], dtype: Any, layout: Layout,
                  overwrite: bool = False, codec: Any = None) -> zarr.Array:
     """A (Z, Y, X) or (C, Z, Y, X) array at ``path`` with the store's chunks (a channel per chunk).
 
-    ``codec``: the compressor (default ``compressor(dtype)``).
+    ``codec``: the compressor (default ``compressor(dtype)``), followed by a crc32c checksum of
+    every inner chunk (the shard index has one too: zarr's default), so changed bytes fail to
+    decode instead of changing voxels.  Every chunk is written, also all-zero ones
+    (``WRITE_CONFIG``), so an absent chunk always means a lost one (``chunks.check_chunks``).
+    crc32c costs at most about a tenth of the CPU of decoding a whole shard and nothing measurable in a
+    training patch read from the warm chunk cache (bench/checksum.py, docs/measurements.md).
     """
+    from zarr.codecs import Crc32cCodec
+
     shape = tuple(int(n) for n in shape)
     lay = fit_layout(layout, shape[-3:])
     lead = shape[:-3]
@@ -257,8 +273,8 @@ def create_level(group: zarr.Group, path: str, shape: Sequence[int], dtype: Any,
     shards = (tuple(lead) + lay.shards) if lay.shards else None
     dims = ("c", "z", "y", "x") if lead else ("z", "y", "x")
     return group.create_array(path, shape=shape, dtype=np.dtype(dtype), chunks=chunks, shards=shards,
-                              compressors=codec or compressor(np.dtype(dtype)), fill_value=0, dimension_names=dims,
-                              overwrite=overwrite)
+                              compressors=(codec or compressor(np.dtype(dtype)), Crc32cCodec()), fill_value=0,
+                              dimension_names=dims, overwrite=overwrite, config=WRITE_CONFIG)
 
 
 def level0_path(kind: str, name: str | None = None) -> str:
@@ -333,14 +349,13 @@ def finish_group(group: zarr.Group, name: str, voxel_size_nm: float | None, clas
 
 @dataclass
 class Arrays:
-    """Level-0 arrays of a group in either layout (None where absent), and its image pyramid."""
+    """Level-0 arrays of a group (None where absent), and its image pyramid."""
 
     image: zarr.Array | None
     labels: dict[str, zarr.Array] = field(default_factory=dict)
     probabilities: zarr.Array | None = None
     entropy: zarr.Array | None = None
     levels: list[zarr.Array] = field(default_factory=list)
-    legacy: bool = False
 
     def main_labels(self) -> zarr.Array | None:
         """The label image a reader means by "the labels": ground truth, else the prediction, else the first."""
@@ -357,18 +372,13 @@ def _levels(node: zarr.Group) -> list[zarr.Array]:
     return [node[d["path"]] for d in ms[0]["datasets"] if d["path"] in node]
 
 
+def previous_layout(group: zarr.Group) -> bool:
+    """``group`` has the previous layout (format 1): a root array ``image`` or ``labels`` (``xtrain upgrade``)."""
+    return any(name in group and isinstance(group[name], zarr.Array) for name in ("image", LABELS))
+
+
 def read_arrays(group: zarr.Group) -> Arrays:
-    """Find the arrays of ``group`` in the OME layout or the previous one (format 1)."""
-    if "image" in group and isinstance(group["image"], zarr.Array) or \
-            LABELS in group and isinstance(group[LABELS], zarr.Array):
-        image = group["image"] if "image" in group else None
-        labels = group[LABELS] if LABELS in group else None
-        kind = dict(group.attrs).get("xtrain", {}).get("source", {}).get("kind")
-        name = PREDICTION if kind in ("segmentation", "baseline") else GROUND_TRUTH
-        return Arrays(image, {name: labels} if labels is not None else {},
-                      group[PROBABILITIES] if PROBABILITIES in group else None,
-                      group[ENTROPY] if ENTROPY in group else None,
-                      [image] if image is not None else [], legacy=True)
+    """Find the arrays of ``group`` in the OME layout (a group of the previous layout: ``previous_layout``)."""
     levels = _levels(group)
     labels: dict[str, zarr.Array] = {}
     if LABELS in group:

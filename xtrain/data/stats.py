@@ -204,6 +204,81 @@ def _first(volume, predicate) -> str:
     return f"{volume.where(int(z))} at y={y} x={x}"
 
 
+def _no_sample(volume) -> Exception:
+    from ..errors import NonFiniteError
+
+    return NonFiniteError(f"'{volume.spec}' holds no sample voxels (all fill or outside the mask); check the "
+                          "volume and the mask")
+
+
+def _exact_percentiles(volume, counts, dtype, vmin, sample_n, n, fill, fill_info, wanted) -> dict[str, Any]:
+    """Percentiles, moments and coarse histogram of integer data up to 16 bits, from its full histogram ``counts``
+    (one bin per value); a detected fill value's bin is dropped first."""
+    lo = np.iinfo(dtype).min
+    values = np.arange(counts.size) + lo
+    if fill and fill_info["value"] is None and sample_n:
+        i = _fill_value(counts, values, sample_n, sorted({0 - lo, int(vmin) - lo}))
+        if i is not None:
+            fill_info = {"value": int(values[i]), "fraction": float(counts[i]) / n}
+            counts = counts.copy()
+            counts[i] = 0
+    total = int(counts.sum())
+    if total == 0:
+        raise _no_sample(volume)
+    cum = np.cumsum(counts)
+    pct = {q: float(values[np.searchsorted(cum, q / 100.0 * (total - 1), side="right")]) for q in wanted}
+    f64 = values.astype(np.float64)
+    mean = float((counts * f64).sum() / total)
+    std = float(np.sqrt(max((counts * f64 * f64).sum() / total - mean * mean, 0.0)))
+    nz = np.flatnonzero(counts)
+    smin, smax = float(values[nz[0]]), float(values[nz[-1]])
+    edges = np.linspace(smin, smax if smax > smin else smin + 1.0, HIST_BINS + 1)
+    coarse = np.histogram(f64[nz], bins=edges, weights=counts[nz])[0]
+    return {"total": total, "pct": pct, "mean": mean, "std": std, "min": smin, "max": smax, "edges": edges,
+            "coarse": coarse, "fill": fill_info}
+
+
+def _radix_percentiles(volume, parts, pairs, counts, dtype, vmin, vmax, zeros, sample_n, n, fill, fill_info,
+                       wanted) -> dict[str, Any]:
+    """Exact percentiles of wider integers and floats by two-pass radix selection: the top 16 bits of the
+    sortable keys from the first pass (``counts``), then a second pass over the blocks for the low 16 bits inside
+    the selected bins."""
+    import dask
+
+    from .scheduler import compute
+
+    zero_is_fill = bool(fill and fill_info["value"] is None and zeros >= FILL_SHARE * sample_n and sample_n)
+    if zero_is_fill:
+        fill_info = {"value": 0, "fraction": zeros / n}
+    total = int(counts.sum()) + (0 if zero_is_fill else zeros)
+    if total == 0:
+        raise _no_sample(volume)
+    if zeros and not zero_is_fill:  # zeros were kept out of the top-16 histogram: put them back
+        counts = counts.copy()
+        counts[int(_sortable(np.zeros(1, dtype if dtype.kind == "f" else dtype))[0]) >> 16] += zeros
+    cum = np.cumsum(counts)
+    targets = {q: int(np.floor(q / 100.0 * (total - 1))) for q in wanted}  # 0-based rank
+    prefix = {q: int(np.searchsorted(cum, r, side="right")) for q, r in targets.items()}
+    below = {q: int(cum[prefix[q] - 1]) if prefix[q] else 0 for q in wanted}
+    approx_lo, approx_hi = _from_key(prefix[0.5] << 16, dtype), _from_key((prefix[99.5] << 16) | 0xFFFF, dtype)
+    width = max(approx_hi - approx_lo, 1e-30)
+    edges = np.linspace(max(vmin, approx_lo - 0.25 * width), min(vmax, approx_hi + 0.25 * width), HIST_BINS + 1)
+    if not edges[-1] > edges[0]:
+        edges = np.linspace(edges[0], edges[0] + 1.0, HIST_BINS + 1)
+    prefixes = np.unique(list(prefix.values()))
+    parts_b = compute(*[dask.delayed(_pass_b)(b, m, prefixes, zero_is_fill, edges) for b, m in pairs])
+    pct = {}
+    for q in wanted:
+        low = np.sum([p["low"][prefix[q]] for p in parts_b], axis=0)
+        j = int(np.searchsorted(np.cumsum(low), targets[q] - below[q], side="right"))
+        pct[q] = _from_key((prefix[q] << 16) | j, dtype)
+    s1, s2 = sum(p["sum"] for p in parts), sum(p["sumsq"] for p in parts)
+    mean = s1 / total
+    return {"total": total, "pct": pct, "mean": mean, "std": float(np.sqrt(max(s2 / total - mean * mean, 0.0))),
+            "min": vmin, "max": vmax, "edges": edges, "coarse": np.sum([p["coarse"] for p in parts_b], axis=0),
+            "fill": fill_info}
+
+
 def volume_stats(volume, mask=None, fill: bool = True, percentiles: tuple[float, ...] = ()) -> dict[str, Any]:
     """Intensity statistics of the *sample* in a ``Volume``, as Dask graphs over its chunks.
 
@@ -245,73 +320,24 @@ def volume_stats(volume, mask=None, fill: bool = True, percentiles: tuple[float,
                                  "voxels, too few to be a masked field of view); replace them (e.g. with the "
                                  "background value)")
         fill_info = {"value": "nan", "fraction": nan / n}
-    sample_n = n - nan
     if _exact(dtype):
-        lo = np.iinfo(dtype).min
-        values = np.arange(counts.size) + lo
-        if fill and fill_info["value"] is None and sample_n:
-            i = _fill_value(counts, values, sample_n, sorted({0 - lo, int(vmin) - lo}))
-            if i is not None:
-                fill_info = {"value": int(values[i]), "fraction": float(counts[i]) / n}
-                counts = counts.copy()
-                counts[i] = 0
-        total = int(counts.sum())
-        if total == 0:
-            raise NonFiniteError(f"'{volume.spec}' holds no sample voxels (all fill or outside the mask); check the "
-                                 "volume and the mask")
-        cum = np.cumsum(counts)
-        pct = {q: float(values[np.searchsorted(cum, q / 100.0 * (total - 1), side="right")]) for q in wanted}
-        f64 = values.astype(np.float64)
-        mean = float((counts * f64).sum() / total)
-        std = float(np.sqrt(max((counts * f64 * f64).sum() / total - mean * mean, 0.0)))
-        nz = np.flatnonzero(counts)
-        smin, smax = float(values[nz[0]]), float(values[nz[-1]])
-        edges = np.linspace(smin, smax if smax > smin else smin + 1.0, HIST_BINS + 1)
-        coarse = np.histogram(f64[nz], bins=edges, weights=counts[nz])[0]
+        r = _exact_percentiles(volume, counts, dtype, vmin, n - nan, n, fill, fill_info, wanted)
     else:
-        zero_is_fill = bool(fill and fill_info["value"] is None and zeros >= FILL_SHARE * sample_n and sample_n)
-        if zero_is_fill:
-            fill_info = {"value": 0, "fraction": zeros / n}
-        total = int(counts.sum()) + (0 if zero_is_fill else zeros)
-        if total == 0:
-            raise NonFiniteError(f"'{volume.spec}' holds no sample voxels (all fill or outside the mask); check the "
-                                 "volume and the mask")
-        if zeros and not zero_is_fill:  # zeros were kept out of the top-16 histogram: put them back
-            counts = counts.copy()
-            counts[int(_sortable(np.zeros(1, dtype if dtype.kind == "f" else dtype))[0]) >> 16] += zeros
-        cum = np.cumsum(counts)
-        targets = {q: int(np.floor(q / 100.0 * (total - 1))) for q in wanted}  # 0-based rank
-        prefix = {q: int(np.searchsorted(cum, r, side="right")) for q, r in targets.items()}
-        below = {q: int(cum[prefix[q] - 1]) if prefix[q] else 0 for q in wanted}
-        approx_lo, approx_hi = _from_key(prefix[0.5] << 16, dtype), _from_key((prefix[99.5] << 16) | 0xFFFF, dtype)
-        width = max(approx_hi - approx_lo, 1e-30)
-        edges = np.linspace(max(vmin, approx_lo - 0.25 * width), min(vmax, approx_hi + 0.25 * width), HIST_BINS + 1)
-        if not edges[-1] > edges[0]:
-            edges = np.linspace(edges[0], edges[0] + 1.0, HIST_BINS + 1)
-        prefixes = np.unique(list(prefix.values()))
-        parts_b = compute(*[dask.delayed(_pass_b)(b, m, prefixes, zero_is_fill, edges) for b, m in pairs])
-        pct = {}
-        for q in wanted:
-            low = np.sum([p["low"][prefix[q]] for p in parts_b], axis=0)
-            j = int(np.searchsorted(np.cumsum(low), targets[q] - below[q], side="right"))
-            pct[q] = _from_key((prefix[q] << 16) | j, dtype)
-        coarse = np.sum([p["coarse"] for p in parts_b], axis=0)
-        s1, s2 = sum(p["sum"] for p in parts), sum(p["sumsq"] for p in parts)
-        mean = s1 / total
-        std = float(np.sqrt(max(s2 / total - mean * mean, 0.0)))
-        smin, smax = (vmin, vmax) if not zero_is_fill else (vmin, vmax)
+        r = _radix_percentiles(volume, parts, pairs, counts, dtype, vmin, vmax, zeros, n - nan, n, fill, fill_info,
+                               wanted)
+    pct, edges = r["pct"], r["edges"]
     return {
         "dtype": dtype.name,
-        "count": int(total),
-        "min": float(smin),
-        "max": float(smax),
-        "mean": float(mean),
-        "std": float(std),
+        "count": int(r["total"]),
+        "min": float(r["min"]),
+        "max": float(r["max"]),
+        "mean": float(r["mean"]),
+        "std": float(r["std"]),
         "p0_5": pct[0.5],
         "p50": pct[50.0],
         "p99_5": pct[99.5],
-        "hist": {"range": [float(edges[0]), float(edges[-1])], "counts": [int(c) for c in coarse]},
-        "fill": fill_info,
+        "hist": {"range": [float(edges[0]), float(edges[-1])], "counts": [int(c) for c in r["coarse"]]},
+        "fill": r["fill"],
         "masked": mask is not None,
         "percentiles": "exact",
         **({"q": {q: pct[q] for q in percentiles}} if percentiles else {}),

@@ -10,9 +10,14 @@ A store is an OME-Zarr 0.5 image (Zarr v3 group) whose layout ``xtrain.data.layo
 
 Stores are written under a temporary sibling name and renamed into place only once
 complete (``write_store``), so an interrupted ingest never leaves something that looks
-finished; ``open_store`` refuses a store without the completion mark.  Stores of the
-previous layout (format 1: root arrays ``image`` and ``labels``) still open; ``upgrade``
-(``xtrain upgrade STORE``) rewrites one in the OME layout.
+finished; ``open_store`` refuses a store without the completion mark.  Every chunk is written,
+also all-zero ones (``write_empty_chunks=True``; attribute ``all_chunks_written``), and every inner
+chunk and shard index carries a crc32c: ``open_store`` refuses a store with a lost, empty or
+truncated shard (``chunks.check_chunks``: the file listing and the shard indices, no chunk data),
+and a read of a chunk whose bytes changed fails naming it, instead of returning other voxels.  Stores of the
+previous layout (format 1: root arrays ``image`` and ``labels``) are refused with the fix:
+``upgrade`` (``xtrain upgrade STORE``) rewrites one in the OME layout, and is the only code
+that reads that layout.
 
 Chunk layout (see ``default_layout``): 2D training patches read one z-slice at a time,
 so chunks are thin in z (1 x 256 x 256) and grouped into Zarr v3 shards (32 x 512 x 512)
@@ -37,6 +42,7 @@ from . import layout as ome
 from .layout import DEFAULT_CHUNKS, DEFAULT_SHARD_DEPTH, DEFAULT_SHARD_EDGE, Layout, compressor, default_layout  # noqa: F401
 from ..errors import CorruptFileError, InputNotFoundError, InvalidInputError, OutputExistsError
 from ..io import remove_path, replace_into_place
+from .chunks import check_chunks
 
 log = logging.getLogger(__name__)
 
@@ -55,11 +61,15 @@ class StoreInfo:
     labels: dict[str, Any] = field(default_factory=dict)  # label census (xtrain.data.labels.LabelCensus.to_dict); {}: none
     complete: bool = False
     format: int = FORMAT_VERSION
+    # every chunk was written, all-zero ones too (write_empty_chunks=True): an absent one is damage.
+    # False for stores written before xtrain did that (their absent chunks may be all-zero ones).
+    all_chunks_written: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "format": self.format,
             "complete": self.complete,
+            "all_chunks_written": self.all_chunks_written,
             "classes": list(self.classes),
             "voxel_size_nm": self.voxel_size_nm,
             "source": self.source,
@@ -77,6 +87,7 @@ class StoreInfo:
             labels=dict(d.get("labels", {})),
             complete=bool(d.get("complete", False)),
             format=int(d.get("format", FORMAT_VERSION)),
+            all_chunks_written=bool(d.get("all_chunks_written", False)),
         )
 
 
@@ -85,11 +96,9 @@ class Store:
     """An open store: level-0 zarr arrays (lazy, sliceable, picklable) plus the attribute block.
 
     ``image``: (Z, Y, X) level 0 of the image pyramid (``levels``: every level, finest first;
-    None only for a segmentation of the previous layout).  ``labels``: the store's label image,
-    ground truth if it has one, else the prediction (``label_images``: all, by name).
-    ``probabilities`` (C, Z, Y, X) and ``entropy`` (1, Z, Y, X; (Z, Y, X) in the previous layout): a
-    segmentation's, or None.
-    ``legacy``: a store of the previous layout (format 1), read as it is.
+    None only for a segmentation written as a TIFF/HDF5 work group).  ``labels``: the store's label
+    image, ground truth if it has one, else the prediction (``label_images``: all, by name).
+    ``probabilities`` (C, Z, Y, X) and ``entropy`` (1, Z, Y, X): a segmentation's, or None.
     """
 
     path: Path
@@ -100,7 +109,6 @@ class Store:
     probabilities: zarr.Array | None = None
     entropy: zarr.Array | None = None
     levels: list[zarr.Array] = field(default_factory=list)
-    legacy: bool = False
 
     @property
     def shape(self) -> tuple[int, int, int]:
@@ -142,27 +150,35 @@ def _open_group(path: Path, mode: str, what: str) -> tuple[zarr.Group, StoreInfo
     return group, StoreInfo.from_dict(attrs["xtrain"])
 
 
-def _store(path: Path, group: zarr.Group, info: StoreInfo) -> Store:
+def _store(path: Path, group: zarr.Group, info: StoreInfo, allow_missing: bool = False) -> Store:
+    if ome.previous_layout(group):
+        raise CorruptFileError(f"'{path}' has the previous store layout (format 1: root arrays image/labels); "
+                               f"rewrite it as OME-Zarr 0.5 with 'xtrain upgrade {path}'")
     arrays = ome.read_arrays(group)
-    if arrays.legacy:
-        log.debug("store '%s' has the previous layout (format 1); 'xtrain upgrade' rewrites it as OME-Zarr 0.5", path)
+    named = [("image", arrays.image), *((f"labels '{k}'", v) for k, v in arrays.labels.items()),
+             ("probabilities", arrays.probabilities), ("entropy", arrays.entropy)]
+    for what, array in named:
+        if array is not None:  # MissingDataError / CorruptFileError: a lost or truncated shard
+            check_chunks(array, f"'{path}' {what}", complete=info.all_chunks_written, allow_missing=allow_missing)
     return Store(path=path, image=arrays.image, labels=arrays.main_labels(), info=info, label_images=arrays.labels,
-                 probabilities=arrays.probabilities, entropy=arrays.entropy, levels=arrays.levels,
-                 legacy=arrays.legacy)
+                 probabilities=arrays.probabilities, entropy=arrays.entropy, levels=arrays.levels)
 
 
-def open_store(path: str | os.PathLike, mode: str = "r", require_image: bool = True) -> Store:
+def open_store(path: str | os.PathLike, mode: str = "r", require_image: bool = True,
+               allow_missing: bool = False) -> Store:
     """Open a finished store or segmentation (either layout); raise a one-line error for anything else.
 
-    Raises InputNotFoundError (no such path) or CorruptFileError (not an xtrain store, an
-    interrupted write, no image while ``require_image``).
+    Raises InputNotFoundError (no such path), CorruptFileError (not an xtrain store, an
+    interrupted write, no image while ``require_image``, a truncated shard) or MissingDataError
+    (a lost shard or chunk: ``chunks.check_chunks``; ``allow_missing`` lets absent chunks of a
+    store from before ``all_chunks_written`` be read as zeros).
     """
     path = Path(path)
     group, info = _open_group(path, mode, "store")
     if not info.complete:
         raise CorruptFileError(f"'{path}' is incomplete (an interrupted write or run); delete it and run again, or "
                                "resume a segmentation with 'xtrain segment ... --resume'")
-    store = _store(path, group, info)
+    store = _store(path, group, info, allow_missing)
     if store.image is None and (require_image or store.labels is None):
         raise CorruptFileError(f"store '{path}' has no image; recreate it with 'xtrain ingest'")
     return store
@@ -171,12 +187,16 @@ def open_store(path: str | os.PathLike, mode: str = "r", require_image: bool = T
 def open_segmentation(path: str | os.PathLike) -> Store:
     """Open a finished ``xtrain segment`` output (either layout); its prediction is ``.labels``.
 
-    Raises InputNotFoundError or CorruptFileError (not a store, interrupted, no labels).
+    Raises InputNotFoundError, CorruptFileError (not a store, interrupted, no labels, a truncated
+    shard) or MissingDataError (a lost shard).
     """
     path = Path(path)
     group, info = _open_group(path, "r", "segmentation")
+    if not info.complete:
+        raise CorruptFileError(f"segmentation '{path}' is incomplete (an interrupted run); resume it with "
+                               "'xtrain segment ... --resume' or delete it")
     store = _store(path, group, info)
-    if not info.complete or store.labels is None:
+    if store.labels is None:
         raise CorruptFileError(f"segmentation '{path}' is incomplete (an interrupted run); resume it with "
                                "'xtrain segment ... --resume' or delete it")
     return store
@@ -255,6 +275,7 @@ def write_store(path: str | os.PathLike, shape: tuple[int, int, int], layout: La
         yield writer
         ome.finish_group(group, path.stem, writer.info.voxel_size_nm, writer.info.classes, layout, pyramid_edge)
         writer.info.complete = True
+        writer.info.all_chunks_written = True  # create_level: write_empty_chunks=True
         group.attrs.update({"xtrain": writer.info.to_dict()})
         replace_into_place(tmp, path)
     except BaseException:
@@ -263,42 +284,56 @@ def write_store(path: str | os.PathLike, shape: tuple[int, int, int], layout: La
     log.debug("wrote store %s", path)
 
 
+def _previous_arrays(group: zarr.Group) -> dict[str, zarr.Array]:
+    """The root arrays of a store of the previous layout (format 1), by the name the OME layout gives them:
+    image, the label image (ground truth, or a segmentation's prediction), probabilities, entropy."""
+    kind = dict(group.attrs).get("xtrain", {}).get("source", {}).get("kind")
+    label_name = ome.PREDICTION if kind in ("segmentation", "baseline") else ome.GROUND_TRUTH
+    names = {"image": "image", ome.LABELS: label_name, ome.PROBABILITIES: ome.PROBABILITIES, ome.ENTROPY: ome.ENTROPY}
+    return {new: group[old] for old, new in names.items() if old in group and isinstance(group[old], zarr.Array)}
+
+
 def upgrade(path: str | os.PathLike) -> bool:
-    """Rewrite a store of the previous layout (format 1) in the OME-Zarr 0.5 layout, in place.
+    """Rewrite a store of the previous layout (format 1: root arrays ``image``, ``labels``, ``probabilities``,
+    ``entropy`` (Z, Y, X)) in the OME-Zarr 0.5 layout, in place; the only reader of that layout.
 
     The new store is written beside it and renamed over it only when complete (an
     interruption leaves the old store as it was).  Returns False (nothing to do) for a store
     that already has the OME layout.  Raises InvalidInputError for a previous-layout
-    segmentation without an image (it still opens as it is; rerun 'xtrain segment' for the new layout).
+    segmentation without an image (rerun 'xtrain segment' for the new layout), and
+    InputNotFoundError / CorruptFileError for anything that is not a finished xtrain store.
     """
     path = Path(path)
-    old = open_segmentation(path)  # the most permissive opener: a store or a segmentation
-    if not old.legacy:
+    group, info = _open_group(path, "r", "store")
+    if not ome.previous_layout(group):
+        open_store(path, require_image=False)  # refuses an unfinished or broken store
         return False
-    if old.image is None:
-        raise InvalidInputError(f"'{path}' is a segmentation of the previous layout without an image; it opens as it "
-                                "is, or rerun 'xtrain segment' to get an OME-Zarr image with a label image")
-    src = old.image
-    chunks = tuple(src.chunks)
-    lay = Layout(chunks, tuple(src.shards) if src.shards else None)  # type: ignore[arg-type]
-    with write_store(path, old.shape, lay, overwrite=True) as w:
-        image = w.create_image(old.shape, src.dtype)
-        labels = {name: w.create_labels(old.shape, name) for name in old.label_images}
-        extra = {}
-        if old.probabilities is not None:
-            extra[ome.PROBABILITIES] = ome.create_level(w.group, ome.level0_path(ome.PROBABILITIES),
-                                                        old.probabilities.shape, old.probabilities.dtype, lay)
-        if old.entropy is not None:
-            extra[ome.ENTROPY] = ome.create_level(w.group, ome.level0_path(ome.ENTROPY), (1, *old.entropy.shape),
-                                                  old.entropy.dtype, lay)  # the OME layout's channel axis
-        for sl in w.slabs(old.shape[0]):
-            image[sl] = src[sl]
-            for name, arr in labels.items():
-                arr[sl] = old.label_images[name][sl]
-            if ome.PROBABILITIES in extra:
-                extra[ome.PROBABILITIES][:, sl] = old.probabilities[:, sl]  # type: ignore[index]
-            if ome.ENTROPY in extra:
-                extra[ome.ENTROPY][0, sl] = old.entropy[sl]  # type: ignore[index]
-        w.info = StoreInfo.from_dict({**old.info.to_dict(), "format": FORMAT_VERSION})
+    if not info.complete:
+        raise CorruptFileError(f"'{path}' is incomplete (an interrupted write); delete it and write it again")
+    old = _previous_arrays(group)
+    src = old.get("image")
+    if src is None:
+        raise InvalidInputError(f"'{path}' is a segmentation of the previous layout without an image; rerun "
+                                "'xtrain segment' to get an OME-Zarr image with a label image")
+    shape = tuple(src.shape)
+    lay = Layout(tuple(src.chunks), tuple(src.shards) if src.shards else None)  # type: ignore[arg-type]
+    with write_store(path, shape, lay, overwrite=True) as w:
+        new = {"image": w.create_image(shape, src.dtype)}
+        for name in (ome.GROUND_TRUTH, ome.PREDICTION):
+            if name in old:
+                new[name] = w.create_labels(shape, name)
+        for name, channels in ((ome.PROBABILITIES, old.get(ome.PROBABILITIES)), (ome.ENTROPY, old.get(ome.ENTROPY))):
+            if channels is not None:  # entropy was (Z, Y, X): the OME layout gives it a channel axis
+                lead = channels.shape[:-3] if name == ome.PROBABILITIES else (1,)
+                new[name] = ome.create_level(w.group, ome.level0_path(name), (*lead, *shape), channels.dtype, lay)
+        for sl in w.slabs(shape[0]):
+            for name, arr in new.items():
+                if name == ome.PROBABILITIES:
+                    arr[:, sl] = old[name][:, sl]
+                elif name == ome.ENTROPY:
+                    arr[0, sl] = old[name][sl]
+                else:
+                    arr[sl] = old[name][sl]
+        w.info = StoreInfo.from_dict({**info.to_dict(), "format": FORMAT_VERSION})
     log.info("upgraded %s to the OME-Zarr 0.5 layout (format %d)", path, FORMAT_VERSION)
     return True

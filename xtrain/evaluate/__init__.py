@@ -6,7 +6,8 @@
 
 Modules: ``metrics`` (confusion matrix, Dice/IoU), ``microstructure`` (phase fractions,
 interfacial areas, TPB, percolation), ``core`` (``evaluate``, label inputs), ``baselines``
-(Otsu, k-means, median + Otsu) and ``report`` (tables, Markdown + PNG).  Comparing models,
+(Otsu, k-means, median + Otsu, fitted; ``xtrain.infer.baselines`` segments with them) and
+``report`` (tables, Markdown + PNG).  Comparing models,
 predictions and baselines side by side is a pipeline: ``xtrain.pipelines.compare``.
 Exports are imported on first use (``xtrain.lazy``).
 """
@@ -14,10 +15,10 @@ Exports are imported on first use (``xtrain.lazy``).
 from ..lazy import lazy_exports
 
 __all__ = ["BASELINES", "ConfusionMatrix", "analyze", "confusion_matrix", "evaluate", "fit_baseline",
-           "format_tables", "open_image_volume", "open_label_volume", "scores", "segment_baseline", "to_json",
+           "format_tables", "open_image_volume", "open_label_volume", "scores", "to_json",
            "write_report"]
 __getattr__, __dir__ = lazy_exports(__name__, {
-    "BASELINES": ".baselines", "fit_baseline": ".baselines", "segment_baseline": ".baselines",
+    "BASELINES": ".baselines", "fit_baseline": ".baselines",
     "evaluate": ".core", "open_image_volume": ".core", "open_label_volume": ".core", "to_json": ".core",
     "ConfusionMatrix": ".metrics", "confusion_matrix": ".metrics", "scores": ".metrics",
     "analyze": ".microstructure", "format_tables": ".report", "write_report": ".report",

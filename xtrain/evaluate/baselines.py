@@ -13,12 +13,13 @@ a histogram (``info.stats["hist"]``), so a whole store can be thresholded withou
 
 Class ids follow intensity order: 0 darkest (pore), 1 (YSZ), 2 brightest (Ni).
 
-Fitted baselines (``xtrain baseline``) are fitted on the training region of a store and then
-applied slab by slab to any volume:
+Fitted baselines (``xtrain baseline``) are fitted on the training region of a store here and
+applied to any volume by ``xtrain.infer.baselines.segment_baseline``, block by block through
+segment's plan, runner and writer (a ``ThresholdPredictor``):
 
     b = fit_baseline("median-otsu", "soc.zarr", z_range=(0, 200))
     labels = b.predict(image_block)                     # (Z, Y, X) -> uint8 class ids
-    segment_baseline(b, "scan.zarr", "scan-seg.zarr")   # a store with image + labels
+    segment_baseline(b, "scan.zarr", "scan-seg.zarr")   # xtrain.infer.baselines: image + labels
 
 * ``otsu``: multi-Otsu on a fine histogram of the training region (exact per-value counts
   for integer data, streamed), cut to its 0.01..99.99 % range (a few hot pixels would
@@ -31,8 +32,8 @@ applied slab by slab to any volume:
   overlap), so the result does not depend on the chunking (volume edges: 'nearest'
   padding, as a whole-volume filter does).
 
-Every volume-wide pass (the median, the fitting histogram, the segmentation) is a Dask
-graph over the input's ``xtrain.data.volumes.Volume``, run by ``xtrain.data.scheduler.compute``.
+Every volume-wide pass of the fit (the median, the fitting histogram) is a Dask graph over the
+input's ``xtrain.data.volumes.Volume``, run by ``xtrain.data.scheduler.compute``.
 
 All three reduce to thresholds (+ the median), stored in the output's attributes.
 """
@@ -42,7 +43,6 @@ from __future__ import annotations
 import logging
 import os
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -58,7 +58,6 @@ BASELINES = ("otsu", "kmeans", "median-otsu")
 FIT_BINS = 1024  # multi-Otsu bins for fitting: skimage's 3-class search is O(bins^2) in memory and time
 FIT_TRIM = (0.01, 99.99)  # percentiles that bound the fitting histogram
 KMEANS_SAMPLE = 200_000
-SLAB = 32
 
 
 def multi_otsu_thresholds(counts: np.ndarray, edges_or_values: np.ndarray, classes: int = 3) -> np.ndarray:
@@ -248,85 +247,3 @@ def fit_baseline(name: str, store: Any, z_range: tuple[int, int] | None = None, 
     log.info("fitted %s on %s z %d..%d: thresholds %s", name, volume.spec, z_range[0], z_range[1] - 1,
              ", ".join(f"{t:.1f}" for t in b.thresholds))
     return b
-
-
-def segment_baseline(baseline: Baseline, volume: Any, out: str | os.PathLike, slab: int | None = None,
-                     overwrite: bool = False, copy_image: bool = True, clean: bool = False) -> Path:
-    """Apply ``baseline`` to ``volume`` (store, TIFF stack or volume) slab by slab; write ``out``.
-
-    ``out`` ending in ``.zarr``: a complete xtrain store (OME-Zarr image + ``labels/prediction``):
-    the ``prediction`` label image plus (``copy_image``) the input ``image``, so 'xtrain evaluate',
-    napari and the report can use it alone.  Its ``source`` attribute holds the baseline (name,
-    thresholds, centres, fit region) and the input.  ``.tif``/``.tiff``: an ImageJ hyperstack,
-    ``.h5``/``.hdf5``/``.nxs``: NeXus HDF5 (labels only, streamed; see ``xtrain.infer.write``).
-    ``clean``: a 3x3x3 majority filter over the labels (xtrain/infer/postprocess.py), exact
-    across slabs (each slab's labels are computed with one more slice of halo).
-    Raises InvalidInputError for another suffix, OutputExistsError for an existing ``out``.
-    """
-    from ..data.layout import PREDICTION
-    from ..data.stats import volume_stats
-    from ..infer.postprocess import CLEAN_HALO, majority_labels
-    from ..data.store import DEFAULT_CLASSES, check_output, default_layout, write_store
-    from ..data.scheduler import compute
-    from ..data.volumes import open_volume as open_image_volume
-    from ..infer.write import HDF5_SUFFIXES, TIFF_SUFFIXES, write_labels_file
-
-    suffix = Path(out).suffix.lower()
-    if suffix not in (".zarr", *TIFF_SUFFIXES, *HDF5_SUFFIXES):
-        raise InvalidInputError(f"output '{out}' must end in .zarr (OME-Zarr store), .tif/.tiff (ImageJ TIFF) or "
-                                ".h5/.hdf5/.nxs (NeXus HDF5)")
-    vol = open_image_volume(volume)
-    check_output(out, overwrite)  # before any work
-    shape = tuple(vol.shape)
-    layout = default_layout(shape)
-    # whole shard layers (a multiple of the shard depth): parallel tasks never write the same shard
-    slab = -(-(slab or layout.slab) // layout.slab) * layout.slab
-    image_arr = vol.array
-    labels_arr = filtered(vol, baseline).map_blocks(apply_thresholds, baseline.thresholds, dtype=np.uint8)
-    classes = list(vol.classes or DEFAULT_CLASSES)
-    source = {"kind": "baseline", "baseline": baseline.to_dict(), "volume": os.fspath(vol.spec),
-              "volume_provenance": vol.provenance}
-    halo = CLEAN_HALO if clean else 0
-    num_classes = len(baseline.thresholds) + 1
-
-    def grown(z0: int) -> Any:
-        """Labels of slab z0.. grown by the clean-up's halo in z (clipped): what ``cleaned`` needs."""
-        return labels_arr[max(z0 - halo, 0):min(z0 + slab + halo, shape[0])]
-
-    def cleaned(lab: np.ndarray, z0: int, z1: int) -> np.ndarray:
-        """(z1 - z0, Y, X) labels of slab z0..z1 from ``grown(z0)``'s, majority-filtered if ``clean``."""
-        if not clean:
-            return lab
-        a = max(z0 - halo, 0)
-        return majority_labels(lab, ((a, a + lab.shape[0]), (0, shape[1]), (0, shape[2])),
-                               ((z0, z1), (0, shape[1]), (0, shape[2])), shape, num_classes)
-
-    source["clean"] = clean
-    if suffix != ".zarr":  # streamed slab by slab into one file
-        slabs = (cleaned(compute(grown(z0))[0], z0, min(z0 + slab, shape[0])) for z0 in range(0, shape[0], slab))
-        write_labels_file(Path(out), slabs, shape, classes, vol.voxel_size_nm,
-                          {"xtrain": {"classes": classes, "voxel_size_nm": vol.voxel_size_nm, "source": source}})
-        log.info("wrote %s (%s baseline)", out, baseline.name)
-        return Path(out)
-    stored = dict(vol.info.get("stats") or {})
-    stats = stored if "fill" in stored or not copy_image else volume_stats(vol)  # a store's own are reused
-    with write_store(out, shape, layout, overwrite=overwrite) as w:
-        labels = w.create_labels(shape, PREDICTION)
-        image = w.create_image(shape, vol.dtype) if copy_image else None
-
-        def write(lab: np.ndarray, img: np.ndarray | None, z0: int, z1: int) -> None:
-            labels[z0:z1] = cleaned(lab, z0, z1)  # whole shard layers: no two tasks write one shard
-            if image is not None:
-                image[z0:z1] = img
-
-        import dask
-
-        compute(*[dask.delayed(write)(grown(z0),
-                                      image_arr[z0:min(z0 + slab, shape[0])] if image is not None else None,
-                                      z0, min(z0 + slab, shape[0])) for z0 in range(0, shape[0], slab)])
-        w.info.classes = classes
-        w.info.voxel_size_nm = vol.voxel_size_nm
-        w.info.stats = stats
-        w.info.source = source
-    log.info("wrote %s (%s baseline)", out, baseline.name)
-    return Path(out)

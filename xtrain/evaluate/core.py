@@ -31,6 +31,7 @@ from typing import Any
 
 import numpy as np
 
+from ..data.labels import IGNORE
 from ..data.store import DEFAULT_CLASSES
 from ..data.volumes import Volume, array_volume, is_store, label_lut, open_volume
 from ..errors import ShapeMismatchError
@@ -48,42 +49,48 @@ def open_image_volume(spec: Any, *, dataset: str | None = None, channel: int | N
     return open_volume(spec, dataset=dataset, channel=channel, time=time)
 
 
-def _store_roles(path: Path) -> tuple[bool, bool]:
-    """(has labels, has image) of an xtrain store or segmentation in either layout; (False, False) otherwise."""
+def _store_roles(path: Path) -> tuple[bool, bool, bool]:
+    """(has labels, has image, the labels are ground truth) of an xtrain store or segmentation; all False otherwise."""
+    from ..data.layout import GROUND_TRUTH
     from ..data.store import open_store
 
     if not is_store(path):  # another format: open_volume says what is wrong
-        return False, False
+        return False, False, False
     store = open_store(path, require_image=False)
-    return store.labels is not None, store.image is not None
+    return store.labels is not None, store.image is not None, GROUND_TRUTH in store.label_images
 
 
 def open_label_volume(spec: Any, label_map: Mapping[int, int] | None = None,
-                      num_classes: int = len(DEFAULT_CLASSES), *, dataset: str | None = None) -> Volume:
+                      num_classes: int = len(DEFAULT_CLASSES), *, dataset: str | None = None,
+                      unlabelled: int | None = None) -> Volume:
     """Class ids 0..K-1 (uint8) of a store or segmentation (its ``labels``), any other volume, or a (Z, Y, X)
     array: the label view (``Volume.as_labels``) through the one lookup table ``label_lut``.
 
     A Zarr group with a ``labels`` array (an xtrain store, a segmentation output) gives that
     array, and its ``image`` (same shape) becomes ``.image`` for reports.  A label view is
-    returned as it is.
+    returned as it is.  ``unlabelled``: the raw value that means "not labelled", read as
+    ``IGNORE``; a store's ground truth holds ``IGNORE`` where unlabelled (sparse labels), so there it
+    is ``IGNORE`` unless given.  A prediction has no unlabelled voxels.
     """
     if isinstance(spec, Volume) and spec.lut is not None:
         return spec
     if isinstance(spec, np.ndarray):
-        return array_volume(spec).as_labels(label_lut(spec.dtype, label_map, num_classes, "array"))
+        return array_volume(spec).as_labels(label_lut(spec.dtype, label_map, num_classes, "array", unlabelled))
     if isinstance(spec, Volume):
-        return spec.as_labels(label_lut(spec.raw_dtype, label_map, num_classes, spec.spec))
+        return spec.as_labels(label_lut(spec.raw_dtype, label_map, num_classes, spec.spec, unlabelled))
     path = Path(spec)
     image = None
-    has_labels, has_image = _store_roles(path) if dataset is None else (False, False)
+    has_labels, has_image, truth = _store_roles(path) if dataset is None else (False, False, False)
     if has_labels:
         dataset = "labels"
         if has_image:
             image = open_volume(spec, dataset="image")
+        if truth and unlabelled is None and label_map is None:
+            unlabelled = IGNORE
     source = open_volume(spec, dataset=dataset)
     if image is not None and image.shape != source.shape:
         image = None
-    return source.as_labels(label_lut(source.raw_dtype, label_map, num_classes, str(spec)), image)
+    return source.as_labels(label_lut(source.raw_dtype, label_map, num_classes, str(spec), unlabelled), image)
 
 
 # ----------------------------------------------------------------------------- evaluation
@@ -114,6 +121,11 @@ def evaluate(pred: Any, truth: Any, *, classes: Sequence[str] | None = None, vox
     ``z_range`` (z0, z1): evaluate slices z0 .. z1 - 1 only.  ``voxel_size_nm`` defaults to
     that of the truth store, then of the prediction store; without one, densities are per voxel.
     Returns a dict of plain numbers (NaN where undefined; ``to_json`` writes them as null).
+
+    Sparse truth (``IGNORE`` voxels: a store's sparse labels, ``--unlabelled``): the confusion matrix
+    counts labelled voxels only, per-slice Dice is listed for the slices holding labels only, and
+    the truth's microstructure (fractions, TPB, percolation) is not computed (it needs every voxel:
+    ``result["sparse_labels"]["note"]`` says so); the prediction's still is.
     """
     pred, truth = open_label_volume(pred), open_label_volume(truth)
     if tuple(pred.shape) != tuple(truth.shape):
@@ -128,15 +140,11 @@ def evaluate(pred: Any, truth: Any, *, classes: Sequence[str] | None = None, vox
     if voxel_size_nm is None:
         voxel_size_nm = truth.voxel_size_nm or pred.voxel_size_nm
 
-    cm = ConfusionMatrix(k)
+    cm = ConfusionMatrix(k, ignore_index=IGNORE)
     per_slice = _per_slice_confusion(pred, truth, k, slab)  # list of (n, K, K), in z order
     for slices in per_slice:
         cm.merge(slices.sum(axis=0))
     slice_cm = np.concatenate(per_slice) if per_slice else np.zeros((0, k, k), np.int64)
-    dice_z = dice_per_class(slice_cm)  # (Z, K)
-    with np.errstate(invalid="ignore"), _quiet_nanmean():
-        mean_dice_z = np.nanmean(dice_z, axis=1) if len(dice_z) else np.zeros(0)  # NaN classes skipped, as scores()
-
     z_first, depth = truth.z_offset, truth.shape[0]
     result: dict[str, Any] = {
         "pred": pred.spec,
@@ -147,28 +155,53 @@ def evaluate(pred: Any, truth: Any, *, classes: Sequence[str] | None = None, vox
         "voxel_size_nm": voxel_size_nm,
         "confusion_matrix": cm.matrix.tolist(),
         "overlap": scores(cm.matrix, classes),
-        "per_slice": {
-            "z": list(range(z_first, z_first + depth)),
-            "mean_dice": mean_dice_z.tolist(),
-            "dice": {name: dice_z[:, c].tolist() for c, name in enumerate(classes)},
-            "summary": {"mean_dice": _mean_std(mean_dice_z),
-                        **{name: _mean_std(dice_z[:, c]) for c, name in enumerate(classes)}},
-        },
+        "per_slice": _per_slice_scores(slice_cm, z_first, classes),
     }
+    labelled = slice_cm.sum(axis=(1, 2))  # labelled voxels of each slice
+    sparse = bool((labelled < truth.shape[1] * truth.shape[2]).any())
+    if sparse:
+        result["sparse_labels"] = _sparse_note(labelled, truth.shape)
+        log.info("%s", result["sparse_labels"]["note"])
     if microstructure:
         mp = analyze(pred, voxel_size_nm, classes, slab, percolation)
-        mt = analyze(truth, voxel_size_nm, classes, slab, percolation)
+        mt = None if sparse else analyze(truth, voxel_size_nm, classes, slab, percolation)
         result["microstructure"] = {
             "pred": mp,
             "labels": mt,
-            "ratio": {key: ratio(mp[key], mt[key]) for key in _RATIO_KEYS if key in mp},
+            "ratio": {key: ratio(mp[key], mt[key]) for key in _RATIO_KEYS if key in mp} if mt is not None else None,
         }
     log.debug("evaluated %s vs %s: mean Dice %.4f", pred.spec, truth.spec, result["overlap"]["mean_dice"])
     return result
 
 
+def _per_slice_scores(slice_cm: np.ndarray, z_first: int, classes: Sequence[str]) -> dict[str, Any]:
+    """Dice of every slice holding labels (all of them for dense labels): z, mean and per class, mean +- std."""
+    keep = np.flatnonzero(slice_cm.sum(axis=(1, 2)) > 0)
+    dice_z = dice_per_class(slice_cm[keep])  # (n, K)
+    with np.errstate(invalid="ignore"), _quiet_nanmean():
+        mean_dice_z = np.nanmean(dice_z, axis=1) if len(dice_z) else np.zeros(0)  # NaN classes skipped, as scores()
+    return {
+        "z": [z_first + int(z) for z in keep],
+        "mean_dice": mean_dice_z.tolist(),
+        "dice": {name: dice_z[:, c].tolist() for c, name in enumerate(classes)},
+        "summary": {"mean_dice": _mean_std(mean_dice_z),
+                    **{name: _mean_std(dice_z[:, c]) for c, name in enumerate(classes)}},
+    }
+
+
+def _sparse_note(labelled: np.ndarray, shape: Sequence[int]) -> dict[str, Any]:
+    """How much of a sparse truth is labelled, and the one line that says its microstructure is not computed."""
+    total, n = int(np.prod(shape)), int(labelled.sum())
+    slices = int((labelled > 0).sum())
+    note = (f"sparse labels ({n} of {total} voxels, {100 * n / max(total, 1):.2g} %, on {slices} of {shape[0]} "
+            "z-slices): scores count labelled voxels only; the labels' microstructure (fractions, TPB, "
+            "percolation) is not computed, it needs every voxel labelled")
+    return {"labelled_voxels": n, "voxels": total, "labelled_slices": slices, "note": note}
+
+
 def _per_slice_confusion(pred: Volume, truth: Volume, k: int, slab: int) -> list[np.ndarray]:
-    """(n, K, K) confusion matrices of every slice, as one Dask graph over z-slabs of both volumes."""
+    """(n, K, K) confusion matrices of every slice (``IGNORE`` truth voxels not counted), as one Dask graph over
+    z-slabs of both volumes."""
     import dask
 
     from ..data.scheduler import compute
@@ -178,7 +211,7 @@ def _per_slice_confusion(pred: Volume, truth: Volume, k: int, slab: int) -> list
     parts = []
     for z0 in range(0, depth, slab):
         z1 = min(z0 + slab, depth)
-        parts.append(dask.delayed(confusion_per_slice)(p[z0:z1], t[z0:z1], k))
+        parts.append(dask.delayed(confusion_per_slice)(p[z0:z1], t[z0:z1], k, IGNORE))
     return list(compute(*parts))
 
 

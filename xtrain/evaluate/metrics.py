@@ -138,11 +138,12 @@ def scores(matrix: np.ndarray, class_names: Sequence[str] | None = None) -> dict
 # ----------------------------------------------------------------------------- per-slice scores
 
 
-def confusion_per_slice(pred: Any, truth: Any, num_classes: int) -> np.ndarray:
+def confusion_per_slice(pred: Any, truth: Any, num_classes: int, ignore_index: int | None = None) -> np.ndarray:
     """(Z, K, K) confusion matrices, one per z-slice of (Z, Y, X) label blocks.
 
-    Their sum over z is ``confusion_matrix(pred, truth)``: use it to stream both the
-    whole-volume matrix and the per-slice scores from one pass.
+    Their sum over z is ``confusion_matrix(pred, truth, ignore_index=...)``: use it to stream both the
+    whole-volume matrix and the per-slice scores from one pass.  Voxels whose truth equals
+    ``ignore_index`` (unlabelled) are not counted.
     """
     pred, truth = _to_numpy(pred), _to_numpy(truth)
     if pred.shape != truth.shape:
@@ -150,13 +151,18 @@ def confusion_per_slice(pred: Any, truth: Any, num_classes: int) -> np.ndarray:
     if pred.ndim != 3:
         raise ShapeMismatchError(f"per-slice confusion needs (Z, Y, X) blocks, got shape {pred.shape}")
     k, depth = num_classes, pred.shape[0]
-    for what, a in (("label", truth), ("prediction", pred)):
+    known = truth != ignore_index if ignore_index is not None else None
+    if known is not None and known.all():
+        known = None  # dense labels: nothing to leave out
+    for what, a in (("label", truth if known is None else truth[known]), ("prediction", pred)):
         if a.size and (a.min() < 0 or a.max() >= k):
             bad = a[(a < 0) | (a >= k)].ravel()[0]
             raise LabelValueError(f"{what} value {bad} is not a class index 0..{k - 1}")
     out = np.zeros((depth, k, k), dtype=np.int64)
     for z in range(depth):  # slice by slice: temporaries stay one slice big
         pair = truth[z].astype(np.intp) * k + pred[z]  # (truth, pred) -> flat index
+        if known is not None:
+            pair = pair[known[z]]
         out[z] = np.bincount(pair.ravel(), minlength=k * k).reshape(k, k)
     return out
 

@@ -4,8 +4,9 @@
     write_report(result, "report/", pred, truth)        # report.md, metrics.json, *.png
 
 The same table builder makes the terminal output and the Markdown (columns padded in both,
-so the Markdown source reads as well as it renders).  Figures use matplotlib's Agg backend
-(no display).  Slices for the figures are taken at the middle of each axis, streamed from
+so the Markdown source reads as well as it renders).  Figures are drawn on
+``matplotlib.figure.Figure`` and saved with its own Agg canvas: no pyplot, no backend
+switched, no display and no global figure state.  Slices for the figures are taken at the middle of each axis, streamed from
 the volumes slab by slab like everything else.
 """
 
@@ -20,6 +21,7 @@ from typing import Any
 
 import numpy as np
 
+from ..data.labels import IGNORE
 from ..errors import InputNotFoundError, OutputExistsError
 from .microstructure import AXES
 
@@ -68,26 +70,27 @@ def overlap_rows(result: dict[str, Any]) -> tuple[list[str], list[list[Any]]]:
 
 
 def microstructure_rows(result: dict[str, Any]) -> tuple[list[str], list[list[Any]]]:
+    """PRED, LABELS and their ratio per quantity; PRED only when the labels are sparse (no microstructure)."""
     ms = result["microstructure"]
     p, t, r = ms["pred"], ms["labels"], ms["ratio"]
-    units = t["units"]
-    rows: list[list[Any]] = []
-    for name in t["fractions"]:
-        rows.append([f"volume fraction {name}", p["fractions"][name], t["fractions"][name], r["fractions"][name]])
-    for pair in t["specific_area"]:
-        rows.append([f"interfacial area {pair} [{units['specific_area']}]", p["specific_area"][pair],
-                     t["specific_area"][pair], r["specific_area"][pair]])
-    rows.append([f"TPB density [{units['tpb_density']}]", p["tpb"]["density"], t["tpb"]["density"], r["tpb"]["density"]])
-    rows.append(["TPB voxel edges", p["tpb"]["edges_total"], t["tpb"]["edges_total"], r["tpb"]["edges_total"]])
-    if "percolation" in t:
+    units = p["units"]
+    quantities: list[tuple[str, Any]] = []  # (row name, function of one microstructure dict)
+    for name in p["fractions"]:
+        quantities.append((f"volume fraction {name}", lambda d, n=name: d["fractions"][n]))
+    for pair in p["specific_area"]:
+        quantities.append((f"interfacial area {pair} [{units['specific_area']}]",
+                           lambda d, q=pair: d["specific_area"][q]))
+    quantities.append((f"TPB density [{units['tpb_density']}]", lambda d: d["tpb"]["density"]))
+    quantities.append(("TPB voxel edges", lambda d: d["tpb"]["edges_total"]))
+    if "percolation" in p:
         for a in AXES:
-            rows.append([f"active TPB fraction ({a})", p["tpb"]["active_fraction"][a], t["tpb"]["active_fraction"][a],
-                         r["tpb"]["active_fraction"][a]])
-        for name in t["percolation"]:
+            quantities.append((f"active TPB fraction ({a})", lambda d, a=a: d["tpb"]["active_fraction"][a]))
+        for name in p["percolation"]:
             for a in AXES:
-                rows.append([f"percolating {name} ({a})", p["percolation"][name][a], t["percolation"][name][a],
-                             r["percolation"][name][a]])
-    return ["quantity", "PRED", "LABELS", "PRED/LABELS"], rows
+                quantities.append((f"percolating {name} ({a})", lambda d, n=name, a=a: d["percolation"][n][a]))
+    columns = [p] if t is None else [p, t, r]
+    rows = [[label, *(get(d) for d in columns)] for label, get in quantities]
+    return ["quantity", "PRED", "LABELS", "PRED/LABELS"][:1 + len(columns)], rows
 
 
 def confusion_rows(result: dict[str, Any]) -> tuple[list[str], list[list[Any]]]:
@@ -107,8 +110,11 @@ def format_tables(result: dict[str, Any], markdown: bool = False) -> str:
     parts = [head, f"{h}Overlap (whole volume; per-slice Dice along z as mean ± std)",
              table(*overlap_rows(result), markdown),
              f"{h}Confusion matrix (voxels)", table(*confusion_rows(result), markdown)]
+    if "sparse_labels" in result:
+        parts.insert(1, result["sparse_labels"]["note"])
     if "microstructure" in result:
-        parts += [f"{h}Microstructure (TPB and areas ×2/3 staircase correction; percolation along z, y, x)",
+        parts += [f"{h}Microstructure (TPB and areas ×2/3 staircase correction; percolation along z, y, x)"
+                  + (" of the prediction" if result["microstructure"]["labels"] is None else ""),
                   table(*microstructure_rows(result), markdown)]
     return "\n\n".join(parts)
 
@@ -131,8 +137,8 @@ def middle_planes(volume, slab: int = 32) -> dict[str, np.ndarray]:
 
 
 def _plot_slices(path: Path, truth, pred, image, slab: int) -> None:
-    import matplotlib.pyplot as plt
     from matplotlib.colors import ListedColormap
+    from matplotlib.figure import Figure
 
     t, p = middle_planes(truth, slab), middle_planes(pred, slab)
     im = middle_planes(image, slab) if image is not None else None
@@ -140,12 +146,14 @@ def _plot_slices(path: Path, truth, pred, image, slab: int) -> None:
     cols = (["image"] if im else []) + ["labels", "prediction", "errors"]
     depth, ny, nx = truth.shape
     heights = [ny, depth, depth]  # rows as tall as the planes they show (xz/yz are Z tall)
-    fig, axes = plt.subplots(3, len(cols), figsize=(3.2 * len(cols), 3.2 * sum(heights) / max(nx, ny) + 1.0),
-                             squeeze=False, gridspec_kw={"height_ratios": heights})
+    fig = Figure(figsize=(3.2 * len(cols), 3.2 * sum(heights) / max(nx, ny) + 1.0))
+    axes = fig.subplots(3, len(cols), squeeze=False, gridspec_kw={"height_ratios": heights})
     for r, plane in enumerate(("xy", "xz", "yz")):
+        known = t[plane] != IGNORE  # sparse labels: unlabelled voxels stay blank, and are no error
+        truth_plane = t[plane] if known.all() else np.ma.masked_array(t[plane], ~known)
         panels = ([(im[plane], "gray", None)] if im else []) + [
-            (t[plane], phases, (0, 2)), (p[plane], phases, (0, 2)),
-            ((t[plane] != p[plane]).astype(np.uint8), ListedColormap(["white", "red"]), (0, 1))]
+            (truth_plane, phases, (0, 2)), (p[plane], phases, (0, 2)),
+            (((t[plane] != p[plane]) & known).astype(np.uint8), ListedColormap(["white", "red"]), (0, 1))]
         for c, (data, cmap, lim) in enumerate(panels):
             ax = axes[r, c]
             kw = {"vmin": lim[0], "vmax": lim[1]} if lim else {}
@@ -160,16 +168,16 @@ def _plot_slices(path: Path, truth, pred, image, slab: int) -> None:
     fig.suptitle("middle planes: xy (mid z), xz (mid y, z down), yz (mid x, z down); errors in red", fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
-    plt.close(fig)
 
 
 def _plot_confusion(path: Path, result: dict[str, Any]) -> None:
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure
 
     m = np.asarray(result["confusion_matrix"], dtype=np.float64)
     classes = result["classes"]
     rows = m / np.maximum(m.sum(axis=1, keepdims=True), 1)  # fraction of each true class
-    fig, ax = plt.subplots(figsize=(4.5, 4.0))
+    fig = Figure(figsize=(4.5, 4.0))
+    ax = fig.subplots()
     ax.imshow(rows, cmap="Blues", vmin=0, vmax=1)
     for i in range(len(classes)):
         for j in range(len(classes)):
@@ -180,23 +188,24 @@ def _plot_confusion(path: Path, result: dict[str, Any]) -> None:
     ax.set_title("confusion matrix (row-normalised)")
     fig.tight_layout()
     fig.savefig(path, dpi=100)
-    plt.close(fig)
 
 
 def _plot_dice_z(path: Path, result: dict[str, Any]) -> None:
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure
 
     ps = result["per_slice"]
     z = np.asarray(ps["z"])
-    fig, ax = plt.subplots(figsize=(6.5, 3.5))
+    gaps = len(z) > 1 and bool((np.diff(z) > 1).any())  # sparse labels: only some slices are scored
+    style = {"marker": "o", "ms": 3} if gaps else {}
+    fig = Figure(figsize=(6.5, 3.5))
+    ax = fig.subplots()
     for name, values in ps["dice"].items():
-        ax.plot(z, np.asarray(values, dtype=float), label=name, lw=1)
-    ax.plot(z, np.asarray(ps["mean_dice"], dtype=float), label="mean", color="black", lw=1.5)
+        ax.plot(z, np.asarray(values, dtype=float), label=name, lw=1, **style)
+    ax.plot(z, np.asarray(ps["mean_dice"], dtype=float), label="mean", color="black", lw=1.5, **style)
     ax.set_xlabel("z (slice)"), ax.set_ylabel("Dice"), ax.legend(fontsize=8), ax.grid(alpha=0.3)
-    ax.set_title("per-slice Dice along z")
+    ax.set_title("per-slice Dice along z" + (" (slices with labels)" if gaps else ""))
     fig.tight_layout()
     fig.savefig(path, dpi=100)
-    plt.close(fig)
 
 
 def write_report(result: dict[str, Any], out_dir: str | os.PathLike, pred=None, truth=None, image=None,
@@ -207,9 +216,6 @@ def write_report(result: dict[str, Any], out_dir: str | os.PathLike, pred=None, 
     needed for the slice figure (left out when missing); ``image``: grey values, or taken
     from ``truth.image`` / ``pred.image`` when those came from stores with an image.
     """
-    import matplotlib
-
-    matplotlib.use("Agg")  # files only, never a display
     from .core import to_json
 
     out = Path(out_dir)

@@ -1,6 +1,7 @@
 """The splitter: a volume cut into blocks (the unit of work) and a global grid of 2D tiles.
 
     blocks = block_grid((Z, Y, X), (64, 512, 512))       # z-major list of Block (core boxes)
+    block.core, block.read                               # what a block writes, and reads (plan.py)
     size, starts = plan_tiles(Y, tile=512, halo=16)      # tile length and origins along one axis
 
 Two grids, on purpose independent of each other:
@@ -34,10 +35,12 @@ __all__ = ["Block", "Box", "align_block", "block_grid", "box_shape", "input_box"
 
 @dataclass(frozen=True)
 class Block:
-    """One unit of work: grid index (i, j, k) and the core box it writes."""
+    """One unit of work: grid index (i, j, k), the core box it writes and the box it reads
+    (daisy's write and read ROIs; ``read`` is set by ``plan.plan``: the predictor's input box)."""
 
     index: tuple[int, int, int]
     core: Box
+    read: Box | None = None
 
     @property
     def name(self) -> str:

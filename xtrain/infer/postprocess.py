@@ -3,6 +3,7 @@
     box = grow(core, CLEAN_HALO, shape)                  # predict this box, not just the core
     probs = majority_filter(probs_of_box, box, core, shape)   # (K, z, y, x) of the core
     labels = majority_labels(labels_of_box, box, core, shape) # (z, y, x) uint8 of the core
+    probs = clean_block(probs_of_box, box, core, shape, hard) # what segment's runner calls
 
 Why: TPB density is counted from voxel edges where all three phases meet, so isolated wrong
 voxels at phase boundaries ("speckles") add TPB edges that are not there.  The filter
@@ -32,7 +33,7 @@ import numpy as np
 
 from ..geometry import Box, box_shape, grow, reflect
 
-__all__ = ["CLEAN_HALO", "grow", "majority_filter", "majority_labels", "neighbourhood_mean"]
+__all__ = ["CLEAN_HALO", "clean_block", "grow", "majority_filter", "majority_labels", "neighbourhood_mean", "one_hot"]
 
 CLEAN_HALO = 1  # voxels of context each side the 3 x 3 x 3 filter needs
 
@@ -88,3 +89,21 @@ def majority_labels(labels: np.ndarray, box: Box, core: Box, shape: tuple[int, i
     np.put_along_axis(votes, centre[None].astype(np.int64),
                       np.take_along_axis(votes, centre[None].astype(np.int64), 0) + np.float32(0.5 / 27), 0)
     return votes.argmax(axis=0).astype(np.uint8)
+
+
+def one_hot(labels: np.ndarray, num_classes: int) -> np.ndarray:
+    """(z, y, x) class ids -> (K, z, y, x) float32 one-hot probabilities (a hard predictor's output)."""
+    classes = np.arange(num_classes, dtype=labels.dtype).reshape(-1, 1, 1, 1)
+    return (labels[None] == classes).astype(np.float32)
+
+
+def clean_block(probs: np.ndarray, box: Box, core: Box, shape: tuple[int, int, int], hard: bool = False) -> np.ndarray:
+    """``--clean`` of one block: (K, *box) probabilities -> (K, *core).
+
+    Soft predictions (a model's): ``majority_filter``.  Hard (one-hot) ones (the threshold
+    baselines'): the same 3 x 3 x 3 vote on their labels (``majority_labels``: ties keep the centre's
+    class, which a soft vote of one-hot votes would give to the lowest class id), one-hot again."""
+    if not hard:
+        return majority_filter(probs, box, core, shape)
+    labels = probs.argmax(axis=0).astype(np.uint8)
+    return one_hot(majority_labels(labels, box, core, shape, probs.shape[0]), probs.shape[0])

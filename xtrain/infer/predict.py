@@ -98,6 +98,8 @@ def inference_model(model: nn.Module, device: str | torch.device = "cpu") -> nn.
 class Predictor:
     """Blended 2D/2.5D tile prediction of block cores (no I/O besides ``volume.read``)."""
 
+    hard = False  # soft probabilities (the threshold baselines' ThresholdPredictor predicts one-hot ones)
+
     def __init__(self, model: nn.Module, in_channels: int, num_classes: int, *, tile: int = 256, halo: int = 16,
                  axes: str = "z", tta: bool = False, window: str = "gaussian", batch_size: int | None = None,
                  device: str | torch.device = "cpu"):

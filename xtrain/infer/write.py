@@ -47,10 +47,11 @@ from ..data.layout import Layout
 from ..data.store import open_segmentation  # noqa: F401 (re-export)
 from ..data.volumes.formats import OUTPUT_HDF5_SUFFIXES as HDF5_SUFFIXES
 from ..data.volumes.formats import OUTPUT_TIFF_SUFFIXES as TIFF_SUFFIXES
-from ..errors import CorruptFileError
+from ..errors import CorruptFileError, InvalidInputError, OutputExistsError
 from ..geometry import Box
 from ..io import atomic_write, remove_path, replace_into_place
 from .blocks import Block
+from .plan import Plan, Previous
 
 log = logging.getLogger(__name__)
 
@@ -82,9 +83,9 @@ class ZarrSink:
         group = zarr.open_group(str(group_path), mode="r+", zarr_format=3)
         self.path = group_path
         arrays = ome.read_arrays(group)
-        self.labels = arrays.labels[ome.PREDICTION]
-        self.probabilities = arrays.probabilities
-        self.entropy = arrays.entropy
+        self.labels = ome.writable(arrays.labels[ome.PREDICTION])  # every chunk written (also on --resume)
+        self.probabilities = ome.writable(arrays.probabilities) if arrays.probabilities is not None else None
+        self.entropy = ome.writable(arrays.entropy) if arrays.entropy is not None else None
 
     @staticmethod
     def create(group_path: Path, shape: tuple[int, int, int], num_classes: int, layout: Layout,
@@ -139,6 +140,64 @@ class Markers:
     def mark(self, block: Block) -> None:
         self.folder.mkdir(exist_ok=True)
         (self.folder / block.name).touch()
+
+
+# ----------------------------------------------------------------------------- the start
+
+
+def finished_record(out: Path) -> dict[str, Any]:
+    """What a finished OUT was made from, in ``job.json``'s terms (volume, shape, model, settings)."""
+    if is_tiff(out) or is_hdf5(out):
+        provenance, shape = read_labels_file_provenance(out)
+        info = provenance.get("xtrain", {})
+    else:
+        store = open_segmentation(out)
+        info = dict(store.attrs).get("xtrain", {})
+        shape = list(store.labels.shape)
+    source = info.get("source", {})
+    return {"volume": source.get("volume"), "shape": shape, "model_sha256": source.get("model_sha256"),
+            "settings": source.get("settings")}
+
+
+def previous_run(out: Path, resume: bool, overwrite: bool) -> Previous | None:
+    """Check OUT and its work folder before anything is written: the earlier run to continue
+    (``resume``: an interrupted one's job.json, or a finished OUT's record), or None to start afresh.
+
+    Raises ``InvalidInputError`` for a missing output folder, ``OutputExistsError`` for an existing
+    OUT or interrupted run that is neither resumed nor overwritten."""
+    if not out.parent.is_dir():
+        raise InvalidInputError(f"output folder '{out.parent}' does not exist; create it first")
+    work = work_dir(out)
+    if out.exists() and resume and not overwrite and not work.exists():
+        return Previous(str(out), finished_record(out), complete=True)  # plan checks it: "already complete"?
+    if out.exists() and not overwrite:
+        raise OutputExistsError(f"output '{out}' already exists; pass --overwrite to replace it or choose another path")
+    if work.exists():
+        if resume:
+            job = work / JOB
+            return Previous(str(out), json.loads(job.read_text()), complete=False) if job.exists() else None
+        if not overwrite:
+            raise OutputExistsError(f"an interrupted run left '{work}'; pass --resume to continue it or --overwrite "
+                                    "to start over")
+    elif resume:
+        log.info("nothing to resume for '%s'; starting from the beginning", out)
+    return None
+
+
+def start_work(out: Path, job: Plan, volume: Any, num_classes: int, info: dict[str, Any]) -> Path:
+    """A fresh work folder for ``job`` (a leftover one is removed): the output group with the
+    ``xtrain`` attributes ``info`` (a ``StoreInfo`` dict) and ``job.json``.  A .zarr output also
+    gets an image level 0 in ``volume``'s raw dtype (``finish`` copies the image into it)."""
+    work = work_dir(out)
+    if work.exists():
+        remove_path(work)
+    work.mkdir()
+    attrs = json.loads(json.dumps(segmentation_attrs(out.stem, info, volume.voxel_size_nm), default=str))
+    image_dtype = None if is_tiff(out) or is_hdf5(out) else volume.raw_dtype.name
+    ZarrSink.create(work / GROUP, tuple(volume.shape), num_classes, job.layout, job.settings.probabilities, attrs,
+                    image_dtype)
+    write_json(work / JOB, job.record)
+    return work
 
 
 # ----------------------------------------------------------------------------- the end
@@ -296,10 +355,11 @@ def finish(work: Path, out: Path, slab: int, volume: Any = None, layout: Layout 
         write_labels_file(out, _slabs(labels, slab), tuple(labels.shape), classes, voxel, _provenance(info))
     else:
         if arrays.image is not None and volume is not None:
-            copy_image(volume, arrays.image, slab)
+            copy_image(volume, ome.writable(arrays.image), slab)
         lay = layout or Layout(tuple(labels.chunks), tuple(labels.shards) if labels.shards else None)
         ome.finish_group(group, out.stem, voxel, classes, lay)
         info["complete"] = True
+        info["all_chunks_written"] = True  # create_level / writable: write_empty_chunks=True
         group.attrs["xtrain"] = info
         replace_into_place(work / GROUP, out)  # --overwrite: the old output is replaced only now
     remove_path(work)

@@ -1,12 +1,18 @@
 """Checkpoints: one dict of states, written atomically, and the network they hold.
 
     last.pt   everything needed to continue training (model + optimiser states, epoch,
-              step, resolved config, normalisation statistics, classes; no RNG states: resume
-              reseeds every step from (seed, epoch, rank, step), train/distributed.seed_step)
+              step, resolved config, normalisation statistics, classes)
     model.pt  everything inference needs and nothing else: model name + kwargs + weights,
-              normalisation statistics, classes, config and validation metrics
+              normalisation statistics, classes, config, validation metrics and the
+              inference settings the model is meant to be run with (``validated_inference``)
 
-Both are plain ``torch.save`` dicts, loadable without the config files that made them.
+Both are plain ``torch.save`` dicts of tensors and plain values, loadable without the config
+files that made them, and always loaded with ``torch.load(weights_only=True)``: a model file
+shared between users cannot run code (a pickle payload is refused naming the file, before
+anything in it runs).  No RNG states are stored: resume reseeds every step from (seed, epoch,
+rank, step) (``train.distributed.seed_step``), so the numpy / Python states earlier versions saved were never
+read back.  Those older last.pt files still load: the numpy array pieces of their RNG states are
+allow-listed for the load (``_legacy_safe_globals``; rebuilding an array runs no code).
 Checkpoints belong to the models: inference (``model_from_checkpoint``) needs nothing of training.
 
     ckpt = load_checkpoint("runs/unet/model.pt")
@@ -19,10 +25,12 @@ from __future__ import annotations
 import hashlib
 import io
 import os
+import pickle
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from .. import __version__
@@ -32,7 +40,16 @@ from .registry import create_model
 
 FORMAT = 1
 INFERENCE_KEYS = ("format", "kind", "model_name", "model_kwargs", "model_state", "config", "stats", "classes",
-                  "epoch", "metrics", "xtrain_version", "parent")
+                  "epoch", "metrics", "xtrain_version", "inference", "parent")
+# ``segment`` settings a model is run with unless the user says otherwise (validated_inference)
+INFERENCE_ALL_AXES = {"axes": "zyx", "clean": True}
+INFERENCE_Z = {"axes": "z", "clean": False}
+
+
+def _legacy_safe_globals() -> list[Any]:
+    """What an older last.pt's ``np.random.get_state()`` needs beyond tensors: an ndarray of uint32."""
+    multiarray = getattr(getattr(np, "_core", None), "multiarray", None) or np.core.multiarray  # numpy 2 / 1
+    return [multiarray._reconstruct, np.ndarray, np.dtype, type(np.dtype(np.uint32))]
 
 
 def save_checkpoint(ckpt: dict[str, Any], path: str | os.PathLike) -> Path:
@@ -46,10 +63,32 @@ def save_checkpoint(ckpt: dict[str, Any], path: str | os.PathLike) -> Path:
     return atomic_write(path, buffer.getbuffer(), what="a checkpoint")
 
 
+def validated_inference(config: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The ``segment`` settings ({"axes", "clean"}) a model trained with the resolved ``config`` is run with.
+
+    The rule: a model trained on planes of all three axes (``data.axis: any``) gets ``--axes zyx
+    --clean``; any other (z, y or x planes only) gets ``--axes z`` without clean-up, today's
+    default.  Why: the y and x passes of ``zyx`` feed the network planes of the kind it only saw
+    when it was trained on every axis, and on the real volume that model (``configs/soc_unet_cpu.yaml``)
+    reached mean Dice 0.9932 and a TPB ratio of 0.963 with ``zyx --clean``, against 0.9911 and
+    1.215 with ``z`` (docs/measurements.md, "The CPU recipe for the real volume": ``bench/quality.py``).
+    A z-trained model has never seen a y or x plane, so ``z`` stays its setting.  None for a
+    checkpoint without a config (``segment`` then uses its own default, z without clean-up).
+    """
+    if not config:
+        return None
+    axis = (config.get("data") or {}).get("axis", "z")
+    return dict(INFERENCE_ALL_AXES if axis == "any" else INFERENCE_Z)
+
+
 def inference_checkpoint(ckpt: dict[str, Any]) -> dict[str, Any]:
-    """The model.pt subset of a training checkpoint."""
+    """The model.pt subset of a training checkpoint, with the inference settings its config implies
+    (``validated_inference``)."""
     out = {k: ckpt[k] for k in INFERENCE_KEYS if k in ckpt}
     out["kind"] = "model"
+    inference = validated_inference(ckpt.get("config"))
+    if inference is not None:
+        out["inference"] = inference
     return out
 
 
@@ -58,10 +97,20 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     if not path.is_file():
         raise InputNotFoundError(f"checkpoint '{path}' does not exist; train a model first with 'xtrain train'")
     try:
-        # weights_only=False: older last.pt files hold numpy RNG states (no longer written)
-        ckpt = torch.load(path, map_location=map_location, weights_only=False)
+        with torch.serialization.safe_globals(_legacy_safe_globals()):
+            ckpt = torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as exc:  # torch's weights-only unpickler refused an object: nothing ran
+        try:  # names what the pickle would import, without running it
+            found = ", ".join(torch.serialization.get_unsafe_globals_in_checkpoint(path))
+        except Exception:  # noqa: BLE001 - the refusal stands; only its detail is lost
+            found = ""
+        what = found or next((ln.strip() for ln in str(exc).splitlines() if "GLOBAL" in ln), "objects")
+        raise CorruptFileError(f"checkpoint '{path}' is refused: it holds more than tensors and plain values "
+                               f"({what}), which could run code when loaded (a pickle payload); xtrain never "
+                               "writes such files: use a model.pt made by 'xtrain train'") from None
     except Exception as exc:
-        raise CorruptFileError(f"checkpoint '{path}' cannot be read ({type(exc).__name__}: {exc}); "
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise CorruptFileError(f"checkpoint '{path}' cannot be read ({type(exc).__name__}: {first}); "
                                "it is truncated or not an xtrain checkpoint") from exc
     if not isinstance(ckpt, dict) or "model_state" not in ckpt or "model_name" not in ckpt:
         raise CorruptFileError(f"'{path}' is not an xtrain checkpoint (no model_name/model_state)")
@@ -88,6 +137,7 @@ class ModelInfo:
     in_channels: int  # 2.5D: the centre slice and (in_channels - 1) / 2 neighbours on each side
     num_classes: int
     classes: list[str]
+    inference: dict[str, Any] | None = None  # the settings it is run with ({"axes", "clean"}); None: not recorded
     parent: dict[str, str] | None = None  # a fine-tune's parent model {"path", "sha256"}; None: trained from scratch
 
 
@@ -103,7 +153,8 @@ def model_info(ckpt: dict[str, Any], path: str | os.PathLike) -> ModelInfo:
     if len(classes) != k:
         raise CorruptFileError(f"model '{path}' predicts {k} classes but names {len(classes)} ({classes}); "
                                "it is inconsistent, export it again")
-    return ModelInfo(c, k, classes, parent=_parent_record(ckpt.get("parent"), path))
+    return ModelInfo(c, k, classes, _inference_record(ckpt.get("inference"), path),
+                     _parent_record(ckpt.get("parent"), path))
 
 
 def _parent_record(record: Any, path: str | os.PathLike) -> dict[str, str] | None:
@@ -116,6 +167,17 @@ def _parent_record(record: Any, path: str | os.PathLike) -> dict[str, str] | Non
     return {"path": str(record["path"]), "sha256": str(record["sha256"])}
 
 
+def _inference_record(record: Any, path: str | os.PathLike) -> dict[str, Any] | None:
+    """model.pt's ``inference`` entry, checked: {"axes": "z" | "zyx", "clean": bool}, or None."""
+    if record is None:
+        return None
+    if not isinstance(record, dict) or record.get("axes") not in ("z", "zyx") \
+            or not isinstance(record.get("clean"), bool):
+        raise CorruptFileError(f"model '{path}' records inference settings {record!r}, not "
+                               "{'axes': 'z' or 'zyx', 'clean': true or false}; export it again")
+    return {"axes": record["axes"], "clean": record["clean"]}
+
+
 def model_from_checkpoint(ckpt: dict[str, Any], path: str | os.PathLike) -> tuple[torch.nn.Module, ModelInfo]:
     """The network of a model.pt with its weights, and its ``ModelInfo``; a state dict that does not fit
     the recorded architecture is a ``CorruptFileError`` naming the file."""
@@ -126,13 +188,17 @@ def model_from_checkpoint(ckpt: dict[str, Any], path: str | os.PathLike) -> tupl
     except XtrainError:
         raise
     except Exception as exc:  # wrong keys / shapes in the state dict
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise CorruptFileError(f"model '{path}' does not load into a {ckpt['model_name']} network ({first}); "
-                               "it is damaged or from another xtrain version, export it again") from exc
+        raise CorruptFileError(f"model '{path}' does not load into a {ckpt['model_name']} network "
+                               f"({state_dict_error(exc)}); it is damaged or from another xtrain version, export "
+                               "it again") from exc
     return model, info
 
 
-def state_dict_error(exc: BaseException, details: int = 3) -> str:  # TEMP: main's, until train merges main
+def state_dict_error(exc: BaseException, details: int = 3) -> str:
+    """torch's ``load_state_dict`` error on one line, keeping what differs (the first ``details``):
+    "Error(s) in loading state_dict for UNet: size mismatch for stem.0.weight: copying a param with
+    shape torch.Size([8, 1, 3, 3]) from checkpoint, the shape in current model is torch.Size([16, 1,
+    3, 3]); ...; and 52 more"."""
     lines = [line.strip().rstrip(".") for line in str(exc).splitlines() if line.strip()] or [type(exc).__name__]
     head, rest = lines[0], lines[1:]
     more = f"; and {len(rest) - details} more" if len(rest) > details else ""

@@ -15,7 +15,9 @@ checksum, fingerprint, version, error; table ``versions`` keeps every version's 
 Safety rules, in the order they matter at 3 a.m.:
 
 * one instance at a time: an exclusive lock on ``RESULTS/.nightly.lock``;
-* a scan whose files changed within ``settle`` seconds is still being written: skip it;
+* a scan whose files changed within ``settle`` seconds is still being written: skip it; so is an
+  HDF5 scan a writer still holds open (plain: HDF5's file lock; SWMR: its "open for write" flag),
+  however old its files look; neither uses up an attempt;
 * a finished scan is never redone unless asked (``--redo NAME``) or unless it changed: each
   finished scan records a fingerprint (every file's relative path, size and modification
   time); a scan whose fingerprint differs later (36 more slices arrived) is segmented again
@@ -28,30 +30,37 @@ Safety rules, in the order they matter at 3 a.m.:
 * a scan left "running" by a crash resumes where it stopped (segmentation resumes block by
   block) the next time;
 * a scan that fails (corrupt TIFF, ...) is marked failed with its one-line error and the
-  others still run; it is retried up to ``max_attempts`` times in total.
+  others still run; it is retried up to ``max_attempts`` times in total, and once more (its
+  attempts counted afresh) whenever its files change (fingerprint: size, mtime), e.g. the
+  missing slices were copied in after it failed.
+
+Scans are found by the suffixes ``open_volume`` reads (``xtrain.data.volumes``), one list for both.
 """
 
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
 import logging
 import os
 import shutil
 import sqlite3
 import time
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ..io import atomic_write, disk_full_cause, disk_full_error
+from ..io import atomic_write, disk_full_cause, disk_full_error, exclusive_lock
 from ..stop import never
 from ..data.volumes.formats import is_hdf5, is_store, is_tiff_folder, is_volume_file, is_zarr_dir
-from ..errors import DiskFullError, InputNotFoundError, RunInterrupted, XtrainError
+from ..errors import DiskFullError, InputNotFoundError, LockedError, RunInterrupted, XtrainError  # noqa: F401
+
+if TYPE_CHECKING:  # imported where a scan is segmented: the registry and the lock need no torch
+    from ..infer.blocks import Block
+    from ..infer.options import SegmentOptions
 
 log = logging.getLogger(__name__)
 
@@ -87,10 +96,6 @@ CHANGED_DURING_RUN = "changed-during-run"  # a fingerprint no scan has: the next
 SCAN_COLUMNS = {"fingerprint": "TEXT", "version": "INTEGER NOT NULL DEFAULT 1"}
 
 
-class LockedError(XtrainError, RuntimeError):
-    """Another nightly instance holds the lock."""
-
-
 @dataclass
 class Scan:
     name: str
@@ -107,6 +112,23 @@ class Scan:
                 with contextlib.suppress(FileNotFoundError):
                     newest = max(newest, os.stat(os.path.join(root, f)).st_mtime)
         return newest
+
+    def held_open(self) -> str | None:
+        """Why a writer still holds the scan, or None: an HDF5 file HDF5 itself refuses to open for
+        reading because a writer has it (its file lock, errno 11, or a SWMR writer's "already open
+        for write" flag).  Opening is what any reader does, so it disturbs no writer."""
+        if self.kind != "hdf5":
+            return None
+        import h5py
+
+        try:
+            with h5py.File(self.path, "r"):
+                return None
+        except OSError as exc:
+            text = str(exc)
+            if "unable to lock file" in text or "already open for write" in text:
+                return text.split("(", 1)[-1].rstrip(")") if "(" in text else text
+            return None  # another problem: the scan's attempt reports it
 
     def fingerprint(self) -> str:
         """sha256 over every file's relative path, size and modification time (ns)."""
@@ -172,17 +194,19 @@ class Registry:
     def versions(self, name: str) -> list[dict[str, Any]]:
         return [dict(r) for r in self.db.execute("SELECT * FROM versions WHERE name = ? ORDER BY version", (name,))]
 
-    def start(self, scan: Scan, model_sha256: str, version: int = 1, fingerprint: str | None = None) -> None:
-        """Mark ``version`` of ``scan`` running (a new version starts its attempts at 1)."""
+    def start(self, scan: Scan, model_sha256: str, version: int = 1, fingerprint: str | None = None,
+              fresh_attempts: bool = False) -> None:
+        """Mark ``version`` of ``scan`` running (a new version, or ``fresh_attempts``: changed files
+        after a failure, starts its attempts at 1)."""
         now = _now()
         self.db.execute(
             "INSERT INTO scans (name, source, state, attempts, started, model_sha256, version, fingerprint) "
             "VALUES (?, ?, 'running', 1, ?, ?, ?, ?) "
             "ON CONFLICT(name) DO UPDATE SET state='running', "
-            "attempts=CASE WHEN version=excluded.version THEN attempts+1 ELSE 1 END, started=excluded.started, "
+            "attempts=CASE WHEN version=excluded.version AND NOT ? THEN attempts+1 ELSE 1 END, started=excluded.started, "
             "finished=NULL, model_sha256=excluded.model_sha256, error=NULL, version=excluded.version, "
             "fingerprint=excluded.fingerprint",
-            (scan.name, str(scan.path), now, model_sha256, version, fingerprint),
+            (scan.name, str(scan.path), now, model_sha256, version, fingerprint, fresh_attempts),
         )
         self.db.execute(
             "INSERT INTO versions (name, version, fingerprint, state, started) VALUES (?, ?, ?, 'running', ?) "
@@ -222,27 +246,6 @@ def _now() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%S")
 
 
-@contextlib.contextmanager
-def exclusive_lock(path: Path) -> Iterator[None]:
-    """Hold ``path`` exclusively (released by the OS if the process dies)."""
-    with open(path, "a+") as f:
-        try:
-            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            f.seek(0)
-            holder = f.read().strip() or "unknown"
-            raise LockedError(f"another 'xtrain nightly' is running on '{path.parent}' (pid {holder}); "
-                              "wait for it to finish") from None
-        f.seek(0)
-        f.truncate()
-        f.write(str(os.getpid()))
-        f.flush()
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
-
-
 # ----------------------------------------------------------------------------- one scan
 
 
@@ -251,12 +254,15 @@ def version_dir(results: Path, name: str, version: int) -> Path:
     return results / name if version <= 1 else results / name / f"v{version}"
 
 
-def process_scan(scan: Scan, model: Path, results: Path, segment_options: dict[str, Any], version: int = 1,
-                 should_stop: Callable[[], bool] = never, resume: bool = False) -> dict:
+def process_scan(scan: Scan, model: Path, results: Path, segment_options: SegmentOptions, version: int = 1,
+                 should_stop: Callable[[], bool] = never, resume: bool = False,
+                 on_block: Callable[[Block], None] | None = None) -> dict:
     """Ingest (unless already a store), segment and QC one scan; returns the QC summary.
 
+    ``segment_options``: how to segment (resume, overwrite and probabilities are this job's).
     ``resume``: the scan is unchanged since an earlier attempt: keep its ingested store and
-    continue (or accept, "already complete") its segmentation.  Otherwise both are redone."""
+    continue (or accept, "already complete") its segmentation.  Otherwise both are redone.
+    ``on_block``: ``segment``'s progress hook."""
     from ..data.ingest import ingest
     from ..io import remove_path
     from ..infer import segment
@@ -276,8 +282,8 @@ def process_scan(scan: Scan, model: Path, results: Path, segment_options: dict[s
     labels = out_dir / "labels.zarr"
     # resume: segment continues a partial run block by block (or says "already complete");
     # otherwise a partial or finished labels.zarr is replaced.
-    segment(model, volume, labels, resume=resume, overwrite=not resume, probabilities=True,
-            should_stop=should_stop, **segment_options)
+    options = replace(segment_options, resume=resume, overwrite=not resume, probabilities=True)
+    segment(model, volume, labels, options, should_stop=should_stop, on_block=on_block)
     qc = quality_summary(volume, labels, model)
     atomic_write(out_dir / "qc.json", json.dumps(qc, indent=2), what="the QC summary")
     return qc
@@ -334,23 +340,29 @@ def quality_summary(volume: Path, labels: Path, model: Path) -> dict[str, Any]:
 
 def run_nightly(incoming: str | Path, model: str | Path, results: str | Path, *, once: bool = False,
                 interval: float = 300.0, settle: float = 120.0, max_attempts: int = 3, redo: list[str] | None = None,
-                segment_options: dict[str, Any] | None = None, max_cycles: int | None = None,
-                should_stop: Callable[[], bool] = never) -> dict[str, int]:
+                segment_options: SegmentOptions | None = None, max_cycles: int | None = None,
+                should_stop: Callable[[], bool] = never, on_block: Callable[[Block], None] | None = None
+                ) -> dict[str, int]:
     """Process every stable new or changed scan; loop every ``interval`` seconds unless ``once``.
+
+    ``segment_options``: how scans are segmented (default ``SegmentOptions()``: the model's validated
+    axes and clean-up); ``on_block``: ``segment``'s progress hook (tests).
 
     Returns counts of this run's outcomes: {"done": n, "failed": n, "skipped": n, "waiting": n}.
     Raises ``RunInterrupted`` when ``should_stop()`` turns true (the running scan checkpoints
     and resumes next time) and ``DiskFullError`` when the results file system is full.
     """
+    from ..infer.options import SegmentOptions
     from ..models.checkpoint import file_checksum, load_checkpoint
 
     incoming, model, results = Path(incoming), Path(model), Path(results)
+    segment_options = segment_options or SegmentOptions()
     load_checkpoint(model)  # a bad model is one clear error before anything else
     find_scans(incoming)
     results.mkdir(parents=True, exist_ok=True)
     model_sha = file_checksum(model)
     totals = {"done": 0, "failed": 0, "skipped": 0, "waiting": 0}
-    with exclusive_lock(results / LOCK):
+    with exclusive_lock(results / LOCK, f"another 'xtrain nightly' is running on '{results}'"):
         registry = Registry(results / REGISTRY)
         try:
             for name in redo or []:
@@ -359,7 +371,7 @@ def run_nightly(incoming: str | Path, model: str | Path, results: str | Path, *,
             while True:
                 cycle += 1
                 for key, value in _one_pass(incoming, model, results, registry, model_sha, settle, max_attempts,
-                                            segment_options or {}, should_stop).items():
+                                            segment_options, should_stop, on_block).items():
                     totals[key] += value
                 if once or (max_cycles is not None and cycle >= max_cycles):
                     break
@@ -374,8 +386,9 @@ def run_nightly(incoming: str | Path, model: str | Path, results: str | Path, *,
 
 
 def _one_pass(incoming: Path, model: Path, results: Path, registry: Registry, model_sha: str, settle: float,
-              max_attempts: int, segment_options: dict[str, Any],
-              should_stop: Callable[[], bool] = never) -> dict[str, int]:
+              max_attempts: int, segment_options: SegmentOptions,
+              should_stop: Callable[[], bool] = never, on_block: Callable[[Block], None] | None = None
+              ) -> dict[str, int]:
     counts = {"done": 0, "failed": 0, "skipped": 0, "waiting": 0}
     for scan in find_scans(incoming):
         if should_stop():
@@ -389,15 +402,26 @@ def _one_pass(incoming: Path, model: Path, results: Path, registry: Registry, mo
                 counts["skipped"] += 1
                 continue
             changed = True
-        elif record and record["state"] == "failed" and record["attempts"] >= max_attempts:
-            counts["skipped"] += 1
+        failed_before = bool(record and record["state"] == "failed")
+        if failed_before and record["attempts"] >= max_attempts and record.get("fingerprint") in (None,
+                                                                                               scan.fingerprint()):
+            counts["skipped"] += 1  # the same files failed every attempt: left failed until they change
             continue
         age = time.time() - scan.newest_mtime()
         if age < settle:
             log.info("%s: still being written (changed %.0f s ago); later", scan.name, age)
             counts["waiting"] += 1
             continue
+        writer = scan.held_open()
+        if writer is not None:
+            log.info("%s: still being written (a writer holds it open: %s; if none does, clear the flag with "
+                     "'h5clear -s %s'); later", scan.name, writer, scan.path)
+            counts["waiting"] += 1
+            continue
         fingerprint = scan.fingerprint()
+        retry = failed_before and record.get("fingerprint") not in (None, fingerprint)  # new files: attempts afresh
+        if retry:
+            log.info("%s: failed before, but its files changed since; trying again", scan.name)
         if changed:
             version += 1
             log.warning("%s: changed since it was segmented (version %d, %s); segmenting it again as version %d "
@@ -405,29 +429,10 @@ def _one_pass(incoming: Path, model: Path, results: Path, registry: Registry, mo
                         record["result"], version, version_dir(results, scan.name, version))
         # An earlier attempt on the same files (crashed, stopped, failed on a full disk): continue it.
         resume = bool(record and not changed and record.get("fingerprint") == fingerprint)
-        registry.start(scan, model_sha, version, fingerprint)
+        registry.start(scan, model_sha, version, fingerprint, fresh_attempts=retry)
         log.info("%s: %s (%s)", scan.name, "resuming" if resume else "segmenting", scan.kind)
-        try:
-            qc = process_scan(scan, model, results, segment_options, version, should_stop, resume)
-        except RunInterrupted as exc:
-            registry.finish(scan.name, "interrupted", error=str(exc), count_attempt=False)
-            raise
-        except DiskFullError as exc:
-            registry.finish(scan.name, "failed", error=str(exc), count_attempt=False)
-            log.error("%s: failed: %s", scan.name, exc)
-            raise
-        except XtrainError as exc:
-            registry.finish(scan.name, "failed", error=str(exc))
-            log.error("%s: failed: %s", scan.name, exc)
-            counts["failed"] += 1
-            continue
-        except Exception as exc:  # an unexpected bug must not stop the other scans either
-            if disk_full_cause(exc) is not None:
-                error = disk_full_error(exc, version_dir(results, scan.name, version), "the scan's results")
-                registry.finish(scan.name, "failed", error=str(error), count_attempt=False)
-                raise error from exc
-            registry.finish(scan.name, "failed", error=f"{type(exc).__name__}: {exc}")
-            log.exception("%s: failed unexpectedly", scan.name)
+        qc = _attempt(scan, model, results, registry, segment_options, version, should_stop, resume, on_block)
+        if qc is None:
             counts["failed"] += 1
             continue
         if scan.fingerprint() != fingerprint:
@@ -440,3 +445,32 @@ def _one_pass(incoming: Path, model: Path, results: Path, registry: Registry, mo
                  "; WARNING intensity histogram far from the training data" if qc["drift_warning"] else "")
         counts["done"] += 1
     return counts
+
+
+def _attempt(scan: Scan, model: Path, results: Path, registry: Registry, segment_options: SegmentOptions,
+             version: int, should_stop: Callable[[], bool], resume: bool,
+             on_block: Callable[[Block], None] | None) -> dict | None:
+    """``process_scan`` with its failure recorded: the QC summary, or None when the scan failed (the
+    other scans still run).  A stop, a full disk and ``RunInterrupted`` are recorded and raised: the
+    other scans would fail the same way."""
+    try:
+        return process_scan(scan, model, results, segment_options, version, should_stop, resume, on_block)
+    except RunInterrupted as exc:
+        registry.finish(scan.name, "interrupted", error=str(exc), count_attempt=False)
+        raise
+    except DiskFullError as exc:
+        registry.finish(scan.name, "failed", error=str(exc), count_attempt=False)
+        log.error("%s: failed: %s", scan.name, exc)
+        raise
+    except XtrainError as exc:
+        registry.finish(scan.name, "failed", error=str(exc))
+        log.error("%s: failed: %s", scan.name, exc)
+        return None
+    except Exception as exc:  # an unexpected bug must not stop the other scans either
+        if disk_full_cause(exc) is not None:
+            error = disk_full_error(exc, version_dir(results, scan.name, version), "the scan's results")
+            registry.finish(scan.name, "failed", error=str(error), count_attempt=False)
+            raise error from exc
+        registry.finish(scan.name, "failed", error=f"{type(exc).__name__}: {exc}")
+        log.exception("%s: failed unexpectedly", scan.name)
+        return None

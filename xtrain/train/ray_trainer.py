@@ -38,7 +38,7 @@ from ..models.checkpoint import load_checkpoint
 from .distributed import all_gather
 from .loop import WorkerContext, fit, preflight
 from .run_dir import LAST, STOP, TRAIN_LOG, AlreadyComplete, last_metrics, log_to_run, prepare_run_dir, read_status, \
-    record_worker, write_status
+    record_worker, run_lock, write_status
 
 log = logging.getLogger(__name__)
 
@@ -205,12 +205,18 @@ def train(cfg: Config, run_dir: str | Path, resume: bool = False,
     ``stopped``: ``should_stop()`` turned true (the workers checkpointed and stopped within
     one step; ``resume=True`` continues).  ``already_complete``: ``resume`` of a finished run
     with the same settings (nothing is done).  Installs no signal handler; uses the connected
-    Ray or starts (and then stops) one."""
+    Ray or starts (and then stops) one.  ``LockedError`` while another process trains into
+    RUN_DIR (the lock file ``.RUN.lock`` beside it)."""
     preflight(cfg)
+    run_dir = Path(run_dir).resolve()
+    with run_lock(run_dir, "train"):  # one writer per run folder: a second one names this pid
+        return _train(cfg, run_dir, resume, should_stop)
+
+
+def _train(cfg: Config, run_dir: Path, resume: bool, should_stop: Callable[[], bool]) -> dict[str, Any]:
     try:
         run_dir, resume_from = prepare_run_dir(run_dir, cfg, resume)
     except AlreadyComplete:
-        run_dir = Path(run_dir).resolve()
         return {**last_metrics(run_dir), "stopped": False, "already_complete": True}
 
     def request_stop() -> None:  # Slurm time limit / preemption: every worker checkpoints and stops

@@ -22,10 +22,14 @@ The rules (``xtrain train``, ``xtrain tune``'s trials and ``loop.fit`` all follo
   may differ only in ``RUN_ONLY_KEYS`` (where and how fast a run computes, not what).  A run
   that stopped before its first checkpoint starts again from epoch 1; a folder holding only
   a failed start's config.yaml starts from the beginning.
+* One writer per folder: ``run_lock`` (``xtrain.io.output_lock``, the lock file ``.RUN.lock``
+  beside RUN_DIR) is held around the whole of ``xtrain train`` and ``xtrain tune``; a second
+  process writing the same folder gets ``LockedError`` naming the first one's pid.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -36,7 +40,7 @@ from typing import Any
 
 from ..config import Config, config_to_dict, describe_differences, differences, save_config
 from ..errors import RunStateError, SettingsMismatchError
-from ..io import atomic_write, read_csv, write_csv
+from ..io import atomic_write, output_lock, read_csv, write_csv
 
 log = logging.getLogger(__name__)
 
@@ -122,6 +126,14 @@ def check_same_config(run_dir: Path, cfg: Config, what: str = "run") -> None:
         raise SettingsMismatchError(f"{what} '{run_dir}' was made with other settings: "
                                     f"{describe_differences(saved, new, keys)}; rerun with the same settings "
                                     "or choose a new --out")
+
+
+def run_lock(folder: str | Path, command: str) -> contextlib.AbstractContextManager[None]:
+    """The one-writer lock of a run or tune ``folder`` for ``xtrain COMMAND`` (module docstring); creates
+    the parent folder so the lock can be taken.  Raises ``LockedError`` (on entering) while another holds it."""
+    folder = Path(folder).resolve()
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    return output_lock(folder, command)
 
 
 def failed_start(folder: Path, extra: frozenset[str] = frozenset()) -> bool:

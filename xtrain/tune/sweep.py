@@ -64,7 +64,7 @@ from ..errors import RunStateError
 from ..train.loop import preflight
 from ..train.ray_trainer import fit_trainer, make_trainer, quiet_ray
 from ..train.run_dir import BEST, CONFIG, METRICS, STOP, check_same_config, failed_start, numeric, prepare_trial_dir, \
-    read_metrics, read_status, write_status
+    read_metrics, read_status, run_lock, write_status
 from .space import Param, apply_params, grid_size, parse_space, to_ray
 
 log = logging.getLogger(__name__)
@@ -186,7 +186,25 @@ def _cluster_slots(cfg: Config) -> int:
     return max(1, int(res.get("CPU", 1) // cfg.train.workers))
 
 
-def _progress_callback(total: int, params: list[Param], tune_dir: Path, metric: str):
+SETTLED = ("finished", "early-stopped")  # trial states (status.json) a resumed sweep does not rerun
+
+
+def _settled_trials(tune_dir: Path) -> set[str]:
+    """The trials of TUNE_DIR that ended before (finished or early-stopped): what --resume does not rerun."""
+    trials = tune_dir / TRIALS
+    if not trials.is_dir():
+        return set()
+    return {d.name for d in trials.iterdir() if d.is_dir() and read_status(d).get("state") in SETTLED}
+
+
+def _progress_callback(total: int, params: list[Param], tune_dir: Path, metric: str, mode: str = "max"):
+    """Tune callback: one line per trial that ends, "trial K/N": K counts the trials ended so far,
+    those a resumed sweep finished before included; a trial that ended before its first epoch says
+    so instead of "0 epochs, best nan".
+
+    The count starts from the trial folders in ``setup`` (called at the start of every run, also
+    after ``Tuner.restore``, which brings back the callback pickled with the sweep's first start,
+    not a new one)."""
     from ray.tune import Callback
 
     keys = [p.key for p in params if p.kind != "fixed"]
@@ -195,16 +213,25 @@ def _progress_callback(total: int, params: list[Param], tune_dir: Path, metric: 
         """One line per finished trial instead of Tune's tables."""
 
         def __init__(self):
-            self.done = 0
+            self.ended: set[str] = set()
+
+        def setup(self, **info):
+            self.ended = _settled_trials(tune_dir)
 
         def _line(self, trial, what: str) -> None:
-            self.done += 1
+            self.ended.add(trial.trial_id)
             rows = read_metrics(tune_dir / TRIALS / trial.trial_id / METRICS)
-            best = max((float(r.get(metric, "nan")) for r in rows if r.get(metric) not in (None, "")),
-                       default=float("nan"))
+            values = [float(r[metric]) for r in rows if r.get(metric) not in (None, "")]
+            values = [v for v in values if not math.isnan(v)]
+            if not rows:
+                result = "before its first epoch"
+            elif values:
+                best = (max if mode == "max" else min)(values)
+                result = f"{len(rows)} epoch{'s' if len(rows) != 1 else ''}, best {metric} {best:.4f}"
+            else:
+                result = f"{len(rows)} epoch{'s' if len(rows) != 1 else ''}, no {metric} yet"
             shown = "  ".join(f"{k}={_fmt(trial.config.get(k))}" for k in keys)
-            log.info("trial %d/%d %s %s: %d epochs, best %s %.4f  %s", self.done, total, trial.trial_id, what,
-                     len(rows), metric, best, shown)
+            log.info("trial %d/%d %s %s: %s  %s", len(self.ended), total, trial.trial_id, what, result, shown)
 
         def on_trial_complete(self, iteration, trials, trial, **info):
             self._line(trial, "finished")
@@ -304,11 +331,19 @@ def sweep(cfg: Config, tune_dir: str | Path, resume: bool = False,
 
     ``should_stop()`` true: the running trials checkpoint and end "interrupted" (summary
     ``stopped``), ``resume=True`` runs them to their full length.  ``already_complete``:
-    ``resume`` of a finished sweep with the same settings.  Installs no signal handler."""
+    ``resume`` of a finished sweep with the same settings.  Installs no signal handler.
+    ``LockedError`` while another process sweeps into TUNE_DIR (the lock file ``.TUNE.lock`` beside it)."""
     quiet_tune()
+    params = check_tune_config(cfg)
+    tune_dir = Path(tune_dir).resolve()
+    with run_lock(tune_dir, "tune"):  # one sweep per folder: a second one names this pid
+        return _sweep(cfg, tune_dir, resume, should_stop, params)
+
+
+def _sweep(cfg: Config, tune_dir: Path, resume: bool, should_stop: Callable[[], bool] | None,
+           params: list[Param]) -> dict[str, Any]:
     stop = runtime.StopRequest()
     outer = should_stop or runtime.never
-    params = check_tune_config(cfg)
     try:
         tune_dir, cfg, resume = prepare_tune_dir(tune_dir, cfg, resume)
     except SweepComplete:
@@ -342,7 +377,7 @@ def sweep(cfg: Config, tune_dir: str | Path, resume: bool = False,
         concurrent = min(t.max_concurrent or slots, slots, n_trials)
         trainable = tune.with_resources(tune.with_parameters(run_trial, base=base, tune_dir=str(tune_dir)),
                                         {"cpu": 0, "memory": TRIAL_MEMORY})
-        progress = _progress_callback(n_trials, params, tune_dir, t.metric)
+        progress = _progress_callback(n_trials, params, tune_dir, t.metric, t.mode)
         run_config = tune.RunConfig(name=EXPERIMENT, storage_path=str(tune_dir), verbose=0, callbacks=[progress],
                                     failure_config=tune.FailureConfig(max_failures=0))
         if t.scheduler == "asha":

@@ -30,6 +30,7 @@ import numpy as np
 
 from ...errors import CorruptFileError, InvalidInputError, LabelValueError
 from ...geometry import Box
+from ..labels import IGNORE
 from ..normalise import apply_mapping
 
 log = logging.getLogger(__name__)
@@ -166,9 +167,9 @@ class Volume:
         """The source read without Dask, for many small box reads (a Dask graph per box costs more
         than the read: the training sampler's patches).  ``source[z0:z1, y0:y1, x0:x1]`` is numpy in
         the source's dtype, indexed like the uncropped source (add ``z_offset``), without the view.
-        A Zarr (Z, Y, X) array (xtrain stores, plain Zarr) is returned itself, so a chunk cache sees its
-        ``chunks`` and ``shards`` (``xtrain.data.chunkcache``); other formats give their reader, an
-        in-memory volume its array."""
+        A Zarr (Z, Y, X) array (xtrain stores, plain Zarr) gives its ``ZarrReader``, which has the array's
+        ``chunks`` and ``shards`` (so a chunk cache reads in its units, ``xtrain.data.chunkcache``) and
+        names a chunk that fails to decode; other formats give their reader, an in-memory volume its array."""
         self._source_array()  # reopens the source after unpickling
         if self._reader is None:
             return self._array
@@ -266,23 +267,31 @@ def array_volume(array: Any, spec: str = "array", **meta: Any) -> Volume:
 
 # ----------------------------------------------------------------------------- class ids
 
-UNMAPPED = 255  # lookup-table entry for raw label values that are not in the map
+UNMAPPED = 256  # lookup-table entry of a raw value that is not allowed: no uint8 class id (nor IGNORE) can equal it
 
 
-def label_lut(dtype: Any, label_map: dict[int, int] | None, num_classes: int, spec: str) -> np.ndarray:
-    """The one lookup table raw label value -> class id (``UNMAPPED`` where the value is not allowed).
+def label_lut(dtype: Any, label_map: dict[int, int] | None, num_classes: int, spec: str,
+              unlabelled: int | None = None) -> np.ndarray:
+    """The one lookup table raw label value -> class id: uint16, indexed by the raw value.
 
-    Without a map the raw values must already be class ids 0..num_classes-1.  Labels are
-    uint8 or uint16 (any other dtype is refused: a float label image is a mistake).
+    Entries: a class id 0..num_classes-1; ``IGNORE`` (``xtrain.data.labels``, 255) for the raw value
+    ``unlabelled`` (not labelled: napari's Labels layer writes 0 for unpainted voxels); ``UNMAPPED``
+    (256, outside uint8) for every other value, which ``map_labels`` refuses.  So an unlabelled voxel
+    is never an error and a value that is not allowed is never taken for an unlabelled one.
+    Without a map the raw values must already be class ids 0..num_classes-1.  Labels are uint8 or
+    uint16 (any other dtype is refused: a float label image is a mistake).  Raises
+    ``InvalidInputError`` for a class id out of range, a raw value the dtype cannot hold, or an
+    ``unlabelled`` value that is also a class (a key of the map, or a class id without one).
     """
     dtype = np.dtype(dtype)
     if dtype.kind != "u" or dtype.itemsize > 2:
         raise InvalidInputError(f"labels '{spec}' have dtype {dtype}; labels must be uint8 or uint16 integer images")
-    if num_classes >= UNMAPPED:
-        raise InvalidInputError(f"{num_classes} classes given; at most {UNMAPPED - 1} are supported")
+    if num_classes >= IGNORE:
+        raise InvalidInputError(f"{num_classes} classes given; at most {IGNORE - 1} are supported")
     n_raw = np.iinfo(dtype).max + 1
-    lut = np.full(n_raw, UNMAPPED, dtype=np.uint8)
-    for raw, cls in (dict(label_map) if label_map else {i: i for i in range(num_classes)}).items():
+    lut = np.full(n_raw, UNMAPPED, dtype=np.uint16)
+    classes = dict(label_map) if label_map else {i: i for i in range(num_classes)}
+    for raw, cls in classes.items():
         if not 0 <= cls < num_classes:
             raise InvalidInputError(f"--label-map sends {raw} to class {cls}, but there are {num_classes} classes: use "
                                     f"class ids 0..{num_classes - 1} or pass --classes")
@@ -290,23 +299,35 @@ def label_lut(dtype: Any, label_map: dict[int, int] | None, num_classes: int, sp
             raise InvalidInputError(f"--label-map key {raw} can never occur in {dtype} labels '{spec}'; use raw values "
                                     f"0..{n_raw - 1}")
         lut[raw] = cls
+    if unlabelled is not None:
+        if not 0 <= unlabelled < n_raw:
+            raise InvalidInputError(f"--unlabelled {unlabelled} can never occur in {dtype} labels '{spec}'; give a raw "
+                                    f"value 0..{n_raw - 1}")
+        if unlabelled in classes:
+            what = (f"also in --label-map ({unlabelled}:{classes[unlabelled]})" if label_map else
+                    f"class id {unlabelled} (without --label-map the raw values 0..{num_classes - 1} are the class ids)")
+            raise InvalidInputError(f"--unlabelled {unlabelled} is {what}; a value cannot mean both a class and "
+                                    "'not labelled': drop it from one of them")
+        lut[unlabelled] = IGNORE
     return lut
 
 
 def map_labels(raw: np.ndarray, lut: np.ndarray, volume: Volume, z0: int, y0: int = 0, x0: int = 0) -> np.ndarray:
-    """(z, y, x) raw labels of the box at (z0, y0, x0) of ``volume`` -> uint8 class ids; ``LabelValueError``
-    naming the first bad value and where it is."""
+    """(z, y, x) raw labels of the box at (z0, y0, x0) of ``volume`` -> uint8 class ids (``IGNORE`` where
+    unlabelled); ``LabelValueError`` naming the first value that is not allowed and where it is."""
     ids = lut[raw]
     bad = ids == UNMAPPED
     if bad.any():
         z, y, x = (int(v[0]) for v in np.nonzero(bad))
-        valid = ",".join(str(v) for v in np.flatnonzero(lut != UNMAPPED))
+        valid = ",".join(str(v) for v in np.flatnonzero((lut != UNMAPPED) & (lut != IGNORE)))
+        unlabelled = np.flatnonzero(lut == IGNORE)
+        extra = f", unlabelled: {','.join(str(v) for v in unlabelled)}" if unlabelled.size else ""
         raise LabelValueError(
             f"label value {int(raw[z, y, x])} at z={volume.z_offset + z0 + z} y={y0 + y} x={x0 + x} "
-            f"({volume.where(z0 + z)}) is not a class; valid raw values: {valid} "
-            "(map raw values with --label-map RAW:CLASS,...)"
+            f"({volume.where(z0 + z)}) is not a class; valid raw values: {valid}{extra} "
+            "(map raw values with --label-map RAW:CLASS,..., mark unpainted ones with --unlabelled V)"
         )
-    return ids
+    return ids.astype(np.uint8)
 
 
 # ----------------------------------------------------------------------------- helpers for the backends

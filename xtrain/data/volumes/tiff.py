@@ -12,7 +12,13 @@ folder or glob holds one 2-D image per file.
 
 Opening reads headers only (no pixel data): every slice's shape and dtype, and whether its
 strips lie inside the file (a truncated copy), so bad input fails before anything is
-written.  Reads decode only the pages of the requested slices; every codec comes through
+written.  A slice folder or glob whose file numbers have a gap (``s_0099.tif``, ``s_0102.tif``:
+the one number that varies between the names, on the grid of its common step) is refused
+naming the missing numbers (``MissingDataError``): a lost slice would shift every later one;
+``allow_missing`` (``--allow-missing``) stacks the slices present, in order, with a warning.
+ImageJ's layout for big stacks (one IFD followed by every slice's contiguous data, what
+``imwrite(..., imagej=True, truncate=True)`` writes) is read through the series' memory map, its
+slice count from the ImageJ metadata.  Reads decode only the pages of the requested slices; every codec comes through
 imagecodecs, and a codec that cannot be loaded is a ``CodecError`` naming the package.
 The readers hold paths only, never open handles, so they pickle to workers.
 """
@@ -22,13 +28,14 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import re
 from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import tifffile
 
-from ...errors import CorruptFileError, InputNotFoundError, InvalidInputError, ShapeMismatchError
+from ...errors import CorruptFileError, InputNotFoundError, InvalidInputError, MissingDataError, ShapeMismatchError
 from .base import HandleReader, Reader, Volume, check_dtype, decode_error, make_volume, select_axes, unit_to_nm
 from .formats import GLOB_CHARS, TIFF_SUFFIXES, glob_files, natural_key
 
@@ -161,6 +168,28 @@ class TiffFileReader(HandleReader):
         return data.reshape(len(pages), *self.shape[1:])[:, ys, xs]
 
 
+class TiffMemmapReader(HandleReader):
+    """A contiguous, uncompressed series (ImageJ's big-stack layout: one IFD, then every slice's data)
+    read through ``tifffile.memmap``, indexed down to (Z, Y, X) like ``select_axes`` says (paths only)."""
+
+    def __init__(self, path: Path, index: tuple, zaxis: int, shape: tuple[int, int, int], dtype: np.dtype):
+        self.path, self.index, self.zaxis, self.shape, self.dtype = path, index, zaxis, shape, dtype
+        super().__init__()
+
+    def __getitem__(self, key) -> np.ndarray:
+        zs, ys, xs = key
+        data = getattr(self._local, "data", None)
+        if data is None:
+            try:
+                data = tifffile.memmap(self.path, series=0, mode="r")
+            except Exception as exc:
+                raise decode_error(exc, f"'{self.path}'", "imagecodecs") from exc
+            self._local.data = data
+        spatial = iter((zs, ys, xs) if self.zaxis >= 0 else (ys, xs))
+        out = np.asarray(data[tuple(next(spatial) if i is None else i for i in self.index)])
+        return out[np.newaxis][zs] if self.zaxis < 0 else out
+
+
 class TiffFolderReader(Reader):
     """One file per slice (paths only: picklable)."""
 
@@ -233,16 +262,85 @@ def _open_file(spec: str, path: Path, channel: int | None, time: int | None) -> 
         voxel = _voxel_size(tif, keyframe)
         kind = "ome-tiff" if tif.is_ome else "imagej" if tif.is_imagej else "tiff"
         bigtiff = tif.is_bigtiff
-    reader = TiffFileReader(path.resolve(), pages, zyx, source_dtype)
+        images = int((tif.imagej_metadata or {}).get("images") or 0) if tif.is_imagej else 0
+        if images > int(np.prod(outer or (1,))):  # tifffile fell back to the pages it could read (a warning)
+            raise CorruptFileError(f"'{path}' is truncated: its ImageJ metadata says {images} images but "
+                                   f"{int(np.prod(outer or (1,)))} can be read from its {size} bytes; copy or "
+                                   "export the file again")
+        truncated = bool(getattr(series, "is_truncated", False))  # ImageJ big stack: fewer IFDs than slices
+        if truncated:
+            end = int(series.dataoffset or 0) + int(np.prod(shape)) * source_dtype.itemsize
+            if series.dataoffset is None or end > size:
+                raise CorruptFileError(f"'{path}' is truncated: its {int(np.prod(outer or (1,)))} slices of contiguous "
+                                       f"pixel data end at byte {end} but the file has {size} bytes; copy or export "
+                                       "the file again")
+    if truncated:
+        reader: Reader = TiffMemmapReader(path.resolve(), index, zaxis, zyx, source_dtype)
+    else:
+        reader = TiffFileReader(path.resolve(), pages, zyx, source_dtype)
     return make_volume(spec, "tiff", reader, source_dtype, voxel_size_zyx_nm=voxel, provenance={
         "files": str(path.resolve()), "tiff_kind": kind, "bigtiff": bigtiff, "axes": axes, "source_shape": list(shape),
-        "channel": channel, "time": time,
+        "channel": channel, "time": time, **({"layout": "contiguous (ImageJ big stack)"} if truncated else {}),
     })
 
 
-def _open_folder(spec: str, files: list[Path], channel: int | None, time: int | None) -> Volume:
+def slice_numbers(files: list[Path]) -> tuple[list[int], int] | None:
+    """(each file's slice number, the step between them) of a numbered slice series, None when the names
+    give no single number.
+
+    The number is the one digit run that differs between the names (all names alike otherwise); the
+    slices lie on the grid first + k * step (step: the gcd of the differences), so ``s0``, ``s2``,
+    ``s4`` (every second slice exported) has no gap and ``s1``, ``s2``, ``s4`` misses 3."""
+    import math
+
+    if len(files) < 3:
+        return None
+    split = [re.split(r"(\d+)", f.name) for f in files]
+    if len({len(p) for p in split}) != 1 or len({tuple(p[0::2]) for p in split}) != 1:
+        return None  # names of different patterns: no numbering to check
+    runs = [[int(x) for x in p[1::2]] for p in split]
+    varying = [i for i in range(len(runs[0])) if len({r[i] for r in runs}) > 1]
+    if len(varying) != 1:
+        return None
+    numbers = [r[varying[0]] for r in runs]
+    if len(set(numbers)) != len(numbers) or numbers != sorted(numbers):
+        return None
+    step = 0
+    for a, b in zip(numbers, numbers[1:]):
+        step = math.gcd(step, b - a)
+    return numbers, step
+
+
+def _check_gaps(spec: str, files: list[Path], allow_missing: bool) -> list[int]:
+    """Refuse a numbered slice folder/glob with a gap (``slice_numbers``); ``allow_missing``: warn instead.
+    Returns the missing numbers that were let through."""
+    import bisect
+
+    found = slice_numbers(files)
+    if found is None:
+        return []
+    numbers, step = found
+    have = set(numbers)
+    missing = [n for n in range(numbers[0], numbers[-1] + 1, step) if n not in have]
+    if not missing:
+        return []
+    z = bisect.bisect_left(numbers, missing[0])  # the slice after the gap would take this z
+    shown = ", ".join(map(str, missing[:8])) + (f" ... ({len(missing)} in all)" if len(missing) > 8 else "")
+    head = (f"slice stack '{spec}' has a gap in its file numbers (step {step}): no slice numbered {shown} (after "
+            f"'{files[z - 1].name}', z {z - 1})")
+    if not allow_missing:
+        raise MissingDataError(f"{head}; a lost slice would shift every later one: copy the missing slices, or if "
+                               "the gap is intended pass --allow-missing (xtrain ingest / segment) to stack the "
+                               "slices present in order")
+    log.warning("%s; stacking the %d slices present in order (--allow-missing)", head, len(files))
+    return missing
+
+
+def _open_folder(spec: str, files: list[Path], channel: int | None, time: int | None,
+                 allow_missing: bool = False, numbered: bool = False) -> Volume:
     if channel is not None or time is not None:
         raise InvalidInputError(f"'{spec}' is a stack of single-slice files; drop --channel/--time")
+    gaps = [] if numbered else _check_gaps(spec, files, allow_missing)
     first_shape, first_dtype, voxel = None, None, None
     for z, path in enumerate(files):
         size = path.stat().st_size
@@ -274,14 +372,17 @@ def _open_folder(spec: str, files: list[Path], channel: int | None, time: int | 
     source_dtype, _ = check_dtype(first_dtype, f"'{files[0]}'")
     reader = TiffFolderReader([f.resolve() for f in files], (len(files), *first_shape), source_dtype)
     return make_volume(spec, "tiff", reader, source_dtype, voxel_size_zyx_nm=voxel, provenance={
-        "files": [str(f.resolve()) for f in files], "tiff_kind": "slices",
+        "files": [str(f.resolve()) for f in files], "tiff_kind": "slices", **({"number_gaps": gaps} if gaps else {}),
     })
 
 
-def open_tiff(spec: str | os.PathLike, channel: int | None = None, time: int | None = None) -> Volume:
-    """A TIFF volume (file, folder or glob) as a ``Volume``; headers of every slice validated."""
+def open_tiff(spec: str | os.PathLike, channel: int | None = None, time: int | None = None,
+              allow_missing: bool = False, numbered: bool = False) -> Volume:
+    """A TIFF volume (file, folder or glob) as a ``Volume``; headers of every slice validated, a numbered
+    folder's gaps refused (``allow_missing``: stacked without them, with a warning; ``numbered``: the
+    caller places the files by their numbers, gaps are not checked)."""
     spec = os.fspath(spec)
     files, single = _resolve(spec)
     if single:
         return _open_file(spec, files[0], channel, time)
-    return _open_folder(spec, files, channel, time)
+    return _open_folder(spec, files, channel, time, allow_missing, numbered)

@@ -10,6 +10,11 @@ a group with OME ``multiscales`` metadata is an OME-Zarr image, read with ome-za
 (level 0 of the first multiscale; the voxel size is its ``scale`` transform, composed with
 the multiscale's own, in the axes' unit); any other group needs ``dataset`` unless it holds
 exactly one 3-D array.  Zarr arrays pickle, so these volumes travel to workers as they are.
+
+Missing and damaged data (``xtrain.data.chunks``): every array is checked at open for absent,
+empty and truncated shards/chunks (``check_chunks``: the file listing and the shard indices) and
+a read that fails to decode names the damaged chunk (``ZarrReader``), so nothing is ever read as a
+fill value silently; a foreign Zarr's absent chunks pass only with ``allow_missing``.
 """
 
 from __future__ import annotations
@@ -21,31 +26,45 @@ from typing import Any
 import numpy as np
 
 from ...errors import CorruptFileError, InputNotFoundError, InvalidInputError
+from ..chunks import DECODE_ERRORS, array_path, check_chunks, damaged_part
 from .base import Volume, as_dask, check_dtype, make_volume, select_axes, unit_to_nm, z_chunks
 
 log = logging.getLogger(__name__)
 
 
 class ZarrReader:
-    """A zarr array indexed down to (Z, Y, X) (ints for C/T and length-1 axes)."""
+    """A zarr array indexed down to (Z, Y, X) (ints for C/T and length-1 axes).
+
+    A read whose bytes do not decode (a failed crc32c, a truncated shard) is a
+    ``CorruptFileError`` naming the shard and chunk (``damaged_part``).  A (Z, Y, X) array's
+    reader has the array's ``chunks`` and ``shards``, so the training sampler's chunk cache
+    reads through it (``Volume.source``) in the array's own units."""
 
     ndim = 3
 
-    def __init__(self, array: Any, index: tuple, zaxis: int, shape: tuple[int, int, int]):
+    def __init__(self, array: Any, index: tuple, zaxis: int, shape: tuple[int, int, int], where: str = ""):
         self.array, self.index, self.zaxis, self.shape = array, index, zaxis, shape
         self.dtype = np.dtype(array.dtype)
+        self.where = where or f"'{array_path(array)}'"
+        if index == (None, None, None):
+            self.chunks, self.shards = tuple(array.chunks), array.shards
 
     @property
-    def direct(self) -> Any:
-        """The zarr array itself when it is (Z, Y, X) already (``Volume.source``), else this reader."""
-        return self.array if self.index == (None, None, None) else self
+    def direct(self) -> "ZarrReader":
+        """This reader (``Volume.source``): its reads name a damaged chunk instead of a traceback."""
+        return self
 
     def __getitem__(self, key) -> np.ndarray:
         zs, ys, xs = key
         if self.index == (None, None, None):
-            return np.asarray(self.array[zs, ys, xs])
-        spatial = iter((zs, ys, xs) if self.zaxis >= 0 else (ys, xs))
-        data = np.asarray(self.array[tuple(next(spatial) if i is None else i for i in self.index)])
+            sel: tuple = (zs, ys, xs)
+        else:
+            spatial = iter((zs, ys, xs) if self.zaxis >= 0 else (ys, xs))
+            sel = tuple(next(spatial) if i is None else i for i in self.index)
+        try:
+            data = np.asarray(self.array[sel])
+        except DECODE_ERRORS as exc:
+            raise damaged_part(self.array, sel, self.where, exc) from exc
         return data[np.newaxis][zs] if self.zaxis < 0 else data
 
 
@@ -74,12 +93,19 @@ def _native_z(array: Any, zaxis: int) -> int:
 
 
 def _volume(spec: str, kind: str, array: Any, axes: str, channel, time, where: str, *, voxel=None,
-            provenance: dict[str, Any] | None = None, info=None) -> Volume:
+            provenance: dict[str, Any] | None = None, info=None, allow_missing: bool = False,
+            checked: bool = False) -> Volume:
+    """The ``Volume`` of one zarr array, checked for missing and truncated shards/chunks first
+    (``check_chunks``; ``checked``: ``open_store`` has done it)."""
     source_dtype, _ = check_dtype(array.dtype, where)
     index, zaxis = select_axes(axes, tuple(array.shape), channel, time, where)
+    absent = [] if checked else check_chunks(array, where, complete=bool((info or {}).get("all_chunks_written")),
+                                             allow_missing=allow_missing, zaxis=zaxis)
+    if absent:
+        provenance = {**(provenance or {}), "absent_chunks_read_as_fill": len(absent)}
     yx = [n for a, n in zip(axes, array.shape) if a in "YX"]
     shape = (int(array.shape[zaxis]) if zaxis >= 0 else 1, int(yx[0]), int(yx[1]))
-    reader = ZarrReader(array, index, zaxis, shape)
+    reader = ZarrReader(array, index, zaxis, shape, where)
     native = _native_z(array, zaxis)
     chunks = z_chunks(shape, source_dtype.itemsize, native)
     if axes == "ZYX":  # keep the source's in-plane chunking: a box read touches its own chunks only
@@ -112,7 +138,7 @@ def _array_axes(array: Any, where: str) -> str:
     return _default_axes(array.ndim, where)
 
 
-def _ome(group: Any, path: Path, channel, time, spec: str) -> Volume:
+def _ome(group: Any, path: Path, channel, time, spec: str, allow_missing: bool = False) -> Volume:
     """Level 0 of the first multiscale of an OME-Zarr 0.4 / 0.5 image."""
     attrs = dict(group.attrs)
     version = "0.5" if "ome" in attrs else str(attrs.get("multiscales", [{}])[0].get("version", "0.4"))
@@ -148,7 +174,7 @@ def _ome(group: Any, path: Path, channel, time, spec: str) -> Volume:
         raise CorruptFileError(f"'{path}' names level '{level0.path}' but has no such array; write it again")
     array = group[level0.path]
     where = f"'{path}/{level0.path}'"
-    return _volume(spec, "ome-zarr", array, axes, channel, time, where, voxel=voxel,
+    return _volume(spec, "ome-zarr", array, axes, channel, time, where, voxel=voxel, allow_missing=allow_missing,
                    provenance={"files": str(path.resolve()), "dataset": level0.path, "ome_version": version,
                                "scale": scale.tolist()})
 
@@ -163,8 +189,9 @@ def _arrays_3d(group: Any) -> list[tuple[str, tuple[int, ...]]]:
     return found
 
 
-def open_zarr(spec: str, path: Path, dataset: str | None, channel, time) -> Volume:
-    """A Zarr folder as a ``Volume``: xtrain store, OME-Zarr image, plain group or array."""
+def open_zarr(spec: str, path: Path, dataset: str | None, channel, time, allow_missing: bool = False) -> Volume:
+    """A Zarr folder as a ``Volume``: xtrain store, OME-Zarr image, plain group or array; missing or
+    truncated shards/chunks refused (``check_chunks``; ``allow_missing``: see the module docstring)."""
     import zarr
 
     try:
@@ -177,16 +204,16 @@ def open_zarr(spec: str, path: Path, dataset: str | None, channel, time) -> Volu
             raise InvalidInputError(f"'{path}' is a single Zarr array; drop dataset={dataset}")
         where = f"'{path}'"
         return _volume(spec, "zarr", node, _array_axes(node, where), channel, time, where,
-                       provenance={"files": str(path.resolve())})
+                       allow_missing=allow_missing, provenance={"files": str(path.resolve())})
     attrs = dict(node.attrs)
     info = attrs.get("xtrain")
     if info is not None and info.get("complete", False) and (dataset or "image").strip("/") in ("image", "labels"):
-        return _store(spec, path, dataset, channel, time)  # either layout (xtrain.data.layout), image or labels
+        return _store(spec, path, dataset, channel, time, allow_missing)  # either layout (xtrain.data.layout), image or labels
     if info is not None and not info.get("complete", False):  # a segmentation output still being written
         raise CorruptFileError(f"'{path}' is incomplete (an interrupted write); finish it with --resume or delete it")
     name = dataset.strip("/") if dataset else None
     if name is None and ("multiscales" in attrs or "multiscales" in attrs.get("ome", {})):
-        return _ome(node, path, channel, time, spec)
+        return _ome(node, path, channel, time, spec, allow_missing)
     if name is None:
         arrays = _arrays_3d(node)
         three_d = [n for n, s in arrays if len(s) == 3]
@@ -201,20 +228,20 @@ def open_zarr(spec: str, path: Path, dataset: str | None, channel, time) -> Volu
     member = node[name]
     if not isinstance(member, zarr.Array):
         if "multiscales" in dict(member.attrs) or "multiscales" in dict(member.attrs).get("ome", {}):
-            return _ome(member, path / name, channel, time, spec)
+            return _ome(member, path / name, channel, time, spec, allow_missing)
         raise InvalidInputError(f"'{path}/{name}' is a group, not an array; name an array with --dataset")
     where = f"'{path}/{name}'"
     vs = (info or {}).get("voxel_size_nm")  # a segmentation output (xtrain attributes, no image)
     return _volume(spec, "zarr", member, _array_axes(member, where), channel, time, where,
-                   voxel=(vs, vs, vs) if vs else None, info=info,
+                   voxel=(vs, vs, vs) if vs else None, info=info, allow_missing=allow_missing,
                    provenance={"files": str(path.resolve()), "dataset": name})
 
 
-def _store(spec: str, path: Path, dataset: str | None, channel, time) -> Volume:
-    """An xtrain store through ``open_store``: its image, or (dataset='labels') its labels."""
+def _store(spec: str, path: Path, dataset: str | None, channel, time, allow_missing: bool = False) -> Volume:
+    """An xtrain store through ``open_store`` (which checks its chunks): its image, or (dataset='labels') its labels."""
     from ..store import open_store
 
-    store = open_store(path, require_image=False)
+    store = open_store(path, require_image=False, allow_missing=allow_missing)
     which = (dataset or "image").strip("/")
     if which == "image":
         if store.image is None:
@@ -231,5 +258,5 @@ def _store(spec: str, path: Path, dataset: str | None, channel, time) -> Volume:
     vs = store.info.voxel_size_nm
     where = f"'{path}' {which}"
     vol = _volume(spec, "store", array, "ZYX", channel, time, where, voxel=(vs, vs, vs) if vs else None,
-                  info=info, provenance={"files": str(path.resolve()), "dataset": which})
+                  info=info, checked=True, provenance={"files": str(path.resolve()), "dataset": which})
     return vol
