@@ -134,9 +134,14 @@ def config_from_args(args: argparse.Namespace, extra: list[str]):
     from .config import load_config
 
     overrides = [*(args.set or []), f"data.store={Path(args.data).resolve()}", *extra]
+    if getattr(args, "init", None):  # train and tune: fine-tune from a model (xtrain/train/finetune.py)
+        overrides.append(f"train.init={args.init}")
     if args.gpu:
         overrides.append("train.use_gpu=true")
-    return load_config(args.config, overrides)
+    cfg = load_config(args.config, overrides)
+    if cfg.train.init:  # absolute, however given: Ray workers do not run in this directory
+        cfg.train.init = str(Path(cfg.train.init).expanduser().resolve())
+    return cfg
 
 
 def cmd_ingest(args: argparse.Namespace) -> int:
@@ -347,6 +352,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 CLEAN_HELP = ("clean-up: replace each voxel's class by the majority of its 3x3x3 neighbourhood (mean "
               "probabilities; removes isolated wrong voxels that inflate TPB; see xtrain/infer/postprocess.py)")
+INIT_HELP = ("fine-tune: start from this model's weights (same architecture and classes; the normalisation, lr "
+             "and warm-up are the new run's: configs/soc_unet_finetune_cpu.yaml); sets train.init")
 
 
 # Long by design: a flat list of argparse declarations, one block per subcommand, read top to bottom like the
@@ -417,6 +424,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "optim.lr=3e-4 (repeatable)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
     _track_option(p, "parameters, every epoch's metrics and model.pt")
+    p.add_argument("--init", metavar="MODEL.pt", default=None, help=INIT_HELP)
     p.set_defaults(func=cmd_train)
 
     p = _add(sub, "evaluate", "Score a segmentation against labels: Dice/IoU/precision/recall, per-slice Dice, "
@@ -479,6 +487,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "are kept)")
     _track_option(p, "one MLflow run per trial (parameters, every epoch's metrics, model.pt); TensorBoard: "
                   "DIR/<trial id>")
+    p.add_argument("--init", metavar="MODEL.pt", default=None, help=INIT_HELP + "; every trial starts from it")
     p.set_defaults(func=cmd_tune)
 
     p = _add(sub, "segment", "Segment a whole volume blockwise with a trained model (no seams, resumable, Ray workers).",

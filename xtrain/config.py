@@ -165,6 +165,9 @@ class TrainConfig:
     sync_bn: bool = True  # DDP with > 1 worker: BatchNorm statistics over the global batch (recipe.py)
     select: str = "dice"  # model.pt selection: dice, or dice+tpb (needs data.val_mode=slab)
     select_tpb_weight: float = 0.1  # dice+tpb score = mean Dice - weight * |TPB ratio - 1|
+    # fine-tuning: a model.pt whose weights the run starts from (architecture and classes must match;
+    # normalisation, optimiser and lr schedule are the run's own: xtrain/train/finetune.py); None: from scratch
+    init: str | None = None
 
     def __post_init__(self):
         if self.workers < 1 or self.batch_size < 1 or self.epochs < 1:

@@ -47,6 +47,10 @@ class LabelValueError(InvalidInputError):
     """A label volume holds a value that is not one of the declared classes."""
 
 
+class ModelMismatchError(InvalidInputError):
+    """A model given to start from (``--init``) whose architecture or classes are not the run's."""
+
+
 class NonFiniteError(InvalidInputError):
     """NaN or Inf where finite numbers are required."""
 

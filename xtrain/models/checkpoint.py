@@ -43,7 +43,7 @@ from .registry import create_model
 
 FORMAT = 1
 INFERENCE_KEYS = ("format", "kind", "model_name", "model_kwargs", "model_state", "config", "stats", "classes",
-                  "epoch", "metrics", "xtrain_version", "inference", "voxel_size_nm", "provenance")
+                  "epoch", "metrics", "xtrain_version", "inference", "voxel_size_nm", "provenance", "parent")
 file_checksum = file_sha256  # the one sha256 helper is xtrain.provenance's; this name stays for other callers
 # ``segment`` settings a model is run with unless the user says otherwise (validated_inference)
 INFERENCE_ALL_AXES = {"axes": "zyx", "clean": True}
@@ -133,6 +133,7 @@ class ModelInfo:
     num_classes: int
     classes: list[str]
     inference: dict[str, Any] | None = None  # the settings it is run with ({"axes", "clean"}); None: not recorded
+    parent: dict[str, str] | None = None  # a fine-tune's parent model {"path", "sha256"}; None: trained from scratch
 
 
 def model_info(ckpt: dict[str, Any], path: str | os.PathLike) -> ModelInfo:
@@ -147,7 +148,18 @@ def model_info(ckpt: dict[str, Any], path: str | os.PathLike) -> ModelInfo:
     if len(classes) != k:
         raise CorruptFileError(f"model '{path}' predicts {k} classes but names {len(classes)} ({classes}); "
                                "it is inconsistent, export it again")
-    return ModelInfo(c, k, classes, _inference_record(ckpt.get("inference"), path))
+    return ModelInfo(c, k, classes, _inference_record(ckpt.get("inference"), path),
+                     _parent_record(ckpt.get("parent"), path))
+
+
+def _parent_record(record: Any, path: str | os.PathLike) -> dict[str, str] | None:
+    """model.pt's ``parent`` entry (the model a fine-tune started from, train/finetune.py), checked."""
+    if record is None:
+        return None
+    if not isinstance(record, dict) or not {"path", "sha256"} <= set(record):
+        raise CorruptFileError(f"model '{path}' records its parent model as {record!r}, not "
+                               "{'path': ..., 'sha256': ...}; export it again")
+    return {"path": str(record["path"]), "sha256": str(record["sha256"])}
 
 
 def _inference_record(record: Any, path: str | os.PathLike) -> dict[str, Any] | None:

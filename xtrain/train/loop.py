@@ -45,6 +45,7 @@ from ..errors import ConfigError, InvalidInputError
 from ..evaluate.metrics import ConfusionMatrix, scores
 from ..models import create_model, model_kwargs
 from ..models.checkpoint import base_checkpoint, inference_checkpoint, save_checkpoint
+from .finetune import init_weights, load_parent
 from .distributed import allreduce_confusion, any_rank, convert_sync_batchnorm, has_batchnorm, is_distributed, \
     seed_step, unwrap, wrap
 from .losses import create_loss, one_hot
@@ -147,6 +148,7 @@ class Run:
     best_dice: float = -1.0
     origin: Origin = field(default_factory=Origin)  # the run's command line and start (WorkerContext.origin)
     store_input: Any = None  # the training store's provenance entry (hashed once, rank 0)
+    parent: dict[str, str] | None = None  # fine-tuning: the train.init model's {"path", "sha256"} (finetune.py)
 
     @property
     def num_classes(self) -> int:
@@ -191,11 +193,21 @@ def build_validation(cfg: Config, plan: DataPlan, stats: dict[str, Any], ctx: Wo
     return out
 
 
-def initial_model(cfg: Config, num_classes: int) -> nn.Module:
-    """The network a run starts from, before a resume loads its last.pt: freshly initialised from
-    ``train.seed`` (the same weights on every rank; DDP also broadcasts rank 0's)."""
-    torch.manual_seed(cfg.train.seed)
-    return build_model(cfg, cfg.data.slices, num_classes)
+def initial_model(cfg: Config, classes: list[str], resume: dict[str, Any] | None) -> tuple[nn.Module, dict | None]:
+    """The network a run starts with and its parent record: seeded random weights, or on a fresh start
+    with ``train.init`` the parent's (finetune.py; checked again here: ``fit`` may run without preflight).
+    On a resume the weights come from last.pt (build_run) and the parent record with them."""
+    torch.manual_seed(cfg.train.seed)  # same initial weights on every rank (DDP also broadcasts)
+    model = build_model(cfg, cfg.data.slices, len(classes))
+    if resume is not None:
+        return model, resume.get("parent")
+    parent = load_parent(cfg, resolved_model_kwargs(cfg, cfg.data.slices, len(classes)), classes)
+    if parent is None:
+        return model, None
+    into = init_weights(model, parent, cfg.model.name)
+    log.info("fine-tuning from %s (sha256 %.12s): %s weights into the %s; normalisation from the new store, "
+             "optimiser and lr schedule from step 0", parent.path, parent.sha256, parent.model_name, into)
+    return model, parent.record()
 
 
 def build_run(cfg: Config, ctx: WorkerContext, resume: dict[str, Any] | None = None) -> Run:
@@ -203,7 +215,7 @@ def build_run(cfg: Config, ctx: WorkerContext, resume: dict[str, Any] | None = N
     store = open_store(cfg.data.store)
     classes = list(store.info.classes)
     plan = plan_data(cfg, store)
-    model = initial_model(cfg, len(classes))
+    model, parent = initial_model(cfg, classes, resume)
     optimizers = build_optimizers(model, cfg)
     if resume is not None:
         model.load_state_dict(resume["model_state"])
@@ -221,7 +233,7 @@ def build_run(cfg: Config, ctx: WorkerContext, resume: dict[str, Any] | None = N
               train_set=train_set, train_loader=patch_loader(train_set, cfg.train.batch_size, cfg.data.loader_workers),
               **build_validation(cfg, plan, store.info.stats, ctx), split=plan.split, classes=classes,
               stats=store.info.stats, model_kwargs=resolved_model_kwargs(cfg, cfg.data.slices, len(classes)),
-              voxel_size_nm=list(store.info.voxel_size_nm) if store.info.voxel_size_nm else None)
+              voxel_size_nm=list(store.info.voxel_size_nm) if store.info.voxel_size_nm else None, parent=parent)
     run.origin = ctx.origin
     run.store_input = hash_input(cfg.data.store) if ctx.rank == 0 else None  # hashed once, for every checkpoint
     if resume is not None:
@@ -438,7 +450,7 @@ def make_checkpoint(run: Run, epoch_done: int, epoch_step: int, metrics: dict[st
         voxel_size_nm=run.voxel_size_nm,  # (z, y, x) nm of the training store, or None
         provenance=provenance(run.origin.started, inputs={"store": run.store_input}, command=run.origin.command),
         split={"train": list(run.split.train), "val": list(run.split.val) if run.split.val else None},
-        store=str(cfg.data.store),
+        store=str(cfg.data.store), **({"parent": run.parent} if run.parent else {}),
     )
 
 
@@ -492,7 +504,11 @@ def preflight(cfg: Config) -> None:
         if not sum(plan.census.per_plane["z"][z0:z1]):
             raise InvalidInputError(f"store '{cfg.data.store}' has no labelled voxel in the training region z "
                                     f"{[z0, z1]}; label some there, or set data.train_z where the labels are")
-    build_model(cfg, cfg.data.slices, len(store.info.classes))
+    classes = list(store.info.classes)
+    model = build_model(cfg, cfg.data.slices, len(classes))
+    parent = load_parent(cfg, resolved_model_kwargs(cfg, cfg.data.slices, len(classes)), classes)
+    if parent is not None:
+        init_weights(model, parent, cfg.model.name)  # train.init: its weights load (before anything is written)
     create_loss(cfg.loss.name, class_weights=cfg.loss.class_weights)
 
 
