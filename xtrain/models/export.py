@@ -256,6 +256,8 @@ this package's output with labels in any bioimage.io consumer.  Validation metri
 """
 
 
+# Long by design: one bioimageio.spec ModelDescr built field by field in the spec's order (inputs, outputs,
+# weights, documentation, citations); splitting it would scatter one declarative record.
 def bioimageio_description(seg: Segmenter, ckpt: dict[str, Any], meta: dict[str, Any], tile: np.ndarray,
                            data: dict[str, Any], colours: list[tuple[int, ...]], folder: Path, *,
                            name: str | None = None, authors: list[str] | None = None, license: str = "BSD-3-Clause"):

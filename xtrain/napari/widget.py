@@ -77,6 +77,7 @@ class LabelLoop(QWidget):
 
     # ------------------------------------------------------------------ the form
 
+    # Long by design: the form's widgets declared top to bottom in the order the user sees them; no logic.
     def _build(self) -> None:
         self.model_edit = QLineEdit()
         self.model_edit.setPlaceholderText("model.pt from xtrain train")
