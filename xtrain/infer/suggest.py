@@ -287,7 +287,7 @@ def labelled_planes(store: str | os.PathLike, shape: tuple[int, int, int]) -> di
     if s.info.labels:
         counts = LabelCensus.from_dict(s.info.labels)
     elif s.labels is not None:
-        counts = census(s.dask_labels())
+        counts = census(s.labels)
     else:
         raise InvalidInputError(f"--exclude-labelled '{store}' has no ground truth; give a store with labels")
     return {a: counts.painted(a) for a in AXES}
