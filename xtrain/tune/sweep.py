@@ -361,13 +361,7 @@ def _sweep(cfg: Config, tune_dir: Path, resume: bool, should_stop: Callable[[], 
     try:
         tune_dir, cfg, resume = prepare_tune_dir(tune_dir, cfg, resume)
     except SweepComplete:
-        from ..io import read_csv
-
-        tune_dir = Path(tune_dir).resolve()
-        rows = read_csv(tune_dir / RESULTS)
-        trial = (tune_dir / "best" / "trial").read_text().strip() if (tune_dir / "best" / "trial").exists() else None
-        best = next((r for r in rows if r.get("trial_id") == trial), None)
-        return {"trials": len(rows), "rows": rows, "stopped": False, "best": best, "already_complete": True}
+        return _already_complete(Path(tune_dir).resolve())
     if resume:
         params = check_tune_config(cfg)  # the sweep's own config
     from ray import tune
@@ -397,26 +391,9 @@ def _sweep(cfg: Config, tune_dir: Path, resume: bool, should_stop: Callable[[], 
         run_config = tune.RunConfig(name=EXPERIMENT, storage_path=str(tune_dir), verbose=0,
                                     callbacks=[progress, *tune_callbacks(track, tune_dir, tune_dir / TRIALS)],
                                     failure_config=tune.FailureConfig(max_failures=0))
-        if t.scheduler == "asha":
-            scheduler = tune.schedulers.ASHAScheduler(time_attr="epoch", max_t=cfg.train.epochs,
-                                                      grace_period=min(t.grace_period, cfg.train.epochs),
-                                                      reduction_factor=t.reduction_factor)
-        else:
-            scheduler = tune.schedulers.FIFOScheduler()
         log.info("tune: %d trials (%s, %d at once, %d training worker(s) each) -> %s", n_trials, t.scheduler,
                  concurrent, cfg.train.workers, tune_dir)
-        if resume:
-            tuner = tune.Tuner.restore(str(tune_dir / EXPERIMENT), trainable=trainable, resume_unfinished=True,
-                                       resume_errored=True)
-        else:
-            tuner = tune.Tuner(
-                trainable,
-                param_space=param_space(to_ray(params), base, track),
-                tune_config=tune.TuneConfig(metric=t.metric, mode=t.mode, num_samples=t.num_samples,
-                                            scheduler=scheduler, max_concurrent_trials=concurrent,
-                                            search_alg=_search_alg(t.seed)),
-                run_config=run_config,
-            )
+        tuner = _make_tuner(cfg, tune_dir, resume, trainable, run_config, params, base, track, concurrent)
         ctrl_c = runtime.StopRequest()
         with runtime.when_stopped(lambda: outer() or ctrl_c(), request_stop):
             grid = fit_without_tune_signal_handlers(tuner, ctrl_c)
@@ -434,6 +411,41 @@ def _sweep(cfg: Config, tune_dir: Path, resume: bool, should_stop: Callable[[], 
     elif summary["stopped"]:
         log.warning("no best.yaml: trial(s) %s did not finish; --resume runs them", ", ".join(unfinished))
     return summary
+
+
+def _already_complete(tune_dir: Path) -> dict[str, Any]:
+    """The summary of a sweep that finished before (its results.csv and best trial), run again without --resume."""
+    from ..io import read_csv
+
+    rows = read_csv(tune_dir / RESULTS)
+    trial = (tune_dir / "best" / "trial").read_text().strip() if (tune_dir / "best" / "trial").exists() else None
+    best = next((r for r in rows if r.get("trial_id") == trial), None)
+    return {"trials": len(rows), "rows": rows, "stopped": False, "best": best, "already_complete": True}
+
+
+def _make_tuner(cfg: Config, tune_dir: Path, resume: bool, trainable: Any, run_config: Any, params: list[Param],
+                base: dict[str, Any], track: Tracking | None, concurrent: int):
+    """A new ``tune.Tuner`` (the scheduler of ``tune.scheduler``), or the interrupted one restored on --resume."""
+    from ray import tune
+
+    t = cfg.tune
+    if resume:
+        return tune.Tuner.restore(str(tune_dir / EXPERIMENT), trainable=trainable, resume_unfinished=True,
+                                  resume_errored=True)
+    if t.scheduler == "asha":
+        scheduler = tune.schedulers.ASHAScheduler(time_attr="epoch", max_t=cfg.train.epochs,
+                                                  grace_period=min(t.grace_period, cfg.train.epochs),
+                                                  reduction_factor=t.reduction_factor)
+    else:
+        scheduler = tune.schedulers.FIFOScheduler()
+    return tune.Tuner(
+        trainable,
+        param_space=param_space(to_ray(params), base, track),
+        tune_config=tune.TuneConfig(metric=t.metric, mode=t.mode, num_samples=t.num_samples,
+                                    scheduler=scheduler, max_concurrent_trials=concurrent,
+                                    search_alg=_search_alg(t.seed)),
+        run_config=run_config,
+    )
 
 
 def _search_alg(seed: int | None):
