@@ -18,10 +18,13 @@ interrupted training continues with ``--resume``):
 * ``scribbles``: the U-Net on scribbles on 10 of those slices: strokes 3 voxels wide inside each
   phase, at least 3 voxels from any phase boundary, about 4 % of each slice's voxels (an equal
   share per phase where the phase allows it).
-* ``finetune``: the dense recipe's model (``--base MODEL.pt``) fine-tuned with ``xtrain train
-  --init`` on 2 labelled slices of a changed copy of the volume (Gaussian blur sigma 1, gamma 0.8,
+* ``finetune``: a dense model (``--base MODEL.pt``: the dense recipe's, or this experiment's
+  ``runs/unet_k200/model.pt``) fine-tuned with ``xtrain train --init`` and
+  configs/soc_unet_finetune_cpu.yaml (its own schedule: ``--set`` does not apply) on 2 labelled
+  slices of a changed copy of the volume (Gaussian blur sigma 1, gamma 0.8,
   Gaussian noise 2 % of the grey range, float32), against the sparse recipe from scratch on the
-  same 2 slices (``scratch2``).  Without ``--base``, or without ``--init`` in this xtrain, only
+  same 2 slices (``scratch2``, with ``--set``: give it the fine-tune's ``train.epochs=6`` for the
+  same number of steps).  Without ``--base``, or without ``--init`` in this xtrain, only
   ``scratch2`` runs and the fine-tune is reported as nan.
 
 Every model is scored with the CLI a user runs: ``xtrain segment MODEL CROP --axes zyx --clean``
@@ -57,6 +60,7 @@ TRAIN_Z = (0, 200)
 CROP_Z = (200, 250)
 SCORE_Z = (5, 50)  # z 205-249 in the crop
 DEFAULT_K = (1, 2, 5, 10, 25, 200)
+FINETUNE = "configs/soc_unet_finetune_cpu.yaml"  # the fine-tune part's recipe (its own schedule, no --set)
 PIX2PIX = ["model.name=pix2pix", "model.kwargs={width: 16, depth: 4, norm: group, disc_width: 32, disc_layers: 3}",
            "loss.adversarial_weight=0.05"]
 SCRIBBLE_SHARE = 0.04  # of each scribbled slice's voxels
@@ -167,8 +171,11 @@ def loadavg() -> str:
     return "/".join(f"{v:.1f}" for v in os.getloadavg())
 
 
-def train(name: str, store: Path, work: Path, args, extra: list[str]) -> dict:
-    """``xtrain train`` of one run (resumed when interrupted, skipped when finished): minutes, patches/s."""
+def train(name: str, store: Path, work: Path, args, extra: list[str], config: str | None = None,
+          overrides: bool = True) -> dict:
+    """``xtrain train`` of one run (resumed when interrupted, skipped when finished): minutes, patches/s.
+    ``config``: other than ``--config``; ``overrides``: False keeps ``--set`` off this run (the fine-tune
+    trains its own recipe's schedule)."""
     from xtrain.train.run_dir import LAST, read_status
 
     run = work / "runs" / name
@@ -176,8 +183,9 @@ def train(name: str, store: Path, work: Path, args, extra: list[str]) -> dict:
     timing = work / "runs" / f"{name}.train.json"
     if state == "finished" and timing.exists():
         return json.loads(timing.read_text())
-    cmd = ["train", "--config", args.config, "--data", str(store), "--out", str(run), "--workers", str(args.workers)]
-    sets = [*extra, *(args.set or [])]
+    cmd = ["train", "--config", config or args.config, "--data", str(store), "--out", str(run),
+           "--workers", str(args.workers)]
+    sets = [*extra, *((args.set or []) if overrides else [])]
     cmd += [a for s in sets for a in ("--set", s)]
     if (run / LAST).exists() or state:
         cmd.append("--resume")
@@ -202,11 +210,11 @@ def score(name: str, model: Path, crop: Path, work: Path) -> dict:
     return scores(json.loads(out))
 
 
-def run_one(name: str, store: Path, crop: Path, work: Path, args, extra: list[str]) -> dict:
+def run_one(name: str, store: Path, crop: Path, work: Path, args, extra: list[str], **how) -> dict:
     done = work / "results" / f"{name}.json"
     if done.exists():
         return json.loads(done.read_text())
-    info = train(name, store, work, args, extra)
+    info = train(name, store, work, args, extra, **how)
     result = {"name": name, **info, **score(name, work / "runs" / name / "model.pt", crop, work)}
     done.parent.mkdir(parents=True, exist_ok=True)
     done.write_text(json.dumps(result))
@@ -255,7 +263,8 @@ def report(results: dict[str, dict], work: Path) -> None:
     fig = Figure(figsize=(9, 3.6))
     ax_dice, ax_tpb = fig.subplots(1, 2)
     for model in ("unet", "pix2pix"):
-        pts = sorted((int(r["name"].split("_k")[1]), r) for r in rows if r["name"].startswith(f"{model}_k"))
+        pts = sorted((int(r["name"].split("_k")[1]), r) for r in rows
+                     if r["name"].startswith(f"{model}_k") and r["name"].split("_k")[1].isdigit())
         if pts:
             ks = [k for k, _ in pts]
             ax_dice.plot(ks, [r["dice"] for _, r in pts], "o-", label=model)
@@ -281,6 +290,8 @@ def main() -> None:
     ap.add_argument("--base", type=Path, default=None, help="the dense model to fine-tune (finetune part)")
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--set", action="append", help="config override for every training (e.g. train.epochs=4)")
+    ap.add_argument("--tag", default="", help="suffix of this invocation's run names (e.g. 'pseudo' for a run "
+                    "with other --set options beside the plain ones: unet_k2_pseudo)")
     ap.add_argument("--check-crop", default=None, metavar="NAME", help="compare the crop with the whole volume")
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
@@ -296,6 +307,7 @@ def main() -> None:
         check_crop(args.check_crop, args.data, crop, work)
         return
     parts, ks = args.only.split(","), [int(k) for k in args.k.split(",")]
+    tag = f"_{args.tag}" if args.tag else ""
     print(f"uptime load {loadavg()}; parts {parts}, k {ks}; overrides {args.set or []}")
     labels = np.asarray(dense.labels[:])
     results: dict[str, dict] = {}
@@ -310,11 +322,11 @@ def main() -> None:
         if model in parts:
             for k in ks:
                 store = sparse_store(f"k{k}", lambda k=k: planes_only(labels, spread(k)))
-                results[f"{model}_k{k}"] = run_one(f"{model}_k{k}", store, crop, work, args,
+                results[f"{model}_k{k}"] = run_one(f"{model}_k{k}{tag}", store, crop, work, args,
                                                    PIX2PIX if model == "pix2pix" else [])
     if "scribbles" in parts:
         store = sparse_store("scribbles10", lambda: scribbles(labels, spread(10)))
-        results["unet_scribbles10"] = run_one("unet_scribbles10", store, crop, work, args, [])
+        results["unet_scribbles10"] = run_one(f"unet_scribbles10{tag}", store, crop, work, args, [])
     if "finetune" in parts:
         changed = changed_copy(np.asarray(dense.image[:]))
         two = work / "stores" / "changed_k2.zarr"
@@ -324,12 +336,15 @@ def main() -> None:
         if not changed_crop.exists():
             copy_store(dense, changed_crop, np.asarray(dense.labels[CROP_Z[0]:CROP_Z[1]]),
                        image=changed[CROP_Z[0]:CROP_Z[1]], z=CROP_Z)
-        results["scratch2"] = run_one("scratch2", two, changed_crop, work, args, [])
+        results["scratch2"] = run_one(f"scratch2{tag}", two, changed_crop, work, args, [])
         if args.base and has_init():
-            results["finetune2"] = run_one("finetune2", two, changed_crop, work, args, [f"train.init={args.base}"])
+            results["finetune2"] = run_one(f"finetune2{tag}", two, changed_crop, work, args,
+                                           [f"train.init={args.base.resolve()}"], config=FINETUNE, overrides=False)
         else:
             log.info("finetune: skipped (%s)", "no --base" if not args.base else "this xtrain has no train --init")
-    report(results, work)
+    # the table and plot hold every finished run of WORK, this invocation's and earlier ones
+    report({r["name"]: r for r in (json.loads(f.read_text()) for f in sorted((work / "results").glob("*.json")))},
+           work)
 
     def get(name: str, key: str = "dice") -> str:
         value = results.get(name, {}).get(key, math.nan)
