@@ -44,7 +44,8 @@ from torch import nn
 
 from ..config import Config, apply_overrides, config_from_dict
 from ..errors import ModelMismatchError
-from ..models.checkpoint import file_checksum, load_checkpoint, state_dict_error
+from ..models.checkpoint import load_checkpoint, state_dict_error
+from ..provenance import file_sha256
 
 GENERATOR = "generator."  # a Pix2Pix's generator weights in its state dict (models/pix2pix.py)
 
@@ -96,7 +97,7 @@ def load_parent(cfg: Config, new_kwargs: dict[str, Any], classes: list[str]) -> 
         return None
     path = Path(cfg.train.init).expanduser().resolve()
     ckpt = load_checkpoint(path)  # weights_only: a model file runs no code
-    parent = Parent(path, file_checksum(path), str(ckpt["model_name"]), dict(ckpt.get("model_kwargs") or {}),
+    parent = Parent(path, file_sha256(path), str(ckpt["model_name"]), dict(ckpt.get("model_kwargs") or {}),
                     list(ckpt.get("classes") or []), ckpt["model_state"])
     check_parent(parent, cfg.model.name, new_kwargs, classes)
     return parent
