@@ -510,3 +510,12 @@ def test_held_out_planes_stay_hidden_in_unlabelled_patches(tmp_path):
         assert not (v[known][:, 0] == 9).any() and not (v[known][:, 1] == 30).any()
         crossed += (v[..., 0] == 9).any()
     assert crossed > 10  # uniform patches did cross the held-out plane, and its labels were hidden
+
+
+def test_unlabelled_fraction_on_dense_labels_says_it_has_no_effect(coords, caplog):
+    cfg = DataConfig(patch=16, samples_per_epoch=4, unlabelled_fraction=0.5)
+    with caplog.at_level("WARNING", logger="xtrain"):
+        ds = RandomPatches(coords["z"], cfg, (0, 30), seed=1)
+    assert "data.unlabelled_fraction=0.5 has no effect: the labels of" in caplog.text
+    plain = RandomPatches(coords["z"], replace(cfg, unlabelled_fraction=0.0), (0, 30), seed=1)
+    assert all(torch.equal(a, b) for i in range(4) for a, b in zip(ds[i], plain[i]))  # the same patches
