@@ -4,6 +4,8 @@
     python bench/label_budget.py --data soc.zarr --out WORK --only unet --k 5,1
     python bench/label_budget.py --data soc.zarr --out WORK --only scribbles
     python bench/label_budget.py --data soc.zarr --out WORK --only unet --k 5 --set train.epochs=4  # a short run
+    python bench/label_budget.py --data soc.zarr --out WORK --only unet --k 2 --tag pseudo \
+        --set train.pseudo_weight=1.0 --set data.unlabelled_fraction=0.5   # self-training on: runs unet_k2_pseudo
     python bench/label_budget.py --data soc.zarr --out WORK --check-crop unet_k5   # crop == whole volume?
 
 Parts (``--only``, comma-separated; every run is resumable: a finished one is skipped, an

@@ -58,6 +58,10 @@ class DataConfig:
     val_mode: str = "patches"
     loader_workers: int = 2  # torch DataLoader worker processes per training worker
     cache_mb: int = 256  # decoded-chunk LRU cache per reading process (0: off); see data/chunkcache.py
+    # sparse labels: this share of the training patches is drawn uniformly over the training region (the dense
+    # draw), so they are nearly all unlabelled pixels, for train.pseudo_weight (self-training); 0: every patch
+    # around a labelled voxel, as without it.  No effect on dense labels.
+    unlabelled_fraction: float = 0.0
     augment: AugmentConfig = field(default_factory=AugmentConfig)
 
     def __post_init__(self):
@@ -76,6 +80,8 @@ class DataConfig:
             raise ConfigError(f"data.val_patches={self.val_patches} must be >= 1; e.g. --set data.val_patches=256")
         _check_range("data.loader_workers", self.loader_workers, 0, None)
         _check_range("data.cache_mb", self.cache_mb, 0, None)
+        # < 1: some patches must be drawn around labels, or the supervised loss has (nearly) nothing to learn from
+        _check_range("data.unlabelled_fraction", self.unlabelled_fraction, 0.0, 1.0, high_open=True)
         self._check_slabs()
 
     def _check_slabs(self) -> None:
@@ -168,6 +174,12 @@ class TrainConfig:
     # fine-tuning: a model.pt whose weights the run starts from (architecture and classes must match;
     # normalisation, optimiser and lr schedule are the run's own: xtrain/train/finetune.py); None: from scratch
     init: str | None = None
+    # self-training from the EMA teacher (xtrain/train/self_training.py; needs ema_decay > 0; off by default):
+    # loss += pseudo_weight * CE(student, teacher's argmax) over unlabelled pixels where the teacher's max
+    # softmax probability >= pseudo_threshold, from step round(pseudo_start * all steps) on
+    pseudo_weight: float = 0.0  # 0: off
+    pseudo_threshold: float = 0.9
+    pseudo_start: float = 0.25  # fraction of the run's steps before pseudo-labels start (the teacher is poor early)
 
     def __post_init__(self):
         if self.workers < 1 or self.batch_size < 1 or self.epochs < 1:
@@ -177,6 +189,12 @@ class TrainConfig:
         _check_choice("train.select", self.select, SELECT)
         _check_range("train.ema_decay", self.ema_decay, 0.0, 1.0, high_open=True)
         _check_range("train.select_tpb_weight", self.select_tpb_weight, 0.0, None)
+        _check_range("train.pseudo_weight", self.pseudo_weight, 0.0, None)
+        _check_range("train.pseudo_threshold", self.pseudo_threshold, 0.0, 1.0)
+        _check_range("train.pseudo_start", self.pseudo_start, 0.0, 1.0, high_open=True)
+        if self.pseudo_weight > 0 and self.ema_decay <= 0:
+            raise ConfigError(f"train.pseudo_weight={self.pseudo_weight} needs train.ema_decay > 0: the EMA weights "
+                              "are the teacher; e.g. --set train.ema_decay=0.995")
 
 
 @dataclass
@@ -220,6 +238,10 @@ class Config:
         if self.train.select == "dice+tpb" and self.data.val_mode != "slab":
             raise ConfigError("train.select=dice+tpb needs the TPB of whole validation planes; "
                               "also set data.val_mode=slab")
+        if self.train.pseudo_weight > 0 and self.model.name in GAN_MODELS:
+            # not done: whether the discriminator should see pseudo-labels as "real" masks is a choice of its own
+            raise ConfigError(f"train.pseudo_weight={self.train.pseudo_weight} is for segmenters (unet, mlp), not "
+                              f"model.name={self.model.name}; set train.pseudo_weight=0 for it")
 
 
 SCHEDULES = ("constant", "cosine", "onecycle")
@@ -227,6 +249,7 @@ TUNE_SCHEDULERS = ("asha", "fifo")
 AXIS_CHOICES = ("z", "y", "x", "any")  # data.axis: the slicing axis of training patches, or any
 SELECT = ("dice", "dice+tpb")
 VAL_MODES = ("patches", "slab")
+GAN_MODELS = ("pix2pix",)  # trained adversarially (train/loop.py's is_gan): no self-training
 
 
 def _check_range(key: str, value: float, low: float | None, high: float | None, *, low_open: bool = False,

@@ -451,3 +451,71 @@ def test_scribble_patches_lie_around_the_strokes_in_their_plane(tmp_path):
         assert np.array_equal(label.numpy()[known], labels[tuple(v[known].T)])
         seen.add(int(v[0, 0, 1]))
     assert seen == {10, 30, 50}
+
+
+# --------------------------------------------------------------------------- sparse labels: unlabelled patches
+
+
+def test_unlabelled_fraction_draws_that_share_of_patches_uniformly(tmp_path):
+    """One painted z-plane (z 7) and z-normal patches: a patch around a label is centred on z 7; one drawn
+    uniformly over z 0-29 is elsewhere with probability 29/30, and there it holds no label at all."""
+    from conftest import planes
+    from xtrain.data.labels import IGNORE
+
+    path, _ = index_store(tmp_path / "s.zarr", planes(TINY, "z", at=(7,)))
+    for f in (0.0, 0.3, 0.75):
+        cfg = DataConfig(patch=16, samples_per_epoch=400, unlabelled_fraction=f, augment=GEOMETRY_AUG)
+        off_plane = 0
+        for image, label in items(RandomPatches(path, cfg, (0, 30), seed=1)):
+            centre = np.unique(voxels(image)[..., 0])
+            assert len(centre) == 1  # z-normal
+            if centre[0] != 7:
+                off_plane += 1
+                assert (label.numpy() == IGNORE).all()
+        expected = f * 29 / 30
+        assert abs(off_plane / 400 - expected) < 0.07, (f, off_plane)  # binomial sd <= 0.025
+
+
+def test_unlabelled_patches_are_pure_functions_of_seed_epoch_and_index_and_resume_exactly(tmp_path):
+    from conftest import planes
+    from xtrain.data.labels import IGNORE
+
+    path, _ = index_store(tmp_path / "s.zarr", planes(TINY, "z", at=(7, 20)))
+    cfg = DataConfig(patch=16, axis="any", samples_per_epoch=24, unlabelled_fraction=0.5)
+    single = RandomPatches(path, cfg, (0, 30), seed=3)
+    again = pickle.loads(pickle.dumps(RandomPatches(path, cfg, (0, 30), seed=3)))
+    for epoch in (0, 2):
+        assert all(torch.equal(a, b) for i in range(24) for a, b in zip(single[(epoch, i)], again[(epoch, i)]))
+    assert not torch.equal(single[(0, 5)][0], single[(2, 5)][0])  # another epoch, other patches
+    for rank in range(2):  # ranks shard the same samples
+        ds = RandomPatches(path, cfg, (0, 30), rank=rank, world_size=2, seed=3)
+        assert all(torch.equal(ds[i][0], single[ds.global_index(i)][0]) for i in range(len(ds)))
+    single.set_epoch(2, start=8)  # a resume mid-epoch: the items an uninterrupted epoch would see next
+    resumed = torch.cat([image for image, _ in patch_loader(single, 4, 0)])
+    assert torch.equal(resumed, torch.stack([again[(2, i)][0] for i in range(8, 24)]))
+    assert sum(bool((again[(1, i)][1] == IGNORE).all()) for i in range(24)) > 3  # some patches are unlabelled
+
+
+def test_held_out_planes_stay_hidden_in_unlabelled_patches(tmp_path):
+    from conftest import planes
+    from xtrain.data.labels import IGNORE
+
+    path, _ = index_store(tmp_path / "s.zarr", planes(TINY, "z", at=(3, 9, 15)) | planes(TINY, "y", at=(30,)))
+    cfg = DataConfig(patch=32, axis="any", samples_per_epoch=80, unlabelled_fraction=0.9, augment=GEOMETRY_AUG)
+    ds = RandomPatches(path, cfg, (0, 30), hidden={"z": frozenset({9}), "y": frozenset({30}), "x": frozenset()})
+    crossed = 0
+    for image, label in items(ds):
+        v = voxels(image)
+        known = label.numpy() != IGNORE
+        assert not (v[known][:, 0] == 9).any() and not (v[known][:, 1] == 30).any()
+        crossed += (v[..., 0] == 9).any()
+    assert crossed > 10  # uniform patches did cross the held-out plane, and its labels were hidden
+
+
+def test_unlabelled_fraction_on_dense_labels_says_it_has_no_effect(coords, caplog):
+    cfg = DataConfig(patch=16, samples_per_epoch=4, unlabelled_fraction=0.5)
+    with caplog.at_level("WARNING", logger="xtrain"):
+        ds = RandomPatches(coords["z"], cfg, (0, 30), seed=1)
+    assert "data.unlabelled_fraction=0.5 has no effect: the labels of" in caplog.text
+    plain = RandomPatches(coords["z"], replace(cfg, unlabelled_fraction=0.0), (0, 30), seed=1)
+    assert all(torch.equal(a, b) for i in range(4) for a, b in zip(ds[i], plain[i]))  # the same patches

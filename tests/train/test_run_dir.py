@@ -59,3 +59,21 @@ def test_metrics_rows_of_a_redone_epoch_are_replaced_and_read_back_as_numbers(tm
         write_metrics_row(tmp_path, {"epoch": epoch, "step": 4 * epoch, "train_loss": loss, "note": "x"})
     write_metrics_row(tmp_path, {"epoch": 2, "step": 8, "train_loss": 0.75, "note": "x"})  # a resumed run redoes 2
     assert last_metrics(tmp_path) == {"epoch": 2, "step": 8, "train_loss": 0.75}
+
+
+def test_a_run_made_before_a_key_existed_resumes_as_its_default(tiny_store, tmp_path):
+    """A config.yaml without the self-training keys (written before they existed) resumes with them at their
+    defaults (off), and is refused when the resume turns them on."""
+    import yaml
+
+    cfg = tiny_config(tiny_store)
+    run = tmp_path / "run"
+    prepare_run_dir(run, cfg, resume=False)
+    old = yaml.safe_load((run / CONFIG).read_text())
+    for key in ("pseudo_weight", "pseudo_threshold", "pseudo_start"):
+        del old["train"][key]
+    del old["data"]["unlabelled_fraction"]
+    (run / CONFIG).write_text(yaml.safe_dump(old))
+    check_same_config(run, cfg)
+    with pytest.raises(SettingsMismatchError, match="train.pseudo_weight was 0.0, now 1.0"):
+        check_same_config(run, tiny_config(tiny_store, "train.pseudo_weight=1.0", "train.ema_decay=0.9"))

@@ -36,6 +36,9 @@ Why it looks like this:
   ones), at a uniform offset inside the patch.  Unlabelled pixels keep ``IGNORE`` (the losses'
   ``ignore_index``: never a class), and the rows of held-out validation planes are ``IGNORE`` too.
   Same determinism: item i of rank r in epoch e still uses only ``default_rng([seed, e, r + i * w])``.
+  ``data.unlabelled_fraction`` f > 0 (for self-training, train/self_training.py): the item's first draw
+  picks, with probability f, the dense draw uniformly over the region instead (patches that are nearly
+  all unlabelled); the held-out planes' rows are ``IGNORE`` in those patches too.
 * Edges: every index outside the volume (patch larger than the volume, 2.5D neighbours at
   the ends, y/x patches taller than the region) is *reflected* back inside the region
   (mirror without repeating the edge: -1 -> 1, like ``np.pad(mode="reflect")``).  Labels
@@ -267,6 +270,9 @@ class RandomPatches(_StorePatches):
         self.index: LabelIndex | None = None
         if census is not None:
             self.index = label_index(self._volumes[1], census, self.region, hidden)
+        elif cfg.unlabelled_fraction > 0:
+            log.warning("data.unlabelled_fraction=%g has no effect: the labels of '%s' are dense (every patch "
+                        "is drawn uniformly)", cfg.unlabelled_fraction, self.store_path)
         self.epoch = 0
         self.start = 0  # items of the epoch already trained on (mid-epoch resume)
         self.length = cfg.samples_per_epoch // world_size
@@ -296,7 +302,7 @@ class RandomPatches(_StorePatches):
         if not 0 <= i < self.length:
             raise IndexError(f"index {i} out of range for {self.length} samples")
         rng = np.random.default_rng([self.seed, epoch, self.global_index(i)])
-        axis, centre, starts = self._geometry(rng) if self.index is None else self._sparse_geometry(rng)
+        axis, centre, starts = self._geometry(rng) if self._uniform(rng) else self._sparse_geometry(rng)
         raw, labels = self._patch(axis, centre, starts)  # (C, P, P), (P, P)
         if self.index is not None:
             labels = self._hide(axis, starts, labels)
@@ -305,8 +311,17 @@ class RandomPatches(_StorePatches):
             image, labels = self._augment(rng, image, labels)
         return self._tensors(image, labels)
 
+    def _uniform(self, rng: np.random.Generator) -> bool:
+        """Whether this item is drawn uniformly over the region (``_geometry``): always for dense labels; for
+        sparse ones with probability ``data.unlabelled_fraction``, by one extra draw made only when it is > 0
+        (at 0 the item's draws, and so every item, are those of a run without the setting)."""
+        if self.index is None:
+            return True
+        return self.cfg.unlabelled_fraction > 0 and bool(rng.random() < self.cfg.unlabelled_fraction)
+
     def _geometry(self, rng: np.random.Generator) -> tuple[int, int, tuple[int, int]]:
-        """Dense labels: slicing axis, centre slice and in-plane window starts, uniformly in the region."""
+        """Dense labels (and sparse ones' ``data.unlabelled_fraction`` share): slicing axis, centre slice and
+        in-plane window starts, uniformly in the region."""
         cfg = self.cfg
         drawn_axis = int(rng.integers(3))
         axis = drawn_axis if cfg.axis == "any" else AXES.index(cfg.axis)

@@ -51,6 +51,7 @@ from .distributed import allreduce_confusion, any_rank, convert_sync_batchnorm, 
 from .losses import create_loss, one_hot
 from .recipe import load_scheduler_states, make_ema, make_schedulers
 from .run_dir import BEST, LAST, write_metrics_row
+from .self_training import IDLE, SelfTraining, make_self_training, pseudo_loss
 from .validate import PlaneValidation, ValidationSlab, selection_score
 from ..provenance import Origin, hash_input, provenance
 
@@ -149,6 +150,7 @@ class Run:
     origin: Origin = field(default_factory=Origin)  # the run's command line and start (WorkerContext.origin)
     store_input: Any = None  # the training store's provenance entry (hashed once, rank 0)
     parent: dict[str, str] | None = None  # fine-tuning: the train.init model's {"path", "sha256"} (finetune.py)
+    self_training: SelfTraining | None = None  # train.pseudo_weight > 0: the EMA teacher's pseudo-labels
 
     @property
     def num_classes(self) -> int:
@@ -227,8 +229,9 @@ def build_run(cfg: Config, ctx: WorkerContext, resume: dict[str, Any] | None = N
     train_set = RandomPatches(cfg.data.store, cfg.data, plan.split.train, rank=ctx.rank, world_size=ctx.world_size,
                               seed=cfg.train.seed, train=True, hidden=plan.hold.hidden if plan.hold else None)
     total_steps = cfg.train.epochs * math.ceil(len(train_set) / cfg.train.batch_size)
+    ema = make_ema(nets.model, cfg.train.ema_decay, cfg.train.ema_warmup)
     run = Run(cfg=cfg, nets=nets, optimizers=optimizers, schedulers=make_schedulers(optimizers, cfg.optim, total_steps),
-              ema=make_ema(nets.model, cfg.train.ema_decay, cfg.train.ema_warmup),
+              ema=ema, self_training=make_self_training(cfg.train, ema, total_steps),
               loss_fn=create_loss(cfg.loss.name, class_weights=cfg.loss.class_weights).to(ctx.device),
               train_set=train_set, train_loader=patch_loader(train_set, cfg.train.batch_size, cfg.data.loader_workers),
               **build_validation(cfg, plan, store.info.stats, ctx), split=plan.split, classes=classes,
@@ -269,8 +272,14 @@ def _autocast(device: torch.device, enabled: bool):
 
 
 def train_step(nets: Nets, optimizers: dict[str, torch.optim.Optimizer], loss_fn: nn.Module, image: torch.Tensor,
-               label: torch.Tensor, adversarial_weight: float, amp: bool) -> dict[str, float]:
+               label: torch.Tensor, adversarial_weight: float, amp: bool,
+               pseudo: SelfTraining | None = None) -> dict[str, float]:
     """One optimisation step on a batch: image (B, C, P, P) float32, label (B, P, P) int64.
+
+    ``pseudo`` (segmenters only; config.py refuses it for Pix2Pix): the loss gets
+    ``pseudo.weight`` x the cross-entropy against the teacher's confident pseudo-labels at
+    unlabelled pixels (self_training.py); "loss" stays the supervised term, "pseudo_loss" and
+    "pseudo_accept" are added.
 
     Pix2Pix: the discriminator sees (image, one-hot truth) against (image, generated
     probabilities); at unlabelled pixels (``IGNORE``) both are all-zero, so no term treats
@@ -282,9 +291,15 @@ def train_step(nets: Nets, optimizers: dict[str, torch.optim.Optimizer], loss_fn
         with _autocast(device, amp):
             logits = nets.segmenter(image)  # (B, K, P, P)
             loss = loss_fn(logits.float(), label)
-        loss.backward()
+        total, extra = loss, {}
+        if pseudo is not None:
+            with torch.no_grad(), _autocast(device, amp):
+                teacher = pseudo.teacher(image)  # (B, K, P, P); eval mode (train_one_epoch)
+            term, extra = pseudo_loss(logits, teacher, label, pseudo.threshold)
+            total = loss + pseudo.weight * term
+        total.backward()
         opt.step()
-        return {"loss": float(loss.detach())}
+        return {"loss": float(loss.detach()), **extra}
 
     from ..models.pix2pix import discriminator_loss, generator_adversarial_loss
 
@@ -337,6 +352,9 @@ def train_one_epoch(run: Run, ctx: WorkerContext, epoch: int, start_step: int = 
     cfg = run.cfg
     run.train_set.set_epoch(epoch, start=start_step * cfg.train.batch_size)
     run.nets.model.train()
+    st = run.self_training
+    if st is not None:
+        st.teacher.eval()  # the EMA teacher: BatchNorm running statistics, no dropout
     sums: dict[str, float] = {}
     n_steps, n_samples = 0, 0
     t0 = time.perf_counter()
@@ -348,8 +366,11 @@ def train_one_epoch(run: Run, ctx: WorkerContext, epoch: int, start_step: int = 
         seed_step(cfg.train.seed, epoch, ctx.rank, step)
         image = image.to(ctx.device, non_blocking=True)
         label = label.to(ctx.device, non_blocking=True)
+        pseudo = st if st is not None and st.active(run.global_step + step - start_step) else None
         losses = train_step(run.nets, run.optimizers, run.loss_fn, image, label, cfg.loss.adversarial_weight,
-                            cfg.train.amp)
+                            cfg.train.amp, pseudo)
+        if st is not None:
+            losses = {**IDLE, **losses}  # before the start too: the same metrics columns every epoch
         for k, v in losses.items():
             if not math.isfinite(v):
                 raise FloatingPointError(f"training loss '{k}' became {v} at epoch {epoch + 1}, step {step}; "

@@ -111,6 +111,15 @@ def last_metrics(run_dir: Path) -> dict[str, Any]:
 # ----------------------------------------------------------------------------- starting and resuming
 
 
+def _with_defaults(saved: Any, defaults: Any) -> Any:
+    """``saved`` (a config.yaml's nested dict) with the keys it lacks taken from ``defaults``: a run made
+    before a key existed ran as that key's default does (new keys default to the old behaviour, e.g.
+    ``train.pseudo_weight: 0``), so its resume is not refused for the key."""
+    if not isinstance(saved, dict) or not isinstance(defaults, dict):
+        return saved
+    return {**defaults, **{k: _with_defaults(v, defaults.get(k)) for k, v in saved.items()}}
+
+
 def check_same_config(run_dir: Path, cfg: Config, what: str = "run") -> None:
     """Refuse (naming the key) a ``cfg`` that differs from RUN_DIR/config.yaml beyond ``RUN_ONLY_KEYS``."""
     import yaml
@@ -120,7 +129,8 @@ def check_same_config(run_dir: Path, cfg: Config, what: str = "run") -> None:
     except FileNotFoundError:
         return
     new = json.loads(json.dumps(config_to_dict(cfg), default=str))
-    saved = json.loads(json.dumps(saved, default=str))
+    saved = _with_defaults(json.loads(json.dumps(saved, default=str)),
+                           json.loads(json.dumps(config_to_dict(Config()), default=str)))
     keys = [k for k in differences(saved, new) if k not in RUN_ONLY_KEYS]
     if keys:
         raise SettingsMismatchError(f"{what} '{run_dir}' was made with other settings: "
