@@ -292,6 +292,8 @@ def main() -> None:
     ap.add_argument("--base", type=Path, default=None, help="the dense model to fine-tune (finetune part)")
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--set", action="append", help="config override for every training (e.g. train.epochs=4)")
+    ap.add_argument("--finetune-set", action="append", help="config override for the fine-tune only (it takes "
+                    "no --set: e.g. train.epochs=2 beside --set train.epochs=2 for the same steps from scratch)")
     ap.add_argument("--tag", default="", help="suffix of this invocation's run names (e.g. 'pseudo' for a run "
                     "with other --set options beside the plain ones: unet_k2_pseudo)")
     ap.add_argument("--check-crop", default=None, metavar="NAME", help="compare the crop with the whole volume")
@@ -341,7 +343,8 @@ def main() -> None:
         results["scratch2"] = run_one(f"scratch2{tag}", two, changed_crop, work, args, [])
         if args.base and has_init():
             results["finetune2"] = run_one(f"finetune2{tag}", two, changed_crop, work, args,
-                                           [f"train.init={args.base.resolve()}"], config=FINETUNE, overrides=False)
+                                           [f"train.init={args.base.resolve()}", *(args.finetune_set or [])],
+                                           config=FINETUNE, overrides=False)
         else:
             log.info("finetune: skipped (%s)", "no --base" if not args.base else "this xtrain has no train --init")
     # the table and plot hold every finished run of WORK, this invocation's and earlier ones
