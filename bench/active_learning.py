@@ -11,7 +11,9 @@ picked plane are the volume's own ground truth on that plane: a perfect annotato
 
 Rules: ``entropy``, ``boundary``, ``disagreement`` (``xtrain suggest --score ...``; disagreement predicts the z,
 y and x passes, 3x the time, and still picks z-planes here), ``spread`` (farthest-first, no model) and
-``random`` (uniform among the planes at least ``--spacing`` from a labelled one, the same spacing rule).
+``random`` (uniform among the planes at least ``--spacing`` from a labelled one, the same spacing rule) and
+``none`` (the control: every round fine-tunes on the start planes alone, so a rule's gain over ``none`` is what
+its planes add beyond the extra training steps).
 
 Resumable: every finished (rule, seed, round) is a row of OUT/results.csv and its model is kept; run the same
 command again to continue.  The crops of the volume (train.zarr, val.zarr) are written once into OUT.
@@ -48,7 +50,7 @@ from xtrain.napari.finetune import finetune
 from xtrain.train.loop import build_model, resolved_model_kwargs
 
 REPO = Path(__file__).resolve().parents[1]
-RULES = ("entropy", "boundary", "disagreement", "spread", "random")
+RULES = ("entropy", "boundary", "disagreement", "spread", "random", "none")
 FIELDS = ["rule", "seed", "round", "planes", "steps", "mean_dice", "dice", "seconds"]
 log = logging.getLogger("active_learning")
 
@@ -114,9 +116,14 @@ def pick(rule: str, model: Path, train: Path, labelled: Path, planes: list[int],
             chosen.append(z)
             free = [f for f in free if abs(f - z) >= spacing]
         return chosen
+    if rule == "none":
+        return []
     axes = "zyx" if rule == "disagreement" else "z"
-    picks = suggest(model, train, n=n, axes=axes, score=rule, spacing=spacing, exclude_labelled=labelled)
-    return [p.index for p in picks if p.axis == "z"][:n]  # disagreement may rank y/x planes: z-planes only here
+    # disagreement ranks planes of all three axes; this protocol labels z-planes, so ask for enough picks
+    # that n z-planes are among them (asking for n gave mostly y/x planes: rounds that added none)
+    ask = n if axes == "z" else n * 40
+    picks = suggest(model, train, n=ask, axes=axes, score=rule, spacing=spacing, exclude_labelled=labelled)
+    return [p.index for p in picks if p.axis == "z"][:n]
 
 
 def score(model: Path, val: Path, work: Path, margin: int) -> dict[str, float]:
