@@ -1,15 +1,17 @@
 """Speed of one labelling round (issue 23 section 3): save the painted planes, fine-tune, segment again.
 
 The round is what napari's "Label loop" widget runs (xtrain/napari): ``save_painted`` (the corrections as a
-sparse labels store), ``finetune`` (the one-process fine-tune: no Ray) and ``segment_volume`` (``segment
---probabilities``, in this process), timed one by one on a synthetic ``--shape`` volume (default 64x256x256,
-``xtrain synth`` medium preset) with the tiny model (configs/tiny.yaml, trained here first, not timed).
+sparse labels store), ``finetune`` (``xtrain.train.loop.fit`` of the model on that store, in this process: no
+Ray) and ``segment_volume`` (``segment --probabilities``, in this process), timed one by one on a synthetic
+``--shape`` volume (default 64x256x256, ``xtrain synth`` medium preset) with the tiny model (configs/tiny.yaml,
+trained here first, not timed).
 
-Ray's share, measured beside it: the same fine-tune budget (``--steps`` x the batch, as one epoch of
-``xtrain.train.loop.fit`` on the volume's dense labels, since ``fit`` validates on dense labels) run once
-in this process and once through Ray Train (1 worker, a private local Ray); Ray start-up = the Ray run's wall
-time, ``ray.init`` included, minus the in-process ``fit``'s.  What a round through ``xtrain train`` would take
-is then that start-up plus the round's own training and prediction.
+Ray's share, measured beside it: the same training budget (``--steps`` x the batch, as one epoch of ``fit`` on
+the volume's dense labels) run once in this process and once through Ray Train (1 worker, a private local
+Ray); Ray start-up = the Ray run's wall time, ``ray.init`` included, minus the in-process ``fit``'s.  What a
+round through ``xtrain train`` would take is then that start-up plus the round's own training and prediction.
+Every figure is wall time on a machine shared with whatever else runs: compare them on an idle machine only
+(``uptime`` before and after; docs/measurements.md keeps a run on a loaded one apart).
 
     python bench/round_speed.py                          # 64x256x256, 60 steps, 2 torch threads
     python bench/round_speed.py --shape 32,128,128 --no-ray

@@ -143,7 +143,7 @@ def test_finetune_repredicts_what_was_corrected(loop, qtbot):
     run(qtbot, worker)
     new = np.asarray(viewer.layers["prediction"].data)
     wanted = corrections.data[2]
-    assert (new[2] == wanted).mean() > (old[2] == wanted).mean() + 0.25  # measured: 0.32 -> 0.83
+    assert (new[2] == wanted).mean() > (old[2] == wanted).mean() + 0.25  # measured: 0.32 -> 0.84 (the plain fit)
     assert np.array_equal(np.asarray(viewer.layers["prediction (before)"].data), old)
     assert widget.model_edit.text().endswith("model.pt") and widget.model_edit.text() != str(model)
     assert widget.progress.value() == 100 and "fine-tuned" in widget.status.text()

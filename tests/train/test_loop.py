@@ -60,11 +60,16 @@ def test_interrupted_and_resumed_equals_uninterrupted(train_store, tmp_path, mod
     (tmp_path / "b").mkdir()
     fit(cfg, tmp_path / "a")
     # 64 samples / batch 16 = 4 steps per epoch; stop after 6 checks = during epoch 2
-    stopped = fit(cfg, tmp_path / "b", WorkerContext(should_stop=StopAfter(6)))
+    steps: list[tuple[int, set[str]]] = []
+    on_step = lambda n, losses: steps.append((n, set(losses)))  # noqa: E731
+    stopped = fit(cfg, tmp_path / "b", WorkerContext(should_stop=StopAfter(6), on_step=on_step))
     assert stopped["stopped"]
     partial = load_checkpoint(tmp_path / "b" / "last.pt")
     assert (partial["epoch"], partial["epoch_step"]) == (1, 1)
-    fit(cfg, tmp_path / "b", resume=partial)
+    fit(cfg, tmp_path / "b", WorkerContext(on_step=on_step), resume=partial)
+    # on_step after every step, counting the run's steps across the stop and resume, with the step's losses
+    assert [n for n, _ in steps] == list(range(1, 9))
+    assert all(keys == ({"loss", "g_adv", "d_loss"} if model == "pix2pix" else {"loss"}) for _, keys in steps)
     a = load_checkpoint(tmp_path / "a" / "last.pt")["model_state"]
     b = load_checkpoint(tmp_path / "b" / "last.pt")["model_state"]
     assert a.keys() == b.keys()

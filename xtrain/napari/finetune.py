@@ -3,17 +3,23 @@
     new = finetune("scan-labels.zarr", "run/model.pt", "round-1", progress=bar, should_stop=stop.is_set)
 
 Why not ``xtrain train``: a Ray Train start-up costs more than a round's training on 2 CPU cores (issue 23
-section 3, ``bench/round_speed.py``), and today's ``fit`` validates on a z-slab of dense labels while a
-labels store painted in napari is sparse everywhere (``IGNORE`` outside the painted planes).  So this is the
-plain loop: the model's own network, optimiser settings and loss (``create_loss``, which skips ``IGNORE``),
-patches drawn only from the planes that hold labels, and no validation (the painted voxels are all there is).
+section 3, ``bench/round_speed.py``).  So this is the training loop of ``xtrain train --init`` without Ray:
+``xtrain.train.loop.fit`` in this process, on the config ``xtrain.train.finetune.parent_config`` builds for
+fine-tuning the model on the labels store (the model's own network, loss, patch size, 2.5D slices, axis and
+augmentation), one epoch of ``steps`` batches.  Its sampler draws patches around the labelled voxels of the
+sparse store (``xtrain.data.sampler``, ``IGNORE`` elsewhere), normalised with the store's statistics (a store
+``save_painted`` wrote holds the image's, so ``segment`` normalises the volume the same way for the new model).
 
-Patches: a plane normal to one of the axes the model was trained on (``data.axis``: z, or z/y/x for "any")
-that holds labels, chosen in proportion to its labelled voxels; a P x P window (``data.patch``) around one
-of its labelled pixels; 2.5D channels and windows past the border mirrored as the training sampler does
-(``xtrain.geometry.reflect``); flips and quarter turns as ``data.augment`` says.  The image is normalised the
-way ``segment`` will normalise it for this model (``normalised_volume`` with the model's statistics), so the
-fine-tuned model sees at predict time what it saw here.
+What the round changes in the model's recipe, and why: no weight EMA (``train.ema_decay=0``: with the
+model's decay, e.g. 0.995, a 60-step round would leave model.pt mostly the old weights); a constant lr (the
+old round's; a warm-up and decay over a few dozen steps would spend most of them at a fraction of the lr);
+no DataLoader worker processes (no fork inside napari's threaded process).  Validation follows the few-label
+rule of ``xtrain.data.label_index``: fewer than 6 painted planes (the usual round) hold nothing out and every
+painted voxel trains; 6 or more hold some planes out whole (``data.val_fraction``, at least one) and validate
+on them after the epoch.
+
+RUN_DIR is a run directory as ``xtrain train`` writes it (metrics.csv, last.pt, model.pt); the round's result
+is RUN_DIR/model.pt, written (atomically) only once the epoch is done.
 """
 
 from __future__ import annotations
@@ -23,87 +29,28 @@ import math
 import os
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
-import torch
-
-from ..config import config_from_dict
-from ..data.labels import AXES, IGNORE, LabelCensus, census
-from ..data.normalise import normalised_volume
-from ..data.store import open_store
-from ..data.volumes import open_volume
-from ..errors import InvalidInputError, RunInterrupted
-from ..geometry import reflect
-from ..models.checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
-from ..provenance import file_sha256, now, provenance
+from ..errors import RunInterrupted
 from ..stop import never
-from ..train.losses import create_loss
+from ..train.finetune import parent_config
+from ..train.loop import WorkerContext, fit, preflight
+from ..train.run_dir import BEST, LAST
 
 log = logging.getLogger(__name__)
 
 STEPS = 60  # optimiser steps of one round, batches of BATCH patches (time: bench/round_speed.py)
 BATCH = 8
-MODEL = "model.pt"
+MODEL = BEST  # the round's result: RUN_DIR/model.pt
 
 
-@dataclass
-class Plane:
-    """One labelled plane: normalised image (C, U, V) float32, labels (U, V) uint8, its labelled pixels."""
-
-    axis: str
-    index: int
-    image: np.ndarray
-    labels: np.ndarray
-    labelled: np.ndarray  # (n, 2) int: (u, v) of the labelled pixels
-
-
-def training_planes(store, vol, axes: tuple[str, ...], slices: int) -> list[Plane]:
-    """Every plane normal to one of ``axes`` holding a label in ``store`` (an open ``Store``), with the 2.5D
-    stack of ``slices`` planes of ``vol`` (a normalised ``Volume``) around it, mirrored at the borders."""
-    counts = (LabelCensus.from_dict(store.info.labels) if store.info.labels else census(store.labels[:])).per_plane
-    h, out = slices // 2, []
-    for axis in axes:
-        d = AXES.index(axis)
-        for i in (i for i, n in enumerate(counts[axis]) if n):
-            box = [(0, n) for n in vol.shape]
-            lo, hi = max(0, i - h), min(vol.shape[d], i + h + 1)
-            box[d] = (lo, hi)
-            stack = np.moveaxis(vol.read(tuple(box)), d, 0)
-            stack = stack[reflect(np.arange(i - h, i + h + 1), 0, vol.shape[d]) - lo]
-            sl = [slice(None)] * 3
-            sl[d] = i
-            labels = np.asarray(store.labels[tuple(sl)])
-            out.append(Plane(axis, i, np.ascontiguousarray(stack, np.float32), labels,
-                             np.argwhere(labels != IGNORE)))
-    if not out:
-        raise InvalidInputError(f"labels store '{store.path}' holds no labelled voxel on a plane normal to "
-                                f"{'/'.join(axes)}: paint some, save, then fine-tune")
-    return out
-
-
-def draw_batch(planes: list[Plane], rng: np.random.Generator, batch: int, patch: int, flips: bool, rot90: bool):
-    """``batch`` patches: image (B, C, P, P) float32 and labels (B, P, P) int64 tensors (see the module doc)."""
-    weights = np.array([len(p.labelled) for p in planes], np.float64)
-    images, labels = [], []
-    for k in rng.choice(len(planes), size=batch, p=weights / weights.sum()):
-        p = planes[k]
-        u, v = p.labelled[rng.integers(len(p.labelled))]
-        # a window holding the anchor pixel anywhere inside it, mirrored where it crosses the border
-        rows = reflect(np.arange(patch) + u - rng.integers(patch), 0, p.labels.shape[0])
-        cols = reflect(np.arange(patch) + v - rng.integers(patch), 0, p.labels.shape[1])
-        img, lab = p.image[:, rows][:, :, cols], p.labels[rows][:, cols]
-        if flips and rng.random() < 0.5:
-            img, lab = img[:, :, ::-1], lab[:, ::-1]
-        if flips and rng.random() < 0.5:
-            img, lab = img[:, ::-1], lab[::-1]
-        if rot90:
-            q = int(rng.integers(4))
-            img, lab = np.rot90(img, q, axes=(1, 2)), np.rot90(lab, q)
-        images.append(np.ascontiguousarray(img))
-        labels.append(np.ascontiguousarray(lab, np.int64))
-    return torch.from_numpy(np.stack(images)), torch.from_numpy(np.stack(labels))
+def round_overrides(steps: int, batch: int, lr: float | None, seed: int) -> list[str]:
+    """The ``--set`` overrides that make the parent's recipe one interactive round (module docstring)."""
+    over = ["train.epochs=1", f"data.samples_per_epoch={steps * batch}", f"train.batch_size={batch}",
+            f"train.seed={seed}", "train.workers=1", "data.loader_workers=0",
+            "train.ema_decay=0",  # the parent's decay over a 60-step round would keep mostly the parent
+            "optim.schedule=constant"]  # no warm-up / decay spread over a few dozen steps
+    return over + ([f"optim.lr={lr}"] if lr is not None else [])
 
 
 def finetune(store: str | os.PathLike, model: str | os.PathLike, run_dir: str | os.PathLike,
@@ -112,49 +59,27 @@ def finetune(store: str | os.PathLike, model: str | os.PathLike, run_dir: str | 
     """Fine-tune ``model`` (a model.pt) on the labels of ``store`` (an xtrain store: image and sparse labels,
     ``IGNORE`` = unlabelled) for ``steps`` Adam steps of ``batch`` patches; returns ``run_dir/model.pt``.
 
-    ``lr``: the model's ``optim.lr`` when None.  ``progress(step, steps)`` after every step.  Raises
-    ``RunInterrupted`` once ``should_stop()`` (nothing is written), ``InvalidInputError`` when the store's
-    classes differ from the model's or it holds no labels, and what ``load_checkpoint`` / ``open_store`` raise.
-    The new model.pt is the old one with the new weights and a ``finetune`` record (source model and its
-    sha256, labels store, steps, lr, the last loss); it is written atomically."""
-    t0, started = time.perf_counter(), now()
-    ckpt = load_checkpoint(model)
-    net, info = model_from_checkpoint(ckpt, model)
-    cfg = config_from_dict(ckpt.get("config") or {})
-    labels = open_store(store)
-    if labels.labels is None or list(labels.info.classes) != info.classes:
-        raise InvalidInputError(f"labels store '{store}' has classes {labels.info.classes or 'none'}, the model "
-                                f"'{model}' predicts {info.classes}: save labels of the model's classes")
-    vol = normalised_volume(open_volume(store), train_stats=ckpt.get("stats") or {})
-    axes = AXES if cfg.data.axis == "any" else (cfg.data.axis,)
-    planes = training_planes(labels, vol, axes, info.in_channels)
-    rng, lr = np.random.default_rng(seed), float(lr if lr is not None else cfg.optim.lr)
-    torch.manual_seed(seed)
-    segmenter = net.generator if hasattr(net, "generator") and hasattr(net, "discriminator") else net
-    opt = torch.optim.Adam(segmenter.parameters(), lr=lr, betas=(cfg.optim.beta1, cfg.optim.beta2),
-                           weight_decay=cfg.optim.weight_decay)
-    loss_fn = create_loss(cfg.loss.name, class_weights=cfg.loss.class_weights)
-    segmenter.train()
-    loss = math.nan
-    for step in range(steps):
-        if should_stop():
-            raise RunInterrupted(f"fine-tuning stopped at step {step} of {steps}; nothing was written")
-        image, target = draw_batch(planes, rng, batch, cfg.data.patch, cfg.data.augment.flips, cfg.data.augment.rot90)
-        opt.zero_grad(set_to_none=True)
-        value = loss_fn(segmenter(image), target)
-        value.backward()
-        opt.step()
-        loss = float(value.detach())
+    ``lr``: the model's ``optim.lr`` when None; ``seed``: ``train.seed``.  ``progress(step, steps)`` after every
+    step.  Raises ``RunInterrupted`` once ``should_stop()`` (no model.pt is written; last.pt holds the step
+    reached), ``ModelMismatchError`` when the store's classes differ from the model's, ``InvalidInputError``
+    when it holds no labels, ``ConfigError`` for ``steps`` / ``batch`` below 1, and what ``load_checkpoint`` /
+    ``open_store`` raise.  The new model.pt is ``fit``'s: the parent's path and sha256 as ``parent``, the
+    round's config (``train.init``: the parent), the store's statistics and a provenance record of this run."""
+    t0, run_dir = time.perf_counter(), Path(run_dir)
+    cfg = parent_config(model, store, round_overrides(steps, batch, lr, seed))
+    preflight(cfg)  # bad input is one line before anything is written
+    run_dir.mkdir(parents=True, exist_ok=True)
+    last = {"loss": math.nan}
+
+    def on_step(done: int, losses: dict[str, float]) -> None:
+        last.update(losses)
         if progress is not None:
-            progress(step + 1, steps)
-    out = Path(run_dir) / MODEL
-    Path(run_dir).mkdir(parents=True, exist_ok=True)
-    record = {"from": str(model), "from_sha256": file_sha256(model), "labels": str(store), "steps": steps,
-              "batch": batch, "lr": lr, "seed": seed, "last_loss": loss,
-              "planes": {a: [p.index for p in planes if p.axis == a] for a in axes}}
-    # the parent's record stays as "previous": this model was made here, from the painted store and the parent
-    made = provenance(started, inputs={"labels": store}, models={"parent": model}, previous=ckpt.get("provenance"))
-    save_checkpoint({**ckpt, "model_state": net.state_dict(), "finetune": record, "provenance": made}, out)
-    log.info("fine-tuned %s on %d labelled planes of %s: %d steps of %d, last loss %.4f, %.1f s -> %s", model,
-             len(planes), store, steps, batch, loss, time.perf_counter() - t0, out)
-    return out
+            progress(done, steps)
+
+    metrics = fit(cfg, run_dir, WorkerContext(should_stop=should_stop, on_step=on_step))
+    if metrics.get("stopped"):
+        raise RunInterrupted(f"fine-tuning stopped at step {metrics['step']} of {steps}; no {MODEL} was written "
+                             f"({run_dir / LAST} holds the step reached)")
+    log.info("fine-tuned %s on %s: %d steps of %d, lr %g, last loss %.4f, %.1f s -> %s", model, store, steps,
+             batch, cfg.optim.lr, last["loss"], time.perf_counter() - t0, run_dir / MODEL)
+    return run_dir / MODEL

@@ -69,6 +69,9 @@ class WorkerContext:
     report: Callable[[dict[str, Any], Path | None], None] | None = None
     # local stop request (SIGTERM sentinel); any rank's request stops all ranks at the same step
     should_stop: Callable[[], bool] = lambda: False
+    # on_step(steps_done, losses): called by every rank after every optimiser step, with the run's steps so
+    # far (a resume's included) and that step's losses ({"loss": ...}); a progress bar finer than an epoch
+    on_step: Callable[[int, dict[str, float]], None] | None = None
     # the run's command line and start, for the checkpoints' provenance (a Ray worker's own argv is Ray's)
     origin: Origin = field(default_factory=Origin)
 
@@ -380,6 +383,8 @@ def train_one_epoch(run: Run, ctx: WorkerContext, epoch: int, start_step: int = 
         n_steps += 1
         n_samples += image.shape[0]
         step += 1
+        if ctx.on_step is not None:
+            ctx.on_step(run.global_step + step - start_step, losses)
     run.global_step += step - start_step
     return EpochResult(step, _rate(n_samples, t0, ctx), _means(sums, n_steps), stopped=stopped)
 
