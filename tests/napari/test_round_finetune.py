@@ -17,7 +17,8 @@ from xtrain.data.painted import save_painted
 from xtrain.data.store import open_segmentation, open_store, write_store
 from xtrain.data.volumes import open_volume
 from xtrain.errors import InvalidInputError, ModelMismatchError, RunInterrupted
-from xtrain.models.checkpoint import file_checksum, load_checkpoint, model_from_checkpoint
+from xtrain.models.checkpoint import load_checkpoint, model_from_checkpoint
+from xtrain.provenance import file_sha256
 from xtrain.napari.finetune import finetune
 from xtrain.napari.loop import segment_volume
 from xtrain.train.losses import create_loss
@@ -64,7 +65,7 @@ def test_the_round_learns_the_painted_plane(painted, tiny_model, tmp_path, one_t
     assert new_loss < 0.7 * old_loss, (old_loss, new_loss)  # measured: 2.00 -> 1.12
     ckpt, old = load_checkpoint(new), load_checkpoint(tiny_model)
     assert any(not torch.equal(ckpt["model_state"][k], v) for k, v in old["model_state"].items())
-    assert ckpt["parent"] == {"path": str(tiny_model.resolve()), "sha256": file_checksum(tiny_model)}
+    assert ckpt["parent"] == {"path": str(tiny_model.resolve()), "sha256": file_sha256(tiny_model)}
     assert ckpt["provenance"]["inputs"]["store"]["sha256"]  # this run's record, of the painted store
     # the parent's recipe, one round of it: 40 steps of 8, no EMA, constant lr, the store's own statistics
     cfg = ckpt["config"]

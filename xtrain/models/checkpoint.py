@@ -38,13 +38,11 @@ import torch
 from .. import __version__
 from ..errors import CorruptFileError, InputNotFoundError, InvalidInputError, XtrainError
 from ..io import atomic_write
-from ..provenance import file_sha256
 from .registry import create_model
 
 FORMAT = 1
 INFERENCE_KEYS = ("format", "kind", "model_name", "model_kwargs", "model_state", "config", "stats", "classes",
                   "epoch", "metrics", "xtrain_version", "inference", "voxel_size_nm", "provenance", "parent")
-file_checksum = file_sha256  # the one sha256 helper is xtrain.provenance's; this name stays for other callers
 # ``segment`` settings a model is run with unless the user says otherwise (validated_inference)
 INFERENCE_ALL_AXES = {"axes": "zyx", "clean": True}
 INFERENCE_Z = {"axes": "z", "clean": False}
