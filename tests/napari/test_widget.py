@@ -25,10 +25,11 @@ def last_notification():
     return notification_manager.records[-1].message if notification_manager.records else ""
 
 
-def run(qtbot, worker):
+def run(qtbot, widget, worker):
+    """Wait until ``worker`` is done. Not ``waitSignal(worker.finished)``: the widget has started the worker
+    already, and one that fails fast has emitted ``finished`` before a late connection could see it."""
     assert worker is not None, "the widget refused to start (see its status line)"
-    with qtbot.waitSignal(worker.finished, timeout=TIMEOUT_MS):
-        pass
+    qtbot.waitUntil(lambda: widget.worker is not worker, timeout=TIMEOUT_MS)
 
 
 @pytest.fixture
@@ -60,7 +61,7 @@ def test_segment_suggest_paint_and_save_sparse_labels(loop, qtbot):
     worker = widget.segment()
     assert widget.segmentation is None and "prediction" not in viewer.layers  # returned at once: not done yet
     assert not widget.segment_button.isEnabled() and widget.cancel_button.isEnabled()
-    run(qtbot, worker)
+    run(qtbot, widget, worker)
     assert widget.progress.value() == 100 and widget.segment_button.isEnabled()
     pred, entropy = viewer.layers["prediction"], viewer.layers["entropy"]
     assert isinstance(pred, Labels) and isinstance(entropy, Image) and isinstance(viewer.layers["corrections"], Labels)
@@ -102,7 +103,7 @@ def test_segment_suggest_paint_and_save_sparse_labels(loop, qtbot):
     painted = np.array(corrections.data)
 
     # 4. save: class ids where painted, IGNORE elsewhere, the census, the image
-    run(qtbot, widget.save_labels())
+    run(qtbot, widget, widget.save_labels())
     out = open_store(widget.labels_edit.text())
     expected = np.where(painted > 0, painted - 1, IGNORE).astype(np.uint8)
     assert np.array_equal(out.labels[:], expected)
@@ -113,7 +114,7 @@ def test_segment_suggest_paint_and_save_sparse_labels(loop, qtbot):
     # ... and again, after repainting part of the plane: merged, the painting wins, and it says so
     corrections.data[2] = 0
     corrections.data[2, 0:3, :] = 2
-    run(qtbot, widget.save_labels())
+    run(qtbot, widget, widget.save_labels())
     merged = open_store(widget.labels_edit.text()).labels[:]
     assert (merged[2, 0:3] == 1).all() and np.array_equal(merged[2, 3:], expected[2, 3:])
     assert np.array_equal(merged[5:8], expected[5:8])
@@ -121,7 +122,7 @@ def test_segment_suggest_paint_and_save_sparse_labels(loop, qtbot):
 
     # a second segmentation skips the planes labelled by now (z 2: painted whole)
     widget.axes_combo.setCurrentText("z")
-    run(qtbot, widget.segment())
+    run(qtbot, widget, widget.segment())
     assert all(abs(p.index - 2) >= 3 for p in widget.picks if p.axis == "z")
 
 
@@ -131,16 +132,16 @@ def test_finetune_repredicts_what_was_corrected(loop, qtbot):
     viewer, widget, store, model = loop
     widget.model_edit.setText(str(model))
     assert widget.finetune() is None and "Save labels" in last_notification()  # nothing saved yet
-    run(qtbot, widget.segment())
+    run(qtbot, widget, widget.segment())
     old = np.asarray(viewer.layers["prediction"].data).copy()
     truth = open_store(store).labels[:]
     corrections = viewer.layers["corrections"]
     corrections.data[2] = (truth[2] + 1) % 3 + 1  # z-plane 2 painted with the classes turned round
-    run(qtbot, widget.save_labels())
+    run(qtbot, widget, widget.save_labels())
     widget.steps_spin.setValue(40)
     worker = widget.finetune()
     assert not widget.finetune_button.isEnabled() and not widget.segment_button.isEnabled()
-    run(qtbot, worker)
+    run(qtbot, widget, worker)
     new = np.asarray(viewer.layers["prediction"].data)
     wanted = corrections.data[2]
     assert (new[2] == wanted).mean() > (old[2] == wanted).mean() + 0.25  # measured: 0.32 -> 0.84 (the plain fit)
@@ -151,7 +152,7 @@ def test_finetune_repredicts_what_was_corrected(loop, qtbot):
 
     worker = widget.finetune()  # a second round, cancelled: the model and the layers stay
     widget.cancel()
-    run(qtbot, worker)
+    run(qtbot, widget, worker)
     assert widget.status.text() == "cancelled" and np.array_equal(np.asarray(viewer.layers["prediction"].data), new)
 
 
@@ -165,11 +166,11 @@ def test_cancel_and_errors_are_notifications_not_tracebacks(loop, qtbot):
     widget.model_edit.setText(str(model))
     worker = widget.segment()
     widget.cancel()  # stops at the next tile batch: nothing is shown
-    run(qtbot, worker)
+    run(qtbot, widget, worker)
     assert widget.status.text() == "cancelled" and "prediction" not in viewer.layers
 
-    run(qtbot, widget.segment())
+    run(qtbot, widget, widget.segment())
     viewer.layers["corrections"].data[1, 3, 3] = 7  # not a class: refused in the worker thread
-    run(qtbot, widget.save_labels())
+    run(qtbot, widget, widget.save_labels())
     assert "painted value 7" in widget.status.text() and "painted value 7" in last_notification()
     assert not (store.parent / "scan-labels.zarr").exists()

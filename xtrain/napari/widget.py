@@ -65,7 +65,7 @@ class LabelLoop(QWidget):
         self.current = -1
         self.classes: list[str] | None = None
         self.segmentation: Path | None = None
-        self.worker: Any = None
+        self.worker: Any = None  # the running worker thread; None when idle
         self._stop = threading.Event()
         self._work: Path | None = None
         self._runs = 0
@@ -246,11 +246,15 @@ class LabelLoop(QWidget):
         # errored connected here: without a handler of its own create_worker re-raises the error in the event loop
         worker = create_worker(function, *args, _start_thread=False, _connect={"errored": self._on_error}, **kwargs)
         worker.returned.connect(on_done)
-        worker.finished.connect(lambda: self._set_busy(False))
+        worker.finished.connect(self._finished)
         self.worker = worker
         self._set_busy(True)
         worker.start()
         return worker
+
+    def _finished(self) -> None:
+        self.worker = None  # connected before the start: ``worker is None`` is a race-free "done" for callers
+        self._set_busy(False)
 
     def cancel(self) -> None:
         """Stop the running segmentation at its next tile batch, a fine-tune at its next step (nothing of either
