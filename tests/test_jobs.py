@@ -34,8 +34,9 @@ def free_ports(n: int) -> list[int]:
 
 
 def session_pids(sid: int) -> list[int]:
-    out = subprocess.run(["ps", "-eo", "pid=,sid="], capture_output=True, text=True).stdout
-    return [int(p) for p, s in (line.split() for line in out.splitlines()) if int(s) == sid]
+    """Live processes of session `sid`; zombies are dead already (they only wait to be reaped)."""
+    out = subprocess.run(["ps", "-eo", "pid=,sid=,stat="], capture_output=True, text=True).stdout
+    return [int(p) for p, s, st in (line.split() for line in out.splitlines()) if int(s) == sid and "Z" not in st]
 
 
 @pytest.fixture
@@ -63,6 +64,7 @@ def ray_head(tmp_path_factory):
         # take seconds to be reaped, and it is listed until then
         deadline = time.time() + 60
         for sig in (signal.SIGTERM, signal.SIGTERM, *[signal.SIGKILL] * 30):
+            head.poll()  # reap the head once it is gone
             pids = session_pids(head.pid)
             if not pids or time.time() > deadline:
                 break
