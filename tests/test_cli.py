@@ -7,7 +7,8 @@ import sys
 
 import pytest
 
-from xtrain.cli import PRESET_NAMES, build_parser, main
+from xtrain.cli import PRESET_NAMES, SUGGEST_SCORES, build_parser, main
+from xtrain.infer.suggest import DEFAULT_SCORE, SCORES
 from xtrain.data.synth import PRESETS
 
 
@@ -23,8 +24,9 @@ def test_every_subcommand_help_has_an_example(capsys):
         assert "example:" in out and f"xtrain {name}" in out, name
 
 
-def test_preset_choices_match_the_generator():
+def test_the_cli_choices_kept_here_for_a_fast_help_match_the_library():
     assert set(PRESET_NAMES) == set(PRESETS)
+    assert set(SUGGEST_SCORES) == set(SCORES) and SUGGEST_SCORES[0] == DEFAULT_SCORE
 
 
 def run(*args):

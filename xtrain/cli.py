@@ -28,6 +28,7 @@ from .errors import DiskFullError, RunInterrupted, XtrainError
 log = logging.getLogger("xtrain")
 
 PRESET_NAMES = ("easy", "medium", "hard")  # xtrain.data.synth.PRESETS (not imported: keeps --help fast)
+SUGGEST_SCORES = ("spread", "entropy", "disagreement", "boundary")  # xtrain.infer.suggest.SCORES, default first
 RESUMABLE = ("train", "tune", "segment", "nightly")  # stop on SIGTERM/SIGUSR1, exit 3, continue with --resume
 # run volume-wide Dask graphs: on Ray inside a Ray cluster (runtime.volume_scheduler, decided once here)
 VOLUME_GRAPHS = ("ingest", "evaluate", "baseline", "segment", "suggest", "nightly", "compare")
@@ -540,10 +541,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--n", type=int, required=True, metavar="K", help="how many planes to suggest")
     p.add_argument("--axes", choices=("z", "zyx"), default="z", help="rank z-planes from the z pass, or planes "
                    "normal to z, y and x from the averaged z/y/x passes (3x the time; default z)")
-    p.add_argument("--score", choices=("entropy", "disagreement", "boundary", "spread"), default="entropy",
-                   help="mean entropy of the plane (default); disagreement between the z/y/x passes (needs --axes "
-                        "zyx); share of uncertain boundary voxels; or spread: the planes farthest from the labelled "
-                        "ones, no model needed (see xtrain/infer/suggest.py)")
+    p.add_argument("--score", choices=SUGGEST_SCORES, default=SUGGEST_SCORES[0],
+                   help="spread (default): the planes farthest from the labelled ones and each other, no prediction "
+                        "(on the real volume no uncertainty score did better: docs/measurements.md); the plane's mean "
+                        "entropy; disagreement between the z/y/x passes (needs --axes zyx); or the share of uncertain "
+                        "boundary voxels (see xtrain/infer/suggest.py)")
     p.add_argument("--spacing", type=int, default=5, help="least distance in planes between two picks and from a "
                    "labelled plane (default 5)")
     p.add_argument("--exclude-labelled", default=None, metavar="STORE", help="a store with (sparse) labels of this "

@@ -149,7 +149,7 @@ def test_suggest_skips_labelled_planes_and_writes_the_csv_and_the_planes(data, t
     assert labelled_planes(sparse, SHAPE) == {"z": [5, 15], "y": [], "x": [20]}
     scores = plane_scores(predictor(data, "zyx"), data["vol"], ("entropy",))["entropy"]
     picks = suggest(data["model"], data["store"], n=4, axes="zyx", spacing=3, exclude_labelled=sparse,
-                    out=tmp_path / "next", **FAST)
+                    score="entropy", out=tmp_path / "next", **FAST)
     assert len(picks) == 4 and [p.rank for p in picks] == [1, 2, 3, 4]
     assert pick_planes(scores, 4, 3, {"z": [5, 15], "x": [20]}) == picks  # the same as ranking by hand
     for p in picks:
@@ -172,7 +172,7 @@ def test_suggest_skips_labelled_planes_and_writes_the_csv_and_the_planes(data, t
 
 
 def test_z_range_keeps_the_picks_inside_it(data):
-    picks = suggest(data["model"], data["store"], n=3, spacing=2, z_range=(10, 20), **FAST)
+    picks = suggest(data["model"], data["store"], n=3, spacing=2, z_range=(10, 20), score="entropy", **FAST)
     assert all(10 <= p.index < 20 for p in picks)
     full = plane_scores(predictor(data), data["vol"], ("entropy",))["entropy"]
     part = plane_scores(predictor(data), data["vol"], ("entropy",), z_range=(10, 20))["entropy"]

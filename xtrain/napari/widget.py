@@ -6,8 +6,10 @@
 1. **Segment**: the chosen model segments the chosen image layer in a worker thread (``segment
    --probabilities``, in this process), with a progress bar and a Cancel button; the viewer stays live.
    The layers ``prediction`` (Labels, class id + 1) and ``entropy`` appear (replaced on the next run).
-2. **Suggested planes**: the planes ``xtrain suggest`` ranks first by entropy (skipping planes already
-   labelled in the corrections layer and the labels store); Previous / Next move the viewer to the plane,
+2. **Suggested planes**: the planes ``xtrain suggest --score entropy`` ranks first (skipping planes already
+   labelled in the corrections layer and the labels store): here the entropy is on screen anyway, and a
+   plane where the model is unsure is where a correction shows; on the real volume no rule beat another
+   (``suggest``'s own default is ``spread``, docs/measurements.md); Previous / Next move the viewer to the plane,
    turning the view for a plane normal to y or x.
 3. **Paint** corrections in the ``corrections`` Labels layer (0 = unlabelled; class id + 1, the colours and
    names of the prediction); "Copy prediction" fills the unpainted voxels of the current plane with the
