@@ -22,7 +22,7 @@ import numpy as np
 import pytest
 
 from conftest import make_store
-from test_slurm import RayProcesses, finish, job_info, ray_temp, release_requeued, rows, submit, wait_job
+from test_slurm import RayProcesses, finish, job_info, ray_temp, release_requeued, rows, submit, up_nodes, wait_job
 
 pytestmark = pytest.mark.slow
 
@@ -31,21 +31,12 @@ TWO = ("--nodes=2", "--ntasks-per-node=1", "--cpus-per-task=1")
 TINY = ["--set", "data.patch=32", "--set", "data.val_patches=16", "--set", "data.samples_per_epoch=64"]
 
 
-def _up_nodes() -> list[str]:
-    try:
-        out = subprocess.run(["sinfo", "-h", "-N", "-o", "%N %t"], capture_output=True, text=True, timeout=10)
-    except (OSError, subprocess.TimeoutExpired):
-        return []
-    return sorted({n for n, s in (line.split() for line in out.stdout.splitlines() if line.strip())
-                   if s.rstrip("*") in ("idle", "mix", "alloc")})
-
-
 def _skip_reason() -> str:
     why = TWO_NODE_ERR.read_text().strip() if TWO_NODE_ERR.exists() else ""
     return f"no two-node Slurm ({why or 'run .ci/slurm_setup.sh --two-node as root'})"
 
 
-NODES = _up_nodes()
+NODES = up_nodes()
 requires_two_nodes = pytest.mark.skipif(len(NODES) < 2, reason=_skip_reason())
 
 
