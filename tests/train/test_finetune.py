@@ -251,15 +251,4 @@ def test_every_ddp_rank_starts_from_the_parent_weights(ray_cluster, parent, tmp_
     assert load_checkpoint(tmp_path / "run" / "model.pt")["parent"]["sha256"] == sha256(parent)
 
 
-@pytest.mark.slow
-def test_a_sweep_starts_every_trial_from_the_init_model(ray_cluster, parent, tmp_path):
-    from xtrain.tune.sweep import sweep
-
-    new = make_store(tmp_path / "new.zarr", shape=(29, 45, 51), seed=7)
-    cfg = tiny_config(new, ARCH, "train.workers=1", "train.epochs=1", "data.samples_per_epoch=16",
-                      f"train.init={parent}", "tune.space={optim.lr: {grid: [0.0003, 0.001]}}", "tune.scheduler=fifo",
-                      "tune.num_samples=1")
-    summary = sweep(cfg, tmp_path / "tune")
-    assert summary["trials"] == 2
-    for trial in (tmp_path / "tune" / "trials").iterdir():
-        assert load_checkpoint(trial / "model.pt")["parent"] == {"path": str(parent.resolve()), "sha256": sha256(parent)}
+# a sweep that starts every trial from a model: tests/tune/test_tune_tracking.py (one sweep for both)

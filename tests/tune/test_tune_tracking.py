@@ -40,14 +40,20 @@ def scalars(folder: Path, tag: str) -> list[tuple[int, float]]:
     return [(s.step, s.value) for s in events.Scalars(tag)]
 
 
-def test_a_tracked_sweep_has_one_mlflow_run_per_trial_and_tensorboard_events(ray_cluster, train_store, tmp_path,
-                                                                             monkeypatch):
+def test_a_tracked_sweep_from_a_model_has_one_mlflow_run_per_trial_and_tensorboard_events(ray_cluster, train_store,
+                                                                                        tiny_model, tmp_path,
+                                                                                        monkeypatch):
+    """Also the few-labels issue's "a sweep can start from a model": every trial fine-tunes ``tiny_model``
+    (``train.init``) and records it as its parent (one sweep for both: each costs the suite ~30 s)."""
     from mlflow import MlflowClient
+
+    from xtrain.models.checkpoint import load_checkpoint
+    from xtrain.provenance import file_sha256
 
     monkeypatch.delenv("MLFLOW_EXPERIMENT_NAME", raising=False)
     out = tmp_path / "tune"
     cfg = tiny_config(train_store, "train.workers=1", "train.epochs=2", "tune.space={optim.lr: {grid: [0.001, 0.01]}}",
-                      "tune.scheduler=fifo", "tune.num_samples=1")
+                      "tune.scheduler=fifo", "tune.num_samples=1", "data.slices=3", f"train.init={tiny_model}")
     track = parse_track([f"mlflow:{tmp_path / 'mlruns'}", f"tensorboard:{tmp_path / 'tb'}"])
     summary = sweep(cfg, out, track=track)
     assert summary["trials"] == 2 and not summary["stopped"]
@@ -74,6 +80,8 @@ def test_a_tracked_sweep_has_one_mlflow_run_per_trial_and_tensorboard_events(ray
             assert [m.value for m in history] == pytest.approx([float(r[key]) for r in csv_rows], rel=1e-9), key
         got = client.download_artifacts(run.info.run_id, "model.pt", str(tmp_path / "download" / trial_id))
         assert Path(got).read_bytes() == (trial_dir / "model.pt").read_bytes()
+        parent = {"path": str(tiny_model.resolve()), "sha256": file_sha256(tiny_model)}
+        assert load_checkpoint(trial_dir / "model.pt")["parent"] == parent  # started from the init model
 
         curve = scalars(tmp_path / "tb" / trial_id, "train/loss")
         assert curve == [(e, pytest.approx(float(r["train_loss"]), rel=1e-6)) for e, r in enumerate(csv_rows, 1)]
