@@ -151,9 +151,20 @@ class LossConfig:
     name: str = "ce+dice"  # ce, dice, or ce+dice
     class_weights: list[float] | None = None
     adversarial_weight: float = 0.05  # Pix2Pix: lambda in seg_loss + lambda * adversarial
+    # image-aware pairwise (CRF) loss for sparse labels (xtrain/train/pairwise.py; off by default):
+    # loss += crf_weight * relaxed Potts term, neighbours within crf_radius px weighted by
+    # exp(-dI^2 / 2 crf_sigma^2) exp(-d^2 / 2 crf_sigma_xy^2) on the normalised centre slice
+    crf_weight: float = 0.0  # 0: off
+    crf_radius: int = 2
+    crf_sigma: float = 0.1
+    crf_sigma_xy: float = 6.0
 
     def __post_init__(self):  # the name and class weights are checked by create_loss (train/losses.py)
         _check_range("loss.adversarial_weight", self.adversarial_weight, 0.0, None)
+        _check_range("loss.crf_weight", self.crf_weight, 0.0, None)
+        _check_range("loss.crf_radius", self.crf_radius, 1, 8)
+        _check_range("loss.crf_sigma", self.crf_sigma, 0.0, None, low_open=True)
+        _check_range("loss.crf_sigma_xy", self.crf_sigma_xy, 0.0, None, low_open=True)
 
 
 @dataclass
@@ -242,6 +253,9 @@ class Config:
             # not done: whether the discriminator should see pseudo-labels as "real" masks is a choice of its own
             raise ConfigError(f"train.pseudo_weight={self.train.pseudo_weight} is for segmenters (unet, mlp), not "
                               f"model.name={self.model.name}; set train.pseudo_weight=0 for it")
+        if self.loss.crf_weight > 0 and self.model.name in GAN_MODELS:
+            raise ConfigError(f"loss.crf_weight={self.loss.crf_weight} is for segmenters (unet, mlp), not "
+                              f"model.name={self.model.name}; set loss.crf_weight=0 for it")
 
 
 SCHEDULES = ("constant", "cosine", "onecycle")

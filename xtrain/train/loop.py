@@ -51,6 +51,7 @@ from .distributed import allreduce_confusion, any_rank, convert_sync_batchnorm, 
 from .losses import create_loss, one_hot
 from .recipe import load_scheduler_states, make_ema, make_schedulers
 from .run_dir import BEST, LAST, write_metrics_row
+from .pairwise import PairwiseTerm, make_pairwise
 from .self_training import IDLE, SelfTraining, make_self_training, pseudo_loss
 from .validate import PlaneValidation, ValidationSlab, selection_score
 from ..provenance import Origin, hash_input, provenance
@@ -154,6 +155,7 @@ class Run:
     store_input: Any = None  # the training store's provenance entry (hashed once, rank 0)
     parent: dict[str, str] | None = None  # fine-tuning: the train.init model's {"path", "sha256"} (finetune.py)
     self_training: SelfTraining | None = None  # train.pseudo_weight > 0: the EMA teacher's pseudo-labels
+    pairwise: PairwiseTerm | None = None  # loss.crf_weight > 0: the image-aware pairwise (CRF) term
 
     @property
     def num_classes(self) -> int:
@@ -235,6 +237,7 @@ def build_run(cfg: Config, ctx: WorkerContext, resume: dict[str, Any] | None = N
     ema = make_ema(nets.model, cfg.train.ema_decay, cfg.train.ema_warmup)
     run = Run(cfg=cfg, nets=nets, optimizers=optimizers, schedulers=make_schedulers(optimizers, cfg.optim, total_steps),
               ema=ema, self_training=make_self_training(cfg.train, ema, total_steps),
+              pairwise=make_pairwise(cfg.loss),
               loss_fn=create_loss(cfg.loss.name, class_weights=cfg.loss.class_weights).to(ctx.device),
               train_set=train_set, train_loader=patch_loader(train_set, cfg.train.batch_size, cfg.data.loader_workers),
               **build_validation(cfg, plan, store.info.stats, ctx), split=plan.split, classes=classes,
@@ -276,13 +279,14 @@ def _autocast(device: torch.device, enabled: bool):
 
 def train_step(nets: Nets, optimizers: dict[str, torch.optim.Optimizer], loss_fn: nn.Module, image: torch.Tensor,
                label: torch.Tensor, adversarial_weight: float, amp: bool,
-               pseudo: SelfTraining | None = None) -> dict[str, float]:
+               pseudo: SelfTraining | None = None, pairwise: PairwiseTerm | None = None) -> dict[str, float]:
     """One optimisation step on a batch: image (B, C, P, P) float32, label (B, P, P) int64.
 
     ``pseudo`` (segmenters only; config.py refuses it for Pix2Pix): the loss gets
     ``pseudo.weight`` x the cross-entropy against the teacher's confident pseudo-labels at
     unlabelled pixels (self_training.py); "loss" stays the supervised term, "pseudo_loss" and
-    "pseudo_accept" are added.
+    "pseudo_accept" are added.  ``pairwise`` (segmenters only too): + ``pairwise.weight`` x the
+    relaxed Potts term of the logits against the image (pairwise.py), reported as "crf_loss".
 
     Pix2Pix: the discriminator sees (image, one-hot truth) against (image, generated
     probabilities); at unlabelled pixels (``IGNORE``) both are all-zero, so no term treats
@@ -300,6 +304,10 @@ def train_step(nets: Nets, optimizers: dict[str, torch.optim.Optimizer], loss_fn
                 teacher = pseudo.teacher(image)  # (B, K, P, P); eval mode (train_one_epoch)
             term, extra = pseudo_loss(logits, teacher, label, pseudo.threshold)
             total = loss + pseudo.weight * term
+        if pairwise is not None:
+            crf = pairwise(logits, image)
+            total = total + pairwise.weight * crf
+            extra = {**extra, "crf_loss": float(crf.detach())}
         total.backward()
         opt.step()
         return {"loss": float(loss.detach()), **extra}
@@ -371,7 +379,7 @@ def train_one_epoch(run: Run, ctx: WorkerContext, epoch: int, start_step: int = 
         label = label.to(ctx.device, non_blocking=True)
         pseudo = st if st is not None and st.active(run.global_step + step - start_step) else None
         losses = train_step(run.nets, run.optimizers, run.loss_fn, image, label, cfg.loss.adversarial_weight,
-                            cfg.train.amp, pseudo)
+                            cfg.train.amp, pseudo, run.pairwise)
         if st is not None:
             losses = {**IDLE, **losses}  # before the start too: the same metrics columns every epoch
         for k, v in losses.items():
