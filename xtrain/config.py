@@ -249,13 +249,12 @@ class Config:
         if self.train.select == "dice+tpb" and self.data.val_mode != "slab":
             raise ConfigError("train.select=dice+tpb needs the TPB of whole validation planes; "
                               "also set data.val_mode=slab")
-        if self.train.pseudo_weight > 0 and self.model.name in GAN_MODELS:
-            # not done: whether the discriminator should see pseudo-labels as "real" masks is a choice of its own
-            raise ConfigError(f"train.pseudo_weight={self.train.pseudo_weight} is for segmenters (unet, mlp), not "
-                              f"model.name={self.model.name}; set train.pseudo_weight=0 for it")
-        if self.loss.crf_weight > 0 and self.model.name in GAN_MODELS:
-            raise ConfigError(f"loss.crf_weight={self.loss.crf_weight} is for segmenters (unet, mlp), not "
-                              f"model.name={self.model.name}; set loss.crf_weight=0 for it")
+        # not done for Pix2Pix: whether the discriminator should see pseudo-labels as "real" masks, and whether
+        # the pairwise term belongs to the generator's loss or to the adversarial game, are choices of their own
+        for key, weight in (("train.pseudo_weight", self.train.pseudo_weight), ("loss.crf_weight", self.loss.crf_weight)):
+            if weight > 0 and self.model.name in GAN_MODELS:
+                raise ConfigError(f"{key}={weight} is for segmenters (unet, mlp), not model.name={self.model.name}; "
+                                  f"set {key}=0 for it")
 
 
 SCHEDULES = ("constant", "cosine", "onecycle")

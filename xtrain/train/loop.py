@@ -49,9 +49,9 @@ from .finetune import init_weights, load_parent
 from .distributed import allreduce_confusion, any_rank, convert_sync_batchnorm, has_batchnorm, is_distributed, \
     seed_step, unwrap, wrap
 from .losses import create_loss, one_hot
+from .pairwise import PairwiseTerm, make_pairwise
 from .recipe import load_scheduler_states, make_ema, make_schedulers
 from .run_dir import BEST, LAST, write_metrics_row
-from .pairwise import PairwiseTerm, make_pairwise
 from .self_training import IDLE, SelfTraining, make_self_training, pseudo_loss
 from .validate import PlaneValidation, ValidationSlab, selection_score
 from ..provenance import Origin, hash_input, provenance
