@@ -66,7 +66,7 @@ FINETUNE = "configs/soc_unet_finetune_cpu.yaml"  # the fine-tune part's recipe (
 PIX2PIX = ["model.name=pix2pix", "model.kwargs={width: 16, depth: 4, norm: group, disc_width: 32, disc_layers: 3}",
            "loss.adversarial_weight=0.05"]
 SCRIBBLE_SHARE = 0.04  # of each scribbled slice's voxels
-SCRIBBLE_MARGIN = 3  # voxels between a stroke and any phase boundary
+SCRIBBLE_MARGIN = 3  # voxels between a stroke and any phase boundary (--scribble-margin; 1: strokes that only never touch one)
 
 
 def spread(k: int, z: tuple[int, int] = TRAIN_Z) -> list[int]:
@@ -119,9 +119,10 @@ def planes_only(labels: np.ndarray, zs: list[int]) -> np.ndarray:
     return out
 
 
-def scribbles(labels: np.ndarray, zs: list[int], seed: int = 0) -> np.ndarray:
-    """Strokes on the z-planes ``zs``: random walks 3 voxels wide inside each phase, ``SCRIBBLE_MARGIN``
-    voxels from any boundary, until each phase holds its share of ``SCRIBBLE_SHARE`` of the plane."""
+def scribbles(labels: np.ndarray, zs: list[int], seed: int = 0, margin: int = SCRIBBLE_MARGIN) -> np.ndarray:
+    """Strokes on the z-planes ``zs``: random walks 3 voxels wide inside each phase, ``margin`` voxels
+    from any boundary (1: no stroke voxel touches another phase), until each phase holds its share of
+    ``SCRIBBLE_SHARE`` of the plane."""
     from scipy import ndimage
 
     from xtrain.data.labels import IGNORE
@@ -134,7 +135,7 @@ def scribbles(labels: np.ndarray, zs: list[int], seed: int = 0) -> np.ndarray:
         plane = labels[z]
         budget = SCRIBBLE_SHARE * plane.size / len(classes)
         for c in classes:
-            inside = ndimage.binary_erosion(plane == c, iterations=SCRIBBLE_MARGIN + 1)
+            inside = ndimage.binary_erosion(plane == c, iterations=margin + 1)
             painted = np.zeros(plane.shape, bool)
             seeds = np.argwhere(inside)
             tries = 0
@@ -296,6 +297,8 @@ def main() -> None:
                     "no --set: e.g. train.epochs=2 beside --set train.epochs=2 for the same steps from scratch)")
     ap.add_argument("--tag", default="", help="suffix of this invocation's run names (e.g. 'pseudo' for a run "
                     "with other --set options beside the plain ones: unet_k2_pseudo)")
+    ap.add_argument("--scribble-margin", type=int, default=SCRIBBLE_MARGIN,
+                    help="voxels between a stroke and any phase boundary (default %(default)s; 1: strokes only never touch one)")
     ap.add_argument("--check-crop", default=None, metavar="NAME", help="compare the crop with the whole volume")
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
@@ -329,8 +332,10 @@ def main() -> None:
                 results[f"{model}_k{k}"] = run_one(f"{model}_k{k}{tag}", store, crop, work, args,
                                                    PIX2PIX if model == "pix2pix" else [])
     if "scribbles" in parts:
-        store = sparse_store("scribbles10", lambda: scribbles(labels, spread(10)))
-        results["unet_scribbles10"] = run_one(f"unet_scribbles10{tag}", store, crop, work, args, [])
+        m = args.scribble_margin
+        name = "scribbles10" if m == SCRIBBLE_MARGIN else f"scribbles10_m{m}"  # the default keeps its old name
+        store = sparse_store(name, lambda: scribbles(labels, spread(10), margin=m))
+        results["unet_scribbles10"] = run_one(f"unet_{name}{tag}", store, crop, work, args, [])
     if "finetune" in parts:
         changed = changed_copy(np.asarray(dense.image[:]))
         two = work / "stores" / "changed_k2.zarr"

@@ -67,11 +67,18 @@ def test_the_gradient_reaches_the_logits_and_not_the_image():
 SHAPE = (21, 40, 37)
 
 
-def test_a_run_with_it_logs_crf_loss_and_one_without_does_not(tmp_path):
-    store = make_store(tmp_path / "s.zarr", shape=SHAPE, labelled=planes(SHAPE, at=(10,)))
+def test_a_run_with_it_logs_crf_loss_and_one_without_does_not(tmp_path, caplog):
+    """On scribbles (strokes, no painted plane): the run without the term suggests it, the one with it does not."""
+    strokes = np.zeros(SHAPE, bool)
+    strokes[10, 4:36, 5:9] = strokes[10, 4:36, 20:24] = True
+    store = make_store(tmp_path / "s.zarr", shape=SHAPE, labelled=strokes)
+    hint = "scribbles: consider the pairwise loss, --set loss.crf_weight=1.0"
     for name, extra in (("on", ("loss.crf_weight=1.0",)), ("off", ())):
         (tmp_path / name).mkdir()
-        fit(tiny_config(store, "train.epochs=1", *extra), tmp_path / name)
+        caplog.clear()
+        with caplog.at_level("INFO", logger="xtrain"):
+            fit(tiny_config(store, "train.epochs=1", *extra), tmp_path / name)
+        assert (hint in caplog.text) == (name == "off"), name
     with open(tmp_path / "on" / "metrics.csv") as f:
         row = next(csv.DictReader(f))
     assert 0.0 < float(row["train_crf_loss"]) < 1.0

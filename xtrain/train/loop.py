@@ -36,7 +36,7 @@ from torch.optim.lr_scheduler import LRScheduler
 from torch.optim.swa_utils import AveragedModel
 from torch.utils.data import DataLoader
 
-from ..config import Config, config_to_dict
+from ..config import GAN_MODELS, Config, config_to_dict
 from ..data.labels import LabelCensus
 from ..data.sampler import GridPatches, RandomPatches, Split, patch_loader, sparse_split, split_regions
 from ..data.label_index import HoldOut, check_dense_slab, hold_out, store_census
@@ -190,6 +190,10 @@ def build_validation(cfg: Config, plan: DataPlan, stats: dict[str, Any], ctx: Wo
     if plan.hold is not None:
         if ctx.rank == 0:
             log.info("%s", plan.hold.message)
+            if plan.hold.scribbles and cfg.loss.crf_weight == 0 and cfg.model.name not in GAN_MODELS:
+                # strokes never show where a boundary lies; the pairwise loss does (measured in docs/measurements.md)
+                log.info("scribbles: consider the pairwise loss, --set loss.crf_weight=1.0 (docs/training.md, "
+                         "'Few labels')")
         if plan.hold.planes:
             out["val_planes"] = PlaneValidation(cfg.data.store, plan.hold.planes, stats, cfg.data.slices)
     elif cfg.data.val_mode == "slab":
