@@ -19,7 +19,9 @@ interrupted training continues with ``--resume``):
   everywhere else, z 200-249 included), with its label census.
 * ``scribbles``: the U-Net on scribbles on 10 of those slices: strokes 3 voxels wide inside each
   phase, at least 3 voxels from any phase boundary, about 4 % of each slice's voxels (an equal
-  share per phase where the phase allows it).
+  share per phase where the phase allows it).  ``--scribble-margin 1``: strokes that only never touch a
+  boundary (no stroke voxel has a 4-neighbour of another phase), the same share; its store and runs
+  are named ``scribbles10_m1``.
 * ``finetune``: a dense model (``--base MODEL.pt``: the dense recipe's, or this experiment's
   ``runs/unet_k200/model.pt``) fine-tuned with ``xtrain train --init`` and
   configs/soc_unet_finetune_cpu.yaml (its own schedule: ``--set`` does not apply) on 2 labelled
