@@ -72,7 +72,7 @@ def test_a_run_with_it_logs_crf_loss_and_one_without_does_not(tmp_path, caplog):
     strokes = np.zeros(SHAPE, bool)
     strokes[10, 4:36, 5:9] = strokes[10, 4:36, 20:24] = True
     store = make_store(tmp_path / "s.zarr", shape=SHAPE, labelled=strokes)
-    hint = "scribbles: consider the pairwise loss, --set loss.crf_weight=1.0"
+    hint = "the pairwise loss helps: --set loss.crf_weight=1.0"
     for name, extra in (("on", ("loss.crf_weight=1.0",)), ("off", ())):
         (tmp_path / name).mkdir()
         caplog.clear()

@@ -192,8 +192,8 @@ def build_validation(cfg: Config, plan: DataPlan, stats: dict[str, Any], ctx: Wo
             log.info("%s", plan.hold.message)
             if plan.hold.scribbles and cfg.loss.crf_weight == 0 and cfg.model.name not in GAN_MODELS:
                 # strokes never show where a boundary lies; the pairwise loss does (measured in docs/measurements.md)
-                log.info("scribbles: consider the pairwise loss, --set loss.crf_weight=1.0 (docs/training.md, "
-                         "'Few labels')")
+                log.info("scribbles: if the strokes keep away from the phase boundaries, the pairwise loss helps: "
+                         "--set loss.crf_weight=1.0 (docs/training.md, 'Few labels')")
         if plan.hold.planes:
             out["val_planes"] = PlaneValidation(cfg.data.store, plan.hold.planes, stats, cfg.data.slices)
     elif cfg.data.val_mode == "slab":
