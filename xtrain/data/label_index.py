@@ -59,7 +59,7 @@ class HoldOut:
 
     planes: tuple[tuple[str, int], ...]
     message: str
-    scribbles: bool = False  # partial labels only (no painted plane): boundaries are never labelled
+    scribbles: bool = False  # partial labels only, no painted plane (the log then suggests the pairwise loss)
 
     @property
     def hidden(self) -> dict[str, frozenset[int]]:
