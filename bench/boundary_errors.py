@@ -30,6 +30,7 @@ from scipy import ndimage
 
 from xtrain.data.labels import IGNORE
 from xtrain.evaluate.core import open_label_volume
+from xtrain.evaluate.metrics import confusion_matrix
 
 BINS = ((0.0, 0.5), (0.5, 1.5), (1.5, 2.5), (2.5, 4.5), (4.5, np.inf))
 
@@ -55,12 +56,14 @@ def main() -> None:
     pred_v, truth_v = open_label_volume(args.seg), open_label_volume(args.truth)
     z0, z1 = map(int, args.z.split(",")) if args.z else (0, truth_v.shape[0])
     if pred_v.shape != truth_v.shape:
-        raise SystemExit(f"shapes differ: {pred_v.shape} (seg) against {truth_v.shape} (truth)")
+        ap.error(f"shapes differ: {pred_v.shape} (seg) against {truth_v.shape} (truth); give two label images of one volume")
+    if not 0 <= z0 < z1 <= truth_v.shape[0]:
+        ap.error(f"--z {z0},{z1} is not a slab of the {truth_v.shape[0]} z-planes; give Z0,Z1 with 0 <= Z0 < Z1 <= {truth_v.shape[0]}")
     box = ((z0, z1), (0, truth_v.shape[1]), (0, truth_v.shape[2]))
     pred, truth = pred_v.read(box), truth_v.read(box)
     labelled = truth != IGNORE
     k = int(max(pred.max(), truth[labelled].max())) + 1
-    cm = np.bincount(truth[labelled].astype(np.int64) * k + pred[labelled], minlength=k * k).reshape(k, k)
+    cm = confusion_matrix(pred, truth, k, IGNORE)  # xtrain evaluate's own count
     print("confusion matrix, % of the labelled voxels (rows truth, columns prediction):")
     for row in cm / cm.sum() * 100:
         print("  " + "  ".join(f"{v:7.3f}" for v in row))

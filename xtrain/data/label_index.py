@@ -89,7 +89,6 @@ def hold_out(census: LabelCensus, region: tuple[int, int], val_fraction: float, 
         shown = ", ".join(f"{a} {i}" for a, i in planes)
         return HoldOut(planes, f"{n} labelled planes: validating on {len(planes)} held out whole ({shown}), "
                                f"training on the other {n - len(planes)}; model.pt is the best epoch")
-    scribbles = not n
     if n:
         what = f"{n} labelled plane{'s' if n > 1 else ''}"
     else:
@@ -97,7 +96,7 @@ def hold_out(census: LabelCensus, region: tuple[int, int], val_fraction: float, 
         axis = min(AXES, key=lambda a: touched[a] / census.shape[AXES.index(a)] if touched[a] else np.inf)
         what = f"partial labels (scribbles) on {touched[axis]} {axis}-planes"
     return HoldOut((), f"{what}: no validation hold-out (it needs {MIN_HOLD_OUT} whole labelled planes); "
-                       f"training runs its fixed schedule and model.pt is {weights}", scribbles)
+                       f"training runs its fixed schedule and model.pt is {weights}", scribbles=not n)
 
 
 def check_dense_slab(census: LabelCensus, val: tuple[int, int]) -> None:
